@@ -1,0 +1,55 @@
+//! The validated settings of one manual run.
+
+use std::path::PathBuf;
+
+use crate::levels::LevelSizes;
+
+/// Everything a manual run needs. Built by the CLI (or a library caller);
+/// every field is already valid, so running never re-checks arguments.
+#[derive(Clone, Debug)]
+pub struct ManualConfig {
+    /// Connection string: a `postgresql://` URL or `key=value` pairs.
+    pub db_url: String,
+    /// The room whose groups are compressed.
+    pub room_id: String,
+    /// Only groups above this id (exclusive).
+    pub min_state_group: Option<i64>,
+    /// At most this many groups (from the start of the range).
+    pub groups_to_compress: Option<i64>,
+    /// Only groups up to this id (inclusive).
+    pub max_state_group: Option<i64>,
+    /// The level sizes of the tree.
+    pub level_sizes: LevelSizes,
+    /// Write nothing unless at least this many rows would be saved.
+    pub min_saved_rows: Option<i64>,
+    /// Write the changes as SQL to this file.
+    pub output_file: Option<PathBuf>,
+    /// Wrap each group's SQL in its own transaction.
+    pub transactions: bool,
+    /// Write before/after graph files.
+    pub graphs: bool,
+    /// Apply the changes to the database.
+    pub commit_changes: bool,
+    /// Check the new structure before writing anything.
+    pub verify: bool,
+}
+
+impl ManualConfig {
+    /// A configuration with the reference tool's defaults.
+    pub fn new(db_url: impl Into<String>, room_id: impl Into<String>) -> Self {
+        Self {
+            db_url: db_url.into(),
+            room_id: room_id.into(),
+            min_state_group: None,
+            groups_to_compress: None,
+            max_state_group: None,
+            level_sizes: LevelSizes::default(),
+            min_saved_rows: None,
+            output_file: None,
+            transactions: false,
+            graphs: false,
+            commit_changes: false,
+            verify: true,
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Loading groups from the database.
+//!
+//! A room's groups in a range are read with three streaming queries (ids,
+//! edges, rows) instead of one wide join, then every predecessor they need
+//! is loaded in rounds (a predecessor may itself have a predecessor we lack),
+//! found through `state_group_edges` as well as `state_groups`. Loaded
+//! predecessors and level heads are marked not in range: never rewritten.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::ToSql;
+use postgres::Client;
+
+use crate::error::{Error, Result};
+use crate::group::GroupMap;
+use crate::state_map::{Atom, StateKey, StateMap};
+
+/// What a load found besides the groups.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Groups in range (to be compressed).
+    pub in_range: usize,
+    /// Groups loaded only as predecessors or level heads.
+    pub out_of_range: usize,
+    /// Predecessors with no `state_groups` row (purged or damaged); they are
+    /// read as Synapse reads them: whatever rows and edge they still have.
+    pub missing_predecessors: Vec<i64>,
+    /// Rows dropped because the same (type, state_key) repeated in a group.
+    pub duplicate_rows: usize,
+}
+
+/// The id of the last group to compress: the `groups_to_compress`-th group
+/// of the room after `min_exclusive` (or the last one), at most
+/// `max_inclusive`. `None` when the room has no groups there.
+pub fn find_max_group(
+    client: &mut Client,
+    room_id: &str,
+    min_exclusive: Option<i64>,
+    groups_to_compress: Option<i64>,
+    max_inclusive: Option<i64>,
+) -> Result<Option<i64>> {
+    let min = min_exclusive.unwrap_or(i64::MIN);
+    let max = max_inclusive.unwrap_or(i64::MAX);
+    let row = match groups_to_compress {
+        Some(limit) => client.query_opt(
+            "SELECT max(id) FROM (SELECT id FROM state_groups \
+             WHERE room_id = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4) AS chunk",
+            &[&room_id, &min, &max, &limit],
+        ),
+        None => client.query_opt(
+            "SELECT max(id) FROM state_groups WHERE room_id = $1 AND id > $2 AND id <= $3",
+            &[&room_id, &min, &max],
+        ),
+    }
+    .map_err(|e| Error::db("finding the range of state groups to compress", e))?;
+    Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)))
+}
+
+/// True when the room has at least one state group.
+pub fn room_has_groups(client: &mut Client, room_id: &str) -> Result<bool> {
+    client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM state_groups WHERE room_id = $1)",
+            &[&room_id],
+        )
+        .map(|r| r.get(0))
+        .map_err(|e| Error::db("looking up the room", e))
+}
+
+/// Loads the room's groups with `min_exclusive < id <= max_inclusive` (in
+/// range), plus `extra` groups (level heads of an earlier run, not in
+/// range), plus every predecessor all of these need.
+pub fn load_room_range(
+    client: &mut Client,
+    room_id: &str,
+    min_exclusive: Option<i64>,
+    max_inclusive: i64,
+    extra: &[i64],
+    on_rows: &mut dyn FnMut(u64),
+) -> Result<(GroupMap, LoadReport)> {
+    let min = min_exclusive.unwrap_or(i64::MIN);
+    let range_params: [&(dyn ToSql + Sync); 3] = [&room_id, &min, &max_inclusive];
+    let mut builder = Builder::default();
+
+    let ids = client
+        .query(
+            "SELECT id FROM state_groups WHERE room_id = $1 AND id > $2 AND id <= $3",
+            &range_params,
+        )
+        .map_err(|e| Error::db("loading state group ids", e))?;
+    for row in ids {
+        builder.groups.entry(row.get(0)).or_default().in_range = true;
+    }
+
+    const IN_RANGE: &str =
+        "SELECT id FROM state_groups WHERE room_id = $1 AND id > $2 AND id <= $3";
+    builder.read_edges(
+        client,
+        &format!(
+            "SELECT state_group, prev_state_group FROM state_group_edges \
+             WHERE state_group IN ({IN_RANGE})"
+        ),
+        &range_params,
+    )?;
+    builder.read_rows(
+        client,
+        &format!(
+            "SELECT state_group, type, state_key, event_id FROM state_groups_state \
+             WHERE state_group IN ({IN_RANGE})"
+        ),
+        &range_params,
+        on_rows,
+    )?;
+
+    let mut wanted: BTreeSet<i64> = extra
+        .iter()
+        .copied()
+        .filter(|id| !builder.groups.contains_key(id))
+        .collect();
+    loop {
+        wanted.extend(
+            builder
+                .edges
+                .values()
+                .copied()
+                .filter(|prev| !builder.groups.contains_key(prev)),
+        );
+        if wanted.is_empty() {
+            break;
+        }
+        let ids: Vec<i64> = std::mem::take(&mut wanted).into_iter().collect();
+        builder.load_out_of_range(client, &ids, on_rows)?;
+    }
+
+    builder.finish()
+}
+
+/// Which of `ids` have a `state_groups` row.
+pub fn existing_groups(client: &mut Client, ids: &[i64]) -> Result<BTreeSet<i64>> {
+    let rows = client
+        .query("SELECT id FROM state_groups WHERE id = ANY($1)", &[&ids])
+        .map_err(|e| Error::db("checking which state groups exist", e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+#[derive(Default)]
+struct Builder {
+    groups: GroupMap,
+    edges: BTreeMap<i64, i64>,
+    rows: BTreeMap<i64, Vec<(StateKey, Atom)>>,
+    missing: Vec<i64>,
+}
+
+impl Builder {
+    fn read_edges(
+        &mut self,
+        client: &mut Client,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<()> {
+        let ctx = "loading state group edges";
+        let mut rows = client
+            .query_raw(sql, params.iter().copied())
+            .map_err(|e| Error::db(ctx, e))?;
+        while let Some(row) = rows.next().map_err(|e| Error::db(ctx, e))? {
+            let group: i64 = row.get(0);
+            let prev: i64 = row.get(1);
+            if let Some(other) = self.edges.insert(group, prev) {
+                if other != prev {
+                    return Err(Error::Damaged(format!(
+                        "state group {group} has two predecessors ({other} and {prev})"
+                    )));
+                }
+            }
+            if prev >= group {
+                return Err(Error::Damaged(format!(
+                    "state group {group}'s predecessor {prev} does not have a lower id"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn read_rows(
+        &mut self,
+        client: &mut Client,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        on_rows: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        let ctx = "loading state rows";
+        let mut rows = client
+            .query_raw(sql, params.iter().copied())
+            .map_err(|e| Error::db(ctx, e))?;
+        let mut count = 0u64;
+        while let Some(row) = rows.next().map_err(|e| Error::db(ctx, e))? {
+            let group: i64 = row.get(0);
+            let ty: &str = row.get(1);
+            let state_key: &str = row.get(2);
+            let event_id: &str = row.get(3);
+            self.rows.entry(group).or_default().push((
+                (Atom::from(ty), Atom::from(state_key)),
+                Atom::from(event_id),
+            ));
+            count += 1;
+            if count % 65_536 == 0 {
+                on_rows(65_536);
+            }
+        }
+        on_rows(count % 65_536);
+        Ok(())
+    }
+
+    /// Loads `ids` (predecessors or level heads) with their edges and rows.
+    fn load_out_of_range(
+        &mut self,
+        client: &mut Client,
+        ids: &[i64],
+        on_rows: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        let existing = existing_groups(client, ids)?;
+        self.missing
+            .extend(ids.iter().filter(|id| !existing.contains(id)));
+        self.read_edges(
+            client,
+            "SELECT state_group, prev_state_group FROM state_group_edges \
+             WHERE state_group = ANY($1)",
+            &[&ids],
+        )?;
+        self.read_rows(
+            client,
+            "SELECT state_group, type, state_key, event_id FROM state_groups_state \
+             WHERE state_group = ANY($1)",
+            &[&ids],
+            on_rows,
+        )?;
+        for &id in ids {
+            self.groups.entry(id).or_default();
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(GroupMap, LoadReport)> {
+        let mut report = LoadReport::default();
+        for (&id, entry) in self.groups.iter_mut() {
+            entry.prev = self.edges.get(&id).copied();
+            if let Some(rows) = self.rows.remove(&id) {
+                let count = rows.len();
+                entry.delta = StateMap::from_unsorted(rows);
+                report.duplicate_rows += count - entry.delta.len();
+            }
+            if entry.in_range {
+                report.in_range += 1;
+            } else {
+                report.out_of_range += 1;
+            }
+        }
+        self.missing.sort_unstable();
+        report.missing_predecessors = self.missing;
+        Ok((self.groups, report))
+    }
+}

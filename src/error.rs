@@ -1,0 +1,131 @@
+//! The error type shared by the library and both binaries.
+//!
+//! Every failure a user can cause (bad arguments, unreachable database, unknown
+//! room, missing tables, permissions) is a variant here with a one-line message,
+//! so the binaries can print it and exit non-zero instead of panicking.
+
+use std::path::PathBuf;
+
+/// Anything that can stop a compression run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command line or a configuration value is invalid.
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// The connection string could not be understood.
+    #[error("invalid connection string: {0}")]
+    BadConnectionString(String),
+
+    /// TLS could not be set up as the connection string asks.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+
+    /// The server could not be reached or refused us.
+    #[error("could not connect to the database: {0}")]
+    Connect(String),
+
+    /// One of Synapse's state tables is missing from the database.
+    #[error("table {0} does not exist in this database: is this Synapse's state database?")]
+    MissingTable(String),
+
+    /// The database user lacks a privilege we need.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+
+    /// Any other database error, with what we were doing at the time.
+    #[error("database error while {context}: {message}")]
+    Database { context: String, message: String },
+
+    /// The room has no state groups at all (unknown or purged room).
+    #[error("room {0} has no state groups in this database (is the room id right?)")]
+    UnknownRoom(String),
+
+    /// The room has state groups, but none in the requested range.
+    #[error("room {0} has no state groups in the requested range")]
+    EmptyRange(String),
+
+    /// The stored structure cannot be read safely (cycle, forward edge...).
+    #[error("damaged state group structure: {0}")]
+    Damaged(String),
+
+    /// Verification found a group whose state would change. This is a bug.
+    #[error("verification failed, nothing was written: {0}")]
+    VerificationFailed(String),
+
+    /// A file could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Classifies a `postgres` error, giving permission and missing-table
+    /// problems their own messages.
+    pub fn db(context: impl Into<String>, err: postgres::Error) -> Error {
+        use postgres::error::SqlState;
+        let context = context.into();
+        if let Some(db) = err.as_db_error() {
+            let code = db.code();
+            if *code == SqlState::UNDEFINED_TABLE {
+                let table = extract_quoted(db.message()).unwrap_or_else(|| db.message().to_owned());
+                return Error::MissingTable(table);
+            }
+            if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+                return Error::PermissionDenied(format!("{} (while {context})", db.message()));
+            }
+            if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
+                return Error::PermissionDenied(format!("{} (while {context})", db.message()));
+            }
+            return Error::Database {
+                context,
+                message: db.message().to_owned(),
+            };
+        }
+        if err.is_closed() {
+            return Error::Database {
+                context,
+                message: "the connection to the server was lost".to_owned(),
+            };
+        }
+        Error::Database {
+            context,
+            message: one_line(&err),
+        }
+    }
+
+    /// Wraps an I/O error on `path`.
+    pub fn file(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::File {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The first double-quoted word of a message (Postgres names relations so).
+fn extract_quoted(message: &str) -> Option<String> {
+    let start = message.find('"')? + 1;
+    let len = message[start..].find('"')?;
+    Some(message[start..start + len].to_owned())
+}
+
+/// An error and its causes on one line.
+pub fn one_line(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text.replace('\n', " ")
+}

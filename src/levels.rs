@@ -1,0 +1,183 @@
+//! Level sizes (what the user asks for) and levels (the compressor's running
+//! position in each level of the tree).
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::Error;
+
+/// A validated, non-empty list of level sizes, smallest level first.
+///
+/// Parsing rejects the empty list, zeros and anything that is not a number,
+/// so a `LevelSizes` value can always drive the compressor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LevelSizes(Vec<usize>);
+
+impl LevelSizes {
+    /// The sizes, lowest level first.
+    pub fn sizes(&self) -> &[usize] {
+        &self.0
+    }
+
+    /// Fresh, empty levels of these sizes.
+    pub fn empty_levels(&self) -> Vec<Level> {
+        self.0.iter().map(|&size| Level::new(size)).collect()
+    }
+
+    /// Builds sizes from numbers, rejecting an empty list or a zero.
+    pub fn new(sizes: Vec<usize>) -> Result<Self, Error> {
+        if sizes.is_empty() {
+            return Err(Error::InvalidArgument(
+                "the level sizes list is empty".to_owned(),
+            ));
+        }
+        if sizes.contains(&0) {
+            return Err(Error::InvalidArgument(
+                "level sizes must be at least 1 (found a 0)".to_owned(),
+            ));
+        }
+        if sizes.iter().any(|&s| s > i32::MAX as usize) {
+            return Err(Error::InvalidArgument(format!(
+                "level sizes must be at most {}",
+                i32::MAX
+            )));
+        }
+        Ok(Self(sizes))
+    }
+}
+
+impl Default for LevelSizes {
+    fn default() -> Self {
+        Self(vec![100, 50, 25])
+    }
+}
+
+impl FromStr for LevelSizes {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        let bad = |why: String| {
+            Error::InvalidArgument(format!(
+                "invalid level sizes {text:?}: {why} (expected a comma-separated list of positive numbers such as \"100,50,25\")"
+            ))
+        };
+        if text.trim().is_empty() {
+            return Err(bad("the list is empty".to_owned()));
+        }
+        let mut sizes = Vec::new();
+        for part in text.split(',') {
+            let part = part.trim();
+            let size: usize = part
+                .parse()
+                .map_err(|_| bad(format!("{part:?} is not a positive whole number")))?;
+            if size == 0 {
+                return Err(bad("a level size of 0 is not allowed".to_owned()));
+            }
+            sizes.push(size);
+        }
+        LevelSizes::new(sizes).map_err(|e| bad(e.to_string()))
+    }
+}
+
+impl fmt::Display for LevelSizes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|s| s.to_string()).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// One level of the tree: how long its chain may get, how long it is, and
+/// the group at its head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Level {
+    max_length: usize,
+    current_length: usize,
+    head: Option<i64>,
+}
+
+impl Level {
+    /// An empty level of the given maximum length.
+    pub fn new(max_length: usize) -> Self {
+        Self {
+            max_length,
+            current_length: 0,
+            head: None,
+        }
+    }
+
+    /// A level restored from saved progress. The caller validates
+    /// (`current_length <= max_length`, a head when the length is non-zero).
+    pub fn restore(max_length: usize, current_length: usize, head: Option<i64>) -> Self {
+        Self {
+            max_length,
+            current_length,
+            head,
+        }
+    }
+
+    /// The maximum chain length.
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    /// The current chain length.
+    pub fn current_length(&self) -> usize {
+        self.current_length
+    }
+
+    /// The group at the head of this level, if any.
+    pub fn head(&self) -> Option<i64> {
+        self.head
+    }
+
+    /// Whether another group can be appended to this level's chain.
+    pub fn has_space(&self) -> bool {
+        self.current_length < self.max_length
+    }
+
+    /// Appends `group` to the chain (requires space).
+    pub(crate) fn extend(&mut self, group: i64) {
+        debug_assert!(self.has_space());
+        self.head = Some(group);
+        self.current_length += 1;
+    }
+
+    /// Starts a new chain at `group`.
+    pub(crate) fn restart(&mut self, group: i64) {
+        self.head = Some(group);
+        self.current_length = 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_good_lists() {
+        assert_eq!(
+            "100,50,25".parse::<LevelSizes>().unwrap().sizes(),
+            &[100, 50, 25]
+        );
+        assert_eq!(" 3 , 3 ".parse::<LevelSizes>().unwrap().sizes(), &[3, 3]);
+        assert_eq!("7".parse::<LevelSizes>().unwrap().to_string(), "7");
+    }
+
+    #[test]
+    fn rejects_bad_lists() {
+        for bad in [
+            "",
+            " ",
+            "0",
+            "10,0",
+            "a,b",
+            "-5",
+            "1,,2",
+            "1.5",
+            "99999999999",
+        ] {
+            let err = bad.parse::<LevelSizes>().unwrap_err().to_string();
+            assert!(err.contains("invalid level sizes"), "{bad:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The manual tool: compresses one room. All the work is in the library;
+//! this only parses arguments, runs, prints, and maps errors to exit codes.
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+use synapse_compress_state::cli::{parse_or_exit, ManualArgs};
+use synapse_compress_state::{logging, manual, progress};
+
+fn main() {
+    let args: ManualArgs = parse_or_exit();
+    logging::init();
+    if args.no_progress {
+        progress::disable();
+    }
+    match manual::run(&args.into_config()) {
+        Ok(summary) => println!("{summary}"),
+        Err(err) => {
+            eprintln!("error: {err}");
+            std::process::exit(1);
+        }
+    }
+}

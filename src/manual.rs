@@ -1,0 +1,156 @@
+//! One manual run: load a room's range, compress, verify, then write SQL
+//! and/or apply the changes.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+use std::time::Instant;
+
+use log::{info, warn};
+
+use crate::compressor::compress;
+use crate::config::ManualConfig;
+use crate::db::{self, load, schema};
+use crate::error::{Error, Result};
+use crate::group::{changed_groups, row_count};
+use crate::summary::{Outcome, Summary, Timings};
+use crate::verify::verify;
+use crate::{graph, progress, sql};
+
+/// Runs the manual tool with `config` and returns its figures.
+pub fn run(config: &ManualConfig) -> Result<Summary> {
+    let mut timings = Timings::default();
+    let room = config.room_id.as_str();
+
+    // Open the output file first: an unwritable path fails before any work.
+    let mut sql_out = match &config.output_file {
+        Some(path) => Some(BufWriter::new(
+            File::create(path).map_err(|e| Error::file(path, e))?,
+        )),
+        None => None,
+    };
+
+    let mut client = db::connect(&config.db_url)?;
+    schema::require_state_tables(&mut client)?;
+    if config.commit_changes {
+        schema::require_write_access(&mut client)?;
+    }
+
+    let started = Instant::now();
+    info!("Fetching state from DB for room '{room}'...");
+    let last_group = load::find_max_group(
+        &mut client,
+        room,
+        config.min_state_group,
+        config.groups_to_compress,
+        config.max_state_group,
+    )?
+    .ok_or_else(|| match load::room_has_groups(&mut client, room) {
+        Ok(false) => Error::UnknownRoom(room.to_owned()),
+        Ok(true) => Error::EmptyRange(room.to_owned()),
+        Err(e) => e,
+    })?;
+    let rows_bar = progress::counter("Rows read");
+    let (original, report) = load::load_room_range(
+        &mut client,
+        room,
+        config.min_state_group,
+        last_group,
+        &[],
+        &mut |n| rows_bar.inc(n),
+    )?;
+    rows_bar.finish_and_clear();
+    if !report.missing_predecessors.is_empty() {
+        warn!(
+            "{} predecessor group(s) have no state_groups row (purged?); reading them as Synapse does: {:?}",
+            report.missing_predecessors.len(),
+            &report.missing_predecessors[..report.missing_predecessors.len().min(10)]
+        );
+    }
+    if report.duplicate_rows > 0 {
+        warn!(
+            "ignored {} duplicate (type, state_key) rows",
+            report.duplicate_rows
+        );
+    }
+    timings.load = started.elapsed();
+    info!(
+        "Loaded {} groups ({} to compress, up to group {last_group}) in {:.2}s",
+        original.len(),
+        report.in_range,
+        timings.load.as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let compressed = compress(&original, config.level_sizes.empty_levels())?;
+    timings.compress = started.elapsed();
+
+    let rows_before = row_count(&original);
+    let rows_after = row_count(&compressed.new_map);
+    let mut summary = Summary {
+        groups: original.len(),
+        groups_in_range: report.in_range,
+        last_group,
+        rows_before,
+        rows_after,
+        stats: compressed.stats,
+        verified: None,
+        groups_written: 0,
+        missing_predecessors: report.missing_predecessors.len(),
+        outcome: Outcome::Done,
+        timings,
+    };
+
+    if rows_after > rows_before {
+        summary.outcome = Outcome::WouldGrow;
+        return Ok(summary);
+    }
+    if let Some(minimum) = config.min_saved_rows {
+        let saved = rows_before as i64 - rows_after as i64;
+        if saved < minimum {
+            summary.outcome = Outcome::TooFewSaved { saved, minimum };
+            return Ok(summary);
+        }
+    }
+
+    if config.verify {
+        let started = Instant::now();
+        info!("Checking that state maps match...");
+        summary.verified = Some(verify(&original, &compressed.new_map)?);
+        summary.timings.verify = started.elapsed();
+    }
+
+    if config.graphs {
+        let written = graph::write_graphs(Path::new("."), &original, &compressed.new_map)?;
+        info!("Wrote graph files: {written:?}");
+    }
+
+    let changed = changed_groups(&original, &compressed.new_map);
+    let started = Instant::now();
+    if let (Some(out), Some(path)) = (sql_out.as_mut(), &config.output_file) {
+        sql::write_changes(
+            out,
+            room,
+            &compressed.new_map,
+            &changed,
+            config.transactions,
+        )
+        .map_err(|e| Error::file(path, e))?;
+        info!(
+            "Wrote SQL for {} groups to {}",
+            changed.len(),
+            path.display()
+        );
+    }
+    if config.commit_changes {
+        let bar = progress::bar(changed.len() as u64, "Writing changes");
+        db::write::write_changes(&mut client, room, &compressed.new_map, &changed, &mut |n| {
+            bar.inc(n as u64)
+        })?;
+        bar.finish_and_clear();
+        info!("Committed changes to {} groups", changed.len());
+    }
+    summary.timings.write = started.elapsed();
+    summary.groups_written = changed.len();
+    Ok(summary)
+}

@@ -1,0 +1,129 @@
+//! The figures of a manual run and how they are printed.
+//!
+//! The first lines keep the reference tool's wording, so scripts that read
+//! its output keep working.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::compressor::Stats;
+use crate::verify::Verified;
+
+/// What a run decided to do with its result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The new structure would need more rows than the old one.
+    WouldGrow,
+    /// Fewer rows than `-m` would be saved.
+    TooFewSaved { saved: i64, minimum: i64 },
+    /// The result was checked (unless disabled) and written as asked
+    /// (SQL file, database, or neither for a dry run).
+    Done,
+}
+
+/// Time spent in each phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timings {
+    pub load: Duration,
+    pub compress: Duration,
+    pub verify: Duration,
+    pub write: Duration,
+}
+
+/// The figures of one manual run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// Groups loaded (in range, predecessors and heads).
+    pub groups: usize,
+    /// Groups eligible for rewriting.
+    pub groups_in_range: usize,
+    /// The last group id of the range.
+    pub last_group: i64,
+    /// Rows of all loaded groups before.
+    pub rows_before: usize,
+    /// Rows of all loaded groups after.
+    pub rows_after: usize,
+    /// Counters from the compressor.
+    pub stats: Stats,
+    /// What verification covered (None when skipped or not reached).
+    pub verified: Option<Verified>,
+    /// Groups whose rows and edge were (or, with -o, would be) rewritten.
+    pub groups_written: usize,
+    /// Predecessors that had no `state_groups` row.
+    pub missing_predecessors: usize,
+    /// The decision taken.
+    pub outcome: Outcome,
+    /// Time per phase.
+    pub timings: Timings,
+}
+
+impl Summary {
+    /// Rows after as a percentage of rows before.
+    pub fn percent_after(&self) -> f64 {
+        if self.rows_before == 0 {
+            100.0
+        } else {
+            self.rows_after as f64 * 100.0 / self.rows_before as f64
+        }
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "Number of state groups: {}", self.groups)?;
+        writeln!(f, "Number of rows in current table: {}", self.rows_before)?;
+        writeln!(
+            f,
+            "Number of rows after compression: {} ({:.2}%)",
+            self.rows_after,
+            self.percent_after()
+        )?;
+        writeln!(f, "Compression Statistics:")?;
+        writeln!(
+            f,
+            "  Number of forced resets due to lacking prev: {}",
+            self.stats.resets_no_suitable_prev
+        )?;
+        writeln!(
+            f,
+            "  Number of compressed rows caused by the above: {}",
+            self.stats.resets_no_suitable_prev_size
+        )?;
+        writeln!(
+            f,
+            "  Number of state groups changed: {}",
+            self.stats.state_groups_changed
+        )?;
+        match &self.outcome {
+            Outcome::WouldGrow => writeln!(f, "This compression would not remove any rows. Exiting.")?,
+            Outcome::TooFewSaved { saved, minimum } => writeln!(
+                f,
+                "Only {saved} rows would be saved by this compression (minimum {minimum}). Skipping output."
+            )?,
+            Outcome::Done => {
+                if let Some(v) = self.verified {
+                    writeln!(
+                        f,
+                        "New state map matches old one ({} groups checked, {} compared in full)",
+                        v.groups, v.compared
+                    )?;
+                }
+            }
+        }
+        if self.missing_predecessors > 0 {
+            writeln!(
+                f,
+                "Predecessors without a state_groups row (read as Synapse reads them): {}",
+                self.missing_predecessors
+            )?;
+        }
+        write!(
+            f,
+            "Time: load {:.2}s, compress {:.2}s, verify {:.2}s, write {:.2}s",
+            self.timings.load.as_secs_f64(),
+            self.timings.compress.as_secs_f64(),
+            self.timings.verify.as_secs_f64(),
+            self.timings.write.as_secs_f64()
+        )
+    }
+}

@@ -53,6 +53,10 @@ pub enum Error {
     #[error("verification failed, nothing was written: {0}")]
     VerificationFailed(String),
 
+    /// Another automatic run holds the database's run lock.
+    #[error("{0}")]
+    AlreadyRunning(String),
+
     /// A file could not be written.
     #[error("cannot write {}: {source}", path.display())]
     File {

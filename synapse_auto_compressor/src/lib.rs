@@ -1,1 +1,15 @@
+//! The automatic compressor: walks the whole state database a chunk at a
+//! time, resumably, so it can run unattended from cron.
+//!
+//! - [`cli`]: command-line options (those of the reference binary);
+//! - [`state_saving`]: the three progress tables, shared with the reference
+//!   tool so either can continue the other's work;
+//! - [`lock`]: one run per database;
+//! - [`manager`]: the chunk loop.
 
+pub mod cli;
+pub mod lock;
+pub mod manager;
+pub mod state_saving;
+
+pub use manager::{run, AutoConfig, ChunkOutcome, RunSummary};

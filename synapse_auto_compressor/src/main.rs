@@ -1,1 +1,31 @@
-fn main() {}
+//! The automatic tool: compresses the whole database a chunk at a time.
+//! All the work is in the library; this parses arguments, runs, and maps
+//! errors to exit codes (75, "temporary failure", when another run holds
+//! the lock, so cron wrappers can tell it apart from a real error).
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+use synapse_auto_compressor::cli::AutoArgs;
+use synapse_compress_state::cli::parse_or_exit;
+use synapse_compress_state::{logging, progress, Error};
+
+/// sysexits.h EX_TEMPFAIL.
+const EXIT_TEMPFAIL: i32 = 75;
+
+fn main() {
+    let args: AutoArgs = parse_or_exit();
+    logging::init();
+    if args.no_progress {
+        progress::disable();
+    }
+    if let Err(err) = synapse_auto_compressor::run(&args.into_config()) {
+        eprintln!("error: {err}");
+        let code = match err {
+            Error::AlreadyRunning(_) => EXIT_TEMPFAIL,
+            _ => 1,
+        };
+        std::process::exit(code);
+    }
+}

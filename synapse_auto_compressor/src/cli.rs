@@ -1,0 +1,56 @@
+//! Command-line parsing for the automatic tool. Options and defaults are
+//! those of the reference `synapse_auto_compressor`.
+
+use clap::Parser;
+use synapse_compress_state::LevelSizes;
+
+use crate::manager::AutoConfig;
+
+/// Compresses the state tables of a whole Synapse database, a chunk of one
+/// room at a time, saving its progress in the database so each run picks up
+/// where the last one stopped. Safe to run from cron while Synapse runs.
+#[derive(Debug, Parser)]
+#[command(name = "synapse_auto_compressor", version, max_term_width = 100)]
+pub struct AutoArgs {
+    /// PostgreSQL connection: "postgresql://user:pass@host/db" or
+    /// "user=... dbname=... host=..." (sslmode and sslrootcert are honoured).
+    #[arg(short = 'p', long = "postgres-url", value_name = "POSTGRES_LOCATION")]
+    pub postgres_url: String,
+
+    /// How many state groups to load and compress at once. Memory use grows
+    /// with it; it should be at least the first level size.
+    #[arg(short = 'c', long = "chunk-size", alias = "chunk_size", value_name = "CHUNK_SIZE",
+          value_parser = clap::value_parser!(i64).range(1..))]
+    pub chunk_size: i64,
+
+    /// How many chunks to compress in this run (then stop, saving progress).
+    #[arg(short = 'n', long = "chunks-to-compress", alias = "chunks_to_compress",
+          value_name = "CHUNKS_TO_COMPRESS", value_parser = clap::value_parser!(i64).range(1..))]
+    pub chunks_to_compress: i64,
+
+    /// Level sizes for rooms without saved progress, lowest level first.
+    #[arg(
+        short = 'l',
+        long = "levels",
+        alias = "default-levels",
+        value_name = "LEVELS",
+        default_value = "100,50,25"
+    )]
+    pub default_levels: LevelSizes,
+
+    /// Never draw progress bars.
+    #[arg(long = "no-progress")]
+    pub no_progress: bool,
+}
+
+impl AutoArgs {
+    /// The run configuration these arguments describe.
+    pub fn into_config(self) -> AutoConfig {
+        AutoConfig {
+            db_url: self.postgres_url,
+            chunk_size: self.chunk_size,
+            number_of_chunks: self.chunks_to_compress,
+            default_levels: self.default_levels,
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The chunk loop of the automatic tool.
+//!
+//! Each step picks the room of the lowest group not yet compressed, loads
+//! the next chunk of that room (plus the saved level heads and every needed
+//! predecessor), compresses it continuing from the saved levels, verifies,
+//! and writes the changes; the last write transaction also saves the new
+//! levels and position, so a run killed at any instant resumes cleanly.
+
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use postgres::Client;
+use synapse_compress_state::db::{self, load, schema, write};
+use synapse_compress_state::group::{changed_groups, row_count};
+use synapse_compress_state::verify::verify;
+use synapse_compress_state::{compress, Error, LevelSizes, Result};
+
+use crate::{lock, state_saving};
+
+/// The settings of one automatic run.
+#[derive(Clone, Debug)]
+pub struct AutoConfig {
+    /// Connection string: a `postgresql://` URL or `key=value` pairs.
+    pub db_url: String,
+    /// Groups per chunk (at least 1).
+    pub chunk_size: i64,
+    /// Chunks to process in this run (at least 1).
+    pub number_of_chunks: i64,
+    /// Levels for rooms without usable saved levels.
+    pub default_levels: LevelSizes,
+}
+
+/// What happened to one chunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkOutcome {
+    pub room_id: String,
+    /// Exclusive start of the chunk.
+    pub after: Option<i64>,
+    /// Last group of the chunk.
+    pub last: i64,
+    pub groups: usize,
+    pub rows_before: usize,
+    pub rows_after: usize,
+    /// Groups whose rows or edge were rewritten.
+    pub groups_written: usize,
+    /// False when the chunk was skipped (it would not have saved rows, or
+    /// its structure could not be read safely).
+    pub committed: bool,
+    /// The room has no groups after this chunk.
+    pub room_finished: bool,
+}
+
+/// The figures of a whole run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub chunks: usize,
+    pub chunks_skipped: usize,
+    pub rooms_finished: usize,
+    pub rows_before: usize,
+    pub rows_after: usize,
+    pub rows_saved: i64,
+    pub groups_written: usize,
+    /// Rooms whose saved levels were unusable and were reset.
+    pub levels_reset: usize,
+    pub elapsed: Duration,
+}
+
+/// Runs up to `number_of_chunks` chunks over the database.
+pub fn run(config: &AutoConfig) -> Result<RunSummary> {
+    let started = Instant::now();
+    let mut client = db::connect(&config.db_url)?;
+    schema::require_state_tables(&mut client)?;
+    schema::require_write_access(&mut client)?;
+    lock::acquire(&mut client)?;
+    state_saving::create_tables_if_needed(&mut client)?;
+
+    let mut summary = RunSummary::default();
+    while (summary.chunks as i64) < config.number_of_chunks {
+        let Some(room) = state_saving::next_room_to_compress(&mut client)? else {
+            info!("Every state group has been compressed; nothing left to do");
+            break;
+        };
+        let outcome = compress_chunk(&mut client, &room, config, &mut summary)?;
+        summary.chunks += 1;
+        summary.rows_before += outcome.rows_before;
+        if outcome.committed {
+            summary.rows_after += outcome.rows_after;
+            summary.rows_saved += outcome.rows_before as i64 - outcome.rows_after as i64;
+            summary.groups_written += outcome.groups_written;
+        } else {
+            summary.rows_after += outcome.rows_before;
+            summary.chunks_skipped += 1;
+        }
+        if outcome.room_finished {
+            summary.rooms_finished += 1;
+        }
+    }
+    summary.elapsed = started.elapsed();
+    info!(
+        "Finished: saved {} rows ({} -> {}), {} chunks done, {} skipped, {} rooms finished, {} groups rewritten, in {:.1}s",
+        summary.rows_saved,
+        summary.rows_before,
+        summary.rows_after,
+        summary.chunks,
+        summary.chunks_skipped,
+        summary.rooms_finished,
+        summary.groups_written,
+        summary.elapsed.as_secs_f64()
+    );
+    Ok(summary)
+}
+
+/// Compresses the next chunk of `room`.
+fn compress_chunk(
+    client: &mut Client,
+    room: &str,
+    config: &AutoConfig,
+    summary: &mut RunSummary,
+) -> Result<ChunkOutcome> {
+    let progress = state_saving::read_room_progress(client, room, &config.default_levels)?;
+    if let Some(reason) = &progress.reset_reason {
+        warn!("Room {room}: {reason}");
+        summary.levels_reset += 1;
+    }
+    let after = progress.last_compressed;
+    let mut outcome = ChunkOutcome {
+        room_id: room.to_owned(),
+        after,
+        last: after.unwrap_or(0),
+        groups: 0,
+        rows_before: 0,
+        rows_after: 0,
+        groups_written: 0,
+        committed: false,
+        room_finished: false,
+    };
+
+    let Some(last) = load::find_max_group(client, room, after, Some(config.chunk_size), None)?
+    else {
+        // The groups that made us pick this room are gone (purged since).
+        warn!("Room {room} has no groups after {after:?} any more; skipping it");
+        outcome.room_finished = true;
+        if let Some(last) = after {
+            save_progress_only(client, room, &config.default_levels, last)?;
+        }
+        return Ok(outcome);
+    };
+    outcome.last = last;
+
+    let heads: Vec<i64> = progress.levels.iter().filter_map(|l| l.head()).collect();
+    let loaded = load::load_room_range(client, room, after, last, &heads, &mut |_| {});
+    let (original, report) = match loaded {
+        Ok(loaded) => loaded,
+        Err(Error::Damaged(why)) => {
+            warn!("Room {room}, groups after {after:?} up to {last}: {why}; skipping the chunk");
+            save_progress_only(client, room, &config.default_levels, last)?;
+            return Ok(finish(client, outcome));
+        }
+        Err(e) => return Err(e),
+    };
+    outcome.groups = report.in_range;
+    if !report.missing_predecessors.is_empty() {
+        warn!(
+            "Room {room}: {} predecessor group(s) have no state_groups row; reading them as Synapse does",
+            report.missing_predecessors.len()
+        );
+    }
+
+    let compressed = compress(&original, progress.levels)?;
+    outcome.rows_before = row_count(&original);
+    outcome.rows_after = row_count(&compressed.new_map);
+    info!(
+        "Room {room}: groups {}..={last} ({} groups): rows {} -> {}",
+        after.map_or(0, |a| a + 1),
+        outcome.groups,
+        outcome.rows_before,
+        outcome.rows_after
+    );
+
+    if outcome.rows_after > outcome.rows_before {
+        warn!(
+            "Room {room}: compressing groups up to {last} would increase the rows ({} -> {}); skipping the chunk",
+            outcome.rows_before, outcome.rows_after
+        );
+        save_progress_only(client, room, &config.default_levels, last)?;
+        return Ok(finish(client, outcome));
+    }
+
+    verify(&original, &compressed.new_map)?;
+    let changed = changed_groups(&original, &compressed.new_map);
+    let batches: Vec<&[i64]> = write::batches(&compressed.new_map, &changed).collect();
+    let ctx = "writing a chunk";
+    // Every batch but the last commits on its own; the last one commits
+    // together with the saved progress. With no changes, only progress.
+    let (last_batch, earlier) = match batches.split_last() {
+        Some((last_batch, earlier)) => (Some(*last_batch), earlier),
+        None => (None, &[][..]),
+    };
+    for batch in earlier {
+        let mut tx = client.transaction().map_err(|e| Error::db(ctx, e))?;
+        write::write_batch(&mut tx, room, &compressed.new_map, batch)?;
+        tx.commit().map_err(|e| Error::db(ctx, e))?;
+    }
+    let mut tx = client.transaction().map_err(|e| Error::db(ctx, e))?;
+    if let Some(batch) = last_batch {
+        write::write_batch(&mut tx, room, &compressed.new_map, batch)?;
+    }
+    state_saving::write_room_progress(&mut tx, room, &compressed.levels, last)?;
+    tx.commit().map_err(|e| Error::db(ctx, e))?;
+
+    outcome.groups_written = changed.len();
+    outcome.committed = true;
+    Ok(finish(client, outcome))
+}
+
+/// Saves fresh levels and `last` as the room's position (a skipped chunk).
+fn save_progress_only(
+    client: &mut Client,
+    room: &str,
+    levels: &LevelSizes,
+    last: i64,
+) -> Result<()> {
+    let mut tx = client
+        .transaction()
+        .map_err(|e| Error::db("saving progress", e))?;
+    state_saving::write_room_progress(&mut tx, room, &levels.empty_levels(), last)?;
+    tx.commit().map_err(|e| Error::db("saving progress", e))
+}
+
+/// Fills in whether the room has groups after this chunk.
+fn finish(client: &mut Client, mut outcome: ChunkOutcome) -> ChunkOutcome {
+    outcome.room_finished = matches!(
+        load::find_max_group(client, &outcome.room_id, Some(outcome.last), Some(1), None),
+        Ok(None)
+    );
+    outcome
+}

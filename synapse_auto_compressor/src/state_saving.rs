@@ -1,0 +1,255 @@
+//! The progress tables, with exactly the reference tool's schema so a
+//! database can be continued by either tool:
+//!
+//! - `state_compressor_state`: per room and level (numbered from 1), the
+//!   level's max size, current length and head;
+//! - `state_compressor_progress`: per room, the last group compressed;
+//! - `state_compressor_total_progress`: one row, how far the scan of
+//!   `state_groups` has got.
+//!
+//! Saved levels are validated when read; a bad save is logged and that room
+//! continues with fresh levels instead of stopping the run.
+
+use std::collections::BTreeSet;
+
+use postgres::{Client, GenericClient};
+use synapse_compress_state::{Error, Level, LevelSizes, Result};
+
+/// Creates the progress tables if they do not exist yet.
+pub fn create_tables_if_needed(client: &mut Client) -> Result<()> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS state_compressor_state (
+                room_id TEXT NOT NULL,
+                level_num INT NOT NULL,
+                max_size INT NOT NULL,
+                current_length INT NOT NULL,
+                current_head BIGINT,
+                UNIQUE (room_id, level_num)
+            );
+            CREATE INDEX IF NOT EXISTS state_compressor_state_index
+                ON state_compressor_state (room_id);
+            CREATE TABLE IF NOT EXISTS state_compressor_progress (
+                room_id TEXT PRIMARY KEY,
+                last_compressed BIGINT NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS state_compressor_total_progress (
+                lock CHAR(1) NOT NULL DEFAULT 'X' UNIQUE,
+                lowest_uncompressed_group BIGINT NOT NULL,
+                CHECK (Lock='X')
+            );
+            INSERT INTO state_compressor_total_progress (lowest_uncompressed_group)
+                VALUES (0) ON CONFLICT (lock) DO NOTHING;",
+        )
+        .map_err(|e| Error::db("creating the progress tables", e))
+}
+
+/// Where a room's compression continues from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomProgress {
+    /// The last group compressed (exclusive start of the next chunk).
+    pub last_compressed: Option<i64>,
+    /// The levels to continue with.
+    pub levels: Vec<Level>,
+    /// Set when the saved state was unusable and the levels were reset.
+    pub reset_reason: Option<String>,
+}
+
+/// Reads and validates a room's saved progress. Unusable saves (gaps in
+/// the levels, a length above the maximum, a missing head, levels without
+/// progress) give fresh `default_levels` and a reason, never an error.
+pub fn read_room_progress(
+    client: &mut Client,
+    room_id: &str,
+    default_levels: &LevelSizes,
+) -> Result<RoomProgress> {
+    let ctx = "reading saved progress";
+    let last_compressed: Option<i64> = client
+        .query_opt(
+            "SELECT last_compressed FROM state_compressor_progress WHERE room_id = $1",
+            &[&room_id],
+        )
+        .map_err(|e| Error::db(ctx, e))?
+        .map(|row| row.get(0));
+    let rows = client
+        .query(
+            "SELECT level_num, max_size, current_length, current_head \
+             FROM state_compressor_state WHERE room_id = $1 ORDER BY level_num",
+            &[&room_id],
+        )
+        .map_err(|e| Error::db(ctx, e))?;
+    let saved: Vec<(i32, i32, i32, Option<i64>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+
+    let fresh = |last_compressed, reason: Option<String>| RoomProgress {
+        last_compressed,
+        levels: default_levels.empty_levels(),
+        reset_reason: reason,
+    };
+    if saved.is_empty() {
+        return Ok(fresh(last_compressed, None));
+    }
+    let Some(last) = last_compressed else {
+        return Ok(fresh(
+            None,
+            Some("saved levels but no saved progress; starting the room again".to_owned()),
+        ));
+    };
+    match validate_levels(&saved, last) {
+        Ok(levels) => {
+            let heads: Vec<i64> = levels.iter().filter_map(Level::head).collect();
+            let found = heads_in_room(client, room_id, &heads)?;
+            if let Some(missing) = heads.iter().find(|h| !found.contains(h)) {
+                return Ok(fresh(
+                    Some(last),
+                    Some(format!(
+                        "saved level head {missing} no longer exists in this room; resetting its levels"
+                    )),
+                ));
+            }
+            Ok(RoomProgress {
+                last_compressed: Some(last),
+                levels,
+                reset_reason: None,
+            })
+        }
+        Err(why) => Ok(fresh(
+            Some(last),
+            Some(format!(
+                "saved levels are invalid ({why}); resetting its levels"
+            )),
+        )),
+    }
+}
+
+/// Checks saved level rows `(level_num, max_size, current_length, head)`.
+fn validate_levels(
+    saved: &[(i32, i32, i32, Option<i64>)],
+    last_compressed: i64,
+) -> Result<Vec<Level>, String> {
+    let mut levels = Vec::with_capacity(saved.len());
+    for (i, &(num, max, len, head)) in saved.iter().enumerate() {
+        let expected = i as i32 + 1;
+        if num != expected {
+            return Err(format!("expected level {expected}, found level {num}"));
+        }
+        if max < 1 {
+            return Err(format!("level {num} has max size {max}"));
+        }
+        if len < 0 || len > max {
+            return Err(format!("level {num} has length {len} but max size {max}"));
+        }
+        match head {
+            None if len > 0 => return Err(format!("level {num} has length {len} but no head")),
+            Some(h) if h > last_compressed => {
+                return Err(format!(
+                    "level {num}'s head {h} is after the last compressed group {last_compressed}"
+                ))
+            }
+            _ => {}
+        }
+        levels.push(Level::restore(max as usize, len as usize, head));
+    }
+    Ok(levels)
+}
+
+/// The heads that exist in `state_groups` for this room.
+fn heads_in_room(client: &mut Client, room_id: &str, heads: &[i64]) -> Result<BTreeSet<i64>> {
+    if heads.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let rows = client
+        .query(
+            "SELECT id FROM state_groups WHERE id = ANY($1) AND room_id = $2",
+            &[&heads, &room_id],
+        )
+        .map_err(|e| Error::db("checking saved level heads", e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Saves a room's levels and last compressed group. Runs on whatever
+/// transaction the caller passes, so it commits together with the chunk.
+pub fn write_room_progress(
+    tx: &mut impl GenericClient,
+    room_id: &str,
+    levels: &[Level],
+    last_compressed: i64,
+) -> Result<()> {
+    let ctx = "saving progress";
+    for (i, level) in levels.iter().enumerate() {
+        let num = i as i32 + 1;
+        let max = level.max_length() as i32;
+        let len = level.current_length() as i32;
+        let head = level.head();
+        tx.execute(
+            "INSERT INTO state_compressor_state \
+                 (room_id, level_num, max_size, current_length, current_head) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (room_id, level_num) DO UPDATE SET \
+                 max_size = excluded.max_size, \
+                 current_length = excluded.current_length, \
+                 current_head = excluded.current_head",
+            &[&room_id, &num, &max, &len, &head],
+        )
+        .map_err(|e| Error::db(ctx, e))?;
+    }
+    tx.execute(
+        "DELETE FROM state_compressor_state WHERE room_id = $1 AND level_num > $2",
+        &[&room_id, &(levels.len() as i32)],
+    )
+    .map_err(|e| Error::db(ctx, e))?;
+    tx.execute(
+        "INSERT INTO state_compressor_progress (room_id, last_compressed) VALUES ($1, $2) \
+         ON CONFLICT (room_id) DO UPDATE SET last_compressed = excluded.last_compressed",
+        &[&room_id, &last_compressed],
+    )
+    .map_err(|e| Error::db(ctx, e))?;
+    Ok(())
+}
+
+/// Finds the room of the lowest group at or above the saved scan position
+/// that is past that room's progress, and saves that group as the new scan
+/// position. `None` when every group has been compressed.
+pub fn next_room_to_compress(client: &mut Client) -> Result<Option<String>> {
+    let ctx = "finding the next room to compress";
+    let row = client
+        .query_opt(
+            "SELECT g.room_id, g.id FROM state_groups AS g \
+             LEFT JOIN state_compressor_progress AS p USING (room_id) \
+             WHERE g.id >= (SELECT lowest_uncompressed_group FROM state_compressor_total_progress) \
+               AND (p.last_compressed IS NULL OR g.id > p.last_compressed) \
+             ORDER BY g.id LIMIT 1",
+            &[],
+        )
+        .map_err(|e| Error::db(ctx, e))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let room: String = row.get(0);
+    let group: i64 = row.get(1);
+    client
+        .execute(
+            "UPDATE state_compressor_total_progress SET lowest_uncompressed_group = $1",
+            &[&group],
+        )
+        .map_err(|e| Error::db(ctx, e))?;
+    Ok(Some(room))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_levels;
+
+    #[test]
+    fn validation_rejects_bad_saves() {
+        assert!(validate_levels(&[(1, 100, 3, Some(5)), (2, 50, 0, None)], 10).is_ok());
+        assert!(validate_levels(&[(1, 100, 3, Some(5)), (3, 50, 0, None)], 10).is_err());
+        assert!(validate_levels(&[(1, 3, 4, Some(5))], 10).is_err());
+        assert!(validate_levels(&[(1, 3, 2, None)], 10).is_err());
+        assert!(validate_levels(&[(1, 3, 2, Some(11))], 10).is_err());
+        assert!(validate_levels(&[(1, 0, 0, None)], 10).is_err());
+        assert!(validate_levels(&[(2, 3, 0, None)], 10).is_err());
+    }
+}

@@ -96,6 +96,7 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         stats: compressed.stats,
         verified: None,
         groups_written: 0,
+        groups_skipped_live: 0,
         missing_predecessors: report.missing_predecessors.len(),
         outcome: Outcome::Done,
         timings,
@@ -144,11 +145,17 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     }
     if config.commit_changes {
         let bar = progress::bar(changed.len() as u64, "Writing changes");
-        db::write::write_changes(&mut client, room, &compressed.new_map, &changed, &mut |n| {
-            bar.inc(n as u64)
-        })?;
+        let report = db::write::write_changes(
+            &mut client,
+            room,
+            &original,
+            &compressed.new_map,
+            &changed,
+            &mut |n| bar.inc(n as u64),
+        )?;
         bar.finish_and_clear();
-        info!("Committed changes to {} groups", changed.len());
+        summary.groups_skipped_live = report.skipped;
+        info!("Committed changes to {} groups", report.written);
     }
     summary.timings.write = started.elapsed();
     summary.groups_written = changed.len();

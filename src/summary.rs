@@ -49,6 +49,8 @@ pub struct Summary {
     pub verified: Option<Verified>,
     /// Groups whose rows and edge were (or, with -o, would be) rewritten.
     pub groups_written: usize,
+    /// Groups left alone because Synapse changed them while we worked.
+    pub groups_skipped_live: usize,
     /// Predecessors that had no `state_groups` row.
     pub missing_predecessors: usize,
     /// The decision taken.
@@ -109,6 +111,13 @@ impl fmt::Display for Summary {
                     )?;
                 }
             }
+        }
+        if self.groups_skipped_live > 0 {
+            writeln!(
+                f,
+                "Groups left as they were because Synapse changed them meanwhile: {}",
+                self.groups_skipped_live
+            )?;
         }
         if self.missing_predecessors > 0 {
             writeln!(

@@ -1,11 +1,24 @@
-//! Writing a new structure to the database.
+//! Writing a new structure to the database, safely beside a live Synapse.
 //!
 //! Changed groups are written in batches: one transaction per batch, with
 //! set-based deletes, one multi-row edge insert and a binary COPY of the new
 //! rows. A batch commits whole or not at all, so a crash or a lost
 //! connection never leaves a group without its rows or its edge, and the
 //! batches go in ascending id order, as the design requires.
+//!
+//! Synapse (1.124+) deletes and de-deltas groups in the background, so each
+//! transaction first does what Synapse's own writers do: it locks every
+//! group it rewrites and every new base `FOR KEY SHARE` (so a concurrent
+//! deletion waits for us or has already happened) and bumps the bases'
+//! pending deletion. It then re-checks that each group still has the edge
+//! and row count that were loaded. A group that is gone or changed is left
+//! as Synapse has it (its state is unchanged, so groups built on it stay
+//! right); a group whose new base is gone is left as it is too.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::warn;
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;
 use postgres::{Client, Transaction};
@@ -18,25 +31,46 @@ const MAX_GROUPS_PER_BATCH: usize = 500;
 /// A batch is closed once it holds this many new rows.
 const MAX_ROWS_PER_BATCH: usize = 50_000;
 
-/// Writes `groups` (ascending) from `new` for `room_id`. `on_batch` is told
-/// how many groups each committed batch held. Returns the groups written.
+/// What writing a set of groups did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteReport {
+    /// Groups rewritten.
+    pub written: usize,
+    /// Groups left alone because Synapse deleted or rewrote them (or their
+    /// new base) since they were loaded.
+    pub skipped: usize,
+}
+
+impl WriteReport {
+    /// Adds the figures of another write.
+    pub fn add(&mut self, other: WriteReport) {
+        self.written += other.written;
+        self.skipped += other.skipped;
+    }
+}
+
+/// Writes `groups` (ascending ids whose entries differ between `original`
+/// and `new`) for `room_id`, one transaction per batch. `on_batch` is told
+/// how many groups each committed batch held.
 pub fn write_changes(
     client: &mut Client,
     room_id: &str,
+    original: &GroupMap,
     new: &GroupMap,
     groups: &[i64],
     on_batch: &mut dyn FnMut(usize),
-) -> Result<usize> {
+) -> Result<WriteReport> {
+    let mut report = WriteReport::default();
     for batch in batches(new, groups) {
         let mut tx = client
             .transaction()
             .map_err(|e| Error::db("starting a write transaction", e))?;
-        write_batch(&mut tx, room_id, new, batch)?;
+        report.add(write_batch(&mut tx, room_id, original, new, batch)?);
         tx.commit()
             .map_err(|e| Error::db("committing rewritten state groups", e))?;
         on_batch(batch.len());
     }
-    Ok(groups.len())
+    Ok(report)
 }
 
 /// Writes one batch inside an open transaction (the caller commits, and may
@@ -44,52 +78,134 @@ pub fn write_changes(
 pub fn write_batch(
     tx: &mut Transaction<'_>,
     room_id: &str,
+    original: &GroupMap,
     new: &GroupMap,
     batch: &[i64],
-) -> Result<()> {
+) -> Result<WriteReport> {
     let ctx = "rewriting state groups";
-    let (from, to): (Vec<i64>, Vec<i64>) = batch
+    let db = |e| Error::db(ctx, e);
+
+    let bases: BTreeSet<i64> = batch.iter().filter_map(|g| new[g].prev).collect();
+    let mut locked: Vec<i64> = batch.iter().copied().chain(bases.iter().copied()).collect();
+    locked.sort_unstable();
+    locked.dedup();
+    let existing: BTreeSet<i64> = tx
+        .query(
+            "SELECT id FROM state_groups WHERE id = ANY($1) ORDER BY id FOR KEY SHARE",
+            &[&locked],
+        )
+        .map_err(db)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+
+    let has_pending_table: bool = tx
+        .query_one(
+            "SELECT to_regclass('state_groups_pending_deletion') IS NOT NULL",
+            &[],
+        )
+        .map_err(db)?
+        .get(0);
+    if has_pending_table && !bases.is_empty() {
+        let bases: Vec<i64> = bases.iter().copied().collect();
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        tx.execute(
+            "UPDATE state_groups_pending_deletion \
+             SET sequence_number = DEFAULT, insertion_ts = $2 WHERE state_group = ANY($1)",
+            &[&bases, &now_ms],
+        )
+        .map_err(db)?;
+    }
+
+    let edges: BTreeMap<i64, i64> = tx
+        .query(
+            "SELECT state_group, prev_state_group FROM state_group_edges WHERE state_group = ANY($1)",
+            &[&batch],
+        )
+        .map_err(db)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let counts: BTreeMap<i64, i64> = tx
+        .query(
+            "SELECT state_group, count(*) FROM state_groups_state \
+             WHERE state_group = ANY($1) GROUP BY state_group",
+            &[&batch],
+        )
+        .map_err(db)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+
+    let mut ready = Vec::with_capacity(batch.len());
+    for &group in batch {
+        let loaded = &original[&group];
+        let unchanged = existing.contains(&group)
+            && edges.get(&group).copied() == loaded.prev
+            && counts.get(&group).copied().unwrap_or(0) == loaded.delta.len() as i64;
+        let base_ok = new[&group].prev.is_none_or(|b| existing.contains(&b));
+        if unchanged && base_ok {
+            ready.push(group);
+        } else {
+            warn!(
+                "state group {group} was changed or deleted by Synapse since it was loaded{}; leaving it as it is",
+                if base_ok { "" } else { " (or its new base was)" }
+            );
+        }
+    }
+    let report = WriteReport {
+        written: ready.len(),
+        skipped: batch.len() - ready.len(),
+    };
+    if ready.is_empty() {
+        return Ok(report);
+    }
+
+    let (from, to): (Vec<i64>, Vec<i64>) = ready
         .iter()
         .filter_map(|g| new[g].prev.map(|p| (*g, p)))
         .unzip();
     tx.execute(
         "DELETE FROM state_group_edges WHERE state_group = ANY($1)",
-        &[&batch],
+        &[&ready],
     )
-    .map_err(|e| Error::db(ctx, e))?;
+    .map_err(db)?;
     if !from.is_empty() {
         tx.execute(
             "INSERT INTO state_group_edges (state_group, prev_state_group) \
              SELECT * FROM unnest($1::bigint[], $2::bigint[])",
             &[&from, &to],
         )
-        .map_err(|e| Error::db(ctx, e))?;
+        .map_err(db)?;
     }
     tx.execute(
         "DELETE FROM state_groups_state WHERE state_group = ANY($1)",
-        &[&batch],
+        &[&ready],
     )
-    .map_err(|e| Error::db(ctx, e))?;
+    .map_err(db)?;
 
     let sink = tx
         .copy_in(
             "COPY state_groups_state (state_group, room_id, type, state_key, event_id) \
              FROM STDIN (FORMAT binary)",
         )
-        .map_err(|e| Error::db(ctx, e))?;
+        .map_err(db)?;
     let mut writer = BinaryCopyInWriter::new(
         sink,
         &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT],
     );
-    for group in batch {
+    for group in &ready {
         for ((ty, state_key), event_id) in new[group].delta.iter() {
             writer
                 .write(&[group, &room_id, &&**ty, &&**state_key, &&**event_id])
-                .map_err(|e| Error::db(ctx, e))?;
+                .map_err(db)?;
         }
     }
-    writer.finish().map_err(|e| Error::db(ctx, e))?;
-    Ok(())
+    writer.finish().map_err(db)?;
+    Ok(report)
 }
 
 /// Splits `groups` into consecutive batches bounded in groups and rows.

@@ -43,6 +43,8 @@ pub struct ChunkOutcome {
     pub rows_after: usize,
     /// Groups whose rows or edge were rewritten.
     pub groups_written: usize,
+    /// Groups left alone because Synapse changed them meanwhile.
+    pub groups_skipped_live: usize,
     /// False when the chunk was skipped (it would not have saved rows, or
     /// its structure could not be read safely).
     pub committed: bool,
@@ -60,6 +62,8 @@ pub struct RunSummary {
     pub rows_after: usize,
     pub rows_saved: i64,
     pub groups_written: usize,
+    /// Groups left alone because Synapse changed them meanwhile.
+    pub groups_skipped_live: usize,
     /// Rooms whose saved levels were unusable and were reset.
     pub levels_reset: usize,
     pub elapsed: Duration,
@@ -87,6 +91,7 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
             summary.rows_after += outcome.rows_after;
             summary.rows_saved += outcome.rows_before as i64 - outcome.rows_after as i64;
             summary.groups_written += outcome.groups_written;
+            summary.groups_skipped_live += outcome.groups_skipped_live;
         } else {
             summary.rows_after += outcome.rows_before;
             summary.chunks_skipped += 1;
@@ -131,6 +136,7 @@ fn compress_chunk(
         rows_before: 0,
         rows_after: 0,
         groups_written: 0,
+        groups_skipped_live: 0,
         committed: false,
         room_finished: false,
     };
@@ -196,19 +202,33 @@ fn compress_chunk(
         Some((last_batch, earlier)) => (Some(*last_batch), earlier),
         None => (None, &[][..]),
     };
+    let mut report = write::WriteReport::default();
     for batch in earlier {
         let mut tx = client.transaction().map_err(|e| Error::db(ctx, e))?;
-        write::write_batch(&mut tx, room, &compressed.new_map, batch)?;
+        report.add(write::write_batch(
+            &mut tx,
+            room,
+            &original,
+            &compressed.new_map,
+            batch,
+        )?);
         tx.commit().map_err(|e| Error::db(ctx, e))?;
     }
     let mut tx = client.transaction().map_err(|e| Error::db(ctx, e))?;
     if let Some(batch) = last_batch {
-        write::write_batch(&mut tx, room, &compressed.new_map, batch)?;
+        report.add(write::write_batch(
+            &mut tx,
+            room,
+            &original,
+            &compressed.new_map,
+            batch,
+        )?);
     }
     state_saving::write_room_progress(&mut tx, room, &compressed.levels, last)?;
     tx.commit().map_err(|e| Error::db(ctx, e))?;
 
-    outcome.groups_written = changed.len();
+    outcome.groups_written = report.written;
+    outcome.groups_skipped_live = report.skipped;
     outcome.committed = true;
     Ok(finish(client, outcome))
 }

@@ -1,0 +1,1087 @@
+//! A realistic writer of Synapse-like state groups.
+//!
+//! It simulates rooms whose events change state (creation, joins, leaves,
+//! re-joins, invites, kicks and bans, displayname/avatar changes, topic, name,
+//! power levels, join rules, widgets, ...) and writes one state group per
+//! state change the way Synapse does: as a delta on its predecessor plus an
+//! edge while the predecessor's chain is shorter than
+//! [`MAX_STATE_DELTA_HOPS`] groups, otherwise as a full snapshot.
+//!
+//! It also reproduces what a forked room DAG does to the tables:
+//! - forks: a group built on an *older* group of the room (an event whose
+//!   prev_events are not the latest), stored as a delta on that older group,
+//!   so its key set may lack keys added in between;
+//! - state resolution: a group merging two branches, stored (like Synapse's
+//!   `_make_state_cache_entry`) as a delta on the branch whose keys are a
+//!   subset of the result, or as a snapshot with no edge when resolution
+//!   dropped keys of both;
+//! - groups with an empty delta (same state as their prev);
+//! - snapshots with no prev whose state lacks some keys (state resets).
+//!
+//! Rooms are interleaved and share one sequence of ids (like
+//! `state_group_id_seq`). Everything is deterministic for a given
+//! [`GenConfig`] (seeded `SmallRng`, no hash-order dependence). With
+//! `nasty_strings`, room ids, types, state keys and event ids include quotes,
+//! `$$`, `$tag$`, backslashes, `\.`, emoji, newlines, tabs, percent signs and
+//! a 5,000-character state key.
+//!
+//! [`generate`] builds the groups in memory; [`Generated::write`] (or
+//! [`write_groups`] for hand-made groups) stores them with binary `COPY`.
+
+use crate::structure::{GroupInfo, StateRow, Structure};
+use crate::StateMap;
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::Type;
+use postgres::Client;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+
+/// Synapse's `MAX_STATE_DELTA_HOPS`: a group is stored as a delta only when
+/// its prev's chain (the prev and its ancestors) has fewer groups than this.
+pub const MAX_STATE_DELTA_HOPS: usize = 100;
+
+/// What to generate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenConfig {
+    /// Seed of the random generator: same config, same data.
+    pub seed: u64,
+    /// Number of rooms (interleaved in id order).
+    pub rooms: usize,
+    /// State groups per room.
+    pub groups_per_room: usize,
+    /// Members each room grows to.
+    pub members: usize,
+    /// How early members join: 1.0 spreads the joins over the whole life of
+    /// the room, 3.0 has them all in by about its first third.
+    pub join_rate: f64,
+    /// Chance that a group builds on an older group of the room.
+    pub fork_probability: f64,
+    /// Share of forks the room's main line continues from (the rest are
+    /// side branches, merged later by state resolution). Continuing from a
+    /// fork forgets what was added in between, like a state reset.
+    pub fork_continue_share: f64,
+    /// Chance that a group merges two branches (state resolution).
+    pub resolve_probability: f64,
+    /// Chance that a resolution drops 1-3 keys only one branch had (so that
+    /// it may have no valid prev and is stored as a snapshot).
+    pub resolve_drop_probability: f64,
+    /// Chance of a group with the same state as its prev (empty delta).
+    pub empty_delta_probability: f64,
+    /// Chance of a snapshot with no prev that lacks some keys (state reset).
+    pub reset_probability: f64,
+    /// Synapse's snapshot rule (100 in Synapse; smaller to test more shapes).
+    pub max_delta_hops: usize,
+    /// Put hostile strings into room ids, types, state keys and event ids.
+    pub nasty_strings: bool,
+    /// Id of the first group (later ones follow without gaps).
+    pub first_group_id: i64,
+}
+
+impl Default for GenConfig {
+    fn default() -> Self {
+        GenConfig {
+            seed: 1,
+            rooms: 1,
+            groups_per_room: 200,
+            members: 40,
+            join_rate: 1.3,
+            fork_probability: 0.06,
+            fork_continue_share: 0.5,
+            resolve_probability: 0.04,
+            resolve_drop_probability: 0.4,
+            empty_delta_probability: 0.02,
+            reset_probability: 0.01,
+            max_delta_hops: MAX_STATE_DELTA_HOPS,
+            nasty_strings: false,
+            first_group_id: 1,
+        }
+    }
+}
+
+impl GenConfig {
+    /// Names accepted by [`GenConfig::preset`].
+    pub const PRESETS: &'static [&'static str] =
+        &["tiny", "small", "nasty", "multi", "medium", "demo", "bench"];
+
+    /// A named configuration:
+    /// - `tiny`: 1 room, 30 groups, 8 members;
+    /// - `small`: 3 rooms × 200 groups, 40 members;
+    /// - `nasty`: `small` with hostile strings;
+    /// - `multi`: 12 rooms × 150 groups, 30 members, more forks;
+    /// - `medium`: 4 rooms × 2,000 groups, 400 members;
+    /// - `demo`: 1 room, 3,000 groups, 2,000 members joining in its first
+    ///   half, a few forks (mostly merged back by state resolution): about
+    ///   50,000 rows, as Synapse stores them (a snapshot every 100 groups);
+    /// - `bench`: 4 rooms × 10,000 groups, 3,000 members, forks as in
+    ///   `demo` (over a million rows).
+    pub fn preset(name: &str) -> Option<GenConfig> {
+        let base = GenConfig::default();
+        Some(match name {
+            "tiny" => GenConfig {
+                groups_per_room: 30,
+                members: 8,
+                ..base
+            },
+            "small" => GenConfig { rooms: 3, ..base },
+            "nasty" => GenConfig {
+                rooms: 3,
+                nasty_strings: true,
+                ..base
+            },
+            "multi" => GenConfig {
+                rooms: 12,
+                groups_per_room: 150,
+                members: 30,
+                fork_probability: 0.1,
+                resolve_probability: 0.06,
+                ..base
+            },
+            "medium" => GenConfig {
+                rooms: 4,
+                groups_per_room: 2_000,
+                members: 400,
+                ..base
+            },
+            "demo" => GenConfig {
+                groups_per_room: 3_000,
+                members: 2_000,
+                join_rate: 4.0,
+                fork_probability: 0.02,
+                fork_continue_share: 0.02,
+                resolve_probability: 0.03,
+                resolve_drop_probability: 0.05,
+                reset_probability: 0.001,
+                ..base
+            },
+            "bench" => GenConfig {
+                rooms: 4,
+                groups_per_room: 10_000,
+                members: 3_000,
+                join_rate: 3.0,
+                fork_probability: 0.02,
+                fork_continue_share: 0.02,
+                resolve_probability: 0.03,
+                resolve_drop_probability: 0.05,
+                reset_probability: 0.001,
+                ..base
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// One state group as written: its room, event, prev and rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GenGroup {
+    pub id: i64,
+    pub room_id: String,
+    pub event_id: String,
+    /// The edge, if any.
+    pub prev: Option<i64>,
+    /// The rows: the delta on `prev`, or the full state when there is none.
+    pub delta: StateMap,
+}
+
+/// A hand-made group, for tests that need exact shapes:
+/// `group(5, "!r:x", Some(4), &[("m.room.topic", "", "$t2")])`.
+pub fn group(id: i64, room_id: &str, prev: Option<i64>, rows: &[(&str, &str, &str)]) -> GenGroup {
+    GenGroup {
+        id,
+        room_id: room_id.to_string(),
+        event_id: format!("$group{id}"),
+        prev,
+        delta: rows
+            .iter()
+            .map(|(t, k, e)| ((t.to_string(), k.to_string()), e.to_string()))
+            .collect(),
+    }
+}
+
+/// A generated room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GeneratedRoom {
+    pub room_id: String,
+    /// Its group ids, ascending.
+    pub group_ids: Vec<i64>,
+}
+
+/// The generated data (groups in ascending id order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Generated {
+    pub rooms: Vec<GeneratedRoom>,
+    pub groups: Vec<GenGroup>,
+}
+
+impl Generated {
+    /// Number of `state_groups_state` rows.
+    pub fn row_count(&self) -> usize {
+        self.groups.iter().map(|g| g.delta.len()).sum()
+    }
+
+    /// Number of edges.
+    pub fn edge_count(&self) -> usize {
+        self.groups.iter().filter(|g| g.prev.is_some()).count()
+    }
+
+    /// Number of groups stored without an edge.
+    pub fn snapshot_count(&self) -> usize {
+        self.groups.len() - self.edge_count()
+    }
+
+    /// Rows of one room.
+    pub fn room_row_count(&self, room_id: &str) -> usize {
+        self.groups
+            .iter()
+            .filter(|g| g.room_id == room_id)
+            .map(|g| g.delta.len())
+            .sum()
+    }
+
+    /// The room with the most groups (the first such).
+    pub fn biggest_room(&self) -> &GeneratedRoom {
+        let most = self.rooms.iter().map(|r| r.group_ids.len()).max();
+        self.rooms
+            .iter()
+            .find(|r| Some(r.group_ids.len()) == most)
+            .expect("no rooms generated")
+    }
+
+    /// What [`crate::structure::structure`] will read back once written.
+    pub fn structure(&self) -> Structure {
+        self.groups
+            .iter()
+            .map(|g| {
+                let mut rows: Vec<StateRow> = g
+                    .delta
+                    .iter()
+                    .map(|((t, k), e)| StateRow {
+                        room_id: g.room_id.clone(),
+                        event_type: t.clone(),
+                        state_key: k.clone(),
+                        event_id: e.clone(),
+                    })
+                    .collect();
+                rows.sort_unstable();
+                let info = GroupInfo {
+                    room_id: Some(g.room_id.clone()),
+                    event_id: Some(g.event_id.clone()),
+                    prevs: g.prev.into_iter().collect(),
+                    rows,
+                };
+                (g.id, info)
+            })
+            .collect()
+    }
+
+    /// Writes everything (state tables and `event_to_state_groups`) in one
+    /// transaction, then analyzes the tables.
+    pub fn write(&self, client: &mut Client) -> Result<(), postgres::Error> {
+        write_all(client, &self.groups, true)
+    }
+}
+
+/// Writes hand-made groups (`state_groups`, edges, rows) in one transaction.
+pub fn write_groups(client: &mut Client, groups: &[GenGroup]) -> Result<(), postgres::Error> {
+    write_all(client, groups, false)
+}
+
+fn write_all(
+    client: &mut Client,
+    groups: &[GenGroup],
+    event_map: bool,
+) -> Result<(), postgres::Error> {
+    let mut tx = client.transaction()?;
+    {
+        let sink =
+            tx.copy_in("COPY state_groups (id, room_id, event_id) FROM STDIN (FORMAT binary)")?;
+        let mut w = BinaryCopyInWriter::new(sink, &[Type::INT8, Type::TEXT, Type::TEXT]);
+        for g in groups {
+            w.write(&[&g.id, &g.room_id, &g.event_id])?;
+        }
+        w.finish()?;
+    }
+    {
+        let sink = tx.copy_in(
+            "COPY state_group_edges (state_group, prev_state_group) FROM STDIN (FORMAT binary)",
+        )?;
+        let mut w = BinaryCopyInWriter::new(sink, &[Type::INT8, Type::INT8]);
+        for g in groups {
+            if let Some(prev) = &g.prev {
+                w.write(&[&g.id, prev])?;
+            }
+        }
+        w.finish()?;
+    }
+    {
+        let sink = tx.copy_in(
+            "COPY state_groups_state (state_group, room_id, type, state_key, event_id) \
+             FROM STDIN (FORMAT binary)",
+        )?;
+        let mut w = BinaryCopyInWriter::new(
+            sink,
+            &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT],
+        );
+        for g in groups {
+            for ((event_type, state_key), event_id) in &g.delta {
+                w.write(&[&g.id, &g.room_id, event_type, state_key, event_id])?;
+            }
+        }
+        w.finish()?;
+    }
+    if event_map {
+        let sink = tx.copy_in(
+            "COPY event_to_state_groups (event_id, state_group) FROM STDIN (FORMAT binary)",
+        )?;
+        let mut w = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::INT8]);
+        for g in groups {
+            w.write(&[&g.event_id, &g.id])?;
+        }
+        w.finish()?;
+    }
+    tx.batch_execute(
+        "SELECT setval('state_group_id_seq', GREATEST((SELECT max(id) FROM state_groups), 1))",
+    )?;
+    tx.commit()?;
+    client.batch_execute("ANALYZE state_groups, state_group_edges, state_groups_state")
+}
+
+// ---------------------------------------------------------------------------
+// Strings
+
+/// Hostile fragments for nasty mode (no NUL: PostgreSQL text cannot hold it).
+const NASTY: &[&str] = &[
+    "it's",
+    "\"double\"",
+    "$$",
+    "$tag$",
+    "$x$ $$ $tag$ $",
+    "back\\slash",
+    "two\\\\backslashes",
+    "\\",
+    "\\.",
+    "\\N",
+    "\\x41\\u0041",
+    "🎉🦀",
+    "new\nline",
+    "\\.\nafter",
+    "tab\there",
+    "cr\r\nlf",
+    "100%_done",
+    "'); DROP TABLE state_groups; --",
+    "E'\\''",
+    "e\u{301}\u{200d}\u{202e}rtl",
+    "Ω≈ç√∫ 日本語",
+    "NULL",
+    "",
+    " spaced ",
+    ",;|",
+];
+
+/// A 5,000-character state key, repetitive enough to fit in a btree index
+/// entry once PostgreSQL compresses it.
+pub fn long_state_key() -> String {
+    "long'key\"$$\\%🎉\t".chars().cycle().take(5_000).collect()
+}
+
+const BASE64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+type Str = Rc<str>;
+type SimKey = (Str, Str);
+type SimState = BTreeMap<SimKey, Str>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Membership {
+    Joined,
+    Left,
+    Invited,
+    Banned,
+}
+
+struct Strings {
+    rng: SmallRng,
+    nasty: bool,
+    counter: u64,
+}
+
+impl Strings {
+    fn random_chars(&mut self, alphabet: &[u8], n: usize) -> String {
+        (0..n)
+            .map(|_| alphabet[self.rng.random_range(0..alphabet.len())] as char)
+            .collect()
+    }
+
+    fn nasty_fragment(&mut self) -> &'static str {
+        NASTY[self.rng.random_range(0..NASTY.len())]
+    }
+
+    /// `$` + 43 base64url characters, like a v4 room event id; in nasty mode
+    /// sometimes a hostile (but unique) one.
+    fn event_id(&mut self) -> Str {
+        self.counter += 1;
+        if self.nasty && self.rng.random_bool(0.15) {
+            let fragment = self.nasty_fragment();
+            return format!("${fragment}{}", self.counter).into();
+        }
+        format!("${}", self.random_chars(BASE64URL, 43)).into()
+    }
+
+    fn room_id(&mut self, index: usize) -> String {
+        let letters =
+            self.random_chars(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", 18);
+        if self.nasty {
+            let a = self.nasty_fragment();
+            let b = self.nasty_fragment();
+            format!("!{a}{index}'$$\\{b}\n🎉%{letters}:example.org")
+        } else {
+            format!("!{letters}:example.org")
+        }
+    }
+
+    fn user_id(&mut self, n: usize) -> Str {
+        if self.nasty && n % 5 == 0 {
+            let fragment = self.nasty_fragment();
+            format!("@{fragment}{n}:example.org").into()
+        } else {
+            format!("@user{n}:example.org").into()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Simulation
+
+/// How many recent groups of a room stay available as fork points.
+const FORK_WINDOW: usize = 24;
+/// At most this many unmerged side branches per room.
+const MAX_TIPS: usize = 4;
+
+struct RoomSim {
+    room_id: Str,
+    target_groups: usize,
+    target_members: usize,
+    group_ids: Vec<i64>,
+    latest: Option<i64>,
+    /// Heads of side branches, waiting to be merged.
+    tips: Vec<i64>,
+    /// Full states of the groups still reachable as parents.
+    states: HashMap<i64, Rc<SimState>>,
+    /// Number of groups in each group's chain (1 for a snapshot).
+    chain: HashMap<i64, usize>,
+    users: Vec<(Str, Membership)>,
+    joined: usize,
+    /// Synapse's snapshot rule (see [`GenConfig::max_delta_hops`]).
+    max_hops: usize,
+    join_rate: f64,
+    fork_continue_share: f64,
+    resolve_drop_probability: f64,
+    /// Creation events still to send (type, state key).
+    creation: Vec<SimKey>,
+}
+
+impl RoomSim {
+    fn new(room_id: String, cfg: &GenConfig, strings: &mut Strings) -> RoomSim {
+        let creator = strings.user_id(0);
+        let mut creation: Vec<SimKey> = [
+            "m.room.create",
+            "m.room.member",
+            "m.room.power_levels",
+            "m.room.join_rules",
+            "m.room.history_visibility",
+            "m.room.name",
+            "m.room.topic",
+        ]
+        .iter()
+        .map(|t| {
+            let key: Str = if *t == "m.room.member" {
+                creator.clone()
+            } else {
+                "".into()
+            };
+            (Str::from(*t), key)
+        })
+        .collect();
+        creation.reverse(); // popped from the end
+        RoomSim {
+            room_id: room_id.into(),
+            target_groups: cfg.groups_per_room,
+            target_members: cfg.members.max(1),
+            group_ids: Vec::new(),
+            latest: None,
+            tips: Vec::new(),
+            states: HashMap::new(),
+            chain: HashMap::new(),
+            users: vec![(creator, Membership::Joined)],
+            joined: 1,
+            max_hops: cfg.max_delta_hops.max(1),
+            join_rate: cfg.join_rate.max(0.0),
+            fork_continue_share: cfg.fork_continue_share.clamp(0.0, 1.0),
+            resolve_drop_probability: cfg.resolve_drop_probability.clamp(0.0, 1.0),
+            creation,
+        }
+    }
+
+    fn remaining(&self) -> usize {
+        self.target_groups - self.group_ids.len()
+    }
+
+    fn state(&self, group: i64) -> Rc<SimState> {
+        self.states[&group].clone()
+    }
+
+    /// A random user with the given membership, if one is found quickly.
+    fn pick_user(&self, rng: &mut SmallRng, membership: Membership) -> Option<usize> {
+        for _ in 0..16 {
+            let i = rng.random_range(0..self.users.len());
+            if self.users[i].1 == membership {
+                return Some(i);
+            }
+        }
+        self.users.iter().position(|u| u.1 == membership)
+    }
+
+    fn set_membership(&mut self, i: usize, membership: Membership) -> SimKey {
+        let was_joined = self.users[i].1 == Membership::Joined;
+        let is_joined = membership == Membership::Joined;
+        if was_joined && !is_joined {
+            self.joined -= 1;
+        } else if !was_joined && is_joined {
+            self.joined += 1;
+        }
+        self.users[i].1 = membership;
+        ("m.room.member".into(), self.users[i].0.clone())
+    }
+
+    fn new_user(&mut self, strings: &mut Strings, membership: Membership) -> SimKey {
+        let user = strings.user_id(self.users.len());
+        self.users.push((user, Membership::Left));
+        let i = self.users.len() - 1;
+        self.set_membership(i, membership)
+    }
+
+    /// One random state change (the key it overwrites or adds).
+    fn random_change(&mut self, strings: &mut Strings) -> SimKey {
+        let missing = self.target_members.saturating_sub(self.joined) as f64;
+        let join_chance = (self.join_rate * missing / self.remaining().max(1) as f64).min(0.9);
+        if strings.rng.random_bool(join_chance) {
+            return self.new_user(strings, Membership::Joined);
+        }
+        let nasty = strings.nasty;
+        // (weight, kind)
+        let kinds: &[(u32, &str)] = &[
+            (14, "leave"),
+            (24, "profile"),
+            (8, "rejoin"),
+            (4, "invite"),
+            (3, "ban"),
+            (5, "m.room.topic"),
+            (3, "m.room.name"),
+            (2, "m.room.avatar"),
+            (7, "m.room.power_levels"),
+            (2, "m.room.join_rules"),
+            (1, "m.room.history_visibility"),
+            (1, "m.room.guest_access"),
+            (3, "m.room.pinned_events"),
+            (2, "m.room.canonical_alias"),
+            (1, "m.room.server_acl"),
+            (3, "im.vector.modular.widgets"),
+            (2, "m.space.child"),
+            (if nasty { 8 } else { 0 }, "nasty"),
+            (if nasty { 1 } else { 0 }, "long"),
+        ];
+        let total: u32 = kinds.iter().map(|k| k.0).sum();
+        let mut roll = strings.rng.random_range(0..total);
+        let kind = kinds
+            .iter()
+            .find(|(weight, _)| {
+                if roll < *weight {
+                    true
+                } else {
+                    roll -= weight;
+                    false
+                }
+            })
+            .map(|k| k.1)
+            .unwrap_or("m.room.topic");
+        match kind {
+            "leave" if self.joined > 1 => {
+                match self.pick_user(&mut strings.rng, Membership::Joined) {
+                    Some(i) => self.set_membership(i, Membership::Left),
+                    None => self.new_user(strings, Membership::Joined),
+                }
+            }
+            "profile" => match self.pick_user(&mut strings.rng, Membership::Joined) {
+                // A displayname or avatar change overwrites the member event.
+                Some(i) => self.set_membership(i, Membership::Joined),
+                None => self.new_user(strings, Membership::Joined),
+            },
+            "rejoin" => match self.pick_user(&mut strings.rng, Membership::Left) {
+                Some(i) => self.set_membership(i, Membership::Joined),
+                None => self.new_user(strings, Membership::Joined),
+            },
+            "invite" => self.new_user(strings, Membership::Invited),
+            "ban" => match self.pick_user(&mut strings.rng, Membership::Joined) {
+                Some(i) if self.joined > 1 => {
+                    let m = if strings.rng.random_bool(0.5) {
+                        Membership::Banned
+                    } else {
+                        Membership::Left // a kick
+                    };
+                    self.set_membership(i, m)
+                }
+                _ => match self.pick_user(&mut strings.rng, Membership::Invited) {
+                    Some(i) => self.set_membership(i, Membership::Joined),
+                    None => self.new_user(strings, Membership::Joined),
+                },
+            },
+            "im.vector.modular.widgets" => {
+                let key = format!("widget_{}", strings.rng.random_range(0..40u32));
+                (kind.into(), key.into())
+            }
+            "m.space.child" => {
+                let key = format!("!space{}:example.org", strings.rng.random_range(0..20u32));
+                (kind.into(), key.into())
+            }
+            "nasty" => {
+                let t = loop {
+                    let t = strings.nasty_fragment();
+                    if !t.is_empty() {
+                        break t;
+                    }
+                };
+                let event_type = if strings.rng.random_bool(0.5) {
+                    format!("org.example.{t}")
+                } else {
+                    t.to_string()
+                };
+                let key = strings.nasty_fragment();
+                (event_type.into(), key.into())
+            }
+            "long" => ("org.example.long".into(), long_state_key().into()),
+            "leave" => self.new_user(strings, Membership::Joined),
+            _ => (kind.into(), "".into()),
+        }
+    }
+
+    /// Synapse's storage decision for a new group with state `new` built on
+    /// `parent`: a delta and an edge if the parent's chain is short enough
+    /// (and its keys are a subset), else a snapshot.
+    fn store(&self, parent: Option<i64>, new: &SimState) -> (Option<i64>, SimState) {
+        if let Some(p) = parent {
+            let parent_state = &self.states[&p];
+            if self.chain[&p] < self.max_hops && parent_state.keys().all(|k| new.contains_key(k)) {
+                let delta = new
+                    .iter()
+                    .filter(|(k, v)| parent_state.get(*k) != Some(*v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                return (Some(p), delta);
+            }
+        }
+        (None, new.clone())
+    }
+
+    /// Records a new group: its state becomes available as a parent; keeps
+    /// only the states of recent groups, tips and the latest.
+    fn record(&mut self, id: i64, prev: Option<i64>, state: Rc<SimState>) {
+        let chain = prev.map_or(1, |p| self.chain[&p] + 1);
+        self.chain.insert(id, chain);
+        self.states.insert(id, state);
+        self.group_ids.push(id);
+        while self.tips.len() > MAX_TIPS {
+            let dropped = self.tips.remove(0);
+            self.forget_if_unused(dropped);
+        }
+        if self.group_ids.len() > FORK_WINDOW {
+            let old = self.group_ids[self.group_ids.len() - FORK_WINDOW - 1];
+            self.forget_if_unused(old);
+        }
+    }
+
+    fn forget_if_unused(&mut self, group: i64) {
+        let n = self.group_ids.len();
+        let recent = self.group_ids[n.saturating_sub(FORK_WINDOW)..].contains(&group);
+        if !recent && self.latest != Some(group) && !self.tips.contains(&group) {
+            self.states.remove(&group);
+        }
+    }
+
+    /// Produces the room's next group, with id `id`.
+    fn step(&mut self, id: i64, cfg: &GenConfig, strings: &mut Strings) -> GenGroup {
+        let Some(latest) = self.latest else {
+            // The room's first group: just the create event.
+            let key = self.creation.pop().expect("creation events");
+            let event = strings.event_id();
+            let state: SimState = BTreeMap::from([(key, event.clone())]);
+            return self.finish(id, None, Rc::new(state), event, Role::Latest);
+        };
+        if let Some(key) = self.creation.pop() {
+            let event = strings.event_id();
+            let mut state = (*self.state(latest)).clone();
+            state.insert(key, event.clone());
+            return self.finish(id, Some(latest), Rc::new(state), event, Role::Latest);
+        }
+
+        let roll: f64 = strings.rng.random();
+        let mut threshold = cfg.fork_probability;
+        if roll < threshold && self.group_ids.len() > 2 {
+            return self.fork(id, strings);
+        }
+        threshold += cfg.resolve_probability;
+        if roll < threshold && !self.tips.is_empty() {
+            return self.resolve(id, latest, strings);
+        }
+        threshold += cfg.empty_delta_probability;
+        if roll < threshold {
+            let event = strings.event_id();
+            let state = self.state(latest);
+            return self.finish(id, Some(latest), state, event, Role::Latest);
+        }
+        threshold += cfg.reset_probability;
+        if roll < threshold {
+            return self.reset(id, latest, strings);
+        }
+
+        // The common case: one state event (sometimes a few) on the latest.
+        let mut state = (*self.state(latest)).clone();
+        let changes = if strings.rng.random_bool(0.1) {
+            strings.rng.random_range(2..=4)
+        } else {
+            1
+        };
+        let event = self.apply_changes(&mut state, changes, strings);
+        self.finish(id, Some(latest), Rc::new(state), event, Role::Latest)
+    }
+
+    /// Applies `n` (at least one) random state events to `state`; returns
+    /// the last event's id.
+    fn apply_changes(&mut self, state: &mut SimState, n: usize, strings: &mut Strings) -> Str {
+        let mut last = None;
+        for _ in 0..n.max(1) {
+            let key = self.random_change(strings);
+            let event = strings.event_id();
+            state.insert(key, event.clone());
+            last = Some(event);
+        }
+        last.expect("at least one change")
+    }
+
+    /// An event whose prev_events are old: built on an older group.
+    fn fork(&mut self, id: i64, strings: &mut Strings) -> GenGroup {
+        let n = self.group_ids.len();
+        let window = &self.group_ids[n.saturating_sub(FORK_WINDOW)..n - 1];
+        let parent = window[strings.rng.random_range(0..window.len())];
+        let mut state = (*self.state(parent)).clone();
+        let changes = strings.rng.random_range(1..=2);
+        let event = self.apply_changes(&mut state, changes, strings);
+        let role = if strings.rng.random_bool(self.fork_continue_share) {
+            Role::LatestFork
+        } else {
+            Role::Tip
+        };
+        self.finish(id, Some(parent), Rc::new(state), event, role)
+    }
+
+    /// State resolution of the latest group and a side branch.
+    fn resolve(&mut self, id: i64, latest: i64, strings: &mut Strings) -> GenGroup {
+        let tip = self
+            .tips
+            .remove(strings.rng.random_range(0..self.tips.len()));
+        let (a, b) = (self.state(latest), self.state(tip));
+        let mut resolved: SimState = (*a).clone();
+        let mut one_sided: Vec<SimKey> =
+            a.keys().filter(|k| !b.contains_key(*k)).cloned().collect();
+        for (k, v) in b.iter() {
+            match resolved.get(k) {
+                None => {
+                    resolved.insert(k.clone(), v.clone());
+                    one_sided.push(k.clone());
+                }
+                Some(mine) if mine != v && strings.rng.random_bool(0.5) => {
+                    resolved.insert(k.clone(), v.clone());
+                }
+                Some(_) => {}
+            }
+        }
+        // Sometimes resolution rejects events that only one side had.
+        one_sided.retain(|k| &*k.0 != "m.room.create");
+        one_sided.sort();
+        if !one_sided.is_empty() && strings.rng.random_bool(self.resolve_drop_probability) {
+            for _ in 0..strings.rng.random_range(1..=3usize) {
+                if one_sided.is_empty() {
+                    break;
+                }
+                let i = strings.rng.random_range(0..one_sided.len());
+                resolved.remove(&one_sided.swap_remove(i));
+            }
+        }
+        // Synapse: prev group = the input group with the smallest delta among
+        // those whose keys are a subset of the result.
+        let mut best: Option<(usize, i64)> = None;
+        for candidate in [latest, tip] {
+            let state = self.state(candidate);
+            if state.keys().all(|k| resolved.contains_key(k)) {
+                let delta = resolved
+                    .iter()
+                    .filter(|(k, v)| state.get(*k) != Some(*v))
+                    .count();
+                if !matches!(best, Some((smallest, _)) if smallest <= delta) {
+                    best = Some((delta, candidate));
+                }
+            }
+        }
+        let event = strings.event_id();
+        self.finish(
+            id,
+            best.map(|b| b.1),
+            Rc::new(resolved),
+            event,
+            Role::Latest,
+        )
+    }
+
+    /// A snapshot with no prev that lacks a few keys of the latest state.
+    fn reset(&mut self, id: i64, latest: i64, strings: &mut Strings) -> GenGroup {
+        let mut state = (*self.state(latest)).clone();
+        let mut keys: Vec<SimKey> = state
+            .keys()
+            .filter(|k| &*k.0 != "m.room.create")
+            .cloned()
+            .collect();
+        for _ in 0..strings.rng.random_range(1..=3usize) {
+            if keys.is_empty() {
+                break;
+            }
+            let i = strings.rng.random_range(0..keys.len());
+            state.remove(&keys.swap_remove(i));
+        }
+        let event = strings.event_id();
+        let full = state.clone();
+        self.commit(id, None, Rc::new(state), full, event, Role::Latest)
+    }
+
+    fn finish(
+        &mut self,
+        id: i64,
+        parent: Option<i64>,
+        state: Rc<SimState>,
+        event: Str,
+        role: Role,
+    ) -> GenGroup {
+        let (prev, delta) = self.store(parent, &state);
+        self.commit(id, prev, state, delta, event, role)
+    }
+
+    fn commit(
+        &mut self,
+        id: i64,
+        prev: Option<i64>,
+        state: Rc<SimState>,
+        delta: SimState,
+        event: Str,
+        role: Role,
+    ) -> GenGroup {
+        match role {
+            Role::Latest => self.latest = Some(id),
+            Role::LatestFork => {
+                if let Some(old) = self.latest.replace(id) {
+                    if !self.tips.contains(&old) {
+                        self.tips.push(old);
+                    }
+                }
+            }
+            Role::Tip => self.tips.push(id),
+        }
+        self.record(id, prev, state);
+        GenGroup {
+            id,
+            room_id: self.room_id.to_string(),
+            event_id: event.to_string(),
+            prev,
+            delta: delta
+                .into_iter()
+                .map(|((t, k), e)| ((t.to_string(), k.to_string()), e.to_string()))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The group becomes the room's latest.
+    Latest,
+    /// A fork that becomes the latest: the old latest becomes a side branch
+    /// to merge later.
+    LatestFork,
+    /// The group is a side branch.
+    Tip,
+}
+
+/// Generates the groups described by `cfg` (nothing is written).
+pub fn generate(cfg: &GenConfig) -> Generated {
+    let mut strings = Strings {
+        rng: SmallRng::seed_from_u64(cfg.seed),
+        nasty: cfg.nasty_strings,
+        counter: 0,
+    };
+    let mut rooms: Vec<RoomSim> = (0..cfg.rooms)
+        .map(|i| {
+            let room_id = strings.room_id(i);
+            RoomSim::new(room_id, cfg, &mut strings)
+        })
+        .collect();
+    let mut seen_ids = BTreeSet::new();
+    for room in &rooms {
+        assert!(seen_ids.insert(room.room_id.clone()), "duplicate room id");
+    }
+
+    let mut groups = Vec::with_capacity(cfg.rooms * cfg.groups_per_room);
+    let mut next_id = cfg.first_group_id;
+    loop {
+        let remaining: usize = rooms.iter().map(RoomSim::remaining).sum();
+        if remaining == 0 {
+            break;
+        }
+        // Interleave rooms, weighted by how much each has left.
+        let mut pick = strings.rng.random_range(0..remaining);
+        let room = rooms
+            .iter_mut()
+            .find(|r| {
+                if pick < r.remaining() {
+                    true
+                } else {
+                    pick -= r.remaining();
+                    false
+                }
+            })
+            .expect("a room with groups left");
+        groups.push(room.step(next_id, cfg, &mut strings));
+        next_id += 1;
+    }
+
+    Generated {
+        rooms: rooms
+            .iter()
+            .map(|r| GeneratedRoom {
+                room_id: r.room_id.to_string(),
+                group_ids: r.group_ids.clone(),
+            })
+            .collect(),
+        groups,
+    }
+}
+
+/// Generates with `cfg` and writes the result into the database.
+pub fn generate_into(client: &mut Client, cfg: &GenConfig) -> Result<Generated, postgres::Error> {
+    let generated = generate(cfg);
+    generated.write(client)?;
+    Ok(generated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::structure::{resolve_all, violations};
+
+    #[test]
+    fn deterministic_per_seed() {
+        let cfg = GenConfig {
+            nasty_strings: true,
+            ..GenConfig::default()
+        };
+        assert_eq!(generate(&cfg), generate(&cfg));
+        let other = GenConfig { seed: 2, ..cfg };
+        assert_ne!(generate(&other).groups, generate(&cfg).groups);
+    }
+
+    #[test]
+    fn synapse_shapes_appear_and_invariants_hold() {
+        let cfg = GenConfig {
+            rooms: 3,
+            groups_per_room: 400,
+            members: 60,
+            fork_probability: 0.1,
+            resolve_probability: 0.08,
+            empty_delta_probability: 0.03,
+            reset_probability: 0.02,
+            max_delta_hops: 30,
+            nasty_strings: true,
+            ..GenConfig::default()
+        };
+        let generated = generate(&cfg);
+        assert_eq!(generated.groups.len(), 1200);
+        let ids: Vec<i64> = generated.groups.iter().map(|g| g.id).collect();
+        assert_eq!(ids, (1..=1200).collect::<Vec<_>>());
+        let structure = generated.structure();
+        assert!(
+            violations(&structure).is_empty(),
+            "{:?}",
+            violations(&structure)
+        );
+        let states = resolve_all(&structure);
+
+        // Rooms interleave.
+        let first_room_ids = &generated.rooms[0].group_ids;
+        assert!(first_room_ids.windows(2).any(|w| w[1] - w[0] > 1));
+        // Empty deltas, forks (prev not the room's previous group), deltas
+        // whose prev is older, snapshots lacking keys of the group before.
+        let mut empty = 0;
+        let mut forks = 0;
+        let mut lacking_snapshots = 0;
+        for room in &generated.rooms {
+            for pair in room.group_ids.windows(2) {
+                let (before, g) = (pair[0], pair[1]);
+                let group = &generated.groups[(g - 1) as usize];
+                if group.prev.is_some() && group.delta.is_empty() {
+                    empty += 1;
+                }
+                if group.prev.is_some_and(|p| p != before) {
+                    forks += 1;
+                }
+                if states[&before].keys().any(|k| !states[&g].contains_key(k)) {
+                    lacking_snapshots += usize::from(group.prev.is_none());
+                }
+            }
+        }
+        assert!(
+            empty > 0 && forks > 10 && lacking_snapshots > 0,
+            "{empty} {forks} {lacking_snapshots}"
+        );
+        // The snapshot rule: no chain longer than max_delta_hops groups.
+        let mut chain: BTreeMap<i64, usize> = BTreeMap::new();
+        for g in &generated.groups {
+            let n = g.prev.map_or(1, |p| chain[&p] + 1);
+            assert!(n <= 30, "group {} has a chain of {n}", g.id);
+            chain.insert(g.id, n);
+        }
+        // Members grow towards the target.
+        let last = generated.rooms[0].group_ids.last().unwrap();
+        let members = states[last]
+            .keys()
+            .filter(|k| k.0 == "m.room.member")
+            .count();
+        assert!(members >= 30, "{members}");
+        // Nasty strings are present.
+        let all_text: String = generated
+            .groups
+            .iter()
+            .flat_map(|g| g.delta.iter().map(|((t, k), e)| format!("{t}{k}{e}")))
+            .collect();
+        for needle in ["$$", "'", "\\", "\n", "🎉", "%", "\t"] {
+            assert!(all_text.contains(needle), "no {needle:?}");
+        }
+        assert!(generated.rooms.iter().all(|r| r.room_id.contains('\'')));
+        assert!(generated
+            .groups
+            .iter()
+            .any(|g| g.delta.keys().any(|k| k.1.chars().count() == 5_000)));
+    }
+
+    #[test]
+    fn demo_preset_has_synapse_like_volume() {
+        let generated = generate(&GenConfig::preset("demo").unwrap());
+        assert_eq!(generated.groups.len(), 3_000);
+        assert!(generated.row_count() > 40_000, "{}", generated.row_count());
+    }
+}

@@ -1,0 +1,28 @@
+//! Test infrastructure for the state compressor, driven entirely through
+//! PostgreSQL and the shipped binaries (this crate does not link the
+//! compressor library).
+//!
+//! - [`pg`]: throwaway test databases on the server named by `SYNAPSE_TEST_PG`.
+//! - [`generator`]: writes realistic Synapse-like state groups.
+//! - [`synapse_state`]: reads groups' resolved state exactly as Synapse does.
+//! - [`structure`]: the raw tree (edges and rows) and its invariants.
+//! - [`level_model`]: an independent model of the default level algorithm,
+//!   the oracle for the exact structure the compressor must produce.
+//! - [`digest`]: short, order-independent digests of resolved states.
+//! - [`tools`]: locating and running the workspace binaries and `psql`.
+//! - [`check`]: end-to-end helpers shared by the integration tests.
+
+pub mod check;
+pub mod digest;
+pub mod generator;
+pub mod level_model;
+pub mod pg;
+pub mod structure;
+pub mod synapse_state;
+pub mod tools;
+
+/// A state key: `(type, state_key)`.
+pub type StateKey = (String, String);
+
+/// A resolved state or a delta: state key to event id.
+pub type StateMap = std::collections::BTreeMap<StateKey, String>;

@@ -8,6 +8,8 @@
 
 use std::time::{Duration, Instant};
 
+use synapse_compress_state::summary::Timings;
+
 use log::{info, warn};
 use postgres::Client;
 use synapse_compress_state::db::{self, load, schema, write};
@@ -66,6 +68,8 @@ pub struct RunSummary {
     pub groups_skipped_live: usize,
     /// Rooms whose saved levels were unusable and were reset.
     pub levels_reset: usize,
+    /// Time per phase, summed over chunks.
+    pub timings: Timings,
     pub elapsed: Duration,
 }
 
@@ -112,6 +116,13 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
         summary.groups_written,
         summary.elapsed.as_secs_f64()
     );
+    info!(
+        "Time: load {:.2}s, compress {:.2}s, verify {:.2}s, write {:.2}s",
+        summary.timings.load.as_secs_f64(),
+        summary.timings.compress.as_secs_f64(),
+        summary.timings.verify.as_secs_f64(),
+        summary.timings.write.as_secs_f64()
+    );
     Ok(summary)
 }
 
@@ -154,6 +165,7 @@ fn compress_chunk(
     outcome.last = last;
 
     let heads: Vec<i64> = progress.levels.iter().filter_map(|l| l.head()).collect();
+    let started = Instant::now();
     let loaded = load::load_room_range(client, room, after, last, &heads, &mut |_| {});
     let (original, report) = match loaded {
         Ok(loaded) => loaded,
@@ -164,6 +176,7 @@ fn compress_chunk(
         }
         Err(e) => return Err(e),
     };
+    summary.timings.load += started.elapsed();
     outcome.groups = report.in_range;
     if !report.missing_predecessors.is_empty() {
         warn!(
@@ -172,7 +185,9 @@ fn compress_chunk(
         );
     }
 
+    let started = Instant::now();
     let compressed = compress(&original, progress.levels)?;
+    summary.timings.compress += started.elapsed();
     outcome.rows_before = row_count(&original);
     outcome.rows_after = row_count(&compressed.new_map);
     info!(
@@ -192,7 +207,10 @@ fn compress_chunk(
         return Ok(finish(client, outcome));
     }
 
+    let started = Instant::now();
     verify(&original, &compressed.new_map)?;
+    summary.timings.verify += started.elapsed();
+    let started = Instant::now();
     let changed = changed_groups(&original, &compressed.new_map);
     let batches: Vec<&[i64]> = write::batches(&compressed.new_map, &changed).collect();
     let ctx = "writing a chunk";
@@ -227,6 +245,7 @@ fn compress_chunk(
     state_saving::write_room_progress(&mut tx, room, &compressed.levels, last)?;
     tx.commit().map_err(|e| Error::db(ctx, e))?;
 
+    summary.timings.write += started.elapsed();
     outcome.groups_written = report.written;
     outcome.groups_skipped_live = report.skipped;
     outcome.committed = true;

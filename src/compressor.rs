@@ -9,10 +9,10 @@
 //! also what the reference tool does, so both produce the same edges and rows
 //! for the same input and levels.
 
-use crate::error::Result;
-use crate::group::{GroupMap, StateGroupEntry};
+use crate::error::{Error, Result};
+use crate::group::{GroupMap, Overlay, StateGroupEntry};
 use crate::levels::Level;
-use crate::resolve::full_state;
+use crate::resolve::Resolver;
 use crate::state_map::{FullState, StateMap};
 
 /// Counters gathered while compressing.
@@ -27,51 +27,68 @@ pub struct Stats {
     pub state_groups_changed: usize,
 }
 
-/// The outcome of a compression: the new structure and where the levels
+/// The outcome of a compression: the rewritten entries and where the levels
 /// ended, so a later run can continue from there.
 #[derive(Clone, Debug)]
 pub struct Compressed {
-    /// Every group of the input, with new entries for rewritten ones.
-    pub new_map: GroupMap,
+    /// New entries of the groups whose predecessor changed; every other
+    /// group keeps its original entry.
+    pub changes: GroupMap,
     /// The levels after the last group.
     pub levels: Vec<Level>,
     /// What happened.
     pub stats: Stats,
 }
 
+impl Compressed {
+    /// The new structure: `original` with the changes laid over it.
+    pub fn view<'a>(&'a self, original: &'a GroupMap) -> Overlay<'a> {
+        Overlay {
+            original,
+            changes: &self.changes,
+        }
+    }
+}
+
 /// Compresses `original` starting from `levels` (empty levels for a fresh
 /// start, saved ones to continue an earlier run).
 ///
-/// Groups with `in_range == false` are copied unchanged; they are only there
+/// Groups with `in_range == false` are left as they are; they are only there
 /// so states can be resolved (predecessors) or used as bases (level heads).
 pub fn compress(original: &GroupMap, mut levels: Vec<Level>) -> Result<Compressed> {
-    let mut new_map = GroupMap::new();
+    let mut changes = GroupMap::new();
     let mut stats = Stats::default();
+    let mut resolver = Resolver::new(original);
 
     for (&group, entry) in original {
         if !entry.in_range {
-            new_map.insert(group, entry.clone());
             continue;
         }
-
         let candidate = choose_candidate(&mut levels, group);
-
-        let new_entry = if candidate == entry.prev {
-            entry.clone()
-        } else {
-            stats.state_groups_changed += 1;
-            let (prev, delta) = rebase(original, &new_map, group, candidate, &mut stats)?;
+        if candidate == entry.prev {
+            continue;
+        }
+        stats.state_groups_changed += 1;
+        let (prev, delta) = rebase(
+            original,
+            &changes,
+            &mut resolver,
+            group,
+            candidate,
+            &mut stats,
+        )?;
+        changes.insert(
+            group,
             StateGroupEntry {
                 in_range: true,
                 prev,
                 delta,
-            }
-        };
-        new_map.insert(group, new_entry);
+            },
+        );
     }
 
     Ok(Compressed {
-        new_map,
+        changes,
         levels,
         stats,
     })
@@ -97,24 +114,37 @@ fn choose_candidate(levels: &mut [Level], group: i64) -> Option<i64> {
 /// A delta cannot remove keys, so a base whose state has a key the group
 /// lacks is unusable; walk up the NEW structure until a usable base is found
 /// or the chain ends (then the group becomes a snapshot: a forced reset).
+/// States are those of the original structure (the same, by construction).
 fn rebase(
     original: &GroupMap,
-    new_map: &GroupMap,
+    changes: &GroupMap,
+    resolver: &mut Resolver<'_, GroupMap>,
     group: i64,
     candidate: Option<i64>,
     stats: &mut Stats,
 ) -> Result<(Option<i64>, StateMap)> {
-    let state = full_state(original, group)?;
+    let state = resolver.state(group)?;
     let Some(mut base) = candidate else {
         return Ok((None, StateMap::from_full(&state)));
     };
 
     let base_state = loop {
-        let base_state = full_state(original, base)?;
+        let base_state = resolver.state(base)?;
         if is_subset(&base_state, &state) {
             break base_state;
         }
-        match new_map.get(&base).and_then(|e| e.prev) {
+        let new_prev = match changes.get(&base) {
+            Some(changed) => changed.prev,
+            None => {
+                original
+                    .get(&base)
+                    .ok_or_else(|| {
+                        Error::Damaged(format!("base state group {base} was not loaded"))
+                    })?
+                    .prev
+            }
+        };
+        match new_prev {
             Some(prev) => base = prev,
             None => {
                 stats.resets_no_suitable_prev += 1;
@@ -124,12 +154,8 @@ fn rebase(
         }
     };
 
-    let delta: Vec<_> = state
-        .iter()
-        .filter(|(k, v)| base_state.get(*k) != Some(*v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    Ok((Some(base), StateMap::from_unsorted(delta)))
+    let delta = StateMap::from_full_filtered(&state, |k, v| base_state.get(&k) != Some(&v));
+    Ok((Some(base), delta))
 }
 
 /// True when every key of `base` is also a key of `state`.
@@ -140,37 +166,47 @@ fn is_subset(base: &FullState, state: &FullState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state_map::{key, Atom};
+    use crate::group::Groups;
+    use crate::resolve::full_state;
+    use crate::state_map::Symbols;
 
-    fn chain(n: i64) -> GroupMap {
+    fn row(
+        sym: &mut Symbols,
+        k: &str,
+        v: &str,
+    ) -> (crate::state_map::KeyId, crate::state_map::ValueId) {
+        (sym.key("node", k), sym.value(v))
+    }
+
+    fn chain(sym: &mut Symbols, n: i64) -> GroupMap {
         let mut map = GroupMap::new();
         for i in 0..n {
+            let r = row(sym, &i.to_string(), &format!("${i}"));
             map.insert(
                 i,
                 StateGroupEntry {
                     in_range: true,
                     prev: if i == 0 { None } else { Some(i - 1) },
-                    delta: StateMap::from_unsorted(vec![(
-                        key("node", &i.to_string()),
-                        Atom::from(format!("${i}")),
-                    )]),
+                    delta: StateMap::from_unsorted(vec![r]).0,
                 },
             );
         }
         map
     }
 
-    fn edges(map: &GroupMap) -> Vec<(i64, Option<i64>)> {
-        map.iter().map(|(&g, e)| (g, e.prev)).collect()
+    fn edges(view: &impl Groups, ids: std::ops::Range<i64>) -> Vec<(i64, Option<i64>)> {
+        ids.map(|g| (g, view.entry(g).unwrap().prev)).collect()
     }
 
     #[test]
     fn linear_chain_of_13_with_levels_3_3() {
-        let original = chain(13);
+        let mut sym = Symbols::new();
+        let original = chain(&mut sym, 13);
         let levels = vec![Level::new(3), Level::new(3)];
         let out = compress(&original, levels).unwrap();
+        let view = out.view(&original);
         assert_eq!(
-            edges(&out.new_map),
+            edges(&view, 0..13),
             vec![
                 (0, None),
                 (1, Some(0)),
@@ -189,47 +225,46 @@ mod tests {
         );
         // 3 and 12 are snapshots of their full state; 6 and 9 carry 3 rows
         // relative to their base (the groups skipped over plus their own).
-        assert_eq!(out.new_map[&3].delta.len(), 4);
-        assert_eq!(out.new_map[&12].delta.len(), 13);
-        assert_eq!(out.new_map[&6].delta.len(), 3);
-        assert_eq!(out.new_map[&9].delta.len(), 3);
+        assert_eq!(out.changes[&3].delta.len(), 4);
+        assert_eq!(out.changes[&12].delta.len(), 13);
+        assert_eq!(out.changes[&6].delta.len(), 3);
+        assert_eq!(out.changes[&9].delta.len(), 3);
         assert_eq!(out.stats.state_groups_changed, 4);
         assert_eq!(out.stats.resets_no_suitable_prev, 0);
         for g in 0..13 {
             assert_eq!(
                 full_state(&original, g).unwrap(),
-                full_state(&out.new_map, g).unwrap()
+                full_state(&view, g).unwrap()
             );
         }
     }
 
     #[test]
     fn base_with_extra_key_walks_up_or_resets() {
-        // 0 <- 1 (adds k1); 2 is a snapshot lacking k1 but with 0's keys.
-        let mut map = chain(2);
+        // 0 <- 1 (adds node/1); 2 is a snapshot lacking node/1 but with 0's keys.
+        let mut sym = Symbols::new();
+        let mut map = chain(&mut sym, 2);
+        let rows = vec![row(&mut sym, "0", "$0"), row(&mut sym, "other", "$x")];
         map.insert(
             2,
             StateGroupEntry {
                 in_range: true,
                 prev: None,
-                delta: StateMap::from_unsorted(vec![
-                    (key("node", "0"), Atom::from("$0")),
-                    (key("other", ""), Atom::from("$x")),
-                ]),
+                delta: StateMap::from_unsorted(rows).0,
             },
         );
         // Levels 1,2: 0 -> L1 head; 1 -> L1 full, L2 candidate none;
         // 2 -> L1 full, L2 candidate 1, which has key node/1 that 2 lacks;
         // walk to 1's new prev (none, it became a snapshot) -> forced reset.
         let out = compress(&map, vec![Level::new(1), Level::new(2)]).unwrap();
-        assert_eq!(out.new_map[&2].prev, None);
+        assert_eq!(out.changes[&2].prev, None);
         assert_eq!(out.stats.resets_no_suitable_prev, 1);
         assert_eq!(out.stats.resets_no_suitable_prev_size, 2);
 
         // With one level of 3, candidate for 2 is 1; walk up to 0 works.
         let out = compress(&map, vec![Level::new(3)]).unwrap();
-        assert_eq!(out.new_map[&2].prev, Some(0));
-        assert_eq!(out.new_map[&2].delta.len(), 1);
+        assert_eq!(out.changes[&2].prev, Some(0));
+        assert_eq!(out.changes[&2].delta.len(), 1);
         assert_eq!(out.stats.resets_no_suitable_prev, 0);
     }
 }

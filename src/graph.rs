@@ -6,27 +6,29 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::group::GroupMap;
+use crate::group::{GroupMap, Groups};
 
 /// Writes `<prefix>_nodes.csv` and `<prefix>_edges.csv` into `dir` for
 /// `before` (prefix `before`) and `after` (prefix `after`); returns the paths.
-pub fn write_graphs(dir: &Path, before: &GroupMap, after: &GroupMap) -> Result<Vec<PathBuf>> {
+pub fn write_graphs(dir: &Path, before: &GroupMap, after: &impl Groups) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
-    for (prefix, map) in [("before", before), ("after", after)] {
+    let ids: Vec<i64> = before.keys().copied().collect();
+    let views: [(&str, &dyn Groups); 2] = [("before", before), ("after", after)];
+    for (prefix, groups) in views {
         let nodes = dir.join(format!("{prefix}_nodes.csv"));
         let edges = dir.join(format!("{prefix}_edges.csv"));
-        write_nodes(&nodes, map).map_err(|e| Error::file(&nodes, e))?;
-        write_edges(&edges, map).map_err(|e| Error::file(&edges, e))?;
+        write_nodes(&nodes, &ids, groups).map_err(|e| Error::file(&nodes, e))?;
+        write_edges(&edges, &ids, groups).map_err(|e| Error::file(&edges, e))?;
         written.push(nodes);
         written.push(edges);
     }
     Ok(written)
 }
 
-fn write_nodes(path: &Path, map: &GroupMap) -> std::io::Result<()> {
+fn write_nodes(path: &Path, ids: &[i64], groups: &dyn Groups) -> std::io::Result<()> {
     let mut out = BufWriter::new(File::create(path)?);
     writeln!(out, "Id;Label;Rows;Snapshot;Compressed")?;
-    for (group, entry) in map {
+    for (group, entry) in ids.iter().filter_map(|&g| Some((g, groups.entry(g)?))) {
         writeln!(
             out,
             "{group};{group};{};{};{}",
@@ -38,10 +40,10 @@ fn write_nodes(path: &Path, map: &GroupMap) -> std::io::Result<()> {
     out.flush()
 }
 
-fn write_edges(path: &Path, map: &GroupMap) -> std::io::Result<()> {
+fn write_edges(path: &Path, ids: &[i64], groups: &dyn Groups) -> std::io::Result<()> {
     let mut out = BufWriter::new(File::create(path)?);
     writeln!(out, "Source;Target")?;
-    for (group, entry) in map {
+    for (group, entry) in ids.iter().filter_map(|&g| Some((g, groups.entry(g)?))) {
         if let Some(prev) = entry.prev {
             writeln!(out, "{group};{prev}")?;
         }

@@ -1,4 +1,5 @@
-//! State groups as the compressor sees them: a predecessor and a delta.
+//! State groups as the compressor sees them: a predecessor and a delta, and
+//! views over a whole run's groups.
 
 use std::collections::BTreeMap;
 
@@ -16,21 +17,64 @@ pub struct StateGroupEntry {
     pub delta: StateMap,
 }
 
-/// All groups of a run, by id. Ascending id order is the order the
-/// compressor visits them and the order changes must be applied in.
+/// Groups by id. Ascending id order is the order the compressor visits them
+/// and the order changes must be applied in.
 pub type GroupMap = BTreeMap<i64, StateGroupEntry>;
+
+/// Read access to a structure of groups, so the original structure and the
+/// original-with-changes can be resolved by the same code.
+pub trait Groups: Sync {
+    /// The entry of `id`, if loaded.
+    fn entry(&self, id: i64) -> Option<&StateGroupEntry>;
+    /// How many groups there are (bounds chain walks).
+    fn count(&self) -> usize;
+}
+
+impl Groups for GroupMap {
+    fn entry(&self, id: i64) -> Option<&StateGroupEntry> {
+        self.get(&id)
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+/// The new structure: the original groups with the rewritten entries laid
+/// over them. Keeping only the rewritten entries (a few percent of a room)
+/// avoids a second copy of every row.
+#[derive(Clone, Copy, Debug)]
+pub struct Overlay<'a> {
+    pub original: &'a GroupMap,
+    pub changes: &'a GroupMap,
+}
+
+impl Groups for Overlay<'_> {
+    fn entry(&self, id: i64) -> Option<&StateGroupEntry> {
+        self.changes.get(&id).or_else(|| self.original.get(&id))
+    }
+    fn count(&self) -> usize {
+        self.original.len()
+    }
+}
 
 /// Total number of `state_groups_state` rows the map holds.
 pub fn row_count(map: &GroupMap) -> usize {
     map.values().map(|e| e.delta.len()).sum()
 }
 
-/// The groups whose entry differs between `original` and `new`, ascending.
+/// Rows of the new structure: the original's, with each change's rows in
+/// place of its group's original rows.
+pub fn row_count_after(original: &GroupMap, changes: &GroupMap) -> usize {
+    let replaced: usize = changes.keys().map(|id| original[id].delta.len()).sum();
+    row_count(original) - replaced + row_count(changes)
+}
+
+/// The groups whose new entry really differs from the original, ascending.
 /// These are the only groups a run writes.
-pub fn changed_groups(original: &GroupMap, new: &GroupMap) -> Vec<i64> {
-    original
+pub fn changed_groups(original: &GroupMap, changes: &GroupMap) -> Vec<i64> {
+    changes
         .iter()
-        .filter(|(id, old)| new.get(id) != Some(old))
+        .filter(|(id, new)| original.get(id) != Some(new))
         .map(|(&id, _)| id)
         .collect()
 }

@@ -12,7 +12,8 @@ use crate::compressor::compress;
 use crate::config::ManualConfig;
 use crate::db::{self, load, schema};
 use crate::error::{Error, Result};
-use crate::group::{changed_groups, row_count};
+use crate::group::{changed_groups, row_count, row_count_after};
+use crate::state_map::Symbols;
 use crate::summary::{Outcome, Summary, Timings};
 use crate::verify::verify;
 use crate::{graph, progress, sql};
@@ -51,8 +52,10 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         Err(e) => e,
     })?;
     let rows_bar = progress::counter("Rows read");
+    let mut symbols = Symbols::new();
     let (original, report) = load::load_room_range(
         &mut client,
+        &mut symbols,
         room,
         config.min_state_group,
         last_group,
@@ -86,7 +89,7 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     timings.compress = started.elapsed();
 
     let rows_before = row_count(&original);
-    let rows_after = row_count(&compressed.new_map);
+    let rows_after = row_count_after(&original, &compressed.changes);
     let mut summary = Summary {
         groups: original.len(),
         groups_in_range: report.in_range,
@@ -117,22 +120,23 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     if config.verify {
         let started = Instant::now();
         info!("Checking that state maps match...");
-        summary.verified = Some(verify(&original, &compressed.new_map)?);
+        summary.verified = Some(verify(&original, &compressed.changes)?);
         summary.timings.verify = started.elapsed();
     }
 
     if config.graphs {
-        let written = graph::write_graphs(Path::new("."), &original, &compressed.new_map)?;
+        let written = graph::write_graphs(Path::new("."), &original, &compressed.view(&original))?;
         info!("Wrote graph files: {written:?}");
     }
 
-    let changed = changed_groups(&original, &compressed.new_map);
+    let changed = changed_groups(&original, &compressed.changes);
     let started = Instant::now();
     if let (Some(out), Some(path)) = (sql_out.as_mut(), &config.output_file) {
         sql::write_changes(
             out,
             room,
-            &compressed.new_map,
+            &symbols,
+            &compressed.changes,
             &changed,
             config.transactions,
         )
@@ -148,8 +152,9 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         let report = db::write::write_changes(
             &mut client,
             room,
+            &symbols,
             &original,
-            &compressed.new_map,
+            &compressed.changes,
             &changed,
             &mut |n| bar.inc(n as u64),
         )?;

@@ -4,6 +4,7 @@
 use std::io::{self, Write};
 
 use crate::group::GroupMap;
+use crate::state_map::Symbols;
 
 /// Quotes `text` as a PostgreSQL string literal that reads back exactly.
 ///
@@ -36,6 +37,7 @@ pub fn quote_literal(text: &str) -> String {
 pub fn write_changes(
     out: &mut dyn Write,
     room_id: &str,
+    symbols: &Symbols,
     new: &GroupMap,
     groups: &[i64],
     transactions: bool,
@@ -76,7 +78,9 @@ pub fn write_changes(
                 "INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id) VALUES"
             )?;
             let last = entry.delta.len() - 1;
-            for (i, ((ty, state_key), event_id)) in entry.delta.iter().enumerate() {
+            for (i, (key, value)) in entry.delta.iter().enumerate() {
+                let (ty, state_key) = symbols.key_str(key);
+                let event_id = symbols.value_str(value);
                 writeln!(
                     out,
                     "    ({group}, {room}, {}, {}, {}){}",

@@ -1,28 +1,124 @@
-//! Interned state keys and the compact, sorted map a group's delta is kept in.
+//! Interned state entries: per-run symbol tables and the compact maps built
+//! on them.
 //!
-//! Types, state keys and event ids repeat across millions of rows, so they are
-//! interned with `string_cache`: a row costs three pointer-sized atoms and
-//! comparing two values is usually one integer comparison.
+//! A big room repeats the same few thousand (type, state_key) pairs and event
+//! ids across millions of rows. Each distinct string is interned once (as a
+//! `string_cache` atom) and rows refer to it by a 32-bit id, so a row costs 8
+//! bytes (key id, event id) and resolving or comparing states is integer
+//! work.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// An interned string (type, state key or event id).
 pub type Atom = string_cache::DefaultAtom;
 
-/// The key of a state entry: the event type and its state key.
-pub type StateKey = (Atom, Atom);
+/// A (type, state_key) pair, as an index into [`Symbols`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyId(u32);
 
-/// A group's resolved state, keyed for fast lookup while resolving.
-pub type FullState = HashMap<StateKey, Atom>;
+/// An event id, as an index into [`Symbols`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ValueId(u32);
 
-/// A set of state entries (a group's delta), sorted by key with unique keys.
-///
-/// A sorted vector is smaller than a hash map for the one- or two-row deltas
-/// that make up most groups, iterates in a stable order (so SQL output is
-/// deterministic) and compares for equality cheaply.
+/// A hasher for small integer ids: one multiply, no SipHash rounds.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+/// Hash-map builder for id keys.
+pub type IdBuildHasher = BuildHasherDefault<IdHasher>;
+
+/// A group's resolved state: key to event.
+pub type FullState = HashMap<KeyId, ValueId, IdBuildHasher>;
+
+/// The strings of one run, by id.
+#[derive(Debug, Default)]
+pub struct Symbols {
+    string_ids: HashMap<Atom, u32>,
+    strings: Vec<Atom>,
+    key_ids: HashMap<(u32, u32), KeyId, IdBuildHasher>,
+    keys: Vec<(u32, u32)>,
+}
+
+impl Symbols {
+    /// Empty tables.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn string(&mut self, text: &str) -> u32 {
+        let atom = Atom::from(text);
+        if let Some(&id) = self.string_ids.get(&atom) {
+            return id;
+        }
+        let id = u32::try_from(self.strings.len()).expect("fewer than 2^32 distinct strings");
+        self.strings.push(atom.clone());
+        self.string_ids.insert(atom, id);
+        id
+    }
+
+    /// The id of a (type, state_key) pair, interning it if new.
+    pub fn key(&mut self, ty: &str, state_key: &str) -> KeyId {
+        let parts = (self.string(ty), self.string(state_key));
+        if let Some(&id) = self.key_ids.get(&parts) {
+            return id;
+        }
+        let id = KeyId(u32::try_from(self.keys.len()).expect("fewer than 2^32 distinct keys"));
+        self.keys.push(parts);
+        self.key_ids.insert(parts, id);
+        id
+    }
+
+    /// The id of an event id, interning it if new.
+    pub fn value(&mut self, event_id: &str) -> ValueId {
+        ValueId(self.string(event_id))
+    }
+
+    /// The (type, state_key) strings of a key.
+    pub fn key_str(&self, key: KeyId) -> (&str, &str) {
+        let (ty, state_key) = self.keys[key.0 as usize];
+        (
+            &self.strings[ty as usize],
+            &self.strings[state_key as usize],
+        )
+    }
+
+    /// The event id string of a value.
+    pub fn value_str(&self, value: ValueId) -> &str {
+        &self.strings[value.0 as usize]
+    }
+
+    /// Approximate heap bytes held (for logging).
+    pub fn heap_bytes(&self) -> usize {
+        let text: usize = self.strings.iter().map(|s| s.len() + 48).sum();
+        text + self.strings.capacity() * 8
+            + self.string_ids.capacity() * 16
+            + self.keys.capacity() * 24
+    }
+}
+
+/// A set of state entries (a group's delta), sorted by key id with unique
+/// keys, stored in an exactly-sized boxed slice.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateMap {
-    entries: Vec<(StateKey, Atom)>,
+    entries: Box<[(KeyId, ValueId)]>,
 }
 
 impl StateMap {
@@ -33,24 +129,45 @@ impl StateMap {
 
     /// Builds a map from entries in any order. When a key repeats, the last
     /// value wins (the database has no unique constraint on the rows).
-    pub fn from_unsorted(mut entries: Vec<(StateKey, Atom)>) -> Self {
-        // Stable sort keeps the insertion order of duplicates, so the last one
-        // inserted stays last and wins in dedup below.
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut out: Vec<(StateKey, Atom)> = Vec::with_capacity(entries.len());
-        for entry in entries {
-            match out.last_mut() {
-                Some(last) if last.0 == entry.0 => *last = entry,
-                _ => out.push(entry),
+    /// Returns the map and how many duplicates were dropped.
+    pub fn from_unsorted(mut entries: Vec<(KeyId, ValueId)>) -> (Self, usize) {
+        let before = entries.len();
+        // Stable: duplicates keep their order, so the last one read is last.
+        entries.sort_by_key(|e| e.0);
+        let mut kept = 0;
+        for i in 0..entries.len() {
+            if kept > 0 && entries[kept - 1].0 == entries[i].0 {
+                entries[kept - 1] = entries[i];
+            } else {
+                entries[kept] = entries[i];
+                kept += 1;
             }
         }
-        out.shrink_to_fit();
-        Self { entries: out }
+        entries.truncate(kept);
+        (
+            Self {
+                entries: entries.into_boxed_slice(),
+            },
+            before - kept,
+        )
     }
 
-    /// Builds the map of every entry of a resolved state.
+    /// The entries of `state` that `keep` accepts, sorted.
+    pub fn from_full_filtered(
+        state: &FullState,
+        mut keep: impl FnMut(KeyId, ValueId) -> bool,
+    ) -> Self {
+        let entries: Vec<_> = state
+            .iter()
+            .map(|(&k, &v)| (k, v))
+            .filter(|&(k, v)| keep(k, v))
+            .collect();
+        Self::from_unsorted(entries).0
+    }
+
+    /// Every entry of a resolved state.
     pub fn from_full(state: &FullState) -> Self {
-        Self::from_unsorted(state.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        Self::from_full_filtered(state, |_, _| true)
     }
 
     /// Number of entries (rows in `state_groups_state`).
@@ -63,28 +180,21 @@ impl StateMap {
         self.entries.is_empty()
     }
 
-    /// The entries in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&StateKey, &Atom)> {
-        self.entries.iter().map(|(k, v)| (k, v))
+    /// The entries in key-id order.
+    pub fn iter(&self) -> impl Iterator<Item = (KeyId, ValueId)> + '_ {
+        self.entries.iter().copied()
     }
 
     /// Looks up one key.
-    pub fn get(&self, key: &StateKey) -> Option<&Atom> {
+    pub fn get(&self, key: KeyId) -> Option<ValueId> {
         self.entries
-            .binary_search_by(|(k, _)| k.cmp(key))
+            .binary_search_by_key(&key, |e| e.0)
             .ok()
-            .map(|i| &self.entries[i].1)
+            .map(|i| self.entries[i].1)
     }
 
     /// Writes every entry over `state` (applying this delta).
     pub fn apply_to(&self, state: &mut FullState) {
-        for (k, v) in &self.entries {
-            state.insert(k.clone(), v.clone());
-        }
+        state.extend(self.entries.iter().copied());
     }
-}
-
-/// Makes a key from two strings.
-pub fn key(ty: &str, state_key: &str) -> StateKey {
-    (Atom::from(ty), Atom::from(state_key))
 }

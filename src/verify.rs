@@ -3,15 +3,15 @@
 //! Every group is covered. A group whose entry (predecessor and rows) is
 //! unchanged and whose predecessor is covered resolves to the same state in
 //! both structures, by induction along its chain; the new structure keeps
-//! every edge pointing to a lower id, so the induction is well-founded. Every
-//! other group (the rewritten ones, a few percent of a room) is resolved in
-//! both structures and compared entry by entry, in parallel.
+//! every new edge pointing to a lower, loaded id, so the induction is
+//! well-founded. Every rewritten group (a few percent of a room) is resolved
+//! in both structures and compared entry by entry, in parallel.
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::group::GroupMap;
-use crate::resolve::full_state;
+use crate::group::{changed_groups, GroupMap, Overlay};
+use crate::resolve::Resolver;
 
 /// What a verification looked at.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -22,45 +22,46 @@ pub struct Verified {
     pub compared: usize,
 }
 
-/// Fails with [`Error::VerificationFailed`] if any group's resolved state in
-/// `new` differs from `original`, or if `new` is not a well-formed structure.
-pub fn verify(original: &GroupMap, new: &GroupMap) -> Result<Verified> {
-    if original.len() != new.len() || original.keys().ne(new.keys()) {
-        return Err(Error::VerificationFailed(
-            "the new structure does not hold the same state groups".to_owned(),
-        ));
-    }
-
-    let mut to_compare = Vec::new();
-    for (&group, new_entry) in new {
-        if let Some(prev) = new_entry.prev {
-            if prev >= group || !new.contains_key(&prev) {
+/// Fails with [`Error::VerificationFailed`] if any group would resolve to a
+/// different state with `changes` laid over `original`, or if a change
+/// would not be a well-formed entry.
+pub fn verify(original: &GroupMap, changes: &GroupMap) -> Result<Verified> {
+    for (&group, entry) in changes {
+        if !original.contains_key(&group) {
+            return Err(Error::VerificationFailed(format!(
+                "state group {group} would be written but was never loaded"
+            )));
+        }
+        if let Some(prev) = entry.prev {
+            if prev >= group || !original.contains_key(&prev) {
                 return Err(Error::VerificationFailed(format!(
                     "state group {group} would point to {prev}, which is not an earlier loaded group"
                 )));
             }
         }
-        if original[&group] != *new_entry {
-            to_compare.push(group);
-        }
     }
 
-    to_compare.par_iter().try_for_each(|&group| {
-        let before = full_state(original, group)?;
-        let after = full_state(new, group)?;
-        if before == after {
-            Ok(())
-        } else {
-            Err(Error::VerificationFailed(format!(
-                "state group {group} would resolve to a different state ({} entries before, {} after)",
-                before.len(),
-                after.len()
-            )))
-        }
-    })?;
+    let to_compare = changed_groups(original, changes);
+    let new = Overlay { original, changes };
+    to_compare.par_iter().try_for_each_init(
+        || (Resolver::new(original), Resolver::new(&new)),
+        |(before_resolver, after_resolver), &group| {
+            let before = before_resolver.state(group)?;
+            let after = after_resolver.state(group)?;
+            if before == after {
+                Ok(())
+            } else {
+                Err(Error::VerificationFailed(format!(
+                    "state group {group} would resolve to a different state ({} entries before, {} after)",
+                    before.len(),
+                    after.len()
+                )))
+            }
+        },
+    )?;
 
     Ok(Verified {
-        groups: new.len(),
+        groups: original.len(),
         compared: to_compare.len(),
     })
 }
@@ -69,45 +70,42 @@ pub fn verify(original: &GroupMap, new: &GroupMap) -> Result<Verified> {
 mod tests {
     use super::*;
     use crate::group::StateGroupEntry;
-    use crate::state_map::{key, Atom, StateMap};
+    use crate::state_map::{StateMap, Symbols};
 
-    fn entry(prev: Option<i64>, rows: &[(&str, &str)]) -> StateGroupEntry {
+    fn entry(sym: &mut Symbols, prev: Option<i64>, rows: &[(&str, &str)]) -> StateGroupEntry {
+        let rows = rows
+            .iter()
+            .map(|(k, v)| (sym.key("t", k), sym.value(v)))
+            .collect();
         StateGroupEntry {
             in_range: true,
             prev,
-            delta: StateMap::from_unsorted(
-                rows.iter()
-                    .map(|(k, v)| (key("t", k), Atom::from(*v)))
-                    .collect(),
-            ),
+            delta: StateMap::from_unsorted(rows).0,
         }
     }
 
     #[test]
     fn detects_a_changed_state_and_accepts_an_equal_one() {
+        let mut sym = Symbols::new();
         let mut original = GroupMap::new();
-        original.insert(1, entry(None, &[("a", "1")]));
-        original.insert(2, entry(Some(1), &[("b", "2")]));
-        original.insert(3, entry(Some(2), &[("c", "3")]));
+        original.insert(1, entry(&mut sym, None, &[("a", "1")]));
+        original.insert(2, entry(&mut sym, Some(1), &[("b", "2")]));
+        original.insert(3, entry(&mut sym, Some(2), &[("c", "3")]));
 
-        let mut good = original.clone();
-        good.insert(3, entry(Some(1), &[("b", "2"), ("c", "3")]));
+        let good = GroupMap::from([(3, entry(&mut sym, Some(1), &[("b", "2"), ("c", "3")]))]);
         assert_eq!(verify(&original, &good).unwrap().compared, 1);
 
-        let mut bad = original.clone();
-        bad.insert(3, entry(Some(1), &[("c", "3")]));
+        let bad = GroupMap::from([(3, entry(&mut sym, Some(1), &[("c", "3")]))]);
         assert!(matches!(
             verify(&original, &bad),
             Err(Error::VerificationFailed(_))
         ));
 
-        // A wrong root propagates to unchanged children: 2 itself is compared.
-        let mut bad_root = original.clone();
-        bad_root.insert(2, entry(Some(1), &[("b", "X")]));
+        // A wrong group whose unchanged children are covered through it.
+        let bad_root = GroupMap::from([(2, entry(&mut sym, Some(1), &[("b", "X")]))]);
         assert!(verify(&original, &bad_root).is_err());
 
-        let mut forward = original.clone();
-        forward.insert(2, entry(Some(3), &[]));
+        let forward = GroupMap::from([(2, entry(&mut sym, Some(3), &[]))]);
         assert!(verify(&original, &forward).is_err());
     }
 }

@@ -14,7 +14,7 @@ use postgres::Client;
 
 use crate::error::{Error, Result};
 use crate::group::GroupMap;
-use crate::state_map::{Atom, StateKey, StateMap};
+use crate::state_map::{KeyId, StateMap, Symbols, ValueId};
 
 /// What a load found besides the groups.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -73,6 +73,7 @@ pub fn room_has_groups(client: &mut Client, room_id: &str) -> Result<bool> {
 /// range), plus every predecessor all of these need.
 pub fn load_room_range(
     client: &mut Client,
+    symbols: &mut Symbols,
     room_id: &str,
     min_exclusive: Option<i64>,
     max_inclusive: i64,
@@ -81,7 +82,7 @@ pub fn load_room_range(
 ) -> Result<(GroupMap, LoadReport)> {
     let min = min_exclusive.unwrap_or(i64::MIN);
     let range_params: [&(dyn ToSql + Sync); 3] = [&room_id, &min, &max_inclusive];
-    let mut builder = Builder::default();
+    let mut builder = Builder::new(symbols);
 
     let ids = client
         .query(
@@ -107,7 +108,7 @@ pub fn load_room_range(
         client,
         &format!(
             "SELECT state_group, type, state_key, event_id FROM state_groups_state \
-             WHERE state_group IN ({IN_RANGE})"
+             WHERE state_group IN ({IN_RANGE}) ORDER BY state_group"
         ),
         &range_params,
         on_rows,
@@ -144,15 +145,51 @@ pub fn existing_groups(client: &mut Client, ids: &[i64]) -> Result<BTreeSet<i64>
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-#[derive(Default)]
-struct Builder {
+/// Collects what the queries return. Rows arrive ordered by group, so one
+/// scratch vector is filled per group and turned into an exactly-sized
+/// delta when the next group starts.
+struct Builder<'s> {
+    symbols: &'s mut Symbols,
     groups: GroupMap,
     edges: BTreeMap<i64, i64>,
-    rows: BTreeMap<i64, Vec<(StateKey, Atom)>>,
+    deltas: BTreeMap<i64, StateMap>,
+    scratch: Vec<(KeyId, ValueId)>,
+    scratch_group: Option<i64>,
+    duplicate_rows: usize,
     missing: Vec<i64>,
 }
 
-impl Builder {
+impl<'s> Builder<'s> {
+    fn new(symbols: &'s mut Symbols) -> Self {
+        Self {
+            symbols,
+            groups: GroupMap::new(),
+            edges: BTreeMap::new(),
+            deltas: BTreeMap::new(),
+            scratch: Vec::new(),
+            scratch_group: None,
+            duplicate_rows: 0,
+            missing: Vec::new(),
+        }
+    }
+
+    /// Turns the scratch rows into the delta of their group.
+    fn flush(&mut self) {
+        let Some(group) = self.scratch_group.take() else {
+            return;
+        };
+        let mut rows = std::mem::take(&mut self.scratch);
+        if let Some(earlier) = self.deltas.remove(&group) {
+            // The rows of a group arrived in two parts (unordered input).
+            let mut all: Vec<_> = earlier.iter().collect();
+            all.append(&mut rows);
+            rows = all;
+        }
+        let (delta, duplicates) = StateMap::from_unsorted(rows);
+        self.duplicate_rows += duplicates;
+        self.deltas.insert(group, delta);
+    }
+
     fn read_edges(
         &mut self,
         client: &mut Client,
@@ -196,18 +233,19 @@ impl Builder {
         let mut count = 0u64;
         while let Some(row) = rows.next().map_err(|e| Error::db(ctx, e))? {
             let group: i64 = row.get(0);
-            let ty: &str = row.get(1);
-            let state_key: &str = row.get(2);
-            let event_id: &str = row.get(3);
-            self.rows.entry(group).or_default().push((
-                (Atom::from(ty), Atom::from(state_key)),
-                Atom::from(event_id),
-            ));
+            if self.scratch_group != Some(group) {
+                self.flush();
+                self.scratch_group = Some(group);
+            }
+            let key = self.symbols.key(row.get(1), row.get(2));
+            let value = self.symbols.value(row.get(3));
+            self.scratch.push((key, value));
             count += 1;
             if count % 65_536 == 0 {
                 on_rows(65_536);
             }
         }
+        self.flush();
         on_rows(count % 65_536);
         Ok(())
     }
@@ -231,7 +269,7 @@ impl Builder {
         self.read_rows(
             client,
             "SELECT state_group, type, state_key, event_id FROM state_groups_state \
-             WHERE state_group = ANY($1)",
+             WHERE state_group = ANY($1) ORDER BY state_group",
             &[&ids],
             on_rows,
         )?;
@@ -242,13 +280,14 @@ impl Builder {
     }
 
     fn finish(mut self) -> Result<(GroupMap, LoadReport)> {
-        let mut report = LoadReport::default();
+        let mut report = LoadReport {
+            duplicate_rows: self.duplicate_rows,
+            ..LoadReport::default()
+        };
         for (&id, entry) in self.groups.iter_mut() {
             entry.prev = self.edges.get(&id).copied();
-            if let Some(rows) = self.rows.remove(&id) {
-                let count = rows.len();
-                entry.delta = StateMap::from_unsorted(rows);
-                report.duplicate_rows += count - entry.delta.len();
+            if let Some(delta) = self.deltas.remove(&id) {
+                entry.delta = delta;
             }
             if entry.in_range {
                 report.in_range += 1;

@@ -25,6 +25,7 @@ use postgres::{Client, Transaction};
 
 use crate::error::{Error, Result};
 use crate::group::GroupMap;
+use crate::state_map::Symbols;
 
 /// Most groups in one write transaction.
 const MAX_GROUPS_PER_BATCH: usize = 500;
@@ -49,12 +50,13 @@ impl WriteReport {
     }
 }
 
-/// Writes `groups` (ascending ids whose entries differ between `original`
-/// and `new`) for `room_id`, one transaction per batch. `on_batch` is told
+/// Writes `groups` (ascending ids whose entries in `new`, the rewritten
+/// entries, differ from `original`) for `room_id`, one transaction per batch. `on_batch` is told
 /// how many groups each committed batch held.
 pub fn write_changes(
     client: &mut Client,
     room_id: &str,
+    symbols: &Symbols,
     original: &GroupMap,
     new: &GroupMap,
     groups: &[i64],
@@ -65,7 +67,9 @@ pub fn write_changes(
         let mut tx = client
             .transaction()
             .map_err(|e| Error::db("starting a write transaction", e))?;
-        report.add(write_batch(&mut tx, room_id, original, new, batch)?);
+        report.add(write_batch(
+            &mut tx, room_id, symbols, original, new, batch,
+        )?);
         tx.commit()
             .map_err(|e| Error::db("committing rewritten state groups", e))?;
         on_batch(batch.len());
@@ -78,6 +82,7 @@ pub fn write_changes(
 pub fn write_batch(
     tx: &mut Transaction<'_>,
     room_id: &str,
+    symbols: &Symbols,
     original: &GroupMap,
     new: &GroupMap,
     batch: &[i64],
@@ -198,9 +203,11 @@ pub fn write_batch(
         &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT],
     );
     for group in &ready {
-        for ((ty, state_key), event_id) in new[group].delta.iter() {
+        for (key, value) in new[group].delta.iter() {
+            let (ty, state_key) = symbols.key_str(key);
+            let event_id = symbols.value_str(value);
             writer
-                .write(&[group, &room_id, &&**ty, &&**state_key, &&**event_id])
+                .write(&[group, &room_id, &ty, &state_key, &event_id])
                 .map_err(db)?;
         }
     }

@@ -13,7 +13,8 @@ use synapse_compress_state::summary::Timings;
 use log::{info, warn};
 use postgres::Client;
 use synapse_compress_state::db::{self, load, schema, write};
-use synapse_compress_state::group::{changed_groups, row_count};
+use synapse_compress_state::group::{changed_groups, row_count, row_count_after};
+use synapse_compress_state::state_map::Symbols;
 use synapse_compress_state::verify::verify;
 use synapse_compress_state::{compress, Error, LevelSizes, Result};
 
@@ -166,7 +167,9 @@ fn compress_chunk(
 
     let heads: Vec<i64> = progress.levels.iter().filter_map(|l| l.head()).collect();
     let started = Instant::now();
-    let loaded = load::load_room_range(client, room, after, last, &heads, &mut |_| {});
+    let mut symbols = Symbols::new();
+    let loaded =
+        load::load_room_range(client, &mut symbols, room, after, last, &heads, &mut |_| {});
     let (original, report) = match loaded {
         Ok(loaded) => loaded,
         Err(Error::Damaged(why)) => {
@@ -189,7 +192,7 @@ fn compress_chunk(
     let compressed = compress(&original, progress.levels)?;
     summary.timings.compress += started.elapsed();
     outcome.rows_before = row_count(&original);
-    outcome.rows_after = row_count(&compressed.new_map);
+    outcome.rows_after = row_count_after(&original, &compressed.changes);
     info!(
         "Room {room}: groups {}..={last} ({} groups): rows {} -> {}",
         after.map_or(0, |a| a + 1),
@@ -208,11 +211,11 @@ fn compress_chunk(
     }
 
     let started = Instant::now();
-    verify(&original, &compressed.new_map)?;
+    verify(&original, &compressed.changes)?;
     summary.timings.verify += started.elapsed();
     let started = Instant::now();
-    let changed = changed_groups(&original, &compressed.new_map);
-    let batches: Vec<&[i64]> = write::batches(&compressed.new_map, &changed).collect();
+    let changed = changed_groups(&original, &compressed.changes);
+    let batches: Vec<&[i64]> = write::batches(&compressed.changes, &changed).collect();
     let ctx = "writing a chunk";
     // Every batch but the last commits on its own; the last one commits
     // together with the saved progress. With no changes, only progress.
@@ -226,8 +229,9 @@ fn compress_chunk(
         report.add(write::write_batch(
             &mut tx,
             room,
+            &symbols,
             &original,
-            &compressed.new_map,
+            &compressed.changes,
             batch,
         )?);
         tx.commit().map_err(|e| Error::db(ctx, e))?;
@@ -237,8 +241,9 @@ fn compress_chunk(
         report.add(write::write_batch(
             &mut tx,
             room,
+            &symbols,
             &original,
-            &compressed.new_map,
+            &compressed.changes,
             batch,
         )?);
     }

@@ -160,7 +160,10 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         )?;
         bar.finish_and_clear();
         summary.groups_skipped_live = report.skipped;
-        info!("Committed changes to {} groups", report.written);
+        info!(
+            "Committed changes to {} groups ({} rows deleted, {} inserted)",
+            report.written, report.rows_deleted, report.rows_inserted
+        );
     }
     summary.timings.write = started.elapsed();
     summary.groups_written = changed.len();

@@ -40,6 +40,10 @@ pub struct WriteReport {
     /// Groups left alone because Synapse deleted or rewrote them (or their
     /// new base) since they were loaded.
     pub skipped: usize,
+    /// Rows removed (the rewritten groups' old rows).
+    pub rows_deleted: u64,
+    /// Rows written (the rewritten groups' new rows).
+    pub rows_inserted: u64,
 }
 
 impl WriteReport {
@@ -47,6 +51,8 @@ impl WriteReport {
     pub fn add(&mut self, other: WriteReport) {
         self.written += other.written;
         self.skipped += other.skipped;
+        self.rows_deleted += other.rows_deleted;
+        self.rows_inserted += other.rows_inserted;
     }
 }
 
@@ -161,9 +167,10 @@ pub fn write_batch(
             );
         }
     }
-    let report = WriteReport {
+    let mut report = WriteReport {
         written: ready.len(),
         skipped: batch.len() - ready.len(),
+        ..WriteReport::default()
     };
     if ready.is_empty() {
         return Ok(report);
@@ -186,11 +193,12 @@ pub fn write_batch(
         )
         .map_err(db)?;
     }
-    tx.execute(
-        "DELETE FROM state_groups_state WHERE state_group = ANY($1)",
-        &[&ready],
-    )
-    .map_err(db)?;
+    report.rows_deleted = tx
+        .execute(
+            "DELETE FROM state_groups_state WHERE state_group = ANY($1)",
+            &[&ready],
+        )
+        .map_err(db)?;
 
     let sink = tx
         .copy_in(
@@ -211,7 +219,7 @@ pub fn write_batch(
                 .map_err(db)?;
         }
     }
-    writer.finish().map_err(db)?;
+    report.rows_inserted = writer.finish().map_err(db)?;
     Ok(report)
 }
 

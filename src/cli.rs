@@ -93,6 +93,11 @@ pub struct ManualArgs {
     /// Never draw progress bars (they are only drawn on a terminal anyway).
     #[arg(long = "no-progress")]
     pub no_progress: bool,
+
+    /// Print the final summary as one JSON object on stdout instead of
+    /// text (logs stay on stderr).
+    #[arg(long = "json")]
+    pub json: bool,
 }
 
 impl ManualArgs {

@@ -14,7 +14,9 @@ fn main() {
     if args.no_progress {
         progress::disable();
     }
+    let json = args.json;
     match manual::run(&args.into_config()) {
+        Ok(summary) if json => println!("{}", summary.to_json()),
         Ok(summary) => println!("{summary}"),
         Err(err) => {
             eprintln!("error: {err}");

@@ -20,6 +20,7 @@ use crate::{graph, progress, sql};
 
 /// Runs the manual tool with `config` and returns its figures.
 pub fn run(config: &ManualConfig) -> Result<Summary> {
+    let run_started = Instant::now();
     let mut timings = Timings::default();
     let room = config.room_id.as_str();
 
@@ -91,6 +92,7 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     let rows_before = row_count(&original);
     let rows_after = row_count_after(&original, &compressed.changes);
     let mut summary = Summary {
+        room_id: room.to_owned(),
         groups: original.len(),
         groups_in_range: report.in_range,
         last_group,
@@ -107,12 +109,14 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
 
     if rows_after > rows_before {
         summary.outcome = Outcome::WouldGrow;
+        summary.timings.total = run_started.elapsed();
         return Ok(summary);
     }
     if let Some(minimum) = config.min_saved_rows {
         let saved = rows_before as i64 - rows_after as i64;
         if saved < minimum {
             summary.outcome = Outcome::TooFewSaved { saved, minimum };
+            summary.timings.total = run_started.elapsed();
             return Ok(summary);
         }
     }
@@ -166,6 +170,7 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         );
     }
     summary.timings.write = started.elapsed();
-    summary.groups_written = changed.len();
+    summary.groups_written = changed.len() - summary.groups_skipped_live;
+    summary.timings.total = run_started.elapsed();
     Ok(summary)
 }

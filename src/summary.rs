@@ -28,11 +28,15 @@ pub struct Timings {
     pub compress: Duration,
     pub verify: Duration,
     pub write: Duration,
+    /// The whole run, connecting included.
+    pub total: Duration,
 }
 
 /// The figures of one manual run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Summary {
+    /// The room compressed.
+    pub room_id: String,
     /// Groups loaded (in range, predecessors and heads).
     pub groups: usize,
     /// Groups eligible for rewriting.
@@ -60,6 +64,41 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The figures as one JSON object (for `--json`, scripts and monitoring).
+    pub fn to_json(&self) -> serde_json::Value {
+        let outcome = match &self.outcome {
+            Outcome::WouldGrow => "would_grow",
+            Outcome::TooFewSaved { .. } => "too_few_saved",
+            Outcome::Done => "done",
+        };
+        serde_json::json!({
+            "room_id": self.room_id,
+            "groups": self.groups,
+            "groups_in_range": self.groups_in_range,
+            "last_group": self.last_group,
+            "rows_before": self.rows_before,
+            "rows_after": self.rows_after,
+            "rows_saved": self.rows_before as i64 - self.rows_after as i64,
+            "percent_after": self.percent_after(),
+            "groups_changed": self.stats.state_groups_changed,
+            "forced_resets": self.stats.resets_no_suitable_prev,
+            "forced_reset_rows": self.stats.resets_no_suitable_prev_size,
+            "groups_written": self.groups_written,
+            "groups_skipped_live": self.groups_skipped_live,
+            "missing_predecessors": self.missing_predecessors,
+            "outcome": outcome,
+            "verified": self.verified.is_some(),
+            "groups_compared": self.verified.map_or(0, |v| v.compared),
+            "seconds": {
+                "load": self.timings.load.as_secs_f64(),
+                "compress": self.timings.compress.as_secs_f64(),
+                "verify": self.timings.verify.as_secs_f64(),
+                "write": self.timings.write.as_secs_f64(),
+                "total": self.timings.total.as_secs_f64(),
+            },
+        })
+    }
+
     /// Rows after as a percentage of rows before.
     pub fn percent_after(&self) -> f64 {
         if self.rows_before == 0 {

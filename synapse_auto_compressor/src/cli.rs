@@ -41,6 +41,11 @@ pub struct AutoArgs {
     /// Never draw progress bars.
     #[arg(long = "no-progress")]
     pub no_progress: bool,
+
+    /// Print the run's summary as one JSON object on stdout (logs stay on
+    /// stderr).
+    #[arg(long = "json")]
+    pub json: bool,
 }
 
 impl AutoArgs {

@@ -20,12 +20,20 @@ fn main() {
     if args.no_progress {
         progress::disable();
     }
-    if let Err(err) = synapse_auto_compressor::run(&args.into_config()) {
-        eprintln!("error: {err}");
-        let code = match err {
-            Error::AlreadyRunning(_) => EXIT_TEMPFAIL,
-            _ => 1,
-        };
-        std::process::exit(code);
+    let json = args.json;
+    match synapse_auto_compressor::run(&args.into_config()) {
+        Ok(summary) => {
+            if json {
+                println!("{}", summary.to_json());
+            }
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            let code = match err {
+                Error::AlreadyRunning(_) => EXIT_TEMPFAIL,
+                _ => 1,
+            };
+            std::process::exit(code);
+        }
     }
 }

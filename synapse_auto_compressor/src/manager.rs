@@ -74,6 +74,30 @@ pub struct RunSummary {
     pub elapsed: Duration,
 }
 
+impl RunSummary {
+    /// The figures as one JSON object (for `--json`, scripts and monitoring).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "chunks": self.chunks,
+            "chunks_skipped": self.chunks_skipped,
+            "rooms_finished": self.rooms_finished,
+            "rows_before": self.rows_before,
+            "rows_after": self.rows_after,
+            "rows_saved": self.rows_saved,
+            "groups_written": self.groups_written,
+            "groups_skipped_live": self.groups_skipped_live,
+            "levels_reset": self.levels_reset,
+            "seconds": {
+                "load": self.timings.load.as_secs_f64(),
+                "compress": self.timings.compress.as_secs_f64(),
+                "verify": self.timings.verify.as_secs_f64(),
+                "write": self.timings.write.as_secs_f64(),
+                "total": self.elapsed.as_secs_f64(),
+            },
+        })
+    }
+}
+
 /// Runs up to `number_of_chunks` chunks over the database.
 pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     let started = Instant::now();

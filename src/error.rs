@@ -38,11 +38,11 @@ pub enum Error {
     Database { context: String, message: String },
 
     /// The room has no state groups at all (unknown or purged room).
-    #[error("room {0} has no state groups in this database (is the room id right?)")]
+    #[error("room {} has no state groups in this database (is the room id right?)", printable(.0))]
     UnknownRoom(String),
 
     /// The room has state groups, but none in the requested range.
-    #[error("room {0} has no state groups in the requested range")]
+    #[error("room {} has no state groups in the requested range", printable(.0))]
     EmptyRange(String),
 
     /// The stored structure cannot be read safely (cycle, forward edge...).
@@ -58,7 +58,7 @@ pub enum Error {
     AlreadyRunning(String),
 
     /// A file could not be written.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}: {source}", printable(&path.display().to_string()))]
     File {
         path: PathBuf,
         source: std::io::Error,
@@ -117,6 +117,24 @@ fn extract_quoted(message: &str) -> Option<String> {
     let start = message.find('"')? + 1;
     let len = message[start..].find('"')?;
     Some(message[start..start + len].to_owned())
+}
+
+/// `text` with control characters (newlines, tabs...) escaped, so that a
+/// room id or path holding them still makes a one-line message.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// An error and its causes on one line.

@@ -32,7 +32,7 @@ use crate::structure::{GroupInfo, StateRow, Structure};
 use crate::StateMap;
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;
-use postgres::Client;
+use postgres::{Client, GenericClient};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -669,14 +669,10 @@ impl RoomSim {
     /// (and its keys are a subset), else a snapshot.
     fn store(&self, parent: Option<i64>, new: &SimState) -> (Option<i64>, SimState) {
         if let Some(p) = parent {
-            let parent_state = &self.states[&p];
-            if self.chain[&p] < self.max_hops && parent_state.keys().all(|k| new.contains_key(k)) {
-                let delta = new
-                    .iter()
-                    .filter(|(k, v)| parent_state.get(*k) != Some(*v))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                return (Some(p), delta);
+            if self.chain[&p] < self.max_hops {
+                if let Some(delta) = delta_if_subset(&self.states[&p], new) {
+                    return (Some(p), delta);
+                }
             }
         }
         (None, new.clone())
@@ -907,6 +903,35 @@ impl RoomSim {
     }
 }
 
+/// When every key of `old` is in `new`: the entries of `new` that `old`
+/// lacks or maps to another event. One ordered walk over both maps (the
+/// states of busy rooms have tens of thousands of keys, so looking each one
+/// up would dominate generating them).
+fn delta_if_subset(old: &SimState, new: &SimState) -> Option<SimState> {
+    let same_key =
+        |a: &SimKey, b: &SimKey| (Rc::ptr_eq(&a.0, &b.0) && Rc::ptr_eq(&a.1, &b.1)) || a == b;
+    let mut olds = old.iter();
+    let mut next_old = olds.next();
+    let mut delta = Vec::new();
+    for (key, event) in new {
+        match next_old {
+            Some((old_key, old_event)) if same_key(old_key, key) => {
+                if old_event != event {
+                    delta.push((key.clone(), event.clone()));
+                }
+                next_old = olds.next();
+            }
+            // A key of `old` that `new` lacks.
+            Some((old_key, _)) if old_key < key => return None,
+            _ => delta.push((key.clone(), event.clone())),
+        }
+    }
+    match next_old {
+        Some(_) => None,
+        None => Some(delta.into_iter().collect()),
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
     /// The group becomes the room's latest.
@@ -977,6 +1002,347 @@ pub fn generate_into(client: &mut Client, cfg: &GenConfig) -> Result<Generated, 
     let generated = generate(cfg);
     generated.write(client)?;
     Ok(generated)
+}
+
+// ---------------------------------------------------------------------------
+// Benchmark data: many rooms of mixed sizes, streamed
+
+/// One kind of room in a [`MixConfig`]: `rooms` rooms of `groups_per_room`
+/// groups each, growing to `members` members.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomClass {
+    pub rooms: usize,
+    pub groups_per_room: usize,
+    pub members: usize,
+    /// Users already in the room when this server joined it over federation
+    /// (0 for a room created here). The room's first group then holds the
+    /// whole state at the join as one snapshot (the creation events plus
+    /// these users, about one in seven of them having left since), the way
+    /// Synapse stores the state of a `send_join` response. This is how a
+    /// busy room gets thousands of keys in every one of Synapse's 100-hop
+    /// snapshots from its first group on.
+    pub initial_members: usize,
+}
+
+/// A database of many rooms of mixed sizes, for the benchmark.
+///
+/// Unlike [`generate`], [`generate_mix`] streams the groups (memory is
+/// bounded by the rooms' recent states, not by the data set), gives every
+/// room its own random generator, and interleaves the rooms with a shuffled
+/// schedule, so tens of millions of rows take minutes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MixConfig {
+    /// Seed, probabilities, snapshot rule and first group id for every room
+    /// (its `rooms`, `groups_per_room` and `members` are not used).
+    pub base: GenConfig,
+    /// The rooms, by kind, in room order.
+    pub classes: Vec<RoomClass>,
+}
+
+impl MixConfig {
+    /// Names accepted by [`MixConfig::preset`].
+    pub const PRESETS: &'static [&'static str] = &["bench200k", "bench3m", "bench20m"];
+
+    /// A named benchmark configuration (row counts as measured with the
+    /// default seed):
+    /// - `bench200k`: one busy room (1,400 groups, joined over federation
+    ///   with 1,200 users) and 60 small and medium rooms: about 200,000 rows;
+    /// - `bench3m`: one busy room (14,000 groups, joined with 12,000 users,
+    ///   growing to 15,000 members: about 2 million rows, almost all of them
+    ///   in its 140 snapshots) and 600 other rooms (500 small, 90 medium, 10
+    ///   large) holding about a million more;
+    /// - `bench20m`: one very busy room (46,000 groups, joined with 24,000
+    ///   users: about 12 million rows) and 3,000 other rooms holding about
+    ///   8 million more.
+    ///
+    /// All with few forks and state resets (so they compress well, as most
+    /// real rooms do) and Synapse's 100-hop rule.
+    pub fn preset(name: &str) -> Option<MixConfig> {
+        let base = GenConfig {
+            seed: 1,
+            join_rate: 3.0,
+            fork_probability: 0.02,
+            fork_continue_share: 0.02,
+            resolve_probability: 0.03,
+            resolve_drop_probability: 0.05,
+            empty_delta_probability: 0.02,
+            reset_probability: 0.001,
+            ..GenConfig::default()
+        };
+        let class = |rooms, groups_per_room, members, initial_members| RoomClass {
+            rooms,
+            groups_per_room,
+            members,
+            initial_members,
+        };
+        let classes = match name {
+            "bench200k" => vec![
+                class(1, 1_400, 1_500, 1_200),
+                class(50, 200, 30, 0),
+                class(9, 1_500, 250, 0),
+                class(1, 4_000, 800, 0),
+            ],
+            "bench3m" => vec![
+                class(1, 14_000, 15_000, 12_000),
+                class(500, 200, 30, 0),
+                class(90, 1_500, 250, 0),
+                class(10, 4_000, 800, 0),
+            ],
+            "bench20m" => vec![
+                class(1, 46_000, 28_000, 24_000),
+                class(2_500, 200, 30, 0),
+                class(440, 1_500, 250, 0),
+                class(60, 4_000, 800, 100),
+            ],
+            _ => return None,
+        };
+        Some(MixConfig { base, classes })
+    }
+
+    /// Number of rooms.
+    pub fn room_count(&self) -> usize {
+        self.classes.iter().map(|c| c.rooms).sum()
+    }
+
+    /// Number of state groups.
+    pub fn group_count(&self) -> usize {
+        self.classes
+            .iter()
+            .map(|c| c.rooms * c.groups_per_room)
+            .sum()
+    }
+}
+
+/// What [`generate_mix`] produced for one room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MixRoom {
+    pub room_id: String,
+    pub groups: usize,
+    /// Its `state_groups_state` rows.
+    pub rows: usize,
+    /// Its groups stored without an edge.
+    pub snapshots: usize,
+}
+
+/// A seed per room, derived from the configuration's seed (SplitMix64).
+fn room_seed(seed: u64, room: usize) -> u64 {
+    let mut z = seed
+        .wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(room as u64 + 1))
+        .wrapping_add(0xB5AD_4ECE_DA1C_E2A9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl RoomSim {
+    /// The room's first group when this server joined an existing room over
+    /// federation: the whole state at the join as one snapshot.
+    fn joined_over_federation(
+        &mut self,
+        id: i64,
+        users: usize,
+        strings: &mut Strings,
+    ) -> GenGroup {
+        let mut state = SimState::new();
+        let mut last = None;
+        while let Some(key) = self.creation.pop() {
+            let event = strings.event_id();
+            state.insert(key, event.clone());
+            last = Some(event);
+        }
+        // The creator is already in; about one in seven of the others left.
+        for n in 1..users {
+            let membership = if n % 7 == 3 {
+                Membership::Left
+            } else {
+                Membership::Joined
+            };
+            let key = self.new_user(strings, membership);
+            let event = strings.event_id();
+            state.insert(key, event.clone());
+            last = Some(event);
+        }
+        let event = last.expect("the creation events");
+        self.finish(id, None, Rc::new(state), event, Role::Latest)
+    }
+}
+
+/// Generates the rooms of `cfg` and hands each group, in ascending id order
+/// (ids from `cfg.base.first_group_id`, without gaps), to `sink`; stops at
+/// the first error of `sink`. Returns what each room got, in room order.
+/// Deterministic for a given configuration.
+pub fn generate_mix<E>(
+    cfg: &MixConfig,
+    mut sink: impl FnMut(GenGroup) -> Result<(), E>,
+) -> Result<Vec<MixRoom>, E> {
+    let base = &cfg.base;
+    let mut rooms: Vec<(RoomSim, Strings, usize)> = Vec::with_capacity(cfg.room_count());
+    let mut seen_ids = BTreeSet::new();
+    for class in &cfg.classes {
+        let room_cfg = GenConfig {
+            groups_per_room: class.groups_per_room,
+            members: class.members,
+            ..base.clone()
+        };
+        for _ in 0..class.rooms {
+            let index = rooms.len();
+            let mut strings = Strings {
+                rng: SmallRng::seed_from_u64(room_seed(base.seed, index)),
+                nasty: base.nasty_strings,
+                counter: 0,
+            };
+            let room_id = strings.room_id(index);
+            assert!(seen_ids.insert(room_id.clone()), "duplicate room id");
+            let sim = RoomSim::new(room_id, &room_cfg, &mut strings);
+            rooms.push((sim, strings, class.initial_members));
+        }
+    }
+    // Which room gets each id: every room's groups, shuffled (the same as
+    // picking a room weighted by how much it has left, at every step).
+    let mut schedule: Vec<u32> = Vec::with_capacity(cfg.group_count());
+    for (index, (sim, _, _)) in rooms.iter().enumerate() {
+        schedule.extend(std::iter::repeat_n(index as u32, sim.target_groups));
+    }
+    let mut rng = SmallRng::seed_from_u64(room_seed(base.seed, usize::MAX));
+    for i in (1..schedule.len()).rev() {
+        let j = rng.random_range(0..=i);
+        schedule.swap(i, j);
+    }
+
+    let mut report: Vec<MixRoom> = rooms
+        .iter()
+        .map(|(sim, _, _)| MixRoom {
+            room_id: sim.room_id.to_string(),
+            groups: 0,
+            rows: 0,
+            snapshots: 0,
+        })
+        .collect();
+    let mut next_id = base.first_group_id;
+    for index in schedule {
+        let index = index as usize;
+        let (sim, strings, initial_members) = &mut rooms[index];
+        let group = if sim.latest.is_none() && *initial_members > 1 {
+            sim.joined_over_federation(next_id, *initial_members, strings)
+        } else {
+            sim.step(next_id, base, strings)
+        };
+        let entry = &mut report[index];
+        entry.groups += 1;
+        entry.rows += group.delta.len();
+        entry.snapshots += usize::from(group.prev.is_none());
+        // A room's simulation is no longer needed once it is done.
+        if sim.remaining() == 0 {
+            let empty = GenConfig {
+                groups_per_room: 0,
+                ..base.clone()
+            };
+            let mut none = Strings {
+                rng: SmallRng::seed_from_u64(0),
+                nasty: false,
+                counter: 0,
+            };
+            *sim = RoomSim::new(String::new(), &empty, &mut none);
+        }
+        sink(group)?;
+        next_id += 1;
+    }
+    Ok(report)
+}
+
+/// Writes the groups of `cfg` into the database the fastest way there is:
+/// `state_groups_state` streamed with one binary `COPY` as the rows are
+/// generated, then `state_groups`, `state_group_edges` and
+/// `event_to_state_groups` (kept in memory meanwhile: a few dozen bytes per
+/// group). No `ANALYZE`: meant for a database made for the purpose (the
+/// benchmark drops the indexes first and builds them afterwards). With
+/// `freeze`, every `COPY` has the `FREEZE` option, which PostgreSQL accepts
+/// only inside a transaction that created or truncated the tables; the rows
+/// are then stored frozen, as if vacuumed. Returns what each room got.
+pub fn write_mix(
+    client: &mut impl GenericClient,
+    cfg: &MixConfig,
+    freeze: bool,
+) -> Result<Vec<MixRoom>, postgres::Error> {
+    let options = if freeze {
+        "(FORMAT binary, FREEZE)"
+    } else {
+        "(FORMAT binary)"
+    };
+    struct Meta {
+        id: i64,
+        room: u32,
+        event_id: String,
+        prev: Option<i64>,
+    }
+    let mut metas: Vec<Meta> = Vec::with_capacity(cfg.group_count());
+    let mut room_index: HashMap<String, u32> = HashMap::new();
+    let report = {
+        let sink = client.copy_in(&format!(
+            "COPY state_groups_state (state_group, room_id, type, state_key, event_id) \
+             FROM STDIN {options}"
+        ))?;
+        let mut w = BinaryCopyInWriter::new(
+            sink,
+            &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT],
+        );
+        let report = generate_mix(cfg, |g| {
+            for ((event_type, state_key), event_id) in &g.delta {
+                w.write(&[&g.id, &g.room_id, event_type, state_key, event_id])?;
+            }
+            let next = room_index.len() as u32;
+            let room = *room_index.entry(g.room_id).or_insert(next);
+            metas.push(Meta {
+                id: g.id,
+                room,
+                event_id: g.event_id,
+                prev: g.prev,
+            });
+            Ok(())
+        })?;
+        w.finish()?;
+        report
+    };
+    let mut room_ids = vec![String::new(); room_index.len()];
+    for (room_id, index) in room_index {
+        room_ids[index as usize] = room_id;
+    }
+    {
+        let sink = client.copy_in(&format!(
+            "COPY state_groups (id, room_id, event_id) FROM STDIN {options}"
+        ))?;
+        let mut w = BinaryCopyInWriter::new(sink, &[Type::INT8, Type::TEXT, Type::TEXT]);
+        for m in &metas {
+            w.write(&[&m.id, &room_ids[m.room as usize], &m.event_id])?;
+        }
+        w.finish()?;
+    }
+    {
+        let sink = client.copy_in(&format!(
+            "COPY state_group_edges (state_group, prev_state_group) FROM STDIN {options}"
+        ))?;
+        let mut w = BinaryCopyInWriter::new(sink, &[Type::INT8, Type::INT8]);
+        for m in &metas {
+            if let Some(prev) = &m.prev {
+                w.write(&[&m.id, prev])?;
+            }
+        }
+        w.finish()?;
+    }
+    {
+        let sink = client.copy_in(&format!(
+            "COPY event_to_state_groups (event_id, state_group) FROM STDIN {options}"
+        ))?;
+        let mut w = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::INT8]);
+        for m in &metas {
+            w.write(&[&m.event_id, &m.id])?;
+        }
+        w.finish()?;
+    }
+    client.batch_execute(
+        "SELECT setval('state_group_id_seq', GREATEST((SELECT max(id) FROM state_groups), 1))",
+    )?;
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! - [`pg`]: throwaway test databases on the server named by `SYNAPSE_TEST_PG`.
 //! - [`generator`]: writes realistic Synapse-like state groups.
 //! - [`synapse_state`]: reads groups' resolved state exactly as Synapse does.
+//! - [`synapse_imitation`]: a live Synapse's writes, deletions and purges,
+//!   to run beside the compressor, with the states every group must keep.
 //! - [`structure`]: the raw tree (edges and rows) and its invariants.
 //! - [`level_model`]: an independent model of the default level algorithm,
 //!   the oracle for the exact structure the compressor must produce.
@@ -18,6 +20,7 @@ pub mod generator;
 pub mod level_model;
 pub mod pg;
 pub mod structure;
+pub mod synapse_imitation;
 pub mod synapse_state;
 pub mod tools;
 

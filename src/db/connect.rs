@@ -90,8 +90,12 @@ impl FromStr for ConnectionSettings {
                 _ => unreachable!("only TLS keys are split out"),
             }
         }
-        let mut config =
-            Config::from_str(&rest).map_err(|e| Error::BadConnectionString(one_line(&e)))?;
+        let mut config = Config::from_str(&rest).map_err(|e| {
+            // The postgres crate's message already starts with our prefix.
+            let text = one_line(&e);
+            let text = text.strip_prefix("invalid connection string: ").unwrap_or(&text);
+            Error::BadConnectionString(text.to_owned())
+        })?;
         if config.get_hosts().is_empty() {
             return Err(Error::BadConnectionString(
                 "no host given (add host=... or use postgresql://user@host/db)".to_owned(),

@@ -40,29 +40,25 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
 
     let started = Instant::now();
     info!("Fetching state from DB for room '{room}'...");
-    let last_group = load::find_max_group(
+    let ids = load::range_ids(
         &mut client,
         room,
         config.min_state_group,
-        config.groups_to_compress,
         config.max_state_group,
-    )?
-    .ok_or_else(|| match load::room_has_groups(&mut client, room) {
-        Ok(false) => Error::UnknownRoom(room.to_owned()),
-        Ok(true) => Error::EmptyRange(room.to_owned()),
-        Err(e) => e,
-    })?;
+        config.groups_to_compress,
+    )?;
+    let Some(&last_group) = ids.last() else {
+        return Err(if load::room_has_groups(&mut client, room)? {
+            Error::EmptyRange(room.to_owned())
+        } else {
+            Error::UnknownRoom(room.to_owned())
+        });
+    };
     let rows_bar = progress::counter("Rows read");
     let mut symbols = Symbols::new();
-    let (original, report) = load::load_room_range(
-        &mut client,
-        &mut symbols,
-        room,
-        config.min_state_group,
-        last_group,
-        &[],
-        &mut |n| rows_bar.inc(n),
-    )?;
+    let (original, report) = load::load_groups(&mut client, &mut symbols, &ids, &[], &mut |n| {
+        rows_bar.inc(n)
+    })?;
     rows_bar.finish_and_clear();
     if !report.missing_predecessors.is_empty() {
         warn!(

@@ -30,31 +30,25 @@ pub struct LoadReport {
     pub duplicate_rows: usize,
 }
 
-/// The id of the last group to compress: the `groups_to_compress`-th group
-/// of the room after `min_exclusive` (or the last one), at most
-/// `max_inclusive`. `None` when the room has no groups there.
-pub fn find_max_group(
+/// The ids of the room's groups with `min_exclusive < id <= max_inclusive`,
+/// ascending, at most `limit` of them: the groups a run compresses.
+pub fn range_ids(
     client: &mut Client,
     room_id: &str,
     min_exclusive: Option<i64>,
-    groups_to_compress: Option<i64>,
     max_inclusive: Option<i64>,
-) -> Result<Option<i64>> {
+    limit: Option<i64>,
+) -> Result<Vec<i64>> {
     let min = min_exclusive.unwrap_or(i64::MIN);
     let max = max_inclusive.unwrap_or(i64::MAX);
-    let row = match groups_to_compress {
-        Some(limit) => client.query_opt(
-            "SELECT max(id) FROM (SELECT id FROM state_groups \
-             WHERE room_id = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4) AS chunk",
+    let rows = client
+        .query(
+            "SELECT id FROM state_groups WHERE room_id = $1 AND id > $2 AND id <= $3 \
+             ORDER BY id LIMIT $4",
             &[&room_id, &min, &max, &limit],
-        ),
-        None => client.query_opt(
-            "SELECT max(id) FROM state_groups WHERE room_id = $1 AND id > $2 AND id <= $3",
-            &[&room_id, &min, &max],
-        ),
-    }
-    .map_err(|e| Error::db("finding the range of state groups to compress", e))?;
-    Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)))
+        )
+        .map_err(|e| Error::db("finding the state groups to compress", e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// True when the room has at least one state group.
@@ -68,51 +62,24 @@ pub fn room_has_groups(client: &mut Client, room_id: &str) -> Result<bool> {
         .map_err(|e| Error::db("looking up the room", e))
 }
 
-/// Loads the room's groups with `min_exclusive < id <= max_inclusive` (in
-/// range), plus `extra` groups (level heads of an earlier run, not in
-/// range), plus every predecessor all of these need.
-pub fn load_room_range(
+/// Loads the groups `ids` (in range: to be compressed, as found by
+/// [`range_ids`]), plus `extra` groups (level heads of an earlier run, not
+/// in range), plus every predecessor all of these need.
+pub fn load_groups(
     client: &mut Client,
     symbols: &mut Symbols,
-    room_id: &str,
-    min_exclusive: Option<i64>,
-    max_inclusive: i64,
+    ids: &[i64],
     extra: &[i64],
     on_rows: &mut dyn FnMut(u64),
 ) -> Result<(GroupMap, LoadReport)> {
-    let min = min_exclusive.unwrap_or(i64::MIN);
-    let range_params: [&(dyn ToSql + Sync); 3] = [&room_id, &min, &max_inclusive];
     let mut builder = Builder::new(symbols);
-
-    let ids = client
-        .query(
-            "SELECT id FROM state_groups WHERE room_id = $1 AND id > $2 AND id <= $3",
-            &range_params,
-        )
-        .map_err(|e| Error::db("loading state group ids", e))?;
-    for row in ids {
-        builder.groups.entry(row.get(0)).or_default().in_range = true;
+    for &id in ids {
+        builder.groups.entry(id).or_default().in_range = true;
     }
-
-    const IN_RANGE: &str =
-        "SELECT id FROM state_groups WHERE room_id = $1 AND id > $2 AND id <= $3";
-    builder.read_edges(
-        client,
-        &format!(
-            "SELECT state_group, prev_state_group FROM state_group_edges \
-             WHERE state_group IN ({IN_RANGE})"
-        ),
-        &range_params,
-    )?;
-    builder.read_rows(
-        client,
-        &format!(
-            "SELECT state_group, type, state_key, event_id FROM state_groups_state \
-             WHERE state_group IN ({IN_RANGE}) ORDER BY state_group"
-        ),
-        &range_params,
-        on_rows,
-    )?;
+    // Edges and rows by explicit ids: an index lookup per group. (A join on
+    // room_id lets the planner pick a merge join over the whole rows index,
+    // which costs the whole table for every chunk.)
+    builder.read_by_ids(client, ids, on_rows)?;
 
     let mut wanted: BTreeSet<i64> = extra
         .iter()
@@ -130,11 +97,34 @@ pub fn load_room_range(
         if wanted.is_empty() {
             break;
         }
-        let ids: Vec<i64> = std::mem::take(&mut wanted).into_iter().collect();
+        // All their ancestors at once (one recursive query, as Synapse reads
+        // a chain), rather than one generation per round trip.
+        let start: Vec<i64> = std::mem::take(&mut wanted).into_iter().collect();
+        let ids: Vec<i64> = ancestors(client, &start)?
+            .into_iter()
+            .filter(|id| !builder.groups.contains_key(id))
+            .collect();
         builder.load_out_of_range(client, &ids, on_rows)?;
     }
 
     builder.finish()
+}
+
+/// `ids` and every group reachable from them through `state_group_edges`,
+/// ascending. `UNION` ends the walk even on a damaged, looping structure.
+fn ancestors(client: &mut Client, ids: &[i64]) -> Result<Vec<i64>> {
+    let rows = client
+        .query(
+            "WITH RECURSIVE chain(id) AS ( \
+                 SELECT unnest($1::bigint[]) \
+                 UNION \
+                 SELECT e.prev_state_group FROM state_group_edges AS e \
+                 JOIN chain AS c ON e.state_group = c.id \
+             ) SELECT id FROM chain ORDER BY id",
+            &[&ids],
+        )
+        .map_err(|e| Error::db("finding predecessor chains", e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Which of `ids` have a `state_groups` row.
@@ -250,16 +240,13 @@ impl<'s> Builder<'s> {
         Ok(())
     }
 
-    /// Loads `ids` (predecessors or level heads) with their edges and rows.
-    fn load_out_of_range(
+    /// Reads the edges and rows of `ids`.
+    fn read_by_ids(
         &mut self,
         client: &mut Client,
         ids: &[i64],
         on_rows: &mut dyn FnMut(u64),
     ) -> Result<()> {
-        let existing = existing_groups(client, ids)?;
-        self.missing
-            .extend(ids.iter().filter(|id| !existing.contains(id)));
         self.read_edges(
             client,
             "SELECT state_group, prev_state_group FROM state_group_edges \
@@ -272,7 +259,20 @@ impl<'s> Builder<'s> {
              WHERE state_group = ANY($1) ORDER BY state_group",
             &[&ids],
             on_rows,
-        )?;
+        )
+    }
+
+    /// Loads `ids` (predecessors or level heads) with their edges and rows.
+    fn load_out_of_range(
+        &mut self,
+        client: &mut Client,
+        ids: &[i64],
+        on_rows: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        let existing = existing_groups(client, ids)?;
+        self.missing
+            .extend(ids.iter().filter(|id| !existing.contains(id)));
+        self.read_by_ids(client, ids, on_rows)?;
         for &id in ids {
             self.groups.entry(id).or_default();
         }

@@ -177,8 +177,8 @@ fn compress_chunk(
         room_finished: false,
     };
 
-    let Some(last) = load::find_max_group(client, room, after, Some(config.chunk_size), None)?
-    else {
+    let ids = load::range_ids(client, room, after, None, Some(config.chunk_size))?;
+    let Some(&last) = ids.last() else {
         // The groups that made us pick this room are gone (purged since).
         warn!("Room {room} has no groups after {after:?} any more; skipping it");
         outcome.room_finished = true;
@@ -192,8 +192,7 @@ fn compress_chunk(
     let heads: Vec<i64> = progress.levels.iter().filter_map(|l| l.head()).collect();
     let started = Instant::now();
     let mut symbols = Symbols::new();
-    let loaded =
-        load::load_room_range(client, &mut symbols, room, after, last, &heads, &mut |_| {});
+    let loaded = load::load_groups(client, &mut symbols, &ids, &heads, &mut |_| {});
     let (original, report) = match loaded {
         Ok(loaded) => loaded,
         Err(Error::Damaged(why)) => {
@@ -297,9 +296,8 @@ fn save_progress_only(
 
 /// Fills in whether the room has groups after this chunk.
 fn finish(client: &mut Client, mut outcome: ChunkOutcome) -> ChunkOutcome {
-    outcome.room_finished = matches!(
-        load::find_max_group(client, &outcome.room_id, Some(outcome.last), Some(1), None),
-        Ok(None)
-    );
+    outcome.room_finished =
+        load::range_ids(client, &outcome.room_id, Some(outcome.last), None, Some(1))
+            .is_ok_and(|next| next.is_empty());
     outcome
 }

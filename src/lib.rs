@@ -16,7 +16,7 @@
 //! - [`sql`]: SQL text output; [`graph`]: graph files;
 //! - [`db`]: connecting (with TLS), loading and writing;
 //! - [`config`], [`cli`], [`manual`], [`summary`]: the manual tool;
-//! - [`error`], [`progress`], [`logging`]: shared plumbing.
+//! - [`error`], [`progress`], [`logging`], [`memory`]: shared plumbing.
 
 pub mod cli;
 pub mod compressor;
@@ -28,6 +28,7 @@ pub mod group;
 pub mod levels;
 pub mod logging;
 pub mod manual;
+pub mod memory;
 pub mod progress;
 pub mod resolve;
 pub mod sql;

@@ -96,6 +96,7 @@ impl Summary {
                 "write": self.timings.write.as_secs_f64(),
                 "total": self.timings.total.as_secs_f64(),
             },
+            "peak_rss_mib": crate::memory::peak_rss_mib(),
         })
     }
 
@@ -167,11 +168,12 @@ impl fmt::Display for Summary {
         }
         write!(
             f,
-            "Time: load {:.2}s, compress {:.2}s, verify {:.2}s, write {:.2}s",
+            "Time: load {:.2}s, compress {:.2}s, verify {:.2}s, write {:.2}s; peak memory {:.1} MiB",
             self.timings.load.as_secs_f64(),
             self.timings.compress.as_secs_f64(),
             self.timings.verify.as_secs_f64(),
-            self.timings.write.as_secs_f64()
+            self.timings.write.as_secs_f64(),
+            crate::memory::peak_rss_mib()
         )
     }
 }

@@ -94,6 +94,7 @@ impl RunSummary {
                 "write": self.timings.write.as_secs_f64(),
                 "total": self.elapsed.as_secs_f64(),
             },
+            "peak_rss_mib": synapse_compress_state::memory::peak_rss_mib(),
         })
     }
 }
@@ -142,11 +143,12 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
         summary.elapsed.as_secs_f64()
     );
     info!(
-        "Time: load {:.2}s, compress {:.2}s, verify {:.2}s, write {:.2}s",
+        "Time: load {:.2}s, compress {:.2}s, verify {:.2}s, write {:.2}s; peak memory {:.1} MiB",
         summary.timings.load.as_secs_f64(),
         summary.timings.compress.as_secs_f64(),
         summary.timings.verify.as_secs_f64(),
-        summary.timings.write.as_secs_f64()
+        summary.timings.write.as_secs_f64(),
+        synapse_compress_state::memory::peak_rss_mib()
     );
     Ok(summary)
 }

@@ -34,17 +34,17 @@ pub struct ManualArgs {
 
     /// Only compress groups with an id above this one (exclusive).
     #[arg(short = 'b', long = "min-state-group", alias = "min_state_group",
-          value_name = "MIN_STATE_GROUP", value_parser = clap::value_parser!(i64).range(0..))]
+          value_name = "MIN_STATE_GROUP", value_parser = clap::value_parser!(i64).range(0..), allow_negative_numbers = true)]
     pub min_state_group: Option<i64>,
 
     /// Compress at most this many groups (from the start of the range).
     #[arg(short = 'n', long = "groups-to-compress", alias = "groups_to_compress",
-          value_name = "GROUPS_TO_COMPRESS", value_parser = clap::value_parser!(i64).range(1..))]
+          value_name = "GROUPS_TO_COMPRESS", value_parser = clap::value_parser!(i64).range(1..), allow_negative_numbers = true)]
     pub groups_to_compress: Option<i64>,
 
     /// Only compress groups with an id up to this one (inclusive).
     #[arg(short = 's', long = "max-state-group", alias = "max_state_group",
-          value_name = "MAX_STATE_GROUP", value_parser = clap::value_parser!(i64).range(0..))]
+          value_name = "MAX_STATE_GROUP", value_parser = clap::value_parser!(i64).range(0..), allow_negative_numbers = true)]
     pub max_state_group: Option<i64>,
 
     /// Level sizes of the tree, lowest level first. Their sum bounds the
@@ -60,7 +60,7 @@ pub struct ManualArgs {
 
     /// Write nothing unless at least this many rows would be saved.
     #[arg(short = 'm', long = "min-saved-rows", alias = "min_saved_rows",
-          value_name = "COUNT", value_parser = clap::value_parser!(i64).range(0..))]
+          value_name = "COUNT", value_parser = clap::value_parser!(i64).range(0..), allow_negative_numbers = true)]
     pub min_saved_rows: Option<i64>,
 
     /// Write the changes as SQL to this file (apply later with psql).

@@ -40,15 +40,16 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
 
     let started = Instant::now();
     info!("Fetching state from DB for room '{room}'...");
+    let mut snapshot = load::snapshot(&mut client)?;
     let ids = load::range_ids(
-        &mut client,
+        &mut snapshot,
         room,
         config.min_state_group,
         config.max_state_group,
         config.groups_to_compress,
     )?;
     let Some(&last_group) = ids.last() else {
-        return Err(if load::room_has_groups(&mut client, room)? {
+        return Err(if load::room_has_groups(&mut snapshot, room)? {
             Error::EmptyRange(room.to_owned())
         } else {
             Error::UnknownRoom(room.to_owned())
@@ -56,9 +57,12 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     };
     let rows_bar = progress::counter("Rows read");
     let mut symbols = Symbols::new();
-    let (original, report) = load::load_groups(&mut client, &mut symbols, &ids, &[], &mut |n| {
+    let (original, report) = load::load_groups(&mut snapshot, &mut symbols, &ids, &[], &mut |n| {
         rows_bar.inc(n)
     })?;
+    snapshot
+        .commit()
+        .map_err(|e| Error::db("finishing the read", e))?;
     rows_bar.finish_and_clear();
     if !report.missing_predecessors.is_empty() {
         warn!(

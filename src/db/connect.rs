@@ -93,7 +93,9 @@ impl FromStr for ConnectionSettings {
         let mut config = Config::from_str(&rest).map_err(|e| {
             // The postgres crate's message already starts with our prefix.
             let text = one_line(&e);
-            let text = text.strip_prefix("invalid connection string: ").unwrap_or(&text);
+            let text = text
+                .strip_prefix("invalid connection string: ")
+                .unwrap_or(&text);
             Error::BadConnectionString(text.to_owned())
         })?;
         if config.get_hosts().is_empty() {
@@ -106,6 +108,12 @@ impl FromStr for ConnectionSettings {
             SslMode::Allow | SslMode::Prefer => PgSslMode::Prefer,
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
         });
+        // libpq never negotiates TLS over a Unix socket, whatever sslmode
+        // says (PostgreSQL does not offer it there); the postgres crate
+        // would ask and fail.
+        if only_unix_sockets(&config) {
+            config.ssl_mode(PgSslMode::Disable);
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(30));
         }
@@ -113,6 +121,23 @@ impl FromStr for ConnectionSettings {
             config.application_name("synapse_compress_state");
         }
         Ok(ConnectionSettings { config, tls })
+    }
+}
+
+/// True when every host of `config` is a Unix-socket directory.
+fn only_unix_sockets(config: &Config) -> bool {
+    #[cfg(unix)]
+    {
+        use postgres::config::Host;
+        config
+            .get_hosts()
+            .iter()
+            .all(|host| matches!(host, Host::Unix(_)))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = config;
+        false
     }
 }
 
@@ -131,10 +156,34 @@ pub fn connect(text: &str) -> Result<Client> {
     text.parse::<ConnectionSettings>()?.connect()
 }
 
+/// Fails with the operating system's reason (rather than OpenSSL's error
+/// stack) when a certificate or key file named in the connection string
+/// cannot be read.
+fn check_readable(what: &str, path: &str) -> Result<()> {
+    std::fs::File::open(path)
+        .map(|_| ())
+        .map_err(|e| Error::Tls(format!("cannot read {what} {path:?}: {e}")))
+}
+
 fn make_connector(tls: &TlsSettings) -> Result<MakeTlsConnector> {
+    for (what, path) in [
+        ("sslrootcert", &tls.root_cert),
+        ("sslcert", &tls.client_cert),
+        ("sslkey", &tls.client_key),
+    ] {
+        // libpq ignores sslrootcert unless certificates are checked.
+        let used =
+            what != "sslrootcert" || matches!(tls.mode, SslMode::VerifyCa | SslMode::VerifyFull);
+        if let (Some(path), true) = (path, used) {
+            check_readable(what, path)?;
+        }
+    }
     let tls_err = |e: openssl::error::ErrorStack| Error::Tls(e.to_string());
     let mut builder = SslConnector::builder(SslMethod::tls()).map_err(tls_err)?;
-    let verify = matches!(tls.mode, SslMode::VerifyCa | SslMode::VerifyFull);
+    // Like libpq: `require` with an explicit root certificate checks the
+    // chain as verify-ca does.
+    let verify = matches!(tls.mode, SslMode::VerifyCa | SslMode::VerifyFull)
+        || (tls.mode == SslMode::Require && tls.root_cert.is_some());
     if verify {
         builder.set_verify(SslVerifyMode::PEER);
         match &tls.root_cert {
@@ -322,6 +371,20 @@ mod tests {
         assert_eq!(s.tls.root_cert.as_deref(), Some("/a b"));
         assert_eq!(s.config.get_dbname(), Some("my db"));
         assert_eq!(s.config.get_ssl_mode(), PgSslMode::Disable);
+    }
+
+    #[test]
+    fn never_asks_for_tls_over_a_unix_socket() {
+        for mode in ["require", "verify-full"] {
+            let s: ConnectionSettings = format!("host=/run/postgresql dbname=x sslmode={mode}")
+                .parse()
+                .unwrap();
+            assert_eq!(s.config.get_ssl_mode(), PgSslMode::Disable, "{mode}");
+        }
+        let s: ConnectionSettings = "host=db.example.org,/run/postgresql sslmode=require"
+            .parse()
+            .unwrap();
+        assert_eq!(s.config.get_ssl_mode(), PgSslMode::Require);
     }
 
     #[test]

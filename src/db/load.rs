@@ -5,12 +5,17 @@
 //! is loaded in rounds (a predecessor may itself have a predecessor we lack),
 //! found through `state_group_edges` as well as `state_groups`. Loaded
 //! predecessors and level heads are marked not in range: never rewritten.
+//!
+//! Callers run all of a load inside one [`snapshot`] transaction: Synapse
+//! deletes and de-deltas groups in the background, and reading a group's
+//! edge in one statement and its predecessor's rows in another could mix two
+//! versions of a chain.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
-use postgres::Client;
+use postgres::GenericClient;
 
 use crate::error::{Error, Result};
 use crate::group::GroupMap;
@@ -30,10 +35,21 @@ pub struct LoadReport {
     pub duplicate_rows: usize,
 }
 
+/// Starts the read-only, repeatable-read transaction a load runs in, so
+/// every query of it sees the same committed state.
+pub fn snapshot(client: &mut postgres::Client) -> Result<postgres::Transaction<'_>> {
+    client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(|e| Error::db("starting a consistent read", e))
+}
+
 /// The ids of the room's groups with `min_exclusive < id <= max_inclusive`,
 /// ascending, at most `limit` of them: the groups a run compresses.
 pub fn range_ids(
-    client: &mut Client,
+    client: &mut impl GenericClient,
     room_id: &str,
     min_exclusive: Option<i64>,
     max_inclusive: Option<i64>,
@@ -52,7 +68,7 @@ pub fn range_ids(
 }
 
 /// True when the room has at least one state group.
-pub fn room_has_groups(client: &mut Client, room_id: &str) -> Result<bool> {
+pub fn room_has_groups(client: &mut impl GenericClient, room_id: &str) -> Result<bool> {
     client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM state_groups WHERE room_id = $1)",
@@ -66,7 +82,7 @@ pub fn room_has_groups(client: &mut Client, room_id: &str) -> Result<bool> {
 /// [`range_ids`]), plus `extra` groups (level heads of an earlier run, not
 /// in range), plus every predecessor all of these need.
 pub fn load_groups(
-    client: &mut Client,
+    client: &mut impl GenericClient,
     symbols: &mut Symbols,
     ids: &[i64],
     extra: &[i64],
@@ -112,7 +128,7 @@ pub fn load_groups(
 
 /// `ids` and every group reachable from them through `state_group_edges`,
 /// ascending. `UNION` ends the walk even on a damaged, looping structure.
-fn ancestors(client: &mut Client, ids: &[i64]) -> Result<Vec<i64>> {
+fn ancestors(client: &mut impl GenericClient, ids: &[i64]) -> Result<Vec<i64>> {
     let rows = client
         .query(
             "WITH RECURSIVE chain(id) AS ( \
@@ -128,7 +144,7 @@ fn ancestors(client: &mut Client, ids: &[i64]) -> Result<Vec<i64>> {
 }
 
 /// Which of `ids` have a `state_groups` row.
-pub fn existing_groups(client: &mut Client, ids: &[i64]) -> Result<BTreeSet<i64>> {
+pub fn existing_groups(client: &mut impl GenericClient, ids: &[i64]) -> Result<BTreeSet<i64>> {
     let rows = client
         .query("SELECT id FROM state_groups WHERE id = ANY($1)", &[&ids])
         .map_err(|e| Error::db("checking which state groups exist", e))?;
@@ -182,7 +198,7 @@ impl<'s> Builder<'s> {
 
     fn read_edges(
         &mut self,
-        client: &mut Client,
+        client: &mut impl GenericClient,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<()> {
@@ -211,7 +227,7 @@ impl<'s> Builder<'s> {
 
     fn read_rows(
         &mut self,
-        client: &mut Client,
+        client: &mut impl GenericClient,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
         on_rows: &mut dyn FnMut(u64),
@@ -243,7 +259,7 @@ impl<'s> Builder<'s> {
     /// Reads the edges and rows of `ids`.
     fn read_by_ids(
         &mut self,
-        client: &mut Client,
+        client: &mut impl GenericClient,
         ids: &[i64],
         on_rows: &mut dyn FnMut(u64),
     ) -> Result<()> {
@@ -265,7 +281,7 @@ impl<'s> Builder<'s> {
     /// Loads `ids` (predecessors or level heads) with their edges and rows.
     fn load_out_of_range(
         &mut self,
-        client: &mut Client,
+        client: &mut impl GenericClient,
         ids: &[i64],
         on_rows: &mut dyn FnMut(u64),
     ) -> Result<()> {

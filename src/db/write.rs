@@ -97,7 +97,16 @@ pub fn write_batch(
     let db = |e| Error::db(ctx, e);
 
     let bases: BTreeSet<i64> = batch.iter().filter_map(|g| new[g].prev).collect();
-    let mut locked: Vec<i64> = batch.iter().copied().chain(bases.iter().copied()).collect();
+    // Also lock each group's current predecessor: Synapse's deletion locks
+    // the groups it deletes FOR UPDATE before de-deltaing their children, so
+    // it waits for us instead of de-deltaing a group we are rewriting.
+    let old_prevs = batch.iter().filter_map(|g| original[g].prev);
+    let mut locked: Vec<i64> = batch
+        .iter()
+        .copied()
+        .chain(bases.iter().copied())
+        .chain(old_prevs)
+        .collect();
     locked.sort_unstable();
     locked.dedup();
     let existing: BTreeSet<i64> = tx

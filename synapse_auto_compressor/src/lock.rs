@@ -33,3 +33,13 @@ pub fn acquire(client: &mut Client) -> Result<()> {
         None => format!("another synapse_auto_compressor holds advisory lock {LOCK_KEY} on this database"),
     }))
 }
+
+/// Releases the run lock (it would also go with the connection, but the
+/// server may notice a closed connection only a moment later, and a run
+/// started right after must not find the lock still held).
+pub fn release(client: &mut Client) -> Result<()> {
+    client
+        .query_one("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .map_err(|e| Error::db("releasing the run lock", e))?;
+    Ok(())
+}

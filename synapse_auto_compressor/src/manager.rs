@@ -130,6 +130,7 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
             summary.rooms_finished += 1;
         }
     }
+    lock::release(&mut client)?;
     summary.elapsed = started.elapsed();
     info!(
         "Finished: saved {} rows ({} -> {}), {} chunks done, {} skipped, {} rooms finished, {} groups rewritten, in {:.1}s",
@@ -179,8 +180,24 @@ fn compress_chunk(
         room_finished: false,
     };
 
-    let ids = load::range_ids(client, room, after, None, Some(config.chunk_size))?;
-    let Some(&last) = ids.last() else {
+    // The chunk's ids and everything they need, read in one consistent
+    // snapshot (Synapse may be deleting and de-deltaing groups meanwhile).
+    let heads: Vec<i64> = progress.levels.iter().filter_map(|l| l.head()).collect();
+    let started = Instant::now();
+    let mut symbols = Symbols::new();
+    let (ids, loaded) = {
+        let mut snapshot = load::snapshot(client)?;
+        let ids = load::range_ids(&mut snapshot, room, after, None, Some(config.chunk_size))?;
+        let loaded = (!ids.is_empty())
+            .then(|| load::load_groups(&mut snapshot, &mut symbols, &ids, &heads, &mut |_| {}));
+        if !matches!(loaded, Some(Err(_))) {
+            snapshot
+                .commit()
+                .map_err(|e| Error::db("finishing the read", e))?;
+        }
+        (ids, loaded)
+    };
+    let (Some(&last), Some(loaded)) = (ids.last(), loaded) else {
         // The groups that made us pick this room are gone (purged since).
         warn!("Room {room} has no groups after {after:?} any more; skipping it");
         outcome.room_finished = true;
@@ -190,11 +207,6 @@ fn compress_chunk(
         return Ok(outcome);
     };
     outcome.last = last;
-
-    let heads: Vec<i64> = progress.levels.iter().filter_map(|l| l.head()).collect();
-    let started = Instant::now();
-    let mut symbols = Symbols::new();
-    let loaded = load::load_groups(client, &mut symbols, &ids, &heads, &mut |_| {});
     let (original, report) = match loaded {
         Ok(loaded) => loaded,
         Err(Error::Damaged(why)) => {

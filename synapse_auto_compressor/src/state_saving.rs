@@ -19,7 +19,8 @@ use synapse_compress_state::{Error, Level, LevelSizes, Result};
 pub fn create_tables_if_needed(client: &mut Client) -> Result<()> {
     client
         .batch_execute(
-            "CREATE TABLE IF NOT EXISTS state_compressor_state (
+            "SET client_min_messages = warning;
+            CREATE TABLE IF NOT EXISTS state_compressor_state (
                 room_id TEXT NOT NULL,
                 level_num INT NOT NULL,
                 max_size INT NOT NULL,
@@ -39,7 +40,8 @@ pub fn create_tables_if_needed(client: &mut Client) -> Result<()> {
                 CHECK (Lock='X')
             );
             INSERT INTO state_compressor_total_progress (lowest_uncompressed_group)
-                VALUES (0) ON CONFLICT (lock) DO NOTHING;",
+                VALUES (0) ON CONFLICT (lock) DO NOTHING;
+            RESET client_min_messages;",
         )
         .map_err(|e| Error::db("creating the progress tables", e))
 }

@@ -4,6 +4,11 @@
 #   scripts/pg-throwaway.sh start DIR   # prints postgresql://postgres@127.0.0.1:PORT
 #   scripts/pg-throwaway.sh stop DIR    # stops the server and deletes DIR
 #
+# Options after `start DIR` (for the TLS tests):
+#   --ssl CERT KEY    serve TLS with this certificate (chain) and key (PEM)
+#   --hostssl-only    accept TCP connections only over TLS (pg_hba.conf
+#                     `hostssl`); the unix socket stays open (trust)
+#
 # `start` creates a fresh cluster in DIR (trust auth, UTF8, C locale, no
 # fsync: data is disposable), listening on 127.0.0.1 at a free port with its
 # unix socket inside DIR, and a database `synapse_template` holding Synapse's
@@ -17,7 +22,7 @@
 # /usr/lib/postgresql/*/bin.
 #
 # The script can also be sourced (from any directory); it then only defines
-# the functions `pg_throwaway_start DIR` and `pg_throwaway_stop DIR`.
+# the functions `pg_throwaway_start DIR [OPTIONS]` and `pg_throwaway_stop DIR`.
 
 _pgt_here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 _pgt_schema="$_pgt_here/../compressor_integration_tests/sql/synapse_state_schema.sql"
@@ -61,7 +66,29 @@ _pgt_port_free() {
 
 pg_throwaway_start() {
     local dir="${1:-}"
-    [ -n "$dir" ] || _pgt_err "usage: pg-throwaway.sh start DIR" || return 1
+    [ -n "$dir" ] || _pgt_err "usage: pg-throwaway.sh start DIR [--ssl CERT KEY] [--hostssl-only]" || return 1
+    shift
+    local ssl_cert="" ssl_key="" hostssl_only=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+        --ssl)
+            [ $# -ge 3 ] || _pgt_err "--ssl needs a certificate and a key file" || return 1
+            ssl_cert="$2"
+            ssl_key="$3"
+            [ -r "$ssl_cert" ] && [ -r "$ssl_key" ] || _pgt_err "cannot read $ssl_cert or $ssl_key" || return 1
+            shift 3
+            ;;
+        --hostssl-only)
+            hostssl_only=1
+            shift
+            ;;
+        *)
+            _pgt_err "unknown option: $1"
+            return 1
+            ;;
+        esac
+    done
+    [ -z "$hostssl_only" ] || [ -n "$ssl_cert" ] || _pgt_err "--hostssl-only needs --ssl" || return 1
     _pgt_find_bin || return 1
     [ -f "$_pgt_schema" ] || _pgt_err "schema file not found: $_pgt_schema" || return 1
 
@@ -106,6 +133,27 @@ jit = off
 log_min_messages = warning
 log_min_error_statement = panic
 EOF
+
+    if [ -n "$ssl_cert" ]; then
+        install -m 0644 "$ssl_cert" "$dir/data/server.crt" || return 1
+        install -m 0600 "$ssl_key" "$dir/data/server.key" || return 1
+        if [ "$(id -u)" = 0 ]; then
+            chown postgres: "$dir/data/server.crt" "$dir/data/server.key" || return 1
+        fi
+        cat >>"$dir/data/postgresql.conf" <<EOF
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+EOF
+    fi
+    if [ -n "$hostssl_only" ]; then
+        cat >"$dir/data/pg_hba.conf" <<EOF
+# pg-throwaway.sh --hostssl-only: TCP only over TLS, the socket as usual.
+local   all all               trust
+hostssl all all 127.0.0.1/32  trust
+hostssl all all ::1/128       trust
+EOF
+    fi
 
     local attempt port="" started=""
     for attempt in $(seq 1 30); do
@@ -158,10 +206,13 @@ pg_throwaway_stop() {
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     set -euo pipefail
     case "${1:-}" in
-    start) pg_throwaway_start "${2:-}" ;;
+    start)
+        shift
+        pg_throwaway_start "$@"
+        ;;
     stop) pg_throwaway_stop "${2:-}" ;;
     *)
-        echo "usage: $0 start DIR | stop DIR" >&2
+        echo "usage: $0 start DIR [--ssl CERT KEY] [--hostssl-only] | stop DIR" >&2
         exit 2
         ;;
     esac

@@ -11,6 +11,7 @@
 //! - [`level_model`]: an independent model of the default level algorithm,
 //!   the oracle for the exact structure the compressor must produce.
 //! - [`digest`]: short, order-independent digests of resolved states.
+//! - [`tls_server`]: a throwaway TLS-only server and test certificates.
 //! - [`tools`]: locating and running the workspace binaries and `psql`.
 //! - [`check`]: end-to-end helpers shared by the integration tests.
 
@@ -22,6 +23,7 @@ pub mod pg;
 pub mod structure;
 pub mod synapse_imitation;
 pub mod synapse_state;
+pub mod tls_server;
 pub mod tools;
 
 /// A state key: `(type, state_key)`.

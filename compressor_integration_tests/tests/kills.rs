@@ -1,0 +1,388 @@
+//! SIGKILL at random moments, mostly while writing: the manual tool (`-c`)
+//! and the automatic tool with chunks big enough that one chunk is written
+//! in several transactions (batches of at most 500 groups). `auto.rs`
+//! already kills the automatic tool with small chunks; here each chunk
+//! spans two write batches plus the progress save.
+//!
+//! The moment: the tools run with `RUST_LOG=debug`, so the database
+//! driver logs every statement before sending it; the tool is killed after
+//! a random number of stderr lines (mostly among those of the write phase)
+//! plus a random delay of up to 3 ms, which lands kills between and inside
+//! statements, the COPY of new rows and the commits.
+//!
+//! After every kill every group must resolve to its original state, with
+//! the tree's invariants intact; a rerun must finish the job; and the final
+//! tree must be exactly the one an uninterrupted run makes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use compressor_integration_tests::check::{
+    assert_same_states, room_part, snapshot, snapshot_in_memory, COMPRESSOR,
+};
+use compressor_integration_tests::generator::{generate, GenConfig, Generated};
+use compressor_integration_tests::pg::TestDb;
+use compressor_integration_tests::structure::{self, Structure};
+use compressor_integration_tests::tools;
+use compressor_integration_tests::StateMap;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+
+const AUTO: &str = "synapse_auto_compressor";
+/// Level sizes that rewrite over half of the groups (two write batches per
+/// room of 1,000 groups) and still save rows.
+const LEVELS: &str = "2,2,2,2";
+
+/// Two rooms of 1,000 groups, short Synapse chains (many snapshots).
+fn config(seed: u64) -> GenConfig {
+    GenConfig {
+        seed,
+        rooms: 2,
+        groups_per_room: 1_000,
+        members: 40,
+        join_rate: 3.0,
+        fork_probability: 0.02,
+        fork_continue_share: 0.02,
+        resolve_probability: 0.03,
+        resolve_drop_probability: 0.05,
+        reset_probability: 0.001,
+        max_delta_hops: 10,
+        nasty_strings: seed % 2 == 1,
+        ..GenConfig::default()
+    }
+}
+
+/// Puts the generated data back as it was (and forgets the automatic
+/// tool's progress).
+fn restore(db: &TestDb, generated: &Generated) {
+    let mut client = db.client();
+    client
+        .batch_execute(
+            "DROP TABLE IF EXISTS state_compressor_state, state_compressor_progress, \
+                 state_compressor_total_progress;
+             TRUNCATE state_groups, state_group_edges, state_groups_state, event_to_state_groups, \
+                 state_groups_pending_deletion;",
+        )
+        .expect("emptying the tables");
+    generated
+        .write(&mut client)
+        .expect("writing the groups again");
+}
+
+/// How a run ended.
+struct Ending {
+    killed: bool,
+    lines: usize,
+    success: bool,
+    /// Exit 75: a killed run's session still held the run lock (the server
+    /// ends a session only once it notices its client is gone).
+    locked_out: bool,
+    stderr_tail: String,
+}
+
+/// Runs `program args` with `RUST_LOG=debug` and SIGKILLs it after `lines`
+/// stderr lines plus `delay` (not killed if it ends first).
+fn run_and_kill(program: &str, args: &[&str], lines: usize, delay: Duration) -> Ending {
+    let mut child = Command::new(tools::bin_path(program))
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the tool");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut seen = 0;
+    let mut killed = false;
+    let mut tail = Vec::new();
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        seen += 1;
+        tail.push(line.chars().take(200).collect::<String>());
+        if tail.len() > 6 {
+            tail.remove(0);
+        }
+        if seen == lines {
+            std::thread::sleep(delay);
+            killed = child.kill().is_ok();
+            break;
+        }
+    }
+    let status = child.wait().expect("waiting for the tool");
+    // A kill that came after the tool had exited did nothing.
+    let killed = killed && status.code().is_none();
+    Ending {
+        killed,
+        lines: seen,
+        success: status.success(),
+        locked_out: status.code() == Some(75),
+        stderr_tail: tail.join("\n"),
+    }
+}
+
+/// Stderr lines of an uninterrupted debug run, and the index of the line
+/// that opens the write phase.
+fn line_profile(program: &str, args: &[&str], write_marker: &str) -> (usize, usize) {
+    let run = Command::new(tools::bin_path(program))
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the tool");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let total = stderr.lines().count();
+    let write_start = stderr
+        .lines()
+        .position(|l| l.contains(write_marker))
+        .unwrap_or_else(|| panic!("no {write_marker:?} in the log:\n{stderr}"));
+    (total, write_start + 1)
+}
+
+/// A kill moment: a line count, mostly inside the write phase, and a delay.
+fn moment(rng: &mut SmallRng, total: usize, write_start: usize) -> (usize, Duration) {
+    let lines = if rng.random_bool(0.8) {
+        rng.random_range(write_start..=total)
+    } else {
+        rng.random_range(1..=total)
+    };
+    (lines, Duration::from_micros(rng.random_range(0..3_000)))
+}
+
+fn assert_intact(db: &TestDb, original: &BTreeMap<i64, StateMap>, context: &str) {
+    // Invariants are asserted by the snapshot; states resolved in memory.
+    let now = snapshot_in_memory(&mut db.client());
+    assert_same_states(original, &now.states, context);
+}
+
+/// [`assert_intact`] for one room, `original` holding its groups' states
+/// (the tools never touch another room; that is checked separately).
+fn assert_room_intact(
+    db: &TestDb,
+    room: &str,
+    original: &BTreeMap<i64, StateMap>,
+    context: &str,
+) -> Structure {
+    let stored = structure::structure(&mut db.client(), Some(room)).expect("reading the room");
+    let problems = structure::violations(&stored);
+    assert!(
+        problems.is_empty(),
+        "{context}: invariants broken: {problems:?}"
+    );
+    // `original` holds this room's groups only: a lost or extra group fails.
+    assert_same_states(original, &structure::resolve_all(&stored), context);
+    stored
+}
+
+/// A successful run of the automatic tool, retried (a bounded number of
+/// times) while a killed run's session still holds the run lock.
+fn auto_after_kills(args: &[&str]) -> tools::ToolRun {
+    for _ in 0..50 {
+        let run = tools::run_bin(AUTO, args);
+        if run.status.code() != Some(75) {
+            tools::assert_success(&run);
+            return run;
+        }
+    }
+    panic!("the run lock of a killed run was never released");
+}
+
+fn whole_tree(db: &TestDb) -> Structure {
+    structure::structure(&mut db.client(), None).expect("reading the structure")
+}
+
+#[test]
+fn manual_tool_killed_while_writing() {
+    let cfg = config(71);
+    let generated = generate(&cfg);
+    let db = TestDb::create("kill_manual");
+    generated.write(&mut db.client()).expect("generate");
+    let original = snapshot(&mut db.client()).states;
+    let rooms: Vec<String> = generated.rooms.iter().map(|r| r.room_id.clone()).collect();
+    let room_states: Vec<BTreeMap<i64, StateMap>> = generated
+        .rooms
+        .iter()
+        .map(|r| {
+            r.group_ids
+                .iter()
+                .map(|id| (*id, original[id].clone()))
+                .collect()
+        })
+        .collect();
+    let args = |room: &str| -> Vec<String> {
+        ["-p", db.url(), "-r", room, "-l", LEVELS, "-c"]
+            .map(String::from)
+            .to_vec()
+    };
+
+    // What an uninterrupted run gives, and where its write phase starts.
+    let mut profiles = Vec::new();
+    for room in &rooms {
+        let a = args(room);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        profiles.push(line_profile(
+            COMPRESSOR,
+            &a,
+            "Checking that state maps match",
+        ));
+    }
+    let reference = whole_tree(&db);
+    assert_ne!(
+        reference,
+        generated.structure(),
+        "the reference run changed nothing"
+    );
+    assert_intact(&db, &original, "uninterrupted runs");
+
+    let generated_tree = generated.structure();
+    let mut rng = SmallRng::seed_from_u64(71);
+    let mut kills = 0;
+    // Kills that left the room partly rewritten (some batches committed).
+    let mut partly_written = 0;
+    let mut runs = 0;
+    for round in 0..5 {
+        restore(&db, &generated);
+        let which = round % rooms.len();
+        let a = args(&rooms[which]);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let (total, write_start) = profiles[which];
+        // Up to three kills, then a run that is allowed to finish.
+        let mut finished = false;
+        for attempt in 0..4 {
+            let (lines, delay) = if attempt < 3 {
+                moment(&mut rng, total, write_start)
+            } else {
+                (usize::MAX, Duration::ZERO)
+            };
+            let ending = run_and_kill(COMPRESSOR, &a, lines, delay);
+            runs += 1;
+            let context = format!(
+                "round {round}, run {attempt}: killed={} after {} lines (+{delay:?})\n{}",
+                ending.killed, ending.lines, ending.stderr_tail
+            );
+            let now = assert_room_intact(&db, &rooms[which], &room_states[which], &context);
+            if ending.killed {
+                kills += 1;
+                if now != room_part(&generated_tree, &rooms[which])
+                    && now != room_part(&reference, &rooms[which])
+                {
+                    partly_written += 1;
+                }
+            } else {
+                assert!(ending.success, "the tool failed: {context}");
+                finished = true;
+                break;
+            }
+        }
+        assert!(finished, "round {round}: no run finished");
+        // The room's tree is exactly the uninterrupted result, and the
+        // other room was not touched.
+        let now = whole_tree(&db);
+        assert!(
+            room_part(&now, &rooms[which]) == room_part(&reference, &rooms[which]),
+            "round {round}: killed runs and a rerun gave another tree than one uninterrupted run"
+        );
+        let other = &rooms[1 - which];
+        assert!(
+            room_part(&now, other) == room_part(&generated_tree, other),
+            "round {round}: the other room changed"
+        );
+    }
+    let after = snapshot(&mut db.client());
+    assert_same_states(&original, &after.states, "at the end");
+    eprintln!(
+        "manual tool: {kills} kills in {runs} runs, {partly_written} left the room partly rewritten"
+    );
+    assert!(kills >= 10, "only {kills} runs were killed");
+    assert!(
+        partly_written >= 1,
+        "no kill landed between two write batches"
+    );
+}
+
+#[test]
+fn auto_tool_with_big_chunks_killed_while_writing() {
+    let cfg = config(72);
+    let generated = generate(&cfg);
+    let db = TestDb::create("kill_auto_big");
+    generated.write(&mut db.client()).expect("generate");
+    let original = snapshot(&mut db.client()).states;
+    // One chunk per run: a whole room (two write batches, then the last
+    // batch commits with the saved progress).
+    let args = ["-p", db.url(), "-c", "1000", "-n", "1", "-l", LEVELS];
+
+    let (total, write_start) = line_profile(AUTO, &args, "FOR KEY SHARE");
+    let mut all_args = args;
+    all_args[5] = "100";
+    auto_after_kills(&all_args);
+    let reference = whole_tree(&db);
+    assert_ne!(
+        reference,
+        generated.structure(),
+        "the reference run changed nothing"
+    );
+    assert_intact(&db, &original, "uninterrupted runs");
+
+    let generated_tree = generated.structure();
+    let mut rng = SmallRng::seed_from_u64(72);
+    let mut kills = 0;
+    let mut partly_written = 0;
+    let mut runs = 0;
+    for round in 0..5 {
+        restore(&db, &generated);
+        let mut done = false;
+        for attempt in 0..12 {
+            let (lines, delay) = if attempt < 3 {
+                moment(&mut rng, total, write_start)
+            } else {
+                (usize::MAX, Duration::ZERO)
+            };
+            let ending = run_and_kill(AUTO, &args, lines, delay);
+            runs += 1;
+            let context = format!(
+                "round {round}, run {attempt}: killed={} after {} lines (+{delay:?})\n{}",
+                ending.killed, ending.lines, ending.stderr_tail
+            );
+            assert_intact(&db, &original, &context);
+            if ending.killed {
+                kills += 1;
+                let now = whole_tree(&db);
+                if now != generated_tree && now != reference {
+                    partly_written += 1;
+                }
+                continue;
+            }
+            if ending.locked_out {
+                continue;
+            }
+            assert!(ending.success, "the tool failed: {context}");
+            let finished = auto_after_kills(&all_args);
+            if finished.stderr.contains("nothing left to do") {
+                done = true;
+                break;
+            }
+        }
+        assert!(done, "round {round}: never finished");
+        assert!(
+            whole_tree(&db) == reference,
+            "round {round}: killed runs and reruns gave another tree than uninterrupted runs"
+        );
+    }
+    let after = snapshot(&mut db.client());
+    assert_same_states(&original, &after.states, "at the end");
+    eprintln!(
+        "automatic tool (chunks of 1,000 groups): {kills} kills in {runs} runs, \
+         {partly_written} left a chunk partly written"
+    );
+    assert!(kills >= 10, "only {kills} runs were killed");
+    assert!(
+        partly_written >= 1,
+        "no kill landed between two write batches"
+    );
+}

@@ -1,0 +1,558 @@
+//! The tools beside a live Synapse: while they run (over and over, in small
+//! chunks), another thread imitates Synapse 1.124+ on the same database
+//! ([`synapse_imitation`]): it appends groups on top of existing ones (with
+//! Synapse's `FOR KEY SHARE` lock and pending-deletion bump), marks groups
+//! for deletion and deletes them with Synapse's protocol (lock `FOR UPDATE`,
+//! re-check the sequence number and `state_groups_persisting`, de-delta the
+//! survivors), purges a room, and reads states with Synapse's query,
+//! comparing each with what it must be.
+//!
+//! Afterwards the database must hold exactly the groups that must exist,
+//! each resolving (Synapse's query) to exactly its state, with the tree's
+//! invariants intact. The imitator does a bounded number of operations and
+//! is stopped through a channel; nothing waits on a clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+
+use compressor_integration_tests::check::COMPRESSOR;
+use compressor_integration_tests::generator::{generate_into, GenConfig};
+use compressor_integration_tests::level_model;
+use compressor_integration_tests::pg::TestDb;
+use compressor_integration_tests::synapse_imitation::{
+    expectations_of, verify_database, Imitator, ImitatorConfig, ImitatorStats,
+};
+use compressor_integration_tests::tools::{self, ToolRun};
+
+const AUTO: &str = "synapse_auto_compressor";
+
+/// Most operations the imitator does in one test run.
+const MAX_OPS: usize = 1_500;
+/// Tool runs while the imitator works (it is stopped after these).
+const RUNS_BESIDE: usize = 14;
+
+#[derive(Clone, Copy, Debug)]
+enum Tool {
+    /// `synapse_auto_compressor -c CHUNK -n CHUNKS`, run repeatedly.
+    Auto {
+        chunk: &'static str,
+        chunks: &'static str,
+    },
+    /// `synapse_compress_state -r ROOM -l LEVELS -c`, one room per run, in turn.
+    Manual { levels: &'static str },
+}
+
+/// Rooms that compress well (short Synapse chains make many snapshots).
+fn config(seed: u64) -> GenConfig {
+    GenConfig {
+        seed,
+        rooms: 6,
+        groups_per_room: 150,
+        members: 30,
+        max_delta_hops: 10,
+        nasty_strings: seed % 2 == 0,
+        ..GenConfig::default()
+    }
+}
+
+/// Groups Synapse changed under the tool, as the tool reports them.
+fn live_skips(run: &ToolRun) -> usize {
+    run.stderr
+        .matches("was changed or deleted by Synapse")
+        .count()
+}
+
+/// One run of `tool`; `turn` picks the room for the manual tool. Returns
+/// the run, which must have succeeded (or, for the manual tool, failed only
+/// because its room was purged meanwhile).
+fn run_tool(db: &TestDb, tool: Tool, rooms: &[String], turn: usize) -> ToolRun {
+    match tool {
+        Tool::Auto { chunk, chunks } => {
+            // The previous run's session (and so its advisory lock) can
+            // outlive its process for a moment on a busy server: the tool
+            // then exits 75. Reported; tolerated here, a bounded number of
+            // times.
+            for _ in 0..50 {
+                let run = tools::run_bin(AUTO, &["-p", db.url(), "-c", chunk, "-n", chunks]);
+                if run.status.code() == Some(75) {
+                    eprintln!(
+                        "exit 75 right after the previous run: {}",
+                        run.stderr.trim()
+                    );
+                    continue;
+                }
+                tools::assert_success(&run);
+                return run;
+            }
+            panic!("the run lock was never released");
+        }
+        Tool::Manual { levels } => {
+            let room = &rooms[turn % rooms.len()];
+            let run = tools::run_bin(
+                COMPRESSOR,
+                &["-p", db.url(), "-r", room, "-l", levels, "-c"],
+            );
+            if !run.success() {
+                tools::assert_user_error(&run);
+                assert!(
+                    run.error_lines()[0].contains("has no state groups"),
+                    "the manual tool failed beside Synapse\n{}",
+                    run.describe()
+                );
+            }
+            run
+        }
+    }
+}
+
+struct Outcome {
+    stats: ImitatorStats,
+    runs: usize,
+    skipped_by_tool: usize,
+    groups_checked: usize,
+    orphans: usize,
+}
+
+/// Runs `tool` beside the imitator (`de_delta`: whether it deletes groups
+/// others are built on, rewriting those) and checks every group.
+fn beside_synapse(seed: u64, tool: Tool, de_delta: bool) -> Outcome {
+    let db = TestDb::create(&format!("live_{seed}"));
+    let generated = generate_into(&mut db.client(), &config(seed)).expect("generate");
+    let rooms: Vec<String> = generated.rooms.iter().map(|r| r.room_id.clone()).collect();
+    let imitator = Imitator::new(
+        db.client(),
+        expectations_of(&generated),
+        ImitatorConfig {
+            seed,
+            max_delta_hops: 10,
+            de_delta,
+            ..ImitatorConfig::default()
+        },
+    );
+
+    let (stop, stopped) = mpsc::channel::<()>();
+    let synapse = thread::spawn(move || imitator.run(MAX_OPS, stopped));
+    let mut runs = 0;
+    let mut skipped_by_tool = 0;
+    while runs < RUNS_BESIDE && !synapse.is_finished() {
+        let run = run_tool(&db, tool, &rooms, runs);
+        skipped_by_tool += live_skips(&run);
+        runs += 1;
+    }
+    let _ = stop.send(());
+    let imitator = synapse
+        .join()
+        .expect("the imitator panicked")
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+
+    // Synapse is quiet now: let the tool finish the database.
+    let mut finished = false;
+    for turn in 0..300 {
+        let run = run_tool(&db, tool, &rooms, runs + turn);
+        skipped_by_tool += live_skips(&run);
+        runs += 1;
+        finished = match tool {
+            Tool::Auto { .. } => run.stderr.contains("nothing left to do"),
+            Tool::Manual { .. } => turn + 1 >= rooms.len(),
+        };
+        if finished {
+            break;
+        }
+    }
+    assert!(finished, "seed {seed}: the tool never finished");
+
+    let stats = imitator.stats.clone();
+    assert!(
+        imitator.problems.is_empty(),
+        "seed {seed}: Synapse read wrong states while the tool ran ({} cases):\n{}\n{stats:?}",
+        imitator.problems.len(),
+        imitator.problems[..imitator.problems.len().min(5)].join("\n")
+    );
+    let verification = verify_database(&mut db.client(), imitator.expected(), imitator.removed())
+        .expect("verifying the database");
+    assert!(
+        verification.problems.is_empty(),
+        "seed {seed}: {} problem(s) after compressing beside Synapse:\n{}\n{stats:?}",
+        verification.problems.len(),
+        verification.problems[..verification.problems.len().min(10)].join("\n")
+    );
+    assert_eq!(verification.groups_checked, imitator.expected().len());
+    if !verification.orphaned_groups.is_empty() {
+        eprintln!(
+            "seed {seed}: rows or edges left for {} purged group(s): {:?}",
+            verification.orphaned_groups.len(),
+            &verification.orphaned_groups[..verification.orphaned_groups.len().min(10)]
+        );
+    }
+    // The run must have done real work on both sides.
+    assert!(
+        stats.appended_deltas + stats.appended_snapshots > 20,
+        "seed {seed}: {stats:?}"
+    );
+    assert!(stats.deleted > 0, "seed {seed}: {stats:?}");
+    assert_eq!(stats.de_deltas > 0, de_delta, "seed {seed}: {stats:?}");
+    eprintln!(
+        "seed {seed} {tool:?}: {runs} tool runs, {skipped_by_tool} groups left alone by the tool, \
+         {} groups checked; imitator: {stats:?}",
+        verification.groups_checked
+    );
+    Outcome {
+        stats,
+        runs,
+        skipped_by_tool,
+        groups_checked: verification.groups_checked,
+        orphans: verification.orphaned_groups.len(),
+    }
+}
+
+fn report(name: &str, outcomes: &[Outcome]) {
+    let sum = |f: &dyn Fn(&Outcome) -> usize| outcomes.iter().map(f).sum::<usize>();
+    eprintln!(
+        "{name}: {} seeds, {} tool runs, {} groups checked, {} appended, {} deleted, \
+         {} de-deltas, {} deletions called off by a bump, {} purged groups, {} reads, \
+         {} groups left alone by the tool, {} orphaned purged groups",
+        outcomes.len(),
+        sum(&|o| o.runs),
+        sum(&|o| o.groups_checked),
+        sum(&|o| o.stats.appended_deltas + o.stats.appended_snapshots),
+        sum(&|o| o.stats.deleted),
+        sum(&|o| o.stats.de_deltas),
+        sum(&|o| o.stats.deletions_called_off_bumped),
+        sum(&|o| o.stats.purged_groups),
+        sum(&|o| o.stats.reads),
+        sum(&|o| o.skipped_by_tool),
+        sum(&|o| o.orphans),
+    );
+}
+
+const AUTO_SMALL_CHUNKS: Tool = Tool::Auto {
+    chunk: "30",
+    chunks: "2",
+};
+const MANUAL: Tool = Tool::Manual { levels: "10,10" };
+
+#[test]
+fn auto_tool_beside_a_live_synapse() {
+    let outcomes: Vec<Outcome> = (1..=3)
+        .map(|seed| beside_synapse(seed, AUTO_SMALL_CHUNKS, false))
+        .collect();
+    report("auto tool beside Synapse (deleting leaves)", &outcomes);
+}
+
+#[test]
+fn manual_tool_beside_a_live_synapse() {
+    let outcomes: Vec<Outcome> = (11..=12)
+        .map(|seed| beside_synapse(seed, MANUAL, false))
+        .collect();
+    report("manual tool beside Synapse (deleting leaves)", &outcomes);
+}
+
+#[test]
+fn auto_tool_beside_a_live_synapse_that_de_deltas() {
+    let outcomes: Vec<Outcome> = (1..=4)
+        .map(|seed| beside_synapse(seed, AUTO_SMALL_CHUNKS, true))
+        .collect();
+    report("auto tool beside Synapse (de-deltaing)", &outcomes);
+}
+
+#[test]
+fn manual_tool_beside_a_live_synapse_that_de_deltas() {
+    let outcomes: Vec<Outcome> = (11..=13)
+        .map(|seed| beside_synapse(seed, MANUAL, true))
+        .collect();
+    report("manual tool beside Synapse (de-deltaing)", &outcomes);
+}
+
+// ---------------------------------------------------------------------------
+// One interleaving pinned down: Synapse deletes a group while the tool is
+// between reading its range and reading the predecessors the range needs.
+
+/// The tool's connection name in `pg_stat_activity`.
+const VICTIM: &str = "race_victim";
+
+/// The tool's query now, and whether it waits for a lock.
+fn victim_activity(watcher: &mut postgres::Client) -> Option<(String, bool)> {
+    watcher
+        .query_opt(
+            "SELECT query, wait_event_type IS NOT DISTINCT FROM 'Lock' FROM pg_stat_activity \
+             WHERE application_name = $1 AND state = 'active'",
+            &[&VICTIM],
+        )
+        .expect("reading pg_stat_activity")
+        .map(|r| (r.get(0), r.get(1)))
+}
+
+/// The query that reads groups' rows (the range's first, then the
+/// predecessors').
+fn is_rows_query(query: &str) -> bool {
+    query.trim_start().starts_with("SELECT")
+        && query.contains("FROM state_groups_state")
+        && query.contains("event_id")
+}
+
+/// Deletes `collection` once the tool has read its range's rows and before
+/// it reads the predecessors (bounded polling of `pg_stat_activity`): when
+/// the tool is seen reading rows, the deletion takes an exclusive lock on
+/// `state_groups` and waits until the tool's next statement waits for it
+/// (the predecessors' lookup); if that statement is still a rows query (we
+/// were early: it was only being prepared, and it reads `state_groups` too),
+/// the deletion backs off and tries again. True once deleted; false if the
+/// tool got past its load first.
+fn delete_after_range_read(
+    imitator: &mut Imitator,
+    collection: &BTreeMap<i64, i64>,
+    watcher: &mut postgres::Client,
+    tool: &mut Child,
+) -> bool {
+    let mut attempts = 0;
+    let mut missed = false;
+    for _ in 0..200_000 {
+        if missed || attempts == 3 || tool.try_wait().expect("polling the tool").is_some() {
+            return false;
+        }
+        match victim_activity(watcher) {
+            Some((query, _)) if is_rows_query(&query) => {}
+            _ => continue,
+        }
+        attempts += 1;
+        let mut gate = || {
+            for _ in 0..200_000 {
+                if let Some((query, true)) = victim_activity(watcher) {
+                    // Already writing: the moment is gone.
+                    missed |= query.contains(" FOR ");
+                    return !missed && !is_rows_query(&query);
+                }
+            }
+            false
+        };
+        let deleted = imitator
+            .delete_collection_gated(
+                collection,
+                "LOCK TABLE state_groups IN ACCESS EXCLUSIVE MODE",
+                &mut gate,
+            )
+            .expect("deleting");
+        if deleted {
+            return true;
+        }
+    }
+    false
+}
+
+/// The tool loads groups `> b` of a room with `-b b`; Synapse deletes
+/// group `p = b` (the predecessor of `b + 1`, out of the range) and de-deltas
+/// the groups built on it right after the tool read the range's rows and
+/// before it reads the predecessors. Every group must keep its state.
+fn deletion_between_range_and_predecessors(seed: u64, auto: bool) {
+    let db = TestDb::create(&format!("race_load_{seed}"));
+    let generated = generate_into(
+        &mut db.client(),
+        &GenConfig {
+            seed,
+            rooms: 1,
+            groups_per_room: 1_200,
+            members: 150,
+            max_delta_hops: 10,
+            ..GenConfig::default()
+        },
+    )
+    .expect("generate");
+    let room = generated.rooms[0].room_id.clone();
+    let mut client = db.client();
+    // The first group after the middle that is a delta on its predecessor.
+    let (g, p): (i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT state_group, prev_state_group FROM state_group_edges \
+                 WHERE state_group > 600 AND prev_state_group = state_group - 1 \
+                 ORDER BY state_group LIMIT 1",
+                &[],
+            )
+            .expect("finding a delta");
+        (row.get(0), row.get(1))
+    };
+    let mut imitator = Imitator::new(
+        db.client(),
+        expectations_of(&generated),
+        ImitatorConfig::default(),
+    );
+    imitator.mark_for_deletion(&[p], false).unwrap();
+    let collection = imitator.collect_for_deletion(&[p]).unwrap();
+
+    let url = format!("{}?application_name={VICTIM}", db.url());
+    let b = p.to_string();
+    let mut tool = if auto {
+        // Levels saved as if an earlier run compressed the room up to p,
+        // with a head that is not p (so p is only a predecessor).
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE state_compressor_state (room_id TEXT NOT NULL, level_num INT NOT NULL,
+                     max_size INT NOT NULL, current_length INT NOT NULL, current_head BIGINT,
+                     UNIQUE (room_id, level_num));
+                 CREATE TABLE state_compressor_progress (room_id TEXT PRIMARY KEY,
+                     last_compressed BIGINT NOT NULL);
+                 CREATE TABLE state_compressor_total_progress (lock CHAR(1) NOT NULL DEFAULT 'X' UNIQUE,
+                     lowest_uncompressed_group BIGINT NOT NULL, CHECK (Lock='X'));
+                 INSERT INTO state_compressor_total_progress (lowest_uncompressed_group) VALUES ({p});"
+            ))
+            .unwrap();
+        client
+            .execute(
+                "INSERT INTO state_compressor_progress VALUES ($1, $2)",
+                &[&room, &p],
+            )
+            .unwrap();
+        Command::new(tools::bin_path(AUTO))
+            .args(["-p", &url, "-c", "600", "-n", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the automatic tool")
+    } else {
+        Command::new(tools::bin_path(COMPRESSOR))
+            .args(["-p", &url, "-r", &room, "-b", &b, "-c"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the manual tool")
+    };
+    let mut watcher = db.client();
+    let caught = delete_after_range_read(&mut imitator, &collection, &mut watcher, &mut tool);
+    let output = tool.wait_with_output().expect("waiting for the tool");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        caught,
+        "the tool got past its range before we could delete\n{stderr}"
+    );
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(imitator.stats.deleted, 1, "{:?}", imitator.stats);
+    assert!(imitator.stats.de_deltas >= 1, "{:?}", imitator.stats);
+    let verification =
+        verify_database(&mut client, imitator.expected(), imitator.removed()).expect("verifying");
+    assert!(
+        verification.problems.is_empty(),
+        "group {p} (predecessor of {g}) deleted while the tool loaded groups > {p}: {} group(s) \
+         wrong afterwards:\n{}\n--- tool stderr ---\n{stderr}",
+        verification.problems.len(),
+        verification.problems[..verification.problems.len().min(4)].join("\n")
+    );
+}
+
+#[ignore = "gate needs rework: since loads run in one REPEATABLE READ snapshot the window this forces is gone, and the rows query is now too short for the pg_stat_activity poll to catch"]
+#[test]
+fn manual_tool_predecessor_deleted_while_loading() {
+    deletion_between_range_and_predecessors(5, false);
+}
+
+#[ignore = "gate needs rework: since loads run in one REPEATABLE READ snapshot the window this forces is gone, and the rows query is now too short for the pg_stat_activity poll to catch"]
+#[test]
+fn auto_tool_predecessor_deleted_while_loading() {
+    deletion_between_range_and_predecessors(6, true);
+}
+
+// ---------------------------------------------------------------------------
+// Another interleaving: Synapse de-deltas a group while the tool rewrites it.
+
+/// Synapse deletes group `x` and so rewrites its child `g` as a snapshot,
+/// while the manual tool rewrites `g` onto a new base: Synapse has locked
+/// `x`, read `g`'s state and is about to write when the tool, having
+/// re-checked `g` (still unchanged), deleted its rows and is copying the new
+/// ones. Synapse's delete of `g`'s rows waits for the tool's transaction,
+/// cannot see the rows the tool inserts, then removes the tool's new edge
+/// and adds the full state: `g` keeps its state, but holds the tool's delta
+/// rows twice (the tool never locked `x`, the group Synapse serialises on).
+#[ignore = "gate needs rework: the write is now too short for the pg_stat_activity poll to catch the COPY; the full de-delta tests above cover this case"]
+#[test]
+fn manual_tool_rewrites_a_group_synapse_de_deltas() {
+    let db = TestDb::create("race_de_delta");
+    let generated = generate_into(
+        &mut db.client(),
+        &GenConfig {
+            seed: 8,
+            rooms: 1,
+            groups_per_room: 1_200,
+            members: 150,
+            max_delta_hops: 10,
+            ..GenConfig::default()
+        },
+    )
+    .expect("generate");
+    let room = generated.rooms[0].room_id.clone();
+    let before = generated.structure();
+    // What the tool will write (the first batch: the first 500 changes).
+    let in_range: BTreeSet<i64> = generated.rooms[0].group_ids.iter().copied().collect();
+    let outcome = level_model::compress(&before, &in_range, &[100, 50, 25]);
+    let changed: Vec<i64> = outcome
+        .new
+        .iter()
+        .filter(|(id, e)| before[id].prev() != e.prev || before[id].delta() != e.delta)
+        .map(|(id, _)| *id)
+        .collect();
+    let first_batch: BTreeSet<i64> = changed.iter().take(500).copied().collect();
+    let new_bases: BTreeSet<i64> = first_batch
+        .iter()
+        .filter_map(|id| outcome.new[id].prev)
+        .collect();
+    // g: rewritten in the first batch onto another base; x: its prev, which
+    // the tool neither rewrites nor builds on there (it would wait for
+    // Synapse's lock on x).
+    let (g, x) = first_batch
+        .iter()
+        .filter_map(|&g| {
+            let x = before[&g].prev()?;
+            let movable = outcome.new[&g].prev != Some(x)
+                && !first_batch.contains(&x)
+                && !new_bases.contains(&x)
+                && g > 100;
+            movable.then_some((g, x))
+        })
+        .next()
+        .expect("a group to race on");
+
+    let mut imitator = Imitator::new(
+        db.client(),
+        expectations_of(&generated),
+        ImitatorConfig::default(),
+    );
+    imitator.mark_for_deletion(&[x], false).unwrap();
+    let collection = imitator.collect_for_deletion(&[x]).unwrap();
+
+    let url = format!("{}?application_name={VICTIM}", db.url());
+    let tool = Command::new(tools::bin_path(COMPRESSOR))
+        .args(["-p", &url, "-r", &room, "-c"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the manual tool");
+    let mut watcher = db.client();
+    // Synapse's deletion locks x and reads g's state, then writes once the
+    // tool is copying its new rows.
+    let mut gate = || {
+        for _ in 0..200_000 {
+            if let Some((query, _)) = victim_activity(&mut watcher) {
+                if query.trim_start().starts_with("COPY state_groups_state") {
+                    return true;
+                }
+            }
+        }
+        false
+    };
+    let deleted = imitator
+        .delete_collection_gated(&collection, "", &mut gate)
+        .expect("deleting");
+    let output = tool.wait_with_output().expect("waiting for the tool");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(deleted, "the tool was not caught copying\n{stderr}");
+    assert!(output.status.success(), "{stderr}");
+    assert!(imitator.stats.de_deltas >= 1, "{:?}", imitator.stats);
+    let verification = verify_database(&mut db.client(), imitator.expected(), imitator.removed())
+        .expect("verifying");
+    assert!(
+        verification.problems.is_empty(),
+        "group {g} rewritten by the tool while Synapse deleted its prev {x}: {} problem(s):\n{}",
+        verification.problems.len(),
+        verification.problems[..verification.problems.len().min(6)].join("\n")
+    );
+}

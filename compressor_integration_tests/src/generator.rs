@@ -828,13 +828,17 @@ impl RoomSim {
             }
         }
         let event = strings.event_id();
-        self.finish(
+        let group = self.finish(
             id,
             best.map(|b| b.1),
             Rc::new(resolved),
             event,
             Role::Latest,
-        )
+        );
+        // The merged branch's state is not needed any more (unless it is
+        // still a fork point).
+        self.forget_if_unused(tip);
+        group
     }
 
     /// A snapshot with no prev that lacks a few keys of the latest state.
@@ -878,8 +882,9 @@ impl RoomSim {
         event: Str,
         role: Role,
     ) -> GenGroup {
+        let mut replaced = None;
         match role {
-            Role::Latest => self.latest = Some(id),
+            Role::Latest => replaced = self.latest.replace(id),
             Role::LatestFork => {
                 if let Some(old) = self.latest.replace(id) {
                     if !self.tips.contains(&old) {
@@ -890,6 +895,11 @@ impl RoomSim {
             Role::Tip => self.tips.push(id),
         }
         self.record(id, prev, state);
+        // A former latest that is no longer a fork point: its state is not
+        // needed any more.
+        if let Some(old) = replaced.filter(|&old| old != id) {
+            self.forget_if_unused(old);
+        }
         GenGroup {
             id,
             room_id: self.room_id.to_string(),
@@ -1045,8 +1055,9 @@ impl MixConfig {
 
     /// A named benchmark configuration (row counts as measured with the
     /// default seed):
-    /// - `bench200k`: one busy room (1,400 groups, joined over federation
-    ///   with 1,200 users) and 60 small and medium rooms: about 200,000 rows;
+    /// - `bench200k`: one busy room (2,400 groups, joined over federation
+    ///   with 1,800 users: about 68,000 rows) and 65 small and medium rooms:
+    ///   about 200,000 rows in all;
     /// - `bench3m`: one busy room (14,000 groups, joined with 12,000 users,
     ///   growing to 15,000 members: about 2 million rows, almost all of them
     ///   in its 140 snapshots) and 600 other rooms (500 small, 90 medium, 10
@@ -1062,11 +1073,11 @@ impl MixConfig {
             seed: 1,
             join_rate: 3.0,
             fork_probability: 0.02,
-            fork_continue_share: 0.02,
+            fork_continue_share: 0.01,
             resolve_probability: 0.03,
-            resolve_drop_probability: 0.05,
+            resolve_drop_probability: 0.01,
             empty_delta_probability: 0.02,
-            reset_probability: 0.001,
+            reset_probability: 0.0002,
             ..GenConfig::default()
         };
         let class = |rooms, groups_per_room, members, initial_members| RoomClass {
@@ -1077,22 +1088,22 @@ impl MixConfig {
         };
         let classes = match name {
             "bench200k" => vec![
-                class(1, 1_400, 1_500, 1_200),
+                class(1, 2_400, 2_200, 1_800),
                 class(50, 200, 30, 0),
-                class(9, 1_500, 250, 0),
-                class(1, 4_000, 800, 0),
+                class(14, 1_500, 250, 0),
+                class(1, 3_000, 600, 0),
             ],
             "bench3m" => vec![
-                class(1, 14_000, 15_000, 12_000),
+                class(1, 14_000, 13_000, 10_200),
                 class(500, 200, 30, 0),
-                class(90, 1_500, 250, 0),
-                class(10, 4_000, 800, 0),
+                class(90, 1_200, 250, 0),
+                class(10, 3_500, 800, 0),
             ],
             "bench20m" => vec![
-                class(1, 46_000, 28_000, 24_000),
+                class(1, 40_000, 26_000, 22_000),
                 class(2_500, 200, 30, 0),
-                class(440, 1_500, 250, 0),
-                class(60, 4_000, 800, 100),
+                class(600, 1_200, 250, 0),
+                class(120, 3_500, 800, 0),
             ],
             _ => return None,
         };
@@ -1127,7 +1138,7 @@ pub struct MixRoom {
 /// A seed per room, derived from the configuration's seed (SplitMix64).
 fn room_seed(seed: u64, room: usize) -> u64 {
     let mut z = seed
-        .wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(room as u64 + 1))
+        .wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul((room as u64).wrapping_add(1)))
         .wrapping_add(0xB5AD_4ECE_DA1C_E2A9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -1137,12 +1148,7 @@ fn room_seed(seed: u64, room: usize) -> u64 {
 impl RoomSim {
     /// The room's first group when this server joined an existing room over
     /// federation: the whole state at the join as one snapshot.
-    fn joined_over_federation(
-        &mut self,
-        id: i64,
-        users: usize,
-        strings: &mut Strings,
-    ) -> GenGroup {
+    fn joined_over_federation(&mut self, id: i64, users: usize, strings: &mut Strings) -> GenGroup {
         let mut state = SimState::new();
         let mut last = None;
         while let Some(key) = self.creation.pop() {
@@ -1170,20 +1176,25 @@ impl RoomSim {
 /// Generates the rooms of `cfg` and hands each group, in ascending id order
 /// (ids from `cfg.base.first_group_id`, without gaps), to `sink`; stops at
 /// the first error of `sink`. Returns what each room got, in room order.
-/// Deterministic for a given configuration.
+///
+/// Rooms are simulated on a few threads (each room has its own random
+/// generator, so the result does not depend on how they are spread) and
+/// handed to `sink` on the calling thread. Deterministic for a given
+/// configuration.
 pub fn generate_mix<E>(
     cfg: &MixConfig,
     mut sink: impl FnMut(GenGroup) -> Result<(), E>,
 ) -> Result<Vec<MixRoom>, E> {
+    struct Room {
+        room_id: String,
+        strings: Strings,
+        cfg: GenConfig,
+        initial_members: usize,
+    }
     let base = &cfg.base;
-    let mut rooms: Vec<(RoomSim, Strings, usize)> = Vec::with_capacity(cfg.room_count());
+    let mut rooms: Vec<Room> = Vec::with_capacity(cfg.room_count());
     let mut seen_ids = BTreeSet::new();
     for class in &cfg.classes {
-        let room_cfg = GenConfig {
-            groups_per_room: class.groups_per_room,
-            members: class.members,
-            ..base.clone()
-        };
         for _ in 0..class.rooms {
             let index = rooms.len();
             let mut strings = Strings {
@@ -1193,15 +1204,23 @@ pub fn generate_mix<E>(
             };
             let room_id = strings.room_id(index);
             assert!(seen_ids.insert(room_id.clone()), "duplicate room id");
-            let sim = RoomSim::new(room_id, &room_cfg, &mut strings);
-            rooms.push((sim, strings, class.initial_members));
+            rooms.push(Room {
+                room_id,
+                strings,
+                cfg: GenConfig {
+                    groups_per_room: class.groups_per_room,
+                    members: class.members,
+                    ..base.clone()
+                },
+                initial_members: class.initial_members,
+            });
         }
     }
     // Which room gets each id: every room's groups, shuffled (the same as
     // picking a room weighted by how much it has left, at every step).
     let mut schedule: Vec<u32> = Vec::with_capacity(cfg.group_count());
-    for (index, (sim, _, _)) in rooms.iter().enumerate() {
-        schedule.extend(std::iter::repeat_n(index as u32, sim.target_groups));
+    for (index, room) in rooms.iter().enumerate() {
+        schedule.extend(std::iter::repeat_n(index as u32, room.cfg.groups_per_room));
     }
     let mut rng = SmallRng::seed_from_u64(room_seed(base.seed, usize::MAX));
     for i in (1..schedule.len()).rev() {
@@ -1209,45 +1228,94 @@ pub fn generate_mix<E>(
         schedule.swap(i, j);
     }
 
-    let mut report: Vec<MixRoom> = rooms
-        .iter()
-        .map(|(sim, _, _)| MixRoom {
-            room_id: sim.room_id.to_string(),
-            groups: 0,
-            rows: 0,
-            snapshots: 0,
-        })
-        .collect();
-    let mut next_id = base.first_group_id;
-    for index in schedule {
-        let index = index as usize;
-        let (sim, strings, initial_members) = &mut rooms[index];
-        let group = if sim.latest.is_none() && *initial_members > 1 {
-            sim.joined_over_federation(next_id, *initial_members, strings)
-        } else {
-            sim.step(next_id, base, strings)
-        };
-        let entry = &mut report[index];
-        entry.groups += 1;
-        entry.rows += group.delta.len();
-        entry.snapshots += usize::from(group.prev.is_none());
-        // A room's simulation is no longer needed once it is done.
-        if sim.remaining() == 0 {
-            let empty = GenConfig {
-                groups_per_room: 0,
-                ..base.clone()
-            };
-            let mut none = Strings {
-                rng: SmallRng::seed_from_u64(0),
-                nasty: false,
-                counter: 0,
-            };
-            *sim = RoomSim::new(String::new(), &empty, &mut none);
-        }
-        sink(group)?;
-        next_id += 1;
+    // Spread the rooms over the workers by their cost (groups times state
+    // size), heaviest first, each to the least loaded worker.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    let mut order: Vec<usize> = (0..rooms.len()).collect();
+    let cost = |r: &Room| r.cfg.groups_per_room * (r.cfg.members + r.initial_members + 16);
+    order.sort_by_key(|&i| std::cmp::Reverse(cost(&rooms[i])));
+    let mut load = vec![0usize; workers];
+    let mut worker_of = vec![0usize; rooms.len()];
+    for i in order {
+        let w = (0..workers).min_by_key(|&w| load[w]).unwrap_or(0);
+        load[w] += cost(&rooms[i]);
+        worker_of[i] = w;
     }
-    Ok(report)
+    let mut per_worker: Vec<Vec<(usize, Room)>> = (0..workers).map(|_| Vec::new()).collect();
+    for (index, room) in rooms.into_iter().enumerate() {
+        per_worker[worker_of[index]].push((index, room));
+    }
+
+    let mut report: Vec<MixRoom> = Vec::new();
+    let schedule = &schedule;
+    let first_id = base.first_group_id;
+    let result = std::thread::scope(|scope| {
+        let mut receivers = Vec::with_capacity(workers);
+        for mine in per_worker {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<GenGroup>(256);
+            receivers.push(rx);
+            scope.spawn(move || {
+                // Local index of each of this worker's rooms.
+                let mut local: HashMap<usize, usize> = HashMap::new();
+                let mut sims: Vec<(RoomSim, Strings, usize, GenConfig)> = Vec::new();
+                for (index, room) in mine {
+                    let mut strings = room.strings;
+                    let sim = RoomSim::new(room.room_id, &room.cfg, &mut strings);
+                    local.insert(index, sims.len());
+                    sims.push((sim, strings, room.initial_members, room.cfg));
+                }
+                for (position, &index) in schedule.iter().enumerate() {
+                    let Some(&l) = local.get(&(index as usize)) else {
+                        continue;
+                    };
+                    let (sim, strings, initial_members, room_cfg) = &mut sims[l];
+                    let id = first_id + position as i64;
+                    let group = if sim.latest.is_none() && *initial_members > 1 {
+                        sim.joined_over_federation(id, *initial_members, strings)
+                    } else {
+                        sim.step(id, room_cfg, strings)
+                    };
+                    if sim.remaining() == 0 {
+                        // Done: free its states now.
+                        let empty = GenConfig {
+                            groups_per_room: 0,
+                            ..room_cfg.clone()
+                        };
+                        *sim = RoomSim::new(String::new(), &empty, strings);
+                    }
+                    if tx.send(group).is_err() {
+                        return; // the consumer stopped
+                    }
+                }
+            });
+        }
+        let mut by_room: BTreeMap<usize, MixRoom> = BTreeMap::new();
+        for &index in schedule {
+            let index = index as usize;
+            let group = receivers[worker_of[index]]
+                .recv()
+                .expect("a generator thread stopped early");
+            let entry = by_room.entry(index).or_insert_with(|| MixRoom {
+                room_id: group.room_id.clone(),
+                groups: 0,
+                rows: 0,
+                snapshots: 0,
+            });
+            entry.groups += 1;
+            entry.rows += group.delta.len();
+            entry.snapshots += usize::from(group.prev.is_none());
+            if let Err(e) = sink(group) {
+                // Dropping the receivers stops the workers.
+                drop(receivers);
+                return Err(e);
+            }
+        }
+        report = by_room.into_values().collect();
+        Ok(())
+    });
+    result.map(|()| report)
 }
 
 /// Writes the groups of `cfg` into the database the fastest way there is:
@@ -1449,5 +1517,93 @@ mod tests {
         let generated = generate(&GenConfig::preset("demo").unwrap());
         assert_eq!(generated.groups.len(), 3_000);
         assert!(generated.row_count() > 40_000, "{}", generated.row_count());
+    }
+
+    #[test]
+    fn mixed_rooms_stream_in_id_order_deterministically() {
+        let cfg = MixConfig {
+            base: GenConfig {
+                first_group_id: 10,
+                max_delta_hops: 20,
+                ..GenConfig::default()
+            },
+            classes: vec![
+                RoomClass {
+                    rooms: 1,
+                    groups_per_room: 150,
+                    members: 90,
+                    initial_members: 60,
+                },
+                RoomClass {
+                    rooms: 5,
+                    groups_per_room: 40,
+                    members: 10,
+                    initial_members: 0,
+                },
+            ],
+        };
+        let collect = || {
+            let mut groups = Vec::new();
+            let rooms = generate_mix(&cfg, |g| {
+                groups.push(g);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            (groups, rooms)
+        };
+        let (groups, rooms) = collect();
+        assert_eq!((groups.clone(), rooms.clone()), collect());
+        let ids: Vec<i64> = groups.iter().map(|g| g.id).collect();
+        assert_eq!(ids, (10..10 + 350).collect::<Vec<_>>());
+        assert_eq!(rooms.len(), 6);
+        assert_eq!(rooms[0].groups, 150);
+        assert!(rooms[1..].iter().all(|r| r.groups == 40));
+        assert_eq!(
+            rooms.iter().map(|r| r.rows).sum::<usize>(),
+            groups.iter().map(|g| g.delta.len()).sum::<usize>()
+        );
+        // The federated room starts with the whole state at the join.
+        let first = groups
+            .iter()
+            .find(|g| g.room_id == rooms[0].room_id)
+            .unwrap();
+        assert_eq!(first.prev, None);
+        let members = first
+            .delta
+            .keys()
+            .filter(|k| k.0 == "m.room.member")
+            .count();
+        assert_eq!(members, 60);
+        // Rooms interleave, and the structure is a valid Synapse one.
+        let generated = Generated {
+            rooms: Vec::new(),
+            groups,
+        };
+        let structure = generated.structure();
+        assert!(violations(&structure).is_empty());
+        let chain_max = {
+            let mut chain: BTreeMap<i64, usize> = BTreeMap::new();
+            for g in &generated.groups {
+                chain.insert(g.id, g.prev.map_or(1, |p| chain[&p] + 1));
+            }
+            chain.into_values().max().unwrap()
+        };
+        assert!(chain_max <= 20, "{chain_max}");
+        assert!(generated
+            .groups
+            .windows(2)
+            .any(|w| w[0].room_id != w[1].room_id));
+    }
+
+    #[test]
+    fn bench_presets_exist() {
+        for name in MixConfig::PRESETS {
+            let cfg = MixConfig::preset(name).unwrap();
+            assert!(
+                cfg.room_count() > 50 && cfg.group_count() > 10_000,
+                "{name}"
+            );
+        }
+        assert!(MixConfig::preset("nope").is_none());
     }
 }

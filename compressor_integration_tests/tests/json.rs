@@ -28,8 +28,17 @@ fn rows(db: &TestDb) -> i64 {
 
 fn parse(run: &ToolRun) -> Value {
     tools::assert_success(run);
-    let lines: Vec<&str> = run.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one JSON line on stdout\n{}", run.describe());
+    let lines: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one JSON line on stdout\n{}",
+        run.describe()
+    );
     serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", lines[0]))
 }
 
@@ -54,11 +63,18 @@ fn manual_tool_json_matches_the_database() {
     );
     assert_eq!(json_before, generated.room_row_count(room) as i64);
     assert_eq!(rows_before - rows(&db), json_before - json_after, "{json}");
-    assert_eq!(json["rows_saved"].as_i64().unwrap(), json_before - json_after);
+    assert_eq!(
+        json["rows_saved"].as_i64().unwrap(),
+        json_before - json_after
+    );
     assert!(json["groups_written"].as_u64().unwrap() > 0, "{json}");
     assert_eq!(json["verified"], true);
     assert!(json["seconds"]["total"].as_f64().unwrap() >= 0.0);
-    assert_same_states(&before.states, &snapshot(&mut db.client()).states, "--json run");
+    assert_same_states(
+        &before.states,
+        &snapshot(&mut db.client()).states,
+        "--json run",
+    );
 }
 
 #[test]
@@ -74,8 +90,16 @@ fn automatic_tool_json_matches_the_database() {
     );
     let json = parse(&run);
     assert!(json["chunks"].as_u64().unwrap() >= 9, "{json}");
-    assert_eq!(json["rows_saved"].as_i64().unwrap(), rows_before - rows(&db), "{json}");
+    assert_eq!(
+        json["rows_saved"].as_i64().unwrap(),
+        rows_before - rows(&db),
+        "{json}"
+    );
     assert!(json["rows_saved"].as_i64().unwrap() > 0, "{json}");
     assert_eq!(json["rooms_finished"], 3, "{json}");
-    assert_same_states(&before.states, &snapshot(&mut db.client()).states, "--json run");
+    assert_same_states(
+        &before.states,
+        &snapshot(&mut db.client()).states,
+        "--json run",
+    );
 }

@@ -32,6 +32,21 @@ pub struct Timings {
     pub total: Duration,
 }
 
+impl fmt::Display for Timings {
+    /// The `Time:` line both tools print (the benchmark reads it).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Time: load {:.2}s, compress {:.2}s, verify {:.2}s, write {:.2}s; peak memory {:.1} MiB",
+            self.load.as_secs_f64(),
+            self.compress.as_secs_f64(),
+            self.verify.as_secs_f64(),
+            self.write.as_secs_f64(),
+            crate::memory::peak_rss_mib()
+        )
+    }
+}
+
 /// The figures of one manual run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Summary {
@@ -166,14 +181,6 @@ impl fmt::Display for Summary {
                 self.missing_predecessors
             )?;
         }
-        write!(
-            f,
-            "Time: load {:.2}s, compress {:.2}s, verify {:.2}s, write {:.2}s; peak memory {:.1} MiB",
-            self.timings.load.as_secs_f64(),
-            self.timings.compress.as_secs_f64(),
-            self.timings.verify.as_secs_f64(),
-            self.timings.write.as_secs_f64(),
-            crate::memory::peak_rss_mib()
-        )
+        write!(f, "{}", self.timings)
     }
 }

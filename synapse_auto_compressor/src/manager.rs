@@ -143,14 +143,7 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
         summary.groups_written,
         summary.elapsed.as_secs_f64()
     );
-    info!(
-        "Time: load {:.2}s, compress {:.2}s, verify {:.2}s, write {:.2}s; peak memory {:.1} MiB",
-        summary.timings.load.as_secs_f64(),
-        summary.timings.compress.as_secs_f64(),
-        summary.timings.verify.as_secs_f64(),
-        summary.timings.write.as_secs_f64(),
-        synapse_compress_state::memory::peak_rss_mib()
-    );
+    info!("{}", summary.timings);
     Ok(summary)
 }
 
@@ -254,38 +247,28 @@ fn compress_chunk(
     let changed = changed_groups(&original, &compressed.changes);
     let batches: Vec<&[i64]> = write::batches(&compressed.changes, &changed).collect();
     let ctx = "writing a chunk";
-    // Every batch but the last commits on its own; the last one commits
-    // together with the saved progress. With no changes, only progress.
-    let (last_batch, earlier) = match batches.split_last() {
-        Some((last_batch, earlier)) => (Some(*last_batch), earlier),
-        None => (None, &[][..]),
-    };
+    // Every batch commits on its own except the last, which commits together
+    // with the saved progress. With no changes, the one transaction saves
+    // only the progress.
     let mut report = write::WriteReport::default();
-    for batch in earlier {
+    let count = batches.len().max(1);
+    for i in 0..count {
         let mut tx = client.transaction().map_err(|e| Error::db(ctx, e))?;
-        report.add(write::write_batch(
-            &mut tx,
-            room,
-            &symbols,
-            &original,
-            &compressed.changes,
-            batch,
-        )?);
+        if let Some(batch) = batches.get(i) {
+            report.add(write::write_batch(
+                &mut tx,
+                room,
+                &symbols,
+                &original,
+                &compressed.changes,
+                batch,
+            )?);
+        }
+        if i + 1 == count {
+            state_saving::write_room_progress(&mut tx, room, &compressed.levels, last)?;
+        }
         tx.commit().map_err(|e| Error::db(ctx, e))?;
     }
-    let mut tx = client.transaction().map_err(|e| Error::db(ctx, e))?;
-    if let Some(batch) = last_batch {
-        report.add(write::write_batch(
-            &mut tx,
-            room,
-            &symbols,
-            &original,
-            &compressed.changes,
-            batch,
-        )?);
-    }
-    state_saving::write_room_progress(&mut tx, room, &compressed.levels, last)?;
-    tx.commit().map_err(|e| Error::db(ctx, e))?;
 
     summary.timings.write += started.elapsed();
     outcome.groups_written = report.written;

@@ -18,9 +18,9 @@
 # the ratio to the I/O floor measured on the same database). Stops the server
 # on exit. The tools' logs and the table are kept in target/bench/.
 #
-# Time on 2 cores: 200k about a minute, 3m a few minutes, 20m about half an
-# hour (most of it generating and copying 20 million rows). Disk: the data set
-# twice (its source and one copy), about 10 GB for 20m.
+# Time on 2 cores (after the build): 200k about 20 s, 3m about a minute, 20m
+# about 10 minutes (4 of them generating and loading 20 million rows). Disk:
+# the data set twice (its source and one copy): about 12 GB for 20m.
 #
 # Environment: BENCH_SHARED_BUFFERS (default 512MB), BENCH_ARGS (extra
 # arguments for the bench binary, e.g. "--runs manual" or "--samples 0"),

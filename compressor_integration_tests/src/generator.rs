@@ -387,8 +387,24 @@ pub fn long_state_key() -> String {
 
 const BASE64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-type Str = Rc<str>;
+/// The simulation's strings: leaked, so that the states of busy rooms (tens
+/// of thousands of entries, one copy per group) clone and drop as plain
+/// memory, without touching a reference count per string. Only what a
+/// generation creates is leaked (one event id per state event, one user id
+/// per user, a few room keys): a few megabytes for the test data, about a
+/// hundred for the benchmark's largest data set.
+type Str = &'static str;
 type SimKey = (Str, Str);
+
+fn leak(s: String) -> Str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// [`long_state_key`], leaked once.
+fn long_state_key_str() -> Str {
+    static LONG: std::sync::OnceLock<Str> = std::sync::OnceLock::new();
+    LONG.get_or_init(|| leak(long_state_key()))
+}
 type SimState = BTreeMap<SimKey, Str>;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -422,9 +438,9 @@ impl Strings {
         self.counter += 1;
         if self.nasty && self.rng.random_bool(0.15) {
             let fragment = self.nasty_fragment();
-            return format!("${fragment}{}", self.counter).into();
+            return leak(format!("${fragment}{}", self.counter));
         }
-        format!("${}", self.random_chars(BASE64URL, 43)).into()
+        leak(format!("${}", self.random_chars(BASE64URL, 43)))
     }
 
     fn room_id(&mut self, index: usize) -> String {
@@ -442,9 +458,9 @@ impl Strings {
     fn user_id(&mut self, n: usize) -> Str {
         if self.nasty && n % 5 == 0 {
             let fragment = self.nasty_fragment();
-            format!("@{fragment}{n}:example.org").into()
+            leak(format!("@{fragment}{n}:example.org"))
         } else {
-            format!("@user{n}:example.org").into()
+            leak(format!("@user{n}:example.org"))
         }
     }
 }
@@ -494,17 +510,13 @@ impl RoomSim {
         ]
         .iter()
         .map(|t| {
-            let key: Str = if *t == "m.room.member" {
-                creator.clone()
-            } else {
-                "".into()
-            };
-            (Str::from(*t), key)
+            let key: Str = if *t == "m.room.member" { creator } else { "" };
+            (*t, key)
         })
         .collect();
         creation.reverse(); // popped from the end
         RoomSim {
-            room_id: room_id.into(),
+            room_id: leak(room_id),
             target_groups: cfg.groups_per_room,
             target_members: cfg.members.max(1),
             group_ids: Vec::new(),
@@ -550,7 +562,7 @@ impl RoomSim {
             self.joined += 1;
         }
         self.users[i].1 = membership;
-        ("m.room.member".into(), self.users[i].0.clone())
+        ("m.room.member", self.users[i].0)
     }
 
     fn new_user(&mut self, strings: &mut Strings, membership: Membership) -> SimKey {
@@ -569,7 +581,7 @@ impl RoomSim {
         }
         let nasty = strings.nasty;
         // (weight, kind)
-        let kinds: &[(u32, &str)] = &[
+        let kinds: &[(u32, Str)] = &[
             (14, "leave"),
             (24, "profile"),
             (8, "rejoin"),
@@ -637,11 +649,11 @@ impl RoomSim {
             },
             "im.vector.modular.widgets" => {
                 let key = format!("widget_{}", strings.rng.random_range(0..40u32));
-                (kind.into(), key.into())
+                (kind, leak(key))
             }
             "m.space.child" => {
                 let key = format!("!space{}:example.org", strings.rng.random_range(0..20u32));
-                (kind.into(), key.into())
+                (kind, leak(key))
             }
             "nasty" => {
                 let t = loop {
@@ -651,16 +663,16 @@ impl RoomSim {
                     }
                 };
                 let event_type = if strings.rng.random_bool(0.5) {
-                    format!("org.example.{t}")
+                    leak(format!("org.example.{t}"))
                 } else {
-                    t.to_string()
+                    t
                 };
                 let key = strings.nasty_fragment();
-                (event_type.into(), key.into())
+                (event_type, key)
             }
-            "long" => ("org.example.long".into(), long_state_key().into()),
+            "long" => ("org.example.long", long_state_key_str()),
             "leave" => self.new_user(strings, Membership::Joined),
-            _ => (kind.into(), "".into()),
+            _ => (kind, ""),
         }
     }
 
@@ -709,13 +721,13 @@ impl RoomSim {
             // The room's first group: just the create event.
             let key = self.creation.pop().expect("creation events");
             let event = strings.event_id();
-            let state: SimState = BTreeMap::from([(key, event.clone())]);
+            let state: SimState = BTreeMap::from([(key, event)]);
             return self.finish(id, None, Rc::new(state), event, Role::Latest);
         };
         if let Some(key) = self.creation.pop() {
             let event = strings.event_id();
             let mut state = (*self.state(latest)).clone();
-            state.insert(key, event.clone());
+            state.insert(key, event);
             return self.finish(id, Some(latest), Rc::new(state), event, Role::Latest);
         }
 
@@ -757,7 +769,7 @@ impl RoomSim {
         for _ in 0..n.max(1) {
             let key = self.random_change(strings);
             let event = strings.event_id();
-            state.insert(key, event.clone());
+            state.insert(key, event);
             last = Some(event);
         }
         last.expect("at least one change")
@@ -786,22 +798,29 @@ impl RoomSim {
             .remove(strings.rng.random_range(0..self.tips.len()));
         let (a, b) = (self.state(latest), self.state(tip));
         let mut resolved: SimState = (*a).clone();
-        let mut one_sided: Vec<SimKey> =
-            a.keys().filter(|k| !b.contains_key(*k)).cloned().collect();
+        // One ordered walk over both: keys only `a` has, keys only `b` has
+        // (added), and keys both have with different events (`b` wins half
+        // of the time, decided in `b`'s key order).
+        let mut one_sided: Vec<SimKey> = Vec::new();
+        let mut a_entries = a.iter().peekable();
         for (k, v) in b.iter() {
-            match resolved.get(k) {
+            while let Some((a_key, _)) = a_entries.next_if(|(a_key, _)| *a_key < k) {
+                one_sided.push(*a_key);
+            }
+            match a_entries.next_if(|(a_key, _)| *a_key == k) {
                 None => {
-                    resolved.insert(k.clone(), v.clone());
-                    one_sided.push(k.clone());
+                    resolved.insert(*k, *v);
+                    one_sided.push(*k);
                 }
-                Some(mine) if mine != v && strings.rng.random_bool(0.5) => {
-                    resolved.insert(k.clone(), v.clone());
+                Some((_, mine)) if mine != v && strings.rng.random_bool(0.5) => {
+                    resolved.insert(*k, *v);
                 }
                 Some(_) => {}
             }
         }
+        one_sided.extend(a_entries.map(|(a_key, _)| *a_key));
         // Sometimes resolution rejects events that only one side had.
-        one_sided.retain(|k| &*k.0 != "m.room.create");
+        one_sided.retain(|k| k.0 != "m.room.create");
         one_sided.sort();
         if !one_sided.is_empty() && strings.rng.random_bool(self.resolve_drop_probability) {
             for _ in 0..strings.rng.random_range(1..=3usize) {
@@ -816,12 +835,8 @@ impl RoomSim {
         // those whose keys are a subset of the result.
         let mut best: Option<(usize, i64)> = None;
         for candidate in [latest, tip] {
-            let state = self.state(candidate);
-            if state.keys().all(|k| resolved.contains_key(k)) {
-                let delta = resolved
-                    .iter()
-                    .filter(|(k, v)| state.get(*k) != Some(*v))
-                    .count();
+            if let Some(delta) = delta_if_subset(&self.state(candidate), &resolved) {
+                let delta = delta.len();
                 if !matches!(best, Some((smallest, _)) if smallest <= delta) {
                     best = Some((delta, candidate));
                 }
@@ -846,7 +861,7 @@ impl RoomSim {
         let mut state = (*self.state(latest)).clone();
         let mut keys: Vec<SimKey> = state
             .keys()
-            .filter(|k| &*k.0 != "m.room.create")
+            .filter(|k| k.0 != "m.room.create")
             .cloned()
             .collect();
         for _ in 0..strings.rng.random_range(1..=3usize) {
@@ -919,21 +934,21 @@ impl RoomSim {
 /// up would dominate generating them).
 fn delta_if_subset(old: &SimState, new: &SimState) -> Option<SimState> {
     let same_key =
-        |a: &SimKey, b: &SimKey| (Rc::ptr_eq(&a.0, &b.0) && Rc::ptr_eq(&a.1, &b.1)) || a == b;
+        |a: &SimKey, b: &SimKey| (std::ptr::eq(a.0, b.0) && std::ptr::eq(a.1, b.1)) || a == b;
     let mut olds = old.iter();
     let mut next_old = olds.next();
     let mut delta = Vec::new();
     for (key, event) in new {
         match next_old {
             Some((old_key, old_event)) if same_key(old_key, key) => {
-                if old_event != event {
-                    delta.push((key.clone(), event.clone()));
+                if !std::ptr::eq(*old_event, *event) && old_event != event {
+                    delta.push((*key, *event));
                 }
                 next_old = olds.next();
             }
             // A key of `old` that `new` lacks.
             Some((old_key, _)) if old_key < key => return None,
-            _ => delta.push((key.clone(), event.clone())),
+            _ => delta.push((*key, *event)),
         }
     }
     match next_old {
@@ -968,7 +983,7 @@ pub fn generate(cfg: &GenConfig) -> Generated {
         .collect();
     let mut seen_ids = BTreeSet::new();
     for room in &rooms {
-        assert!(seen_ids.insert(room.room_id.clone()), "duplicate room id");
+        assert!(seen_ids.insert(room.room_id), "duplicate room id");
     }
 
     let mut groups = Vec::with_capacity(cfg.rooms * cfg.groups_per_room);
@@ -1056,18 +1071,20 @@ impl MixConfig {
     /// A named benchmark configuration (row counts as measured with the
     /// default seed):
     /// - `bench200k`: one busy room (2,400 groups, joined over federation
-    ///   with 1,800 users: about 68,000 rows) and 65 small and medium rooms:
-    ///   about 200,000 rows in all;
-    /// - `bench3m`: one busy room (14,000 groups, joined with 12,000 users,
-    ///   growing to 15,000 members: about 2 million rows, almost all of them
-    ///   in its 140 snapshots) and 600 other rooms (500 small, 90 medium, 10
-    ///   large) holding about a million more;
-    /// - `bench20m`: one very busy room (46,000 groups, joined with 24,000
-    ///   users: about 12 million rows) and 3,000 other rooms holding about
-    ///   8 million more.
+    ///   with 1,800 users: 65,059 rows) and 65 small and medium rooms:
+    ///   201,940 rows in all;
+    /// - `bench3m`: one busy room (14,000 groups, joined with 10,200 users,
+    ///   growing to 13,000 members: 2,051,394 rows, almost all of them in its
+    ///   140 snapshots) and 600 other rooms (500 small, 90 medium, 10 large):
+    ///   3,014,924 rows in all;
+    /// - `bench20m`: one very busy room (40,000 groups, joined with 22,000
+    ///   users, growing to 26,000 members: 12,005,100 rows) and 3,220 other
+    ///   rooms: 19,931,585 rows in all.
     ///
     /// All with few forks and state resets (so they compress well, as most
-    /// real rooms do) and Synapse's 100-hop rule.
+    /// real rooms do) and Synapse's 100-hop rule. Small rooms have 200
+    /// groups and 30 members, medium ones 1,200 and 250, large ones 3,500
+    /// and 800.
     pub fn preset(name: &str) -> Option<MixConfig> {
         let base = GenConfig {
             seed: 1,
@@ -1153,7 +1170,7 @@ impl RoomSim {
         let mut last = None;
         while let Some(key) = self.creation.pop() {
             let event = strings.event_id();
-            state.insert(key, event.clone());
+            state.insert(key, event);
             last = Some(event);
         }
         // The creator is already in; about one in seven of the others left.
@@ -1165,7 +1182,7 @@ impl RoomSim {
             };
             let key = self.new_user(strings, membership);
             let event = strings.event_id();
-            state.insert(key, event.clone());
+            state.insert(key, event);
             last = Some(event);
         }
         let event = last.expect("the creation events");

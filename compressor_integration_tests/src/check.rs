@@ -212,6 +212,24 @@ pub fn assert_matches_model(
     outcome
 }
 
+/// A small generated database (two rooms of `groups_per_room` groups that
+/// compress well) and its first room's id, for the bad-input tests.
+pub fn small_db(hint: &str, groups_per_room: usize) -> (crate::pg::TestDb, String) {
+    let db = crate::pg::TestDb::create(hint);
+    let generated = crate::generator::generate_into(
+        &mut db.client(),
+        &crate::generator::GenConfig {
+            rooms: 2,
+            groups_per_room,
+            max_delta_hops: 10,
+            ..crate::generator::GenConfig::default()
+        },
+    )
+    .expect("generating the test database");
+    let room = generated.rooms[0].room_id.clone();
+    (db, room)
+}
+
 #[cfg(test)]
 mod tests {
     //! The checks must be able to fail.

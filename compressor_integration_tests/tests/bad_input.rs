@@ -4,7 +4,6 @@
 //! tree is compared, which is cheaper than reading every state).
 
 use compressor_integration_tests::check::{self, run_compressor, snapshot_in_memory, DbSnapshot};
-use compressor_integration_tests::generator::{generate_into, GenConfig};
 use compressor_integration_tests::pg::{self, TestDb};
 use compressor_integration_tests::tools::{self, assert_user_error, ToolRun};
 
@@ -13,19 +12,7 @@ const AUTO: &str = "synapse_auto_compressor";
 /// A small generated database (2 rooms of 80 groups that compress well)
 /// and its first room.
 fn small_db(hint: &str) -> (TestDb, String) {
-    let db = TestDb::create(hint);
-    let generated = generate_into(
-        &mut db.client(),
-        &GenConfig {
-            rooms: 2,
-            groups_per_room: 80,
-            max_delta_hops: 10,
-            ..GenConfig::default()
-        },
-    )
-    .expect("generate");
-    let room = generated.rooms[0].room_id.clone();
-    (db, room)
+    compressor_integration_tests::check::small_db(hint, 80)
 }
 
 fn auto(url: &str, args: &[&str]) -> ToolRun {

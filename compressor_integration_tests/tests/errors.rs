@@ -2,25 +2,12 @@
 //! line starting with `error: `, no panic, and the database unchanged.
 
 use compressor_integration_tests::check::{self, run_compressor, snapshot};
-use compressor_integration_tests::generator::{generate_into, GenConfig};
 use compressor_integration_tests::pg::TestDb;
 use compressor_integration_tests::tools::{assert_user_error, TempPath, ToolRun};
 
 /// A small generated database and one of its room ids.
 fn small_db(hint: &str) -> (TestDb, String) {
-    let db = TestDb::create(hint);
-    let generated = generate_into(
-        &mut db.client(),
-        &GenConfig {
-            rooms: 2,
-            groups_per_room: 120,
-            max_delta_hops: 10,
-            ..GenConfig::default()
-        },
-    )
-    .unwrap();
-    let room = generated.rooms[0].room_id.clone();
-    (db, room)
+    compressor_integration_tests::check::small_db(hint, 120)
 }
 
 /// Runs the compressor against `db` with `args` (after `-p URL`) and asserts

@@ -97,6 +97,13 @@ fn automatic_tool_json_matches_the_database() {
     );
     assert!(json["rows_saved"].as_i64().unwrap() > 0, "{json}");
     assert_eq!(json["rooms_finished"], 3, "{json}");
+    // Every group was in exactly one chunk.
+    assert_eq!(
+        json["groups"].as_u64().unwrap() as usize,
+        before.states.len(),
+        "{json}"
+    );
+    assert!(json["groups_changed"].as_u64().unwrap() > 0, "{json}");
     assert_same_states(
         &before.states,
         &snapshot(&mut db.client()).states,

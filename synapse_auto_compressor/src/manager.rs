@@ -44,6 +44,10 @@ pub struct ChunkOutcome {
     pub groups: usize,
     pub rows_before: usize,
     pub rows_after: usize,
+    /// Groups the compressor gave a new predecessor (or made a snapshot).
+    pub groups_changed: usize,
+    /// Groups that had to become snapshots for want of a usable predecessor.
+    pub forced_resets: usize,
     /// Groups whose rows or edge were rewritten.
     pub groups_written: usize,
     /// Groups left alone because Synapse changed them meanwhile.
@@ -61,9 +65,15 @@ pub struct RunSummary {
     pub chunks: usize,
     pub chunks_skipped: usize,
     pub rooms_finished: usize,
+    /// Groups in the chunks processed (skipped chunks included).
+    pub groups: usize,
     pub rows_before: usize,
     pub rows_after: usize,
     pub rows_saved: i64,
+    /// Groups given a new structure in committed chunks.
+    pub groups_changed: usize,
+    /// Of those, groups forced to be snapshots (no usable predecessor).
+    pub forced_resets: usize,
     pub groups_written: usize,
     /// Groups left alone because Synapse changed them meanwhile.
     pub groups_skipped_live: usize,
@@ -81,9 +91,12 @@ impl RunSummary {
             "chunks": self.chunks,
             "chunks_skipped": self.chunks_skipped,
             "rooms_finished": self.rooms_finished,
+            "groups": self.groups,
             "rows_before": self.rows_before,
             "rows_after": self.rows_after,
             "rows_saved": self.rows_saved,
+            "groups_changed": self.groups_changed,
+            "forced_resets": self.forced_resets,
             "groups_written": self.groups_written,
             "groups_skipped_live": self.groups_skipped_live,
             "levels_reset": self.levels_reset,
@@ -116,8 +129,11 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
         };
         let outcome = compress_chunk(&mut client, &room, config, &mut summary)?;
         summary.chunks += 1;
+        summary.groups += outcome.groups;
         summary.rows_before += outcome.rows_before;
         if outcome.committed {
+            summary.groups_changed += outcome.groups_changed;
+            summary.forced_resets += outcome.forced_resets;
             summary.rows_after += outcome.rows_after;
             summary.rows_saved += outcome.rows_before as i64 - outcome.rows_after as i64;
             summary.groups_written += outcome.groups_written;
@@ -167,6 +183,8 @@ fn compress_chunk(
         groups: 0,
         rows_before: 0,
         rows_after: 0,
+        groups_changed: 0,
+        forced_resets: 0,
         groups_written: 0,
         groups_skipped_live: 0,
         committed: false,
@@ -223,6 +241,8 @@ fn compress_chunk(
     summary.timings.compress += started.elapsed();
     outcome.rows_before = row_count(&original);
     outcome.rows_after = row_count_after(&original, &compressed.changes);
+    outcome.groups_changed = compressed.stats.state_groups_changed;
+    outcome.forced_resets = compressed.stats.resets_no_suitable_prev;
     info!(
         "Room {room}: groups {}..={last} ({} groups): rows {} -> {}",
         after.map_or(0, |a| a + 1),

@@ -317,7 +317,7 @@ fn auto_tool_with_big_chunks_killed_while_writing() {
     // batch commits with the saved progress).
     let args = ["-p", db.url(), "-c", "1000", "-n", "1", "-l", LEVELS];
 
-    let (total, write_start) = line_profile(AUTO, &args, "FOR KEY SHARE");
+    let (total, write_start) = line_profile(AUTO, &args, "write batch of");
     let mut all_args = args;
     all_args[5] = "100";
     auto_after_kills(&all_args);

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::types::ToSql;
+use postgres::types::{ToSql, Type};
 use postgres::GenericClient;
 
 use crate::error::{Error, Result};
@@ -58,10 +58,15 @@ pub fn range_ids(
     let min = min_exclusive.unwrap_or(i64::MIN);
     let max = max_inclusive.unwrap_or(i64::MAX);
     let rows = client
-        .query(
+        .query_typed(
             "SELECT id FROM state_groups WHERE room_id = $1 AND id > $2 AND id <= $3 \
              ORDER BY id LIMIT $4",
-            &[&room_id, &min, &max, &limit],
+            &[
+                (&room_id, Type::TEXT),
+                (&min, Type::INT8),
+                (&max, Type::INT8),
+                (&limit, Type::INT8),
+            ],
         )
         .map_err(|e| Error::db("finding the state groups to compress", e))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -70,9 +75,9 @@ pub fn range_ids(
 /// True when the room has at least one state group.
 pub fn room_has_groups(client: &mut impl GenericClient, room_id: &str) -> Result<bool> {
     client
-        .query_one(
+        .query_typed_one(
             "SELECT EXISTS (SELECT 1 FROM state_groups WHERE room_id = $1)",
-            &[&room_id],
+            &[(&room_id, Type::TEXT)],
         )
         .map(|r| r.get(0))
         .map_err(|e| Error::db("looking up the room", e))
@@ -116,39 +121,33 @@ pub fn load_groups(
         // All their ancestors at once (one recursive query, as Synapse reads
         // a chain), rather than one generation per round trip.
         let start: Vec<i64> = std::mem::take(&mut wanted).into_iter().collect();
-        let ids: Vec<i64> = ancestors(client, &start)?
+        let found: Vec<(i64, bool)> = ancestors(client, &start)?
             .into_iter()
-            .filter(|id| !builder.groups.contains_key(id))
+            .filter(|(id, _)| !builder.groups.contains_key(id))
             .collect();
-        builder.load_out_of_range(client, &ids, on_rows)?;
+        builder.load_out_of_range(client, &found, on_rows)?;
     }
 
     builder.finish()
 }
 
 /// `ids` and every group reachable from them through `state_group_edges`,
-/// ascending. `UNION` ends the walk even on a damaged, looping structure.
-fn ancestors(client: &mut impl GenericClient, ids: &[i64]) -> Result<Vec<i64>> {
+/// ascending, each with whether it has a `state_groups` row. `UNION` ends
+/// the walk even on a damaged, looping structure.
+fn ancestors(client: &mut impl GenericClient, ids: &[i64]) -> Result<Vec<(i64, bool)>> {
     let rows = client
-        .query(
+        .query_typed(
             "WITH RECURSIVE chain(id) AS ( \
                  SELECT unnest($1::bigint[]) \
                  UNION \
                  SELECT e.prev_state_group FROM state_group_edges AS e \
                  JOIN chain AS c ON e.state_group = c.id \
-             ) SELECT id FROM chain ORDER BY id",
-            &[&ids],
+             ) SELECT c.id, EXISTS (SELECT 1 FROM state_groups AS g WHERE g.id = c.id) \
+             FROM chain AS c ORDER BY c.id",
+            &[(&ids, Type::INT8_ARRAY)],
         )
         .map_err(|e| Error::db("finding predecessor chains", e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// Which of `ids` have a `state_groups` row.
-pub fn existing_groups(client: &mut impl GenericClient, ids: &[i64]) -> Result<BTreeSet<i64>> {
-    let rows = client
-        .query("SELECT id FROM state_groups WHERE id = ANY($1)", &[&ids])
-        .map_err(|e| Error::db("checking which state groups exist", e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Collects what the queries return. Rows arrive ordered by group, so one
@@ -200,11 +199,11 @@ impl<'s> Builder<'s> {
         &mut self,
         client: &mut impl GenericClient,
         sql: &str,
-        params: &[&(dyn ToSql + Sync)],
+        ids: &[i64],
     ) -> Result<()> {
         let ctx = "loading state group edges";
         let mut rows = client
-            .query_raw(sql, params.iter().copied())
+            .query_typed_raw(sql, [(&ids as &(dyn ToSql + Sync), Type::INT8_ARRAY)])
             .map_err(|e| Error::db(ctx, e))?;
         while let Some(row) = rows.next().map_err(|e| Error::db(ctx, e))? {
             let group: i64 = row.get(0);
@@ -229,12 +228,12 @@ impl<'s> Builder<'s> {
         &mut self,
         client: &mut impl GenericClient,
         sql: &str,
-        params: &[&(dyn ToSql + Sync)],
+        ids: &[i64],
         on_rows: &mut dyn FnMut(u64),
     ) -> Result<()> {
         let ctx = "loading state rows";
         let mut rows = client
-            .query_raw(sql, params.iter().copied())
+            .query_typed_raw(sql, [(&ids as &(dyn ToSql + Sync), Type::INT8_ARRAY)])
             .map_err(|e| Error::db(ctx, e))?;
         let mut count = 0u64;
         while let Some(row) = rows.next().map_err(|e| Error::db(ctx, e))? {
@@ -267,29 +266,30 @@ impl<'s> Builder<'s> {
             client,
             "SELECT state_group, prev_state_group FROM state_group_edges \
              WHERE state_group = ANY($1)",
-            &[&ids],
+            ids,
         )?;
         self.read_rows(
             client,
             "SELECT state_group, type, state_key, event_id FROM state_groups_state \
              WHERE state_group = ANY($1) ORDER BY state_group",
-            &[&ids],
+            ids,
             on_rows,
         )
     }
 
-    /// Loads `ids` (predecessors or level heads) with their edges and rows.
+    /// Loads `found` (predecessors or level heads, each with whether it has
+    /// a `state_groups` row) with their edges and rows.
     fn load_out_of_range(
         &mut self,
         client: &mut impl GenericClient,
-        ids: &[i64],
+        found: &[(i64, bool)],
         on_rows: &mut dyn FnMut(u64),
     ) -> Result<()> {
-        let existing = existing_groups(client, ids)?;
         self.missing
-            .extend(ids.iter().filter(|id| !existing.contains(id)));
-        self.read_by_ids(client, ids, on_rows)?;
-        for &id in ids {
+            .extend(found.iter().filter(|(_, exists)| !exists).map(|(id, _)| id));
+        let ids: Vec<i64> = found.iter().map(|(id, _)| *id).collect();
+        self.read_by_ids(client, &ids, on_rows)?;
+        for id in ids {
             self.groups.entry(id).or_default();
         }
         Ok(())

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use log::warn;
+use log::{debug, warn};
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;
 use postgres::{Client, Transaction};
@@ -109,63 +109,63 @@ pub fn write_batch(
         .collect();
     locked.sort_unstable();
     locked.dedup();
-    let existing: BTreeSet<i64> = tx
-        .query(
-            "SELECT id FROM state_groups WHERE id = ANY($1) ORDER BY id FOR KEY SHARE",
-            &[&locked],
+    debug!("write batch of {} groups: locking", batch.len());
+    // One round trip: the locks, and whether Synapse's pending-deletion
+    // table (1.124+) exists.
+    let lock_row = tx
+        .query_typed_one(
+            "WITH locked AS ( \
+                 SELECT id FROM state_groups WHERE id = ANY($1) ORDER BY id FOR KEY SHARE \
+             ) SELECT array(SELECT id FROM locked), \
+                      to_regclass('state_groups_pending_deletion') IS NOT NULL",
+            &[(&locked, Type::INT8_ARRAY)],
         )
-        .map_err(db)?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-
-    let has_pending_table: bool = tx
-        .query_one(
-            "SELECT to_regclass('state_groups_pending_deletion') IS NOT NULL",
-            &[],
-        )
-        .map_err(db)?
-        .get(0);
+        .map_err(db)?;
+    let existing: BTreeSet<i64> = lock_row.get::<_, Vec<i64>>(0).into_iter().collect();
+    let has_pending_table: bool = lock_row.get(1);
     if has_pending_table && !bases.is_empty() {
         let bases: Vec<i64> = bases.iter().copied().collect();
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        tx.execute(
+        tx.execute_typed(
             "UPDATE state_groups_pending_deletion \
              SET sequence_number = DEFAULT, insertion_ts = $2 WHERE state_group = ANY($1)",
-            &[&bases, &now_ms],
+            &[(&bases, Type::INT8_ARRAY), (&now_ms, Type::INT8)],
         )
         .map_err(db)?;
     }
 
-    let edges: BTreeMap<i64, i64> = tx
-        .query(
-            "SELECT state_group, prev_state_group FROM state_group_edges WHERE state_group = ANY($1)",
-            &[&batch],
+    debug!("write batch: re-checking the groups");
+    // What each group looks like now (after taking the locks): its edge and
+    // its row count, in one round trip.
+    let mut now: BTreeMap<i64, (Option<i64>, i64)> = BTreeMap::new();
+    for row in tx
+        .query_typed(
+            "SELECT g.id, e.prev_state_group, \
+                    (SELECT count(*) FROM state_groups_state AS s WHERE s.state_group = g.id) \
+             FROM unnest($1::bigint[]) AS g(id) \
+             LEFT JOIN state_group_edges AS e ON e.state_group = g.id",
+            &[(&batch, Type::INT8_ARRAY)],
         )
         .map_err(db)?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let counts: BTreeMap<i64, i64> = tx
-        .query(
-            "SELECT state_group, count(*) FROM state_groups_state \
-             WHERE state_group = ANY($1) GROUP BY state_group",
-            &[&batch],
-        )
-        .map_err(db)?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    {
+        let group: i64 = row.get(0);
+        let prev: Option<i64> = row.get(1);
+        let entry = now.entry(group).or_insert((prev, row.get(2)));
+        if entry.0 != prev {
+            // Two edges: not the structure we loaded.
+            entry.0 = None;
+            entry.1 = -1;
+        }
+    }
 
     let mut ready = Vec::with_capacity(batch.len());
     for &group in batch {
         let loaded = &original[&group];
         let unchanged = existing.contains(&group)
-            && edges.get(&group).copied() == loaded.prev
-            && counts.get(&group).copied().unwrap_or(0) == loaded.delta.len() as i64;
+            && now.get(&group) == Some(&(loaded.prev, loaded.delta.len() as i64));
         let base_ok = new[&group].prev.is_none_or(|b| existing.contains(&b));
         if unchanged && base_ok {
             ready.push(group);
@@ -189,26 +189,24 @@ pub fn write_batch(
         .iter()
         .filter_map(|g| new[g].prev.map(|p| (*g, p)))
         .unzip();
-    tx.execute(
-        "DELETE FROM state_group_edges WHERE state_group = ANY($1)",
-        &[&ready],
-    )
-    .map_err(db)?;
+    debug!("write batch: replacing {} groups", ready.len());
+    report.rows_deleted = tx
+        .execute_typed(
+            "WITH edges AS (DELETE FROM state_group_edges WHERE state_group = ANY($1)) \
+             DELETE FROM state_groups_state WHERE state_group = ANY($1)",
+            &[(&ready, Type::INT8_ARRAY)],
+        )
+        .map_err(db)?;
     if !from.is_empty() {
-        tx.execute(
+        tx.execute_typed(
             "INSERT INTO state_group_edges (state_group, prev_state_group) \
              SELECT * FROM unnest($1::bigint[], $2::bigint[])",
-            &[&from, &to],
+            &[(&from, Type::INT8_ARRAY), (&to, Type::INT8_ARRAY)],
         )
         .map_err(db)?;
     }
-    report.rows_deleted = tx
-        .execute(
-            "DELETE FROM state_groups_state WHERE state_group = ANY($1)",
-            &[&ready],
-        )
-        .map_err(db)?;
 
+    debug!("write batch: copying the new rows");
     let sink = tx
         .copy_in(
             "COPY state_groups_state (state_group, room_id, type, state_key, event_id) \

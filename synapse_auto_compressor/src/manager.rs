@@ -196,9 +196,19 @@ fn compress_chunk(
     let heads: Vec<i64> = progress.levels.iter().filter_map(|l| l.head()).collect();
     let started = Instant::now();
     let mut symbols = Symbols::new();
+    let more;
     let (ids, loaded) = {
         let mut snapshot = load::snapshot(client)?;
-        let ids = load::range_ids(&mut snapshot, room, after, None, Some(config.chunk_size))?;
+        // One id more than the chunk tells whether the room goes on.
+        let mut ids = load::range_ids(
+            &mut snapshot,
+            room,
+            after,
+            None,
+            Some(config.chunk_size.saturating_add(1)),
+        )?;
+        more = ids.len() as i64 > config.chunk_size;
+        ids.truncate(config.chunk_size as usize);
         let loaded = (!ids.is_empty())
             .then(|| load::load_groups(&mut snapshot, &mut symbols, &ids, &heads, &mut |_| {}));
         if !matches!(loaded, Some(Err(_))) {
@@ -218,12 +228,13 @@ fn compress_chunk(
         return Ok(outcome);
     };
     outcome.last = last;
+    outcome.room_finished = !more;
     let (original, report) = match loaded {
         Ok(loaded) => loaded,
         Err(Error::Damaged(why)) => {
             warn!("Room {room}, groups after {after:?} up to {last}: {why}; skipping the chunk");
             save_progress_only(client, room, &config.default_levels, last)?;
-            return Ok(finish(client, outcome));
+            return Ok(outcome);
         }
         Err(e) => return Err(e),
     };
@@ -257,7 +268,7 @@ fn compress_chunk(
             outcome.rows_before, outcome.rows_after
         );
         save_progress_only(client, room, &config.default_levels, last)?;
-        return Ok(finish(client, outcome));
+        return Ok(outcome);
     }
 
     let started = Instant::now();
@@ -294,7 +305,7 @@ fn compress_chunk(
     outcome.groups_written = report.written;
     outcome.groups_skipped_live = report.skipped;
     outcome.committed = true;
-    Ok(finish(client, outcome))
+    Ok(outcome)
 }
 
 /// Saves fresh levels and `last` as the room's position (a skipped chunk).
@@ -309,12 +320,4 @@ fn save_progress_only(
         .map_err(|e| Error::db("saving progress", e))?;
     state_saving::write_room_progress(&mut tx, room, &levels.empty_levels(), last)?;
     tx.commit().map_err(|e| Error::db("saving progress", e))
-}
-
-/// Fills in whether the room has groups after this chunk.
-fn finish(client: &mut Client, mut outcome: ChunkOutcome) -> ChunkOutcome {
-    outcome.room_finished =
-        load::range_ids(client, &outcome.room_id, Some(outcome.last), None, Some(1))
-            .is_ok_and(|next| next.is_empty());
-    outcome
 }

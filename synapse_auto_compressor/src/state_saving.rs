@@ -12,6 +12,7 @@
 
 use std::collections::BTreeSet;
 
+use postgres::types::Type;
 use postgres::{Client, GenericClient};
 use synapse_compress_state::{Error, Level, LevelSizes, Result};
 
@@ -66,23 +67,22 @@ pub fn read_room_progress(
     default_levels: &LevelSizes,
 ) -> Result<RoomProgress> {
     let ctx = "reading saved progress";
-    let last_compressed: Option<i64> = client
-        .query_opt(
-            "SELECT last_compressed FROM state_compressor_progress WHERE room_id = $1",
-            &[&room_id],
-        )
-        .map_err(|e| Error::db(ctx, e))?
-        .map(|row| row.get(0));
+    // One round trip: the position (repeated on every row) and the levels
+    // (a single row of NULLs when the room has none).
     let rows = client
-        .query(
-            "SELECT level_num, max_size, current_length, current_head \
-             FROM state_compressor_state WHERE room_id = $1 ORDER BY level_num",
-            &[&room_id],
+        .query_typed(
+            "SELECT (SELECT last_compressed FROM state_compressor_progress WHERE room_id = $1), \
+                    s.level_num, s.max_size, s.current_length, s.current_head \
+             FROM (SELECT 1) AS one \
+             LEFT JOIN state_compressor_state AS s ON s.room_id = $1 \
+             ORDER BY s.level_num",
+            &[(&room_id, Type::TEXT)],
         )
         .map_err(|e| Error::db(ctx, e))?;
+    let last_compressed: Option<i64> = rows.first().and_then(|row| row.get(0));
     let saved: Vec<(i32, i32, i32, Option<i64>)> = rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .filter_map(|r| Some((r.get::<_, Option<i32>>(1)?, r.get(2), r.get(3), r.get(4))))
         .collect();
 
     let fresh = |last_compressed, reason: Option<String>| RoomProgress {
@@ -163,9 +163,9 @@ fn heads_in_room(client: &mut Client, room_id: &str, heads: &[i64]) -> Result<BT
         return Ok(BTreeSet::new());
     }
     let rows = client
-        .query(
+        .query_typed(
             "SELECT id FROM state_groups WHERE id = ANY($1) AND room_id = $2",
-            &[&heads, &room_id],
+            &[(&heads, Type::INT8_ARRAY), (&room_id, Type::TEXT)],
         )
         .map_err(|e| Error::db("checking saved level heads", e))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -180,32 +180,41 @@ pub fn write_room_progress(
     last_compressed: i64,
 ) -> Result<()> {
     let ctx = "saving progress";
+    let mut nums = Vec::with_capacity(levels.len());
+    let mut maxes = Vec::with_capacity(levels.len());
+    let mut lengths = Vec::with_capacity(levels.len());
+    let mut heads = Vec::with_capacity(levels.len());
     for (i, level) in levels.iter().enumerate() {
-        let num = i as i32 + 1;
-        let max = level.max_length() as i32;
-        let len = level.current_length() as i32;
-        let head = level.head();
-        tx.execute(
-            "INSERT INTO state_compressor_state \
+        nums.push(i as i32 + 1);
+        maxes.push(level.max_length() as i32);
+        lengths.push(level.current_length() as i32);
+        heads.push(level.head());
+    }
+    // One statement (one round trip): upsert the levels, drop levels beyond
+    // them (the level list got shorter), and save the position.
+    tx.execute_typed(
+        "WITH upserted AS ( \
+             INSERT INTO state_compressor_state \
                  (room_id, level_num, max_size, current_length, current_head) \
-             VALUES ($1, $2, $3, $4, $5) \
+             SELECT $1, * FROM unnest($2::int[], $3::int[], $4::int[], $5::bigint[]) \
              ON CONFLICT (room_id, level_num) DO UPDATE SET \
                  max_size = excluded.max_size, \
                  current_length = excluded.current_length, \
-                 current_head = excluded.current_head",
-            &[&room_id, &num, &max, &len, &head],
-        )
-        .map_err(|e| Error::db(ctx, e))?;
-    }
-    tx.execute(
-        "DELETE FROM state_compressor_state WHERE room_id = $1 AND level_num > $2",
-        &[&room_id, &(levels.len() as i32)],
-    )
-    .map_err(|e| Error::db(ctx, e))?;
-    tx.execute(
-        "INSERT INTO state_compressor_progress (room_id, last_compressed) VALUES ($1, $2) \
+                 current_head = excluded.current_head \
+         ), dropped AS ( \
+             DELETE FROM state_compressor_state \
+             WHERE room_id = $1 AND level_num > cardinality($2::int[]) \
+         ) \
+         INSERT INTO state_compressor_progress (room_id, last_compressed) VALUES ($1, $6) \
          ON CONFLICT (room_id) DO UPDATE SET last_compressed = excluded.last_compressed",
-        &[&room_id, &last_compressed],
+        &[
+            (&room_id, Type::TEXT),
+            (&nums, Type::INT4_ARRAY),
+            (&maxes, Type::INT4_ARRAY),
+            (&lengths, Type::INT4_ARRAY),
+            (&heads, Type::INT8_ARRAY),
+            (&last_compressed, Type::INT8),
+        ],
     )
     .map_err(|e| Error::db(ctx, e))?;
     Ok(())
@@ -216,28 +225,24 @@ pub fn write_room_progress(
 /// position. `None` when every group has been compressed.
 pub fn next_room_to_compress(client: &mut Client) -> Result<Option<String>> {
     let ctx = "finding the next room to compress";
+    // One statement: find the group and move the scan position to it.
     let row = client
-        .query_opt(
-            "SELECT g.room_id, g.id FROM state_groups AS g \
-             LEFT JOIN state_compressor_progress AS p USING (room_id) \
-             WHERE g.id >= (SELECT lowest_uncompressed_group FROM state_compressor_total_progress) \
-               AND (p.last_compressed IS NULL OR g.id > p.last_compressed) \
-             ORDER BY g.id LIMIT 1",
+        .query_typed_opt(
+            "WITH next AS ( \
+                 SELECT g.room_id, g.id FROM state_groups AS g \
+                 LEFT JOIN state_compressor_progress AS p USING (room_id) \
+                 WHERE g.id >= (SELECT lowest_uncompressed_group \
+                                FROM state_compressor_total_progress) \
+                   AND (p.last_compressed IS NULL OR g.id > p.last_compressed) \
+                 ORDER BY g.id LIMIT 1 \
+             ), moved AS ( \
+                 UPDATE state_compressor_total_progress \
+                 SET lowest_uncompressed_group = next.id FROM next \
+             ) SELECT room_id FROM next",
             &[],
         )
         .map_err(|e| Error::db(ctx, e))?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let room: String = row.get(0);
-    let group: i64 = row.get(1);
-    client
-        .execute(
-            "UPDATE state_compressor_total_progress SET lowest_uncompressed_group = $1",
-            &[&group],
-        )
-        .map_err(|e| Error::db(ctx, e))?;
-    Ok(Some(room))
+    Ok(row.map(|row| row.get(0)))
 }
 
 #[cfg(test)]

@@ -41,4 +41,4 @@ pub use config::ManualConfig;
 pub use error::{Error, Result};
 pub use group::{GroupMap, StateGroupEntry};
 pub use levels::{Level, LevelSizes};
-pub use state_map::{Atom, StateMap};
+pub use state_map::StateMap;

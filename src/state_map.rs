@@ -2,16 +2,13 @@
 //! on them.
 //!
 //! A big room repeats the same few thousand (type, state_key) pairs and event
-//! ids across millions of rows. Each distinct string is interned once (as a
-//! `string_cache` atom) and rows refer to it by a 32-bit id, so a row costs 8
+//! ids across millions of rows. Each distinct string is stored once and rows
+//! refer to it by a 32-bit id, so a row costs 8
 //! bytes (key id, event id) and resolving or comparing states is integer
 //! work.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
-/// An interned string (type, state key or event id).
-pub type Atom = string_cache::DefaultAtom;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 /// A (type, state_key) pair, as an index into [`Symbols`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,16 +47,27 @@ pub type FullState = HashMap<KeyId, ValueId, IdBuildHasher>;
 
 /// The strings of one run, by id.
 ///
-/// Strings are kept as `string_cache` atoms; a local table finds the id of a
-/// string seen before without touching string_cache's global, locked set,
-/// which matters at millions of rows (SipHash stays: it measured faster here
-/// than simple multiplicative string hashes, and resists crafted keys).
-#[derive(Debug, Default)]
+/// Each distinct string is stored once; a hash table of ids (hashed with
+/// hashbrown's default, foldhash, seeded per process) finds the id of a
+/// string seen before. Interning runs three times per row read, so this
+/// table is the hottest code of a load: it measured about twice as fast as
+/// a `HashMap<Box<str>, u32>` with SipHash in front of a global atom set.
+#[derive(Default)]
 pub struct Symbols {
-    string_ids: HashMap<Box<str>, u32>,
-    strings: Vec<Atom>,
+    hasher: hashbrown::DefaultHashBuilder,
+    string_ids: hashbrown::HashTable<u32>,
+    strings: Vec<Box<str>>,
     key_ids: HashMap<(u32, u32), KeyId, IdBuildHasher>,
     keys: Vec<(u32, u32)>,
+}
+
+impl std::fmt::Debug for Symbols {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Symbols")
+            .field("strings", &self.strings.len())
+            .field("keys", &self.keys.len())
+            .finish()
+    }
 }
 
 impl Symbols {
@@ -69,13 +77,22 @@ impl Symbols {
     }
 
     fn string(&mut self, text: &str) -> u32 {
-        if let Some(&id) = self.string_ids.get(text) {
-            return id;
+        let hash = self.hasher.hash_one(text);
+        let (strings, hasher) = (&self.strings, &self.hasher);
+        let entry = self.string_ids.entry(
+            hash,
+            |&id| &*strings[id as usize] == text,
+            |&id| hasher.hash_one(&*strings[id as usize]),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(found) => *found.get(),
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                let id = u32::try_from(strings.len()).expect("fewer than 2^32 distinct strings");
+                slot.insert(id);
+                self.strings.push(text.into());
+                id
+            }
         }
-        let id = u32::try_from(self.strings.len()).expect("fewer than 2^32 distinct strings");
-        self.strings.push(Atom::from(text));
-        self.string_ids.insert(text.into(), id);
-        id
     }
 
     /// The id of a (type, state_key) pair, interning it if new.
@@ -111,9 +128,9 @@ impl Symbols {
 
     /// Approximate heap bytes held (for logging).
     pub fn heap_bytes(&self) -> usize {
-        let text: usize = self.strings.iter().map(|s| 2 * s.len() + 64).sum();
-        text + self.strings.capacity() * 8
-            + self.string_ids.capacity() * 16
+        let text: usize = self.strings.iter().map(|s| s.len()).sum();
+        text + self.strings.capacity() * 16
+            + self.string_ids.capacity() * 5
             + self.keys.capacity() * 24
     }
 }

@@ -5,11 +5,13 @@
 //! - [`state_saving`]: the three progress tables, shared with the reference
 //!   tool so either can continue the other's work;
 //! - [`lock`]: one run per database;
-//! - [`manager`]: the chunk loop.
+//! - [`manager`]: the chunk loop;
+//! - [`prefetch`]: loading the next chunk while the current one is written.
 
 pub mod cli;
 pub mod lock;
 pub mod manager;
+pub mod prefetch;
 pub mod state_saving;
 
 pub use manager::{run, AutoConfig, ChunkOutcome, RunSummary};

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 
 use synapse_compress_state::summary::Timings;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use postgres::Client;
-use synapse_compress_state::db::{self, load, schema, write};
+use synapse_compress_state::db::{self, schema, write};
 use synapse_compress_state::group::{changed_groups, row_count, row_count_after};
-use synapse_compress_state::state_map::Symbols;
 use synapse_compress_state::verify::verify;
-use synapse_compress_state::{compress, Error, LevelSizes, Result};
+use synapse_compress_state::{compress, Error, Level, LevelSizes, Result};
 
+use crate::prefetch::{load_chunk, ChunkRequest, LoadedChunk, Prefetcher};
 use crate::{lock, state_saving};
 
 /// The settings of one automatic run.
@@ -121,13 +121,63 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     lock::acquire(&mut client)?;
     state_saving::create_tables_if_needed(&mut client)?;
 
+    // A second connection loads the next chunk while this one writes; a run
+    // without it (one chunk, or no connection to spare) just loads in turn.
+    let reader = if config.number_of_chunks > 1 {
+        db::connect(&config.db_url)
+            .map_err(|e| warn!("Not loading ahead (no second connection: {e})"))
+            .ok()
+    } else {
+        None
+    };
     let mut summary = RunSummary::default();
+    std::thread::scope(|scope| {
+        let mut prefetcher = reader.map(|reader| Prefetcher::spawn(scope, reader));
+        chunk_loop(&mut client, config, &mut summary, prefetcher.as_mut())?;
+        if let Some(p) = &prefetcher {
+            debug!(
+                "Chunks loaded ahead: {} used, {} dropped",
+                p.used, p.dropped
+            );
+        }
+        Ok::<_, Error>(())
+    })?;
+    lock::release(&mut client)?;
+    summary.elapsed = started.elapsed();
+    info!(
+        "Finished: saved {} rows ({} -> {}), {} chunks done, {} skipped, {} rooms finished, {} groups rewritten, in {:.1}s",
+        summary.rows_saved,
+        summary.rows_before,
+        summary.rows_after,
+        summary.chunks,
+        summary.chunks_skipped,
+        summary.rooms_finished,
+        summary.groups_written,
+        summary.elapsed.as_secs_f64()
+    );
+    info!("{}", summary.timings);
+    Ok(summary)
+}
+
+/// Runs chunks until the run's count is reached or nothing is left.
+fn chunk_loop(
+    client: &mut Client,
+    config: &AutoConfig,
+    summary: &mut RunSummary,
+    mut prefetcher: Option<&mut Prefetcher>,
+) -> Result<()> {
     while (summary.chunks as i64) < config.number_of_chunks {
-        let Some(room) = state_saving::next_room_to_compress(&mut client)? else {
+        let Some(room) = state_saving::next_room_to_compress(client)? else {
             info!("Every state group has been compressed; nothing left to do");
             break;
         };
-        let outcome = compress_chunk(&mut client, &room, config, &mut summary)?;
+        // No point loading ahead for a chunk this run will not do.
+        let load_ahead = (summary.chunks as i64) + 1 < config.number_of_chunks;
+        let ahead = Ahead {
+            prefetcher: prefetcher.as_deref_mut(),
+            load_ahead,
+        };
+        let outcome = compress_chunk(client, &room, config, summary, ahead)?;
         summary.chunks += 1;
         summary.groups += outcome.groups;
         summary.rows_before += outcome.rows_before;
@@ -146,21 +196,68 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
             summary.rooms_finished += 1;
         }
     }
-    lock::release(&mut client)?;
-    summary.elapsed = started.elapsed();
-    info!(
-        "Finished: saved {} rows ({} -> {}), {} chunks done, {} skipped, {} rooms finished, {} groups rewritten, in {:.1}s",
-        summary.rows_saved,
-        summary.rows_before,
-        summary.rows_after,
-        summary.chunks,
-        summary.chunks_skipped,
-        summary.rooms_finished,
-        summary.groups_written,
-        summary.elapsed.as_secs_f64()
-    );
-    info!("{}", summary.timings);
-    Ok(summary)
+    Ok(())
+}
+
+/// The background loader, as one chunk sees it.
+struct Ahead<'p> {
+    prefetcher: Option<&'p mut Prefetcher>,
+    /// Whether to start loading the chunk after this one.
+    load_ahead: bool,
+}
+
+impl Ahead<'_> {
+    /// The chunk `request`: loaded ahead if it was, else loaded now.
+    fn load(&mut self, client: &mut Client, request: &ChunkRequest) -> Result<LoadedChunk> {
+        match self.prefetcher.as_deref_mut().and_then(|p| p.take(request)) {
+            Some(chunk) => Ok(chunk),
+            None => load_chunk(client, request),
+        }
+    }
+
+    /// Starts loading the chunk that will come after `room`'s chunk ending
+    /// at `last`, which is about to save `levels` (and to rewrite groups,
+    /// when `rewrites`).
+    ///
+    /// Not when the next chunk is of the same room and this one rewrites
+    /// groups: the compressor walks up the level heads' *new* predecessors,
+    /// which only exist once this chunk has committed.
+    fn start_next(
+        &mut self,
+        client: &mut Client,
+        config: &AutoConfig,
+        room: &str,
+        last: i64,
+        levels: &[Level],
+        rewrites: bool,
+    ) -> Result<()> {
+        let Some(prefetcher) = self.prefetcher.as_deref_mut().filter(|_| self.load_ahead) else {
+            return Ok(());
+        };
+        let Some(next) = state_saving::predict_next_room(client, room, last)? else {
+            return Ok(());
+        };
+        let (after, heads) = if next == room {
+            if rewrites {
+                return Ok(());
+            }
+            (Some(last), heads(levels))
+        } else {
+            let progress = state_saving::read_room_progress(client, &next, &config.default_levels)?;
+            (progress.last_compressed, heads(&progress.levels))
+        };
+        prefetcher.start(ChunkRequest {
+            room_id: next,
+            after,
+            heads,
+            chunk_size: config.chunk_size,
+        });
+        Ok(())
+    }
+}
+
+fn heads(levels: &[Level]) -> Vec<i64> {
+    levels.iter().filter_map(Level::head).collect()
 }
 
 /// Compresses the next chunk of `room`.
@@ -169,6 +266,7 @@ fn compress_chunk(
     room: &str,
     config: &AutoConfig,
     summary: &mut RunSummary,
+    mut ahead: Ahead<'_>,
 ) -> Result<ChunkOutcome> {
     let progress = state_saving::read_room_progress(client, room, &config.default_levels)?;
     if let Some(reason) = &progress.reset_reason {
@@ -191,33 +289,19 @@ fn compress_chunk(
         room_finished: false,
     };
 
-    // The chunk's ids and everything they need, read in one consistent
-    // snapshot (Synapse may be deleting and de-deltaing groups meanwhile).
-    let heads: Vec<i64> = progress.levels.iter().filter_map(|l| l.head()).collect();
-    let started = Instant::now();
-    let mut symbols = Symbols::new();
-    let more;
-    let (ids, loaded) = {
-        let mut snapshot = load::snapshot(client)?;
-        // One id more than the chunk tells whether the room goes on.
-        let mut ids = load::range_ids(
-            &mut snapshot,
-            room,
-            after,
-            None,
-            Some(config.chunk_size.saturating_add(1)),
-        )?;
-        more = ids.len() as i64 > config.chunk_size;
-        ids.truncate(config.chunk_size as usize);
-        let loaded = (!ids.is_empty())
-            .then(|| load::load_groups(&mut snapshot, &mut symbols, &ids, &heads, &mut |_| {}));
-        if !matches!(loaded, Some(Err(_))) {
-            snapshot
-                .commit()
-                .map_err(|e| Error::db("finishing the read", e))?;
-        }
-        (ids, loaded)
+    let request = ChunkRequest {
+        room_id: room.to_owned(),
+        after,
+        heads: heads(&progress.levels),
+        chunk_size: config.chunk_size,
     };
+    let started = Instant::now();
+    let LoadedChunk {
+        ids,
+        more,
+        symbols,
+        groups: loaded,
+    } = ahead.load(client, &request)?;
     let (Some(&last), Some(loaded)) = (ids.last(), loaded) else {
         // The groups that made us pick this room are gone (purged since).
         warn!("Room {room} has no groups after {after:?} any more; skipping it");
@@ -267,6 +351,8 @@ fn compress_chunk(
             "Room {room}: compressing groups up to {last} would increase the rows ({} -> {}); skipping the chunk",
             outcome.rows_before, outcome.rows_after
         );
+        let fresh = config.default_levels.empty_levels();
+        ahead.start_next(client, config, room, last, &fresh, false)?;
         save_progress_only(client, room, &config.default_levels, last)?;
         return Ok(outcome);
     }
@@ -274,6 +360,7 @@ fn compress_chunk(
     let started = Instant::now();
     verify(&original, &compressed.changes)?;
     summary.timings.verify += started.elapsed();
+    ahead.start_next(client, config, room, last, &compressed.levels, true)?;
     let started = Instant::now();
     let changed = changed_groups(&original, &compressed.changes);
     let batches: Vec<&[i64]> = write::batches(&compressed.changes, &changed).collect();

@@ -245,6 +245,25 @@ pub fn next_room_to_compress(client: &mut Client) -> Result<Option<String>> {
     Ok(row.map(|row| row.get(0)))
 }
 
+/// The room [`next_room_to_compress`] will pick once `room`'s position is
+/// `last` (other rooms as saved). Reads only: used to load the next chunk
+/// ahead of time.
+pub fn predict_next_room(client: &mut Client, room: &str, last: i64) -> Result<Option<String>> {
+    let row = client
+        .query_typed_opt(
+            "SELECT g.room_id FROM state_groups AS g \
+             LEFT JOIN state_compressor_progress AS p USING (room_id) \
+             WHERE g.id >= (SELECT lowest_uncompressed_group \
+                            FROM state_compressor_total_progress) \
+               AND CASE WHEN g.room_id = $1 THEN g.id > $2 \
+                        ELSE p.last_compressed IS NULL OR g.id > p.last_compressed END \
+             ORDER BY g.id LIMIT 1",
+            &[(&room, Type::TEXT), (&last, Type::INT8)],
+        )
+        .map_err(|e| Error::db("predicting the next room", e))?;
+    Ok(row.map(|row| row.get(0)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::validate_levels;

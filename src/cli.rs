@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::config::ManualConfig;
+use crate::error::Error;
 use crate::levels::LevelSizes;
 
 /// Compresses the state groups of one room of a Synapse database.
@@ -34,17 +35,17 @@ pub struct ManualArgs {
 
     /// Only compress groups with an id above this one (exclusive).
     #[arg(short = 'b', long = "min-state-group", alias = "min_state_group",
-          value_name = "MIN_STATE_GROUP", value_parser = clap::value_parser!(i64).range(0..), allow_negative_numbers = true)]
+          value_name = "MIN_STATE_GROUP", value_parser = non_negative, allow_negative_numbers = true)]
     pub min_state_group: Option<i64>,
 
     /// Compress at most this many groups (from the start of the range).
     #[arg(short = 'n', long = "groups-to-compress", alias = "groups_to_compress",
-          value_name = "GROUPS_TO_COMPRESS", value_parser = clap::value_parser!(i64).range(1..), allow_negative_numbers = true)]
+          value_name = "GROUPS_TO_COMPRESS", value_parser = positive, allow_negative_numbers = true)]
     pub groups_to_compress: Option<i64>,
 
     /// Only compress groups with an id up to this one (inclusive).
     #[arg(short = 's', long = "max-state-group", alias = "max_state_group",
-          value_name = "MAX_STATE_GROUP", value_parser = clap::value_parser!(i64).range(0..), allow_negative_numbers = true)]
+          value_name = "MAX_STATE_GROUP", value_parser = non_negative, allow_negative_numbers = true)]
     pub max_state_group: Option<i64>,
 
     /// Level sizes of the tree, lowest level first. Their sum bounds the
@@ -60,7 +61,7 @@ pub struct ManualArgs {
 
     /// Write nothing unless at least this many rows would be saved.
     #[arg(short = 'm', long = "min-saved-rows", alias = "min_saved_rows",
-          value_name = "COUNT", value_parser = clap::value_parser!(i64).range(0..), allow_negative_numbers = true)]
+          value_name = "COUNT", value_parser = non_negative, allow_negative_numbers = true)]
     pub min_saved_rows: Option<i64>,
 
     /// Write the changes as SQL to this file (apply later with psql).
@@ -120,6 +121,43 @@ impl ManualArgs {
     }
 }
 
+/// Checks a whole number against the lower bound of its option. Both
+/// command lines (through [`non_negative`] and [`positive`]) and the Python
+/// modules (through [`check_argument`]) use it, so they accept the same
+/// values and explain a refusal in the same words.
+fn at_least(value: i64, min: i64) -> Result<i64, String> {
+    if value >= min {
+        Ok(value)
+    } else {
+        Err(format!("must be at least {min}"))
+    }
+}
+
+fn parse_at_least(text: &str, min: i64) -> Result<i64, String> {
+    let value = text
+        .parse::<i64>()
+        .map_err(|e| format!("not a whole number ({e})"))?;
+    at_least(value, min)
+}
+
+/// Clap parser for counts and ids that may be 0.
+pub fn non_negative(text: &str) -> Result<i64, String> {
+    parse_at_least(text, 0)
+}
+
+/// Clap parser for counts that must be at least 1.
+pub fn positive(text: &str) -> Result<i64, String> {
+    parse_at_least(text, 1)
+}
+
+/// [`at_least`] for a named argument of a library call, worded like the
+/// command line's refusal ("invalid value 0 for chunk_size: must be at
+/// least 1").
+pub fn check_argument(name: &str, value: i64, min: i64) -> Result<i64, Error> {
+    at_least(value, min)
+        .map_err(|why| Error::InvalidArgument(format!("invalid value {value} for {name}: {why}")))
+}
+
 /// Parses the process arguments. Usage errors are reduced to clap's first
 /// line (which names the problem) and exit with status 2; `--help` and
 /// `--version` print and exit 0.
@@ -149,5 +187,24 @@ pub fn exit_on_clap_error(err: clap::Error) -> ! {
             eprintln!("{line} (see --help)");
             std::process::exit(2);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_checked_the_same_way_for_clap_and_library_callers() {
+        assert_eq!(non_negative("0"), Ok(0));
+        assert_eq!(positive("1"), Ok(1));
+        assert_eq!(positive("0"), Err("must be at least 1".to_owned()));
+        assert_eq!(non_negative("-1"), Err("must be at least 0".to_owned()));
+        assert!(positive("x").unwrap_err().starts_with("not a whole number"));
+        assert_eq!(check_argument("chunk_size", 5, 1).unwrap(), 5);
+        assert_eq!(
+            check_argument("chunk_size", 0, 1).unwrap_err().to_string(),
+            "invalid value 0 for chunk_size: must be at least 1"
+        );
     }
 }

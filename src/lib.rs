@@ -16,7 +16,9 @@
 //! - [`sql`]: SQL text output; [`graph`]: graph files;
 //! - [`db`]: connecting (with TLS), loading and writing;
 //! - [`config`], [`cli`], [`manual`], [`summary`]: the manual tool;
-//! - [`error`], [`progress`], [`logging`], [`memory`]: shared plumbing.
+//! - [`error`], [`progress`], [`logging`], [`memory`]: shared plumbing;
+//! - `python` (feature `pyo3`): the Python module and the plumbing the
+//!   automatic tool's module shares.
 
 pub mod cli;
 pub mod compressor;
@@ -30,6 +32,8 @@ pub mod logging;
 pub mod manual;
 pub mod memory;
 pub mod progress;
+#[cfg(feature = "pyo3")]
+pub mod python;
 pub mod resolve;
 pub mod sql;
 pub mod state_map;

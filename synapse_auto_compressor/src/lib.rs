@@ -7,11 +7,17 @@
 //! - [`lock`]: one run per database;
 //! - [`manager`]: the chunk loop;
 //! - [`prefetch`]: loading the next chunk while the current one is written.
+//!
+//! With the `pyo3` feature, the private `python` module is the Python module
+//! of the same name (built by maturin, see `pyproject.toml`).
 
 pub mod cli;
 pub mod lock;
 pub mod manager;
 pub mod prefetch;
 pub mod state_saving;
+
+#[cfg(feature = "pyo3")]
+mod python;
 
 pub use manager::{run, AutoConfig, ChunkOutcome, RunSummary};

@@ -5,8 +5,9 @@
 #
 # Starts a server (scripts/pg-throwaway.sh) in a temporary directory, exports
 # its base URL as SYNAPSE_TEST_PG, builds every binary (the integration tests
-# run them from target/), runs `cargo test --workspace`, and stops the server
-# on exit. Exits with cargo's status.
+# run them from target/), runs `cargo test --workspace`, then, if that passed,
+# the Python modules' tests (scripts/python-test.sh), and stops the server on
+# exit. Exits non-zero if any step failed.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,5 +24,8 @@ status=0
 cargo build --workspace --bins || status=$?
 if [ "$status" -eq 0 ]; then
     cargo test --workspace "$@" || status=$?
+fi
+if [ "$status" -eq 0 ]; then
+    bash "$root/scripts/python-test.sh" || status=$?
 fi
 exit "$status"

@@ -1,0 +1,89 @@
+//! The write's re-checks, driven through the library so that the database
+//! can be changed between loading and writing, at exactly that moment.
+
+use std::str::FromStr;
+
+use compressor_integration_tests::check::{assert_same_states, small_db, snapshot};
+use compressor_integration_tests::synapse_state::state_of_group;
+use synapse_compress_state::db::{self, load, write};
+use synapse_compress_state::group::changed_groups;
+use synapse_compress_state::state_map::Symbols;
+use synapse_compress_state::{compress, LevelSizes};
+
+/// A group whose rows Synapse rewrote without touching its edge (here: its
+/// delta replaced by its full state, which keeps its state) must be left as
+/// it is, and every other group written, with all states unchanged.
+#[test]
+fn a_group_whose_rows_changed_but_not_its_edge_is_left_alone() {
+    let (db, room) = small_db("write_recheck_rows", 120);
+    let before = snapshot(&mut db.client());
+
+    let mut client = db::connect(db.url()).expect("connecting");
+    let mut symbols = Symbols::new();
+    let ids = load::range_ids(&mut client, &room, None, None, None).expect("ids");
+    let (original, _) =
+        load::load_groups(&mut client, &mut symbols, &ids, &[], &mut |_| {}).expect("load");
+    let levels = LevelSizes::from_str("10,10").unwrap().empty_levels();
+    let compressed = compress(&original, levels).expect("compress");
+    let changed = changed_groups(&original, &compressed.changes);
+    let victim = *changed
+        .iter()
+        .find(|g| original[*g].prev.is_some() && original[*g].delta.len() < 10)
+        .expect("a rewritten delta group");
+
+    // Synapse-like change under the tool: same edge, same state, more rows.
+    let full = state_of_group(&mut db.client(), victim).expect("victim's state");
+    assert!(full.len() > original[&victim].delta.len());
+    {
+        let mut c = db.client();
+        let mut tx = c.transaction().unwrap();
+        tx.execute(
+            "DELETE FROM state_groups_state WHERE state_group = $1",
+            &[&victim],
+        )
+        .unwrap();
+        for ((ty, state_key), event_id) in &full {
+            tx.execute(
+                "INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&victim, &room, ty, state_key, event_id],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let victim_edge = |c: &mut postgres::Client| -> Option<i64> {
+        c.query_opt(
+            "SELECT prev_state_group FROM state_group_edges WHERE state_group = $1",
+            &[&victim],
+        )
+        .unwrap()
+        .map(|r| r.get(0))
+    };
+    let edge_before = victim_edge(&mut db.client());
+
+    let report = write::write_changes(
+        &mut client,
+        &room,
+        &symbols,
+        &original,
+        &compressed.changes,
+        &changed,
+        &mut |_| {},
+    )
+    .expect("writing");
+
+    assert_eq!(report.skipped, 1, "{report:?}");
+    assert_eq!(report.written, changed.len() - 1, "{report:?}");
+    let mut c = db.client();
+    assert_eq!(victim_edge(&mut c), edge_before, "the victim's edge moved");
+    let rows: i64 = c
+        .query_one(
+            "SELECT count(*) FROM state_groups_state WHERE state_group = $1",
+            &[&victim],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(rows as usize, full.len(), "the victim's rows were touched");
+    assert_same_states(&before.states, &snapshot(&mut c).states, "after the write");
+}

@@ -138,11 +138,14 @@ pub fn write_batch(
     }
 
     debug!("write batch: re-checking the groups");
-    // Each group's edge now (after taking the locks), in one round trip.
-    let mut edges_now: BTreeMap<i64, Option<i64>> = BTreeMap::new();
+    // What each group looks like now (after taking the locks): its edge and
+    // its row count, in one round trip.
+    let mut now: BTreeMap<i64, (Option<i64>, i64)> = BTreeMap::new();
     for row in tx
         .query_typed(
-            "SELECT g.id, e.prev_state_group FROM unnest($1::bigint[]) AS g(id) \
+            "SELECT g.id, e.prev_state_group, \
+                    (SELECT count(*) FROM state_groups_state AS s WHERE s.state_group = g.id) \
+             FROM unnest($1::bigint[]) AS g(id) \
              LEFT JOIN state_group_edges AS e ON e.state_group = g.id",
             &[(&batch, Type::INT8_ARRAY)],
         )
@@ -150,69 +153,32 @@ pub fn write_batch(
     {
         let group: i64 = row.get(0);
         let prev: Option<i64> = row.get(1);
-        if edges_now.insert(group, prev).is_some() {
+        let entry = now.entry(group).or_insert((prev, row.get(2)));
+        if entry.0 != prev {
             // Two edges: not the structure we loaded.
-            edges_now.insert(group, Some(i64::MIN));
+            entry.0 = None;
+            entry.1 = -1;
         }
     }
-    let leave_alone = |group: i64, base_ok: bool| {
-        warn!(
-            "state group {group} was changed or deleted by Synapse since it was loaded{}; leaving it as it is",
-            if base_ok { "" } else { " (or its new base was)" }
-        )
-    };
+
     let mut ready = Vec::with_capacity(batch.len());
     for &group in batch {
-        let unchanged =
-            existing.contains(&group) && edges_now.get(&group) == Some(&original[&group].prev);
+        let loaded = &original[&group];
+        let unchanged = existing.contains(&group)
+            && now.get(&group) == Some(&(loaded.prev, loaded.delta.len() as i64));
         let base_ok = new[&group].prev.is_none_or(|b| existing.contains(&b));
         if unchanged && base_ok {
             ready.push(group);
         } else {
-            leave_alone(group, base_ok);
+            warn!(
+                "state group {group} was changed or deleted by Synapse since it was loaded{}; leaving it as it is",
+                if base_ok { "" } else { " (or its new base was)" }
+            );
         }
     }
-
-    // The rows are checked by the delete itself: it counts what it removes
-    // per group, and a group whose count is not the loaded one was changed
-    // by Synapse, so the delete is undone (savepoint) and redone without it.
-    // Each round drops at least one group, so this ends.
-    let rows_deleted = loop {
-        if ready.is_empty() {
-            break 0;
-        }
-        debug!("write batch: replacing {} groups", ready.len());
-        let mut attempt = tx.savepoint("rewrite").map_err(db)?;
-        let removed: BTreeMap<i64, i64> = attempt
-            .query_typed(
-                "WITH edges AS (DELETE FROM state_group_edges WHERE state_group = ANY($1)), \
-                      gone AS (DELETE FROM state_groups_state WHERE state_group = ANY($1) \
-                               RETURNING state_group) \
-                 SELECT state_group, count(*) FROM gone GROUP BY state_group",
-                &[(&ready, Type::INT8_ARRAY)],
-            )
-            .map_err(db)?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        let rows_of = |g: &i64| removed.get(g).copied().unwrap_or(0);
-        let (fine, changed): (Vec<i64>, Vec<i64>) = ready
-            .iter()
-            .partition(|g| rows_of(g) == original[*g].delta.len() as i64);
-        if changed.is_empty() {
-            attempt.commit().map_err(db)?;
-            break ready.iter().map(|g| rows_of(g) as u64).sum();
-        }
-        attempt.rollback().map_err(db)?;
-        for group in changed {
-            leave_alone(group, true);
-        }
-        ready = fine;
-    };
     let mut report = WriteReport {
         written: ready.len(),
         skipped: batch.len() - ready.len(),
-        rows_deleted,
         ..WriteReport::default()
     };
     if ready.is_empty() {
@@ -223,6 +189,14 @@ pub fn write_batch(
         .iter()
         .filter_map(|g| new[g].prev.map(|p| (*g, p)))
         .unzip();
+    debug!("write batch: replacing {} groups", ready.len());
+    report.rows_deleted = tx
+        .execute_typed(
+            "WITH edges AS (DELETE FROM state_group_edges WHERE state_group = ANY($1)) \
+             DELETE FROM state_groups_state WHERE state_group = ANY($1)",
+            &[(&ready, Type::INT8_ARRAY)],
+        )
+        .map_err(db)?;
     if !from.is_empty() {
         tx.execute_typed(
             "INSERT INTO state_group_edges (state_group, prev_state_group) \

@@ -176,6 +176,7 @@ fn chunk_loop(
         let ahead = Ahead {
             prefetcher: prefetcher.as_deref_mut(),
             load_ahead,
+            same_room: false,
         };
         let outcome = compress_chunk(client, &room, config, summary, ahead)?;
         summary.chunks += 1;
@@ -204,6 +205,8 @@ struct Ahead<'p> {
     prefetcher: Option<&'p mut Prefetcher>,
     /// Whether to start loading the chunk after this one.
     load_ahead: bool,
+    /// The chunk after this one was predicted to be in the same room.
+    same_room: bool,
 }
 
 impl Ahead<'_> {
@@ -215,44 +218,53 @@ impl Ahead<'_> {
         }
     }
 
-    /// Starts loading the chunk that will come after `room`'s chunk ending
-    /// at `last`, which is about to save `levels` (and to rewrite groups,
-    /// when `rewrites`).
+    /// Predicts the chunk after `room`'s chunk ending at `last` and, when
+    /// it is in another room, starts loading it right away, so the load
+    /// runs while this chunk is compressed, verified and written.
     ///
-    /// Not when the next chunk is of the same room and this one rewrites
-    /// groups: the compressor walks up the level heads' *new* predecessors,
-    /// which only exist once this chunk has committed.
+    /// A next chunk in the same room is left for [`Ahead::start_same_room`]:
+    /// its level heads are only known after compressing, and if this chunk
+    /// rewrites groups, the compressor must walk up the heads' *new*
+    /// predecessors, which only exist once this chunk has committed.
     fn start_next(
         &mut self,
         client: &mut Client,
         config: &AutoConfig,
         room: &str,
         last: i64,
-        levels: &[Level],
-        rewrites: bool,
     ) -> Result<()> {
+        self.same_room = false;
         let Some(prefetcher) = self.prefetcher.as_deref_mut().filter(|_| self.load_ahead) else {
             return Ok(());
         };
         let Some(next) = state_saving::predict_next_room(client, room, last)? else {
             return Ok(());
         };
-        let (after, heads) = if next == room {
-            if rewrites {
-                return Ok(());
-            }
-            (Some(last), heads(levels))
-        } else {
-            let progress = state_saving::read_room_progress(client, &next, &config.default_levels)?;
-            (progress.last_compressed, heads(&progress.levels))
-        };
+        if next == room {
+            self.same_room = true;
+            return Ok(());
+        }
+        let progress = state_saving::read_room_progress(client, &next, &config.default_levels)?;
         prefetcher.start(ChunkRequest {
             room_id: next,
-            after,
-            heads,
+            after: progress.last_compressed,
+            heads: heads(&progress.levels),
             chunk_size: config.chunk_size,
         });
         Ok(())
+    }
+
+    /// Starts loading the next chunk of the same room after a chunk that
+    /// rewrites nothing and leaves `levels`, when that chunk comes next.
+    fn start_same_room(&mut self, config: &AutoConfig, room: &str, last: i64, levels: &[Level]) {
+        if let Some(prefetcher) = self.prefetcher.as_deref_mut().filter(|_| self.same_room) {
+            prefetcher.start(ChunkRequest {
+                room_id: room.to_owned(),
+                after: Some(last),
+                heads: heads(levels),
+                chunk_size: config.chunk_size,
+            });
+        }
     }
 }
 
@@ -323,6 +335,7 @@ fn compress_chunk(
         Err(e) => return Err(e),
     };
     summary.timings.load += started.elapsed();
+    ahead.start_next(client, config, room, last)?;
     outcome.groups = report.in_range;
     if !report.missing_predecessors.is_empty() {
         warn!(
@@ -352,7 +365,7 @@ fn compress_chunk(
             outcome.rows_before, outcome.rows_after
         );
         let fresh = config.default_levels.empty_levels();
-        ahead.start_next(client, config, room, last, &fresh, false)?;
+        ahead.start_same_room(config, room, last, &fresh);
         save_progress_only(client, room, &config.default_levels, last)?;
         return Ok(outcome);
     }
@@ -360,7 +373,6 @@ fn compress_chunk(
     let started = Instant::now();
     verify(&original, &compressed.changes)?;
     summary.timings.verify += started.elapsed();
-    ahead.start_next(client, config, room, last, &compressed.levels, true)?;
     let started = Instant::now();
     let changed = changed_groups(&original, &compressed.changes);
     let batches: Vec<&[i64]> = write::batches(&compressed.changes, &changed).collect();

@@ -266,85 +266,92 @@ fn manual_tool_beside_a_live_synapse_that_de_deltas() {
 }
 
 // ---------------------------------------------------------------------------
-// One interleaving pinned down: Synapse deletes a group while the tool is
-// between reading its range and reading the predecessors the range needs.
+// Interleavings pinned down with locks: the test holds a lock the tool's
+// next statement needs, waits until the tool waits for it, then lets
+// Synapse's change commit.
 
-/// The tool's connection name in `pg_stat_activity`.
-const VICTIM: &str = "race_victim";
+/// The tool's connection name in `pg_stat_activity`, one per test: the
+/// tests run in parallel, and the automatic tool opens two connections.
+fn victim(test: &str) -> String {
+    format!("race_victim_{test}")
+}
 
-/// The tool's query now, and whether it waits for a lock.
-fn victim_activity(watcher: &mut postgres::Client) -> Option<(String, bool)> {
+/// Whether one of the tool's connections (named `name`) waits for a lock in
+/// a statement `wanted` accepts.
+fn victim_waits(watcher: &mut postgres::Client, name: &str, wanted: &dyn Fn(&str) -> bool) -> bool {
     watcher
-        .query_opt(
-            "SELECT query, wait_event_type IS NOT DISTINCT FROM 'Lock' FROM pg_stat_activity \
-             WHERE application_name = $1 AND state = 'active'",
-            &[&VICTIM],
+        .query(
+            "SELECT query FROM pg_stat_activity \
+             WHERE application_name = $1 AND state = 'active' AND wait_event_type = 'Lock'",
+            &[&name],
         )
         .expect("reading pg_stat_activity")
-        .map(|r| (r.get(0), r.get(1)))
+        .iter()
+        .any(|row| wanted(row.get(0)))
 }
 
-/// The query that reads groups' rows (the range's first, then the
-/// predecessors').
-fn is_rows_query(query: &str) -> bool {
-    query.trim_start().starts_with("SELECT")
-        && query.contains("FROM state_groups_state")
-        && query.contains("event_id")
-}
-
-/// Deletes `collection` once the tool has read its range's rows and before
-/// it reads the predecessors (bounded polling of `pg_stat_activity`): when
-/// the tool is seen reading rows, the deletion takes an exclusive lock on
-/// `state_groups` and waits until the tool's next statement waits for it
-/// (the predecessors' lookup); if that statement is still a rows query (we
-/// were early: it was only being prepared, and it reads `state_groups` too),
-/// the deletion backs off and tries again. True once deleted; false if the
-/// tool got past its load first.
-fn delete_after_range_read(
-    imitator: &mut Imitator,
-    collection: &BTreeMap<i64, i64>,
+/// Starts the tool and waits (bounded polling of `pg_stat_activity`, no
+/// clock) until it waits for a lock in a statement `wanted` accepts: with
+/// the test holding that lock, this pins the tool at that statement while
+/// Synapse's change goes through. The flag is false if the tool ended (or
+/// never blocked) first.
+fn start_and_wait_until_blocked(
+    command: &mut Command,
     watcher: &mut postgres::Client,
-    tool: &mut Child,
-) -> bool {
-    let mut attempts = 0;
-    let mut missed = false;
+    name: &str,
+    wanted: &dyn Fn(&str) -> bool,
+) -> (Child, bool) {
+    let mut tool = command.spawn().expect("starting the tool");
     for _ in 0..200_000 {
-        if missed || attempts == 3 || tool.try_wait().expect("polling the tool").is_some() {
-            return false;
+        if tool.try_wait().expect("polling the tool").is_some() {
+            return (tool, false);
         }
-        match victim_activity(watcher) {
-            Some((query, _)) if is_rows_query(&query) => {}
-            _ => continue,
-        }
-        attempts += 1;
-        let mut gate = || {
-            for _ in 0..200_000 {
-                if let Some((query, true)) = victim_activity(watcher) {
-                    // Already writing: the moment is gone.
-                    missed |= query.contains(" FOR ");
-                    return !missed && !is_rows_query(&query);
-                }
-            }
-            false
-        };
-        let deleted = imitator
-            .delete_collection_gated(
-                collection,
-                "LOCK TABLE state_groups IN ACCESS EXCLUSIVE MODE",
-                &mut gate,
-            )
-            .expect("deleting");
-        if deleted {
-            return true;
+        if victim_waits(watcher, name, wanted) {
+            return (tool, true);
         }
     }
-    false
+    (tool, false)
+}
+
+/// Synapse's deletion of `collection` (its transaction starting with
+/// `first`), with the tool started inside it and the deletion going on once
+/// the tool (connection name `name`) waits as `wanted` says. Whether the
+/// deletion went through at that moment, and the tool's output.
+fn delete_while_tool_waits(
+    imitator: &mut Imitator,
+    collection: &BTreeMap<i64, i64>,
+    first: &str,
+    command: &mut Command,
+    name: &str,
+    wanted: impl Fn(&str) -> bool,
+    watcher: &mut postgres::Client,
+) -> (bool, std::process::Output) {
+    let mut tool = None;
+    let mut gate = || {
+        let (child, blocked) = start_and_wait_until_blocked(command, watcher, name, &wanted);
+        tool = Some(child);
+        blocked
+    };
+    let deleted = imitator
+        .delete_collection_gated(collection, first, &mut gate)
+        .expect("deleting");
+    let output = tool
+        .expect("the tool was started")
+        .wait_with_output()
+        .expect("waiting for the tool");
+    (deleted, output)
 }
 
 /// The tool loads groups `> b` of a room with `-b b`; Synapse deletes
 /// group `p = b` (the predecessor of `b + 1`, out of the range) and de-deltas
-/// the groups built on it right after the tool read the range's rows and
-/// before it reads the predecessors. Every group must keep its state.
+/// the groups built on it after the tool's load has taken its snapshot (with
+/// the range's ids) and before it reads any edge or row. The tool then works
+/// on the structure as it was, and writes after Synapse has removed p and
+/// rewritten p's children. Every group must keep its state.
+///
+/// (Before loads ran in one snapshot, the deletion landed between the
+/// range's rows and the predecessors' and gave wrong states; a snapshot
+/// makes that window the same as this one.)
 fn deletion_between_range_and_predecessors(seed: u64, auto: bool) {
     let db = TestDb::create(&format!("race_load_{seed}"));
     let generated = generate_into(
@@ -381,9 +388,10 @@ fn deletion_between_range_and_predecessors(seed: u64, auto: bool) {
     imitator.mark_for_deletion(&[p], false).unwrap();
     let collection = imitator.collect_for_deletion(&[p]).unwrap();
 
-    let url = format!("{}?application_name={VICTIM}", db.url());
+    let name = victim(if auto { "auto_load" } else { "manual_load" });
+    let url = format!("{}?application_name={name}", db.url());
     let b = p.to_string();
-    let mut tool = if auto {
+    let mut command = if auto {
         // Levels saved as if an earlier run compressed the room up to p,
         // with a head that is not p (so p is only a predecessor).
         client
@@ -404,27 +412,33 @@ fn deletion_between_range_and_predecessors(seed: u64, auto: bool) {
                 &[&room, &p],
             )
             .unwrap();
-        Command::new(tools::bin_path(AUTO))
-            .args(["-p", &url, "-c", "600", "-n", "1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting the automatic tool")
+        let mut command = Command::new(tools::bin_path(AUTO));
+        command.args(["-p", &url, "-c", "600", "-n", "1"]);
+        command
     } else {
-        Command::new(tools::bin_path(COMPRESSOR))
-            .args(["-p", &url, "-r", &room, "-b", &b, "-c"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting the manual tool")
+        let mut command = Command::new(tools::bin_path(COMPRESSOR));
+        command.args(["-p", &url, "-r", &room, "-b", &b, "-c"]);
+        command
     };
-    let mut watcher = db.client();
-    let caught = delete_after_range_read(&mut imitator, &collection, &mut watcher, &mut tool);
-    let output = tool.wait_with_output().expect("waiting for the tool");
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // Synapse's deletion holds the edges table from the start of its
+    // transaction; the tool is started then, takes its snapshot with its
+    // first read (the range's ids) and waits at its first read of edges.
+    // Synapse then deletes p and de-deltas its children, and commits: the
+    // tool goes on reading the structure as it was before the deletion.
+    let (caught, output) = delete_while_tool_waits(
+        &mut imitator,
+        &collection,
+        "LOCK TABLE state_group_edges IN ACCESS EXCLUSIVE MODE",
+        &mut command,
+        &name,
+        |q| q.contains("FROM state_group_edges"),
+        &mut db.client(),
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         caught,
-        "the tool got past its range before we could delete\n{stderr}"
+        "the tool never waited at its read of edges\n{stderr}"
     );
     assert!(output.status.success(), "{stderr}");
     assert_eq!(imitator.stats.deleted, 1, "{:?}", imitator.stats);
@@ -440,13 +454,11 @@ fn deletion_between_range_and_predecessors(seed: u64, auto: bool) {
     );
 }
 
-#[ignore = "gate needs rework: since loads run in one REPEATABLE READ snapshot the window this forces is gone, and the rows query is now too short for the pg_stat_activity poll to catch"]
 #[test]
 fn manual_tool_predecessor_deleted_while_loading() {
     deletion_between_range_and_predecessors(5, false);
 }
 
-#[ignore = "gate needs rework: since loads run in one REPEATABLE READ snapshot the window this forces is gone, and the rows query is now too short for the pg_stat_activity poll to catch"]
 #[test]
 fn auto_tool_predecessor_deleted_while_loading() {
     deletion_between_range_and_predecessors(6, true);
@@ -463,7 +475,6 @@ fn auto_tool_predecessor_deleted_while_loading() {
 /// cannot see the rows the tool inserts, then removes the tool's new edge
 /// and adds the full state: `g` keeps its state, but holds the tool's delta
 /// rows twice (the tool never locked `x`, the group Synapse serialises on).
-#[ignore = "gate needs rework: the write is now too short for the pg_stat_activity poll to catch the COPY; the full de-delta tests above cover this case"]
 #[test]
 fn manual_tool_rewrites_a_group_synapse_de_deltas() {
     let db = TestDb::create("race_de_delta");
@@ -519,32 +530,31 @@ fn manual_tool_rewrites_a_group_synapse_de_deltas() {
     imitator.mark_for_deletion(&[x], false).unwrap();
     let collection = imitator.collect_for_deletion(&[x]).unwrap();
 
-    let url = format!("{}?application_name={VICTIM}", db.url());
-    let tool = Command::new(tools::bin_path(COMPRESSOR))
+    let name = victim("de_delta");
+    let url = format!("{}?application_name={name}", db.url());
+    let mut command = Command::new(tools::bin_path(COMPRESSOR));
+    command
         .args(["-p", &url, "-r", &room, "-c"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the manual tool");
-    let mut watcher = db.client();
-    // Synapse's deletion locks x and reads g's state, then writes once the
-    // tool is copying its new rows.
-    let mut gate = || {
-        for _ in 0..200_000 {
-            if let Some((query, _)) = victim_activity(&mut watcher) {
-                if query.trim_start().starts_with("COPY state_groups_state") {
-                    return true;
-                }
-            }
-        }
-        false
-    };
-    let deleted = imitator
-        .delete_collection_gated(&collection, "", &mut gate)
-        .expect("deleting");
-    let output = tool.wait_with_output().expect("waiting for the tool");
+        .stderr(Stdio::piped());
+    // Synapse's deletion locks x (FOR UPDATE) and reads g's state; the tool
+    // is started then, loads, and waits when its write locks the groups it
+    // touches, x among them (g's current predecessor). Synapse then deletes
+    // x, de-deltas g and commits; the tool must notice and leave g alone.
+    let (deleted, output) = delete_while_tool_waits(
+        &mut imitator,
+        &collection,
+        "",
+        &mut command,
+        &name,
+        |q| q.contains("FOR KEY SHARE"),
+        &mut db.client(),
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(deleted, "the tool was not caught copying\n{stderr}");
+    assert!(
+        deleted,
+        "the tool never waited for Synapse's lock\n{stderr}"
+    );
     assert!(output.status.success(), "{stderr}");
     assert!(imitator.stats.de_deltas >= 1, "{:?}", imitator.stats);
     let verification = verify_database(&mut db.client(), imitator.expected(), imitator.removed())

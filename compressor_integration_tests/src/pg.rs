@@ -201,6 +201,53 @@ impl Drop for TestDb {
     }
 }
 
+/// A login role that exists while this value lives (the server is shared:
+/// its name is unique). Dropped with everything granted to it in `db`.
+pub struct Role {
+    name: String,
+    db_url: String,
+}
+
+impl Role {
+    pub fn create(db: &TestDb, hint: &str) -> Role {
+        // Database names are unique and ASCII; roles have their own namespace.
+        let name: String = format!("{}_{hint}", db.name()).chars().take(63).collect();
+        admin_client()
+            .batch_execute(&format!(
+                "CREATE ROLE {} LOGIN PASSWORD 'readonly'",
+                quote_ident(&name)
+            ))
+            .expect("creating a role");
+        Role {
+            name,
+            db_url: db.url().to_string(),
+        }
+    }
+
+    pub fn ident(&self) -> String {
+        quote_ident(&self.name)
+    }
+
+    /// `db`'s URL, logging in as this role.
+    pub fn url(&self) -> String {
+        let (scheme, rest) = self.db_url.split_once("://").expect("a URL");
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        format!("{scheme}://{}:readonly@{host}/{path}", self.name)
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        if let Ok(mut client) = postgres::Client::connect(&self.db_url, postgres::NoTls) {
+            let _ = client.batch_execute(&format!("DROP OWNED BY {}", self.ident()));
+        }
+        let _ = admin_client().batch_execute(&format!("DROP ROLE IF EXISTS {}", self.ident()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! tree is compared, which is cheaper than reading every state).
 
 use compressor_integration_tests::check::{self, run_compressor, snapshot_in_memory, DbSnapshot};
-use compressor_integration_tests::pg::{self, TestDb};
+use compressor_integration_tests::pg::{self, Role, TestDb};
 use compressor_integration_tests::tools::{self, assert_user_error, ToolRun};
 
 const AUTO: &str = "synapse_auto_compressor";
@@ -171,53 +171,6 @@ fn a_room_id_with_a_newline_still_makes_one_error_line() {
 
 // ---------------------------------------------------------------------------
 // Permissions
-
-/// A login role that exists while this value lives (the server is shared:
-/// its name is unique). Dropped with everything granted to it in `db`.
-struct Role {
-    name: String,
-    db_url: String,
-}
-
-impl Role {
-    fn create(db: &TestDb, hint: &str) -> Role {
-        // Database names are unique and ASCII; roles have their own namespace.
-        let name: String = format!("{}_{hint}", db.name()).chars().take(63).collect();
-        pg::admin_client()
-            .batch_execute(&format!(
-                "CREATE ROLE {} LOGIN PASSWORD 'readonly'",
-                pg::quote_ident(&name)
-            ))
-            .expect("creating a role");
-        Role {
-            name,
-            db_url: db.url().to_string(),
-        }
-    }
-
-    fn ident(&self) -> String {
-        pg::quote_ident(&self.name)
-    }
-
-    /// `db`'s URL, logging in as this role.
-    fn url(&self) -> String {
-        let (scheme, rest) = self.db_url.split_once("://").expect("a URL");
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let host = authority
-            .rsplit_once('@')
-            .map_or(authority, |(_, host)| host);
-        format!("{scheme}://{}:readonly@{host}/{path}", self.name)
-    }
-}
-
-impl Drop for Role {
-    fn drop(&mut self) {
-        if let Ok(mut client) = postgres::Client::connect(&self.db_url, postgres::NoTls) {
-            let _ = client.batch_execute(&format!("DROP OWNED BY {}", self.ident()));
-        }
-        let _ = pg::admin_client().batch_execute(&format!("DROP ROLE IF EXISTS {}", self.ident()));
-    }
-}
 
 #[test]
 fn a_read_only_user_changes_nothing() {

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use compressor_integration_tests::check::{assert_same_states, snapshot, snapshot_in_memory};
 use compressor_integration_tests::generator::{generate_into, GenConfig};
-use compressor_integration_tests::pg::TestDb;
+use compressor_integration_tests::pg::{Role, TestDb};
 use compressor_integration_tests::structure::{self, Structure};
 use compressor_integration_tests::tools::{self, ToolRun};
 use rand::rngs::SmallRng;
@@ -115,6 +115,49 @@ fn many_small_runs_give_the_same_result_as_one_big_run() {
             progress.contains(&(room.room_id.clone(), last)),
             "room {:?} did not reach {last}: {progress:?}",
             room.room_id
+        );
+    }
+}
+
+/// The run loads ahead on up to two more connections. A server that
+/// refuses them (here a role's connection limit: one connection, then two)
+/// must give a warning and exactly the tree of a run that had them.
+#[test]
+fn runs_short_of_connections_load_in_turn_with_the_same_result() {
+    let cfg = config(29, 3, 300);
+    let free = TestDb::create("auto_conn_free");
+    generate_into(&mut free.client(), &cfg).expect("generate");
+    let before = snapshot(&mut free.client());
+    let free_run = auto_ok(free.url(), "20", "10000");
+    assert!(finished(&free_run), "{}", free_run.describe());
+    assert!(
+        !free_run.stderr.contains("Loading ahead on"),
+        "{}",
+        free_run.describe()
+    );
+    let expected = room_structure(&free);
+
+    for limit in [1, 2] {
+        let db = TestDb::create(&format!("auto_conn_limit_{limit}"));
+        generate_into(&mut db.client(), &cfg).expect("generate");
+        let role = Role::create(&db, "lim");
+        db.client()
+            .batch_execute(&format!(
+                "GRANT ALL ON ALL TABLES IN SCHEMA public TO {0};
+                 GRANT CREATE ON SCHEMA public TO {0};
+                 ALTER ROLE {0} CONNECTION LIMIT {limit};",
+                role.ident()
+            ))
+            .expect("limiting the role");
+        let run = auto_ok(&role.url(), "20", "10000");
+        assert!(finished(&run), "{}", run.describe());
+        let warning = format!("Loading ahead on {} connection(s), not 2", limit - 1);
+        assert!(run.stderr.contains(&warning), "{}", run.describe());
+        let after = snapshot(&mut db.client());
+        assert_same_states(&before.states, &after.states, "a run short of connections");
+        assert_eq!(
+            after.structure, expected,
+            "with {limit} connection(s) the tree must be the one a run with three gives"
         );
     }
 }

@@ -3,7 +3,9 @@
 
 pub mod connect;
 pub mod load;
+pub mod prepared;
 pub mod schema;
 pub mod write;
 
 pub use connect::{connect, ConnectionSettings};
+pub use prepared::Prepared;

@@ -12,7 +12,7 @@ use synapse_compress_state::summary::Timings;
 
 use log::{debug, info, warn};
 use postgres::Client;
-use synapse_compress_state::db::{self, schema, write};
+use synapse_compress_state::db::{self, load, schema, write, Prepared};
 use synapse_compress_state::group::{changed_groups, row_count, row_count_after};
 use synapse_compress_state::verify::verify;
 use synapse_compress_state::{compress, Error, Level, LevelSizes, Result};
@@ -121,19 +121,34 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     lock::acquire(&mut client)?;
     state_saving::create_tables_if_needed(&mut client)?;
 
-    // A second connection loads the next chunk while this one writes; a run
-    // without it (one chunk, or no connection to spare) just loads in turn.
-    let reader = if config.number_of_chunks > 1 {
-        db::connect(&config.db_url)
-            .map_err(|e| warn!("Not loading ahead (no second connection: {e})"))
-            .ok()
-    } else {
-        None
-    };
+    // Up to two more connections load the next chunks while this one
+    // writes; a run without them (one chunk, or no connection to spare)
+    // just loads in turn.
+    let wanted = (config.number_of_chunks - 1).clamp(0, READERS as i64) as usize;
+    let mut readers = Vec::with_capacity(wanted);
+    while readers.len() < wanted {
+        match db::connect(&config.db_url) {
+            Ok(reader) => readers.push(reader),
+            Err(e) => {
+                warn!(
+                    "Loading ahead on {} connection(s), not {wanted} (no more connections: {e})",
+                    readers.len()
+                );
+                break;
+            }
+        }
+    }
     let mut summary = RunSummary::default();
     std::thread::scope(|scope| {
-        let mut prefetcher = reader.map(|reader| Prefetcher::spawn(scope, reader));
-        chunk_loop(&mut client, config, &mut summary, prefetcher.as_mut())?;
+        let mut prefetcher = (!readers.is_empty()).then(|| Prefetcher::spawn(scope, readers));
+        let mut prepared = Prepared::new();
+        chunk_loop(
+            &mut client,
+            &mut prepared,
+            config,
+            &mut summary,
+            prefetcher.as_mut(),
+        )?;
         if let Some(p) = &prefetcher {
             debug!(
                 "Chunks loaded ahead: {} used, {} dropped",
@@ -162,23 +177,23 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
 /// Runs chunks until the run's count is reached or nothing is left.
 fn chunk_loop(
     client: &mut Client,
+    prepared: &mut Prepared,
     config: &AutoConfig,
     summary: &mut RunSummary,
     mut prefetcher: Option<&mut Prefetcher>,
 ) -> Result<()> {
     while (summary.chunks as i64) < config.number_of_chunks {
-        let Some(room) = state_saving::next_room_to_compress(client)? else {
+        let Some(room) = state_saving::next_room_to_compress(client, prepared)? else {
             info!("Every state group has been compressed; nothing left to do");
             break;
         };
         // No point loading ahead for a chunk this run will not do.
-        let load_ahead = (summary.chunks as i64) + 1 < config.number_of_chunks;
         let ahead = Ahead {
             prefetcher: prefetcher.as_deref_mut(),
-            load_ahead,
+            chunks_after: config.number_of_chunks - summary.chunks as i64 - 1,
             same_room: false,
         };
-        let outcome = compress_chunk(client, &room, config, summary, ahead)?;
+        let outcome = compress_chunk(client, prepared, &room, config, summary, ahead)?;
         summary.chunks += 1;
         summary.groups += outcome.groups;
         summary.rows_before += outcome.rows_before;
@@ -200,11 +215,14 @@ fn chunk_loop(
     Ok(())
 }
 
-/// The background loader, as one chunk sees it.
+/// Reader connections loading ahead (besides the main one).
+const READERS: usize = 2;
+
+/// The background loaders, as one chunk sees them.
 struct Ahead<'p> {
     prefetcher: Option<&'p mut Prefetcher>,
-    /// Whether to start loading the chunk after this one.
-    load_ahead: bool,
+    /// How many chunks this run does after this one.
+    chunks_after: i64,
     /// The chunk after this one was predicted to be in the same room.
     same_room: bool,
 }
@@ -218,39 +236,71 @@ impl Ahead<'_> {
         }
     }
 
-    /// Predicts the chunk after `room`'s chunk ending at `last` and, when
-    /// it is in another room, starts loading it right away, so the load
-    /// runs while this chunk is compressed, verified and written.
+    /// Predicts the chunks after `room`'s chunk ending at `last` (each from
+    /// where the ones before it are expected to end) and starts loading them
+    /// while readers are free, so the loads run while this chunk is
+    /// compressed, verified and written.
     ///
-    /// A next chunk in the same room is left for [`Ahead::start_same_room`]:
-    /// its level heads are only known after compressing, and if this chunk
-    /// rewrites groups, the compressor must walk up the heads' *new*
-    /// predecessors, which only exist once this chunk has committed.
+    /// The predictions stop at a room already in the chain: that chunk
+    /// continues one that is not written yet, so the room's saved position
+    /// and levels are not yet where it will start, and a load now would be
+    /// of the wrong chunk (never used: loads are used only on an exact
+    /// match). Its level heads are only known after compressing, and if the
+    /// earlier chunk rewrites groups, the compressor must walk up the heads'
+    /// *new* predecessors, which only exist once it has committed. (A next
+    /// chunk in this same room is left for [`Ahead::start_same_room`].)
     fn start_next(
         &mut self,
         client: &mut Client,
+        prepared: &mut Prepared,
         config: &AutoConfig,
         room: &str,
         last: i64,
     ) -> Result<()> {
         self.same_room = false;
-        let Some(prefetcher) = self.prefetcher.as_deref_mut().filter(|_| self.load_ahead) else {
+        let Some(prefetcher) = self.prefetcher.as_deref_mut() else {
             return Ok(());
         };
-        let Some(next) = state_saving::predict_next_room(client, room, last)? else {
-            return Ok(());
-        };
-        if next == room {
-            self.same_room = true;
-            return Ok(());
+        let mut positions: Vec<(String, i64)> = std::iter::once((room, last))
+            .chain(prefetcher.pending_positions())
+            .map(|(room, last)| (room.to_owned(), last))
+            .collect();
+        // `positions` holds this chunk and the loads under way.
+        while prefetcher.has_room() && (positions.len() as i64) <= self.chunks_after {
+            let Some(next) = state_saving::predict_next_room(
+                client,
+                prepared,
+                positions.iter().map(|(room, last)| (room.as_str(), *last)),
+            )?
+            else {
+                break;
+            };
+            if positions.iter().any(|(seen, _)| *seen == next) {
+                self.same_room = positions.len() == 1;
+                break;
+            }
+            let progress =
+                state_saving::read_room_progress(client, prepared, &next, &config.default_levels)?;
+            let request = ChunkRequest {
+                room_id: next,
+                after: progress.last_compressed,
+                heads: heads(&progress.levels),
+                chunk_size: config.chunk_size,
+            };
+            // Where it will most likely end, for the prediction after it.
+            let ids = load::range_ids(
+                client,
+                &request.room_id,
+                request.after,
+                None,
+                Some(config.chunk_size),
+            )?;
+            let Some(&next_last) = ids.last() else {
+                break;
+            };
+            positions.push((request.room_id.clone(), next_last));
+            prefetcher.start(request, next_last);
         }
-        let progress = state_saving::read_room_progress(client, &next, &config.default_levels)?;
-        prefetcher.start(ChunkRequest {
-            room_id: next,
-            after: progress.last_compressed,
-            heads: heads(&progress.levels),
-            chunk_size: config.chunk_size,
-        });
         Ok(())
     }
 
@@ -258,12 +308,16 @@ impl Ahead<'_> {
     /// rewrites nothing and leaves `levels`, when that chunk comes next.
     fn start_same_room(&mut self, config: &AutoConfig, room: &str, last: i64, levels: &[Level]) {
         if let Some(prefetcher) = self.prefetcher.as_deref_mut().filter(|_| self.same_room) {
-            prefetcher.start(ChunkRequest {
-                room_id: room.to_owned(),
-                after: Some(last),
-                heads: heads(levels),
-                chunk_size: config.chunk_size,
-            });
+            prefetcher.start(
+                ChunkRequest {
+                    room_id: room.to_owned(),
+                    after: Some(last),
+                    heads: heads(levels),
+                    chunk_size: config.chunk_size,
+                },
+                // Not predicted further: nothing is loaded after it.
+                i64::MAX,
+            );
         }
     }
 }
@@ -275,12 +329,14 @@ fn heads(levels: &[Level]) -> Vec<i64> {
 /// Compresses the next chunk of `room`.
 fn compress_chunk(
     client: &mut Client,
+    prepared: &mut Prepared,
     room: &str,
     config: &AutoConfig,
     summary: &mut RunSummary,
     mut ahead: Ahead<'_>,
 ) -> Result<ChunkOutcome> {
-    let progress = state_saving::read_room_progress(client, room, &config.default_levels)?;
+    let progress =
+        state_saving::read_room_progress(client, prepared, room, &config.default_levels)?;
     if let Some(reason) = &progress.reset_reason {
         warn!("Room {room}: {reason}");
         summary.levels_reset += 1;
@@ -319,7 +375,7 @@ fn compress_chunk(
         warn!("Room {room} has no groups after {after:?} any more; skipping it");
         outcome.room_finished = true;
         if let Some(last) = after {
-            save_progress_only(client, room, &config.default_levels, last)?;
+            save_progress_only(client, prepared, room, &config.default_levels, last)?;
         }
         return Ok(outcome);
     };
@@ -329,13 +385,13 @@ fn compress_chunk(
         Ok(loaded) => loaded,
         Err(Error::Damaged(why)) => {
             warn!("Room {room}, groups after {after:?} up to {last}: {why}; skipping the chunk");
-            save_progress_only(client, room, &config.default_levels, last)?;
+            save_progress_only(client, prepared, room, &config.default_levels, last)?;
             return Ok(outcome);
         }
         Err(e) => return Err(e),
     };
     summary.timings.load += started.elapsed();
-    ahead.start_next(client, config, room, last)?;
+    ahead.start_next(client, prepared, config, room, last)?;
     outcome.groups = report.in_range;
     if !report.missing_predecessors.is_empty() {
         warn!(
@@ -366,7 +422,7 @@ fn compress_chunk(
         );
         let fresh = config.default_levels.empty_levels();
         ahead.start_same_room(config, room, last, &fresh);
-        save_progress_only(client, room, &config.default_levels, last)?;
+        save_progress_only(client, prepared, room, &config.default_levels, last)?;
         return Ok(outcome);
     }
 
@@ -395,7 +451,7 @@ fn compress_chunk(
             )?);
         }
         if i + 1 == count {
-            state_saving::write_room_progress(&mut tx, room, &compressed.levels, last)?;
+            state_saving::write_room_progress(&mut tx, prepared, room, &compressed.levels, last)?;
         }
         tx.commit().map_err(|e| Error::db(ctx, e))?;
     }
@@ -410,6 +466,7 @@ fn compress_chunk(
 /// Saves fresh levels and `last` as the room's position (a skipped chunk).
 fn save_progress_only(
     client: &mut Client,
+    prepared: &mut Prepared,
     room: &str,
     levels: &LevelSizes,
     last: i64,
@@ -417,6 +474,6 @@ fn save_progress_only(
     let mut tx = client
         .transaction()
         .map_err(|e| Error::db("saving progress", e))?;
-    state_saving::write_room_progress(&mut tx, room, &levels.empty_levels(), last)?;
+    state_saving::write_room_progress(&mut tx, prepared, room, &levels.empty_levels(), last)?;
     tx.commit().map_err(|e| Error::db("saving progress", e))
 }

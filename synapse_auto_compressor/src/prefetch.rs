@@ -1,23 +1,26 @@
-//! Loading the next chunk while the current one is being written.
+//! Loading the next chunks while the current one is being written.
 //!
 //! A chunk's load keeps PostgreSQL busy finding and sending rows and this
 //! process busy parsing them; its write is mostly PostgreSQL deleting and
 //! indexing. One after the other on one connection, each side idles half
-//! the time. So while the main connection writes chunk N, a second,
-//! read-only connection loads the chunk most likely to come next (predicted
-//! from the progress chunk N is about to save). The main loop uses that load
-//! only when the next chunk is exactly the one predicted (same room, start,
-//! level heads and size); otherwise it is dropped and the chunk is loaded as
-//! usual.
+//! the time, and a load takes longer than a write. So while the main
+//! connection works on chunk N, two read-only connections load the chunks
+//! most likely to come next: N+1, predicted from where chunk N ends, and
+//! N+2, predicted from where N+1 is expected to end (a read of its ids).
+//! The main loop uses a load only when its chunk is exactly the one that
+//! comes (same room, start, level heads and size); otherwise it is dropped
+//! and the chunk is loaded as usual.
 //!
-//! Why a load taken before chunk N commits is still right: it is one
-//! consistent snapshot; chunk N only rewrites groups of its own room up to
-//! its last group, never the next chunk's groups; and it changes no group's
-//! state, which is all the compressor takes from predecessors and level
-//! heads. Groups that Synapse changes meanwhile are caught by the write's
-//! re-check, as for any load.
+//! Why a load taken before the chunks ahead of it commit is still right: it
+//! is one consistent snapshot; a chunk only rewrites groups of its own room,
+//! and every load under way is of another room than the chunks before it;
+//! and no chunk changes any group's state, which is all the compressor
+//! takes from predecessors. Groups that Synapse changes meanwhile are
+//! caught by the write's re-check, as for any load.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 
 use log::debug;
@@ -86,74 +89,146 @@ pub fn load_chunk(client: &mut Client, request: &ChunkRequest) -> Result<LoadedC
     })
 }
 
-type Done = (ChunkRequest, Result<LoadedChunk>);
+/// A load's place in the queue, and its result.
+type Done = (u64, Result<LoadedChunk>);
 
-/// A reader thread with its own connection, loading one chunk at a time.
+/// A load started ahead of time.
+struct Pending {
+    ticket: u64,
+    request: ChunkRequest,
+    /// The last group this chunk will most likely end at (from a cheap
+    /// read of its ids), so the chunk after it can be predicted too.
+    last: i64,
+}
+
+/// Reader threads, each with its own connection, loading the chunks
+/// predicted to come next, in parallel: one load keeps a reader connection
+/// and about half a core busy, and a chunk's write is shorter than its load.
 pub struct Prefetcher {
-    requests: Sender<ChunkRequest>,
+    requests: Sender<(u64, ChunkRequest)>,
     results: Receiver<Done>,
-    pending: Option<ChunkRequest>,
+    /// Loads started, in the order their chunks are expected.
+    pending: VecDeque<Pending>,
+    /// Results that came in before they were asked for.
+    arrived: HashMap<u64, Result<LoadedChunk>>,
+    next_ticket: u64,
+    readers: usize,
     /// Prefetched loads used and dropped.
     pub used: usize,
     pub dropped: usize,
 }
 
 impl Prefetcher {
-    /// Starts the reader thread in `scope` on `client`. The thread ends when
-    /// the prefetcher is dropped (after finishing a load under way).
-    pub fn spawn<'scope>(scope: &'scope Scope<'scope, '_>, mut client: Client) -> Self {
-        let (requests, inbox) = channel::<ChunkRequest>();
+    /// Starts one reader thread per client in `scope`. The threads end when
+    /// the prefetcher is dropped (after finishing the loads under way).
+    pub fn spawn<'scope>(scope: &'scope Scope<'scope, '_>, clients: Vec<Client>) -> Self {
+        let (requests, inbox) = channel::<(u64, ChunkRequest)>();
+        let inbox = Arc::new(Mutex::new(inbox));
         let (outbox, results) = channel::<Done>();
-        scope.spawn(move || {
-            for request in inbox {
+        let readers = clients.len();
+        for mut client in clients {
+            let inbox = Arc::clone(&inbox);
+            let outbox = outbox.clone();
+            scope.spawn(move || loop {
+                // The lock is held only while waiting for the next request.
+                let next = match inbox.lock() {
+                    Ok(inbox) => inbox.recv(),
+                    Err(_) => break,
+                };
+                let Ok((ticket, request)) = next else { break };
                 let loaded = load_chunk(&mut client, &request);
-                if outbox.send((request, loaded)).is_err() {
+                if outbox.send((ticket, loaded)).is_err() {
                     break;
                 }
-            }
-        });
+            });
+        }
         Self {
             requests,
             results,
-            pending: None,
+            pending: VecDeque::new(),
+            arrived: HashMap::new(),
+            next_ticket: 0,
+            readers,
             used: 0,
             dropped: 0,
         }
     }
 
-    /// Starts loading `request` in the background (unless a load is under
-    /// way already: there is only one reader).
-    pub fn start(&mut self, request: ChunkRequest) {
-        if self.pending.is_none() && self.requests.send(request.clone()).is_ok() {
-            self.pending = Some(request);
+    /// Whether a reader is free for one more load ahead.
+    pub fn has_room(&self) -> bool {
+        self.pending.len() < self.readers
+    }
+
+    /// The rooms of the loads under way with the last group each is
+    /// expected to end at, in the order their chunks should come.
+    pub fn pending_positions(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.pending
+            .iter()
+            .map(|p| (p.request.room_id.as_str(), p.last))
+    }
+
+    /// Starts loading `request` (expected to end at group `last`) in the
+    /// background, unless every reader is busy.
+    pub fn start(&mut self, request: ChunkRequest, last: i64) {
+        if !self.has_room() {
+            return;
+        }
+        let ticket = self.next_ticket;
+        if self.requests.send((ticket, request.clone())).is_ok() {
+            self.next_ticket += 1;
+            self.pending.push_back(Pending {
+                ticket,
+                request,
+                last,
+            });
         }
     }
 
-    /// The background load of `request`, waiting for it to finish, if that
-    /// is what was started. A load of anything else is waited for and
-    /// dropped; a load that failed is dropped too (the caller loads again on
-    /// its own connection and reports any error from there).
+    /// The background load of `request`, waiting for it to finish, if it is
+    /// the next one started. Otherwise the predictions went wrong from their
+    /// first step and none of the loads under way is needed: they are waited
+    /// for and dropped. A load that failed is dropped too (the caller loads
+    /// again on its own connection and reports any error from there).
     pub fn take(&mut self, request: &ChunkRequest) -> Option<LoadedChunk> {
-        self.pending.take()?;
-        let (loaded_request, loaded) = self.results.recv().ok()?;
-        match loaded {
-            Ok(chunk) if &loaded_request == request => {
+        let first = self.pending.pop_front()?;
+        if &first.request != request {
+            debug!(
+                "prefetched chunk of {} after {:?} not needed (and {} after it)",
+                first.request.room_id,
+                first.request.after,
+                self.pending.len()
+            );
+            let stale: Vec<u64> = std::iter::once(first.ticket)
+                .chain(self.pending.drain(..).map(|p| p.ticket))
+                .collect();
+            for ticket in stale {
+                self.wait_for(ticket);
+                self.dropped += 1;
+            }
+            return None;
+        }
+        match self.wait_for(first.ticket)? {
+            Ok(chunk) => {
                 self.used += 1;
                 Some(chunk)
-            }
-            Ok(_) => {
-                debug!(
-                    "prefetched chunk of {} after {:?} not needed",
-                    loaded_request.room_id, loaded_request.after
-                );
-                self.dropped += 1;
-                None
             }
             Err(e) => {
                 debug!("prefetching a chunk failed ({e}); loading it again");
                 self.dropped += 1;
                 None
             }
+        }
+    }
+
+    /// The result of the load `ticket`, keeping results of others that
+    /// arrive first. `None` if the readers are gone.
+    fn wait_for(&mut self, ticket: u64) -> Option<Result<LoadedChunk>> {
+        loop {
+            if let Some(done) = self.arrived.remove(&ticket) {
+                return Some(done);
+            }
+            let (arrived, done) = self.results.recv().ok()?;
+            self.arrived.insert(arrived, done);
         }
     }
 }

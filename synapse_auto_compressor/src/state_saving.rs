@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 
 use postgres::types::Type;
 use postgres::{Client, GenericClient};
+use synapse_compress_state::db::Prepared;
 use synapse_compress_state::{Error, Level, LevelSizes, Result};
 
 /// Creates the progress tables if they do not exist yet.
@@ -63,21 +64,26 @@ pub struct RoomProgress {
 /// progress) give fresh `default_levels` and a reason, never an error.
 pub fn read_room_progress(
     client: &mut Client,
+    prepared: &mut Prepared,
     room_id: &str,
     default_levels: &LevelSizes,
 ) -> Result<RoomProgress> {
     let ctx = "reading saved progress";
     // One round trip: the position (repeated on every row) and the levels
     // (a single row of NULLs when the room has none).
-    let rows = client
-        .query_typed(
+    let statement = prepared
+        .get(
+            client,
             "SELECT (SELECT last_compressed FROM state_compressor_progress WHERE room_id = $1), \
                     s.level_num, s.max_size, s.current_length, s.current_head \
              FROM (SELECT 1) AS one \
              LEFT JOIN state_compressor_state AS s ON s.room_id = $1 \
              ORDER BY s.level_num",
-            &[(&room_id, Type::TEXT)],
+            &[Type::TEXT],
         )
+        .map_err(|e| Error::db(ctx, e))?;
+    let rows = client
+        .query(&statement, &[&room_id])
         .map_err(|e| Error::db(ctx, e))?;
     let last_compressed: Option<i64> = rows.first().and_then(|row| row.get(0));
     let saved: Vec<(i32, i32, i32, Option<i64>)> = rows
@@ -102,7 +108,7 @@ pub fn read_room_progress(
     match validate_levels(&saved, last) {
         Ok(levels) => {
             let heads: Vec<i64> = levels.iter().filter_map(Level::head).collect();
-            let found = heads_in_room(client, room_id, &heads)?;
+            let found = heads_in_room(client, prepared, room_id, &heads)?;
             if let Some(missing) = heads.iter().find(|h| !found.contains(h)) {
                 return Ok(fresh(
                     Some(last),
@@ -158,16 +164,26 @@ fn validate_levels(
 }
 
 /// The heads that exist in `state_groups` for this room.
-fn heads_in_room(client: &mut Client, room_id: &str, heads: &[i64]) -> Result<BTreeSet<i64>> {
+fn heads_in_room(
+    client: &mut Client,
+    prepared: &mut Prepared,
+    room_id: &str,
+    heads: &[i64],
+) -> Result<BTreeSet<i64>> {
     if heads.is_empty() {
         return Ok(BTreeSet::new());
     }
-    let rows = client
-        .query_typed(
+    let ctx = "checking saved level heads";
+    let statement = prepared
+        .get(
+            client,
             "SELECT id FROM state_groups WHERE id = ANY($1) AND room_id = $2",
-            &[(&heads, Type::INT8_ARRAY), (&room_id, Type::TEXT)],
+            &[Type::INT8_ARRAY, Type::TEXT],
         )
-        .map_err(|e| Error::db("checking saved level heads", e))?;
+        .map_err(|e| Error::db(ctx, e))?;
+    let rows = client
+        .query(&statement, &[&heads, &room_id])
+        .map_err(|e| Error::db(ctx, e))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
@@ -175,6 +191,7 @@ fn heads_in_room(client: &mut Client, room_id: &str, heads: &[i64]) -> Result<BT
 /// transaction the caller passes, so it commits together with the chunk.
 pub fn write_room_progress(
     tx: &mut impl GenericClient,
+    prepared: &mut Prepared,
     room_id: &str,
     levels: &[Level],
     last_compressed: i64,
@@ -192,8 +209,10 @@ pub fn write_room_progress(
     }
     // One statement (one round trip): upsert the levels, drop levels beyond
     // them (the level list got shorter), and save the position.
-    tx.execute_typed(
-        "WITH upserted AS ( \
+    let statement = prepared
+        .get(
+            tx,
+            "WITH upserted AS ( \
              INSERT INTO state_compressor_state \
                  (room_id, level_num, max_size, current_length, current_head) \
              SELECT $1, * FROM unnest($2::int[], $3::int[], $4::int[], $5::bigint[]) \
@@ -207,14 +226,19 @@ pub fn write_room_progress(
          ) \
          INSERT INTO state_compressor_progress (room_id, last_compressed) VALUES ($1, $6) \
          ON CONFLICT (room_id) DO UPDATE SET last_compressed = excluded.last_compressed",
-        &[
-            (&room_id, Type::TEXT),
-            (&nums, Type::INT4_ARRAY),
-            (&maxes, Type::INT4_ARRAY),
-            (&lengths, Type::INT4_ARRAY),
-            (&heads, Type::INT8_ARRAY),
-            (&last_compressed, Type::INT8),
-        ],
+            &[
+                Type::TEXT,
+                Type::INT4_ARRAY,
+                Type::INT4_ARRAY,
+                Type::INT4_ARRAY,
+                Type::INT8_ARRAY,
+                Type::INT8,
+            ],
+        )
+        .map_err(|e| Error::db(ctx, e))?;
+    tx.execute(
+        &statement,
+        &[&room_id, &nums, &maxes, &lengths, &heads, &last_compressed],
     )
     .map_err(|e| Error::db(ctx, e))?;
     Ok(())
@@ -223,11 +247,15 @@ pub fn write_room_progress(
 /// Finds the room of the lowest group at or above the saved scan position
 /// that is past that room's progress, and saves that group as the new scan
 /// position. `None` when every group has been compressed.
-pub fn next_room_to_compress(client: &mut Client) -> Result<Option<String>> {
+pub fn next_room_to_compress(
+    client: &mut Client,
+    prepared: &mut Prepared,
+) -> Result<Option<String>> {
     let ctx = "finding the next room to compress";
     // One statement: find the group and move the scan position to it.
-    let row = client
-        .query_typed_opt(
+    let statement = prepared
+        .get(
+            client,
             "WITH next AS ( \
                  SELECT g.room_id, g.id FROM state_groups AS g \
                  LEFT JOIN state_compressor_progress AS p USING (room_id) \
@@ -242,25 +270,40 @@ pub fn next_room_to_compress(client: &mut Client) -> Result<Option<String>> {
             &[],
         )
         .map_err(|e| Error::db(ctx, e))?;
+    let row = client
+        .query_opt(&statement, &[])
+        .map_err(|e| Error::db(ctx, e))?;
     Ok(row.map(|row| row.get(0)))
 }
 
-/// The room [`next_room_to_compress`] will pick once `room`'s position is
-/// `last` (other rooms as saved). Reads only: used to load the next chunk
-/// ahead of time.
-pub fn predict_next_room(client: &mut Client, room: &str, last: i64) -> Result<Option<String>> {
-    let row = client
-        .query_typed_opt(
+/// The room [`next_room_to_compress`] will pick once each room in
+/// `positions` has been compressed up to its group (other rooms as saved).
+/// Reads only: used to load chunks ahead of time.
+pub fn predict_next_room<'a>(
+    client: &mut Client,
+    prepared: &mut Prepared,
+    positions: impl IntoIterator<Item = (&'a str, i64)>,
+) -> Result<Option<String>> {
+    let (rooms, lasts): (Vec<&str>, Vec<i64>) = positions.into_iter().unzip();
+    let ctx = "predicting the next room";
+    let statement = prepared
+        .get(
+            client,
             "SELECT g.room_id FROM state_groups AS g \
              LEFT JOIN state_compressor_progress AS p USING (room_id) \
+             LEFT JOIN unnest($1::text[], $2::bigint[]) AS o(room_id, last) \
+                 ON o.room_id = g.room_id \
              WHERE g.id >= (SELECT lowest_uncompressed_group \
                             FROM state_compressor_total_progress) \
-               AND CASE WHEN g.room_id = $1 THEN g.id > $2 \
-                        ELSE p.last_compressed IS NULL OR g.id > p.last_compressed END \
+               AND (COALESCE(o.last, p.last_compressed) IS NULL \
+                    OR g.id > COALESCE(o.last, p.last_compressed)) \
              ORDER BY g.id LIMIT 1",
-            &[(&room, Type::TEXT), (&last, Type::INT8)],
+            &[Type::TEXT_ARRAY, Type::INT8_ARRAY],
         )
-        .map_err(|e| Error::db("predicting the next room", e))?;
+        .map_err(|e| Error::db(ctx, e))?;
+    let row = client
+        .query_opt(&statement, &[&rooms, &lasts])
+        .map_err(|e| Error::db(ctx, e))?;
     Ok(row.map(|row| row.get(0)))
 }
 

@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 
-use postgres::types::Type;
-use postgres::{GenericClient, Statement};
+use postgres::types::{ToSql, Type};
+use postgres::{GenericClient, Row, Statement};
 
 /// Statements prepared on ONE connection, by their SQL text. A statement
 /// belongs to the connection that prepared it: use one `Prepared` per
@@ -26,7 +26,7 @@ impl Prepared {
 
     /// `sql` with parameters of `types`, prepared on `client`'s connection
     /// the first time it is asked for.
-    pub fn get(
+    fn get(
         &mut self,
         client: &mut impl GenericClient,
         sql: &'static str,
@@ -38,5 +38,41 @@ impl Prepared {
         let statement = client.prepare_typed(sql, types)?;
         self.statements.insert(sql, statement.clone());
         Ok(statement)
+    }
+
+    /// Runs `sql` (parameters of `types`) and returns its rows.
+    pub fn query(
+        &mut self,
+        client: &mut impl GenericClient,
+        sql: &'static str,
+        types: &[Type],
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, postgres::Error> {
+        let statement = self.get(client, sql, types)?;
+        client.query(&statement, params)
+    }
+
+    /// Runs `sql` and returns its row, if any (an error if several).
+    pub fn query_opt(
+        &mut self,
+        client: &mut impl GenericClient,
+        sql: &'static str,
+        types: &[Type],
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, postgres::Error> {
+        let statement = self.get(client, sql, types)?;
+        client.query_opt(&statement, params)
+    }
+
+    /// Runs `sql` and returns how many rows it changed.
+    pub fn execute(
+        &mut self,
+        client: &mut impl GenericClient,
+        sql: &'static str,
+        types: &[Type],
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, postgres::Error> {
+        let statement = self.get(client, sql, types)?;
+        client.execute(&statement, params)
     }
 }

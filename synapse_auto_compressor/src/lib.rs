@@ -6,7 +6,7 @@
 //!   tool so either can continue the other's work;
 //! - [`lock`]: one run per database;
 //! - [`manager`]: the chunk loop;
-//! - [`prefetch`]: loading the next chunk while the current one is written.
+//! - [`prefetch`]: loading the next chunks while the current one is written.
 //!
 //! With the `pyo3` feature, the private `python` module is the Python module
 //! of the same name (built by maturin, see `pyproject.toml`).

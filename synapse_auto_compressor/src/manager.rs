@@ -12,7 +12,7 @@ use synapse_compress_state::summary::Timings;
 
 use log::{debug, info, warn};
 use postgres::Client;
-use synapse_compress_state::db::{self, load, schema, write, Prepared};
+use synapse_compress_state::db::{self, schema, write, Prepared};
 use synapse_compress_state::group::{changed_groups, row_count, row_count_after};
 use synapse_compress_state::verify::verify;
 use synapse_compress_state::{compress, Error, Level, LevelSizes, Result};
@@ -232,12 +232,12 @@ impl Ahead<'_> {
     fn load(&mut self, client: &mut Client, request: &ChunkRequest) -> Result<LoadedChunk> {
         match self.prefetcher.as_deref_mut().and_then(|p| p.take(request)) {
             Some(chunk) => Ok(chunk),
-            None => load_chunk(client, request),
+            None => load_chunk(client, request, &mut |_| {}),
         }
     }
 
     /// Predicts the chunks after `room`'s chunk ending at `last` (each from
-    /// where the ones before it are expected to end) and starts loading them
+    /// where the ones before it end, as their readers report) and starts loading them
     /// while readers are free, so the loads run while this chunk is
     /// compressed, verified and written.
     ///
@@ -261,18 +261,16 @@ impl Ahead<'_> {
         let Some(prefetcher) = self.prefetcher.as_deref_mut() else {
             return Ok(());
         };
-        let mut positions: Vec<(String, i64)> = std::iter::once((room, last))
-            .chain(prefetcher.pending_positions())
-            .map(|(room, last)| (room.to_owned(), last))
-            .collect();
-        // `positions` holds this chunk and the loads under way.
-        while prefetcher.has_room() && (positions.len() as i64) <= self.chunks_after {
-            let Some(next) = state_saving::predict_next_room(
-                client,
-                prepared,
-                positions.iter().map(|(room, last)| (room.as_str(), *last)),
-            )?
-            else {
+        // One prediction per free reader, each from this chunk's end and
+        // the ends of the loads under way.
+        while prefetcher.has_room() && (prefetcher.pending_len() as i64) < self.chunks_after {
+            let Some(ahead) = prefetcher.expected_ends() else {
+                break;
+            };
+            let positions: Vec<(&str, i64)> = std::iter::once((room, last))
+                .chain(ahead.iter().map(|(room, end)| (room.as_str(), *end)))
+                .collect();
+            let Some(next) = state_saving::predict_next_room(client, prepared, &positions)? else {
                 break;
             };
             if positions.iter().any(|(seen, _)| *seen == next) {
@@ -281,25 +279,12 @@ impl Ahead<'_> {
             }
             let progress =
                 state_saving::read_room_progress(client, prepared, &next, &config.default_levels)?;
-            let request = ChunkRequest {
+            prefetcher.start(ChunkRequest {
                 room_id: next,
                 after: progress.last_compressed,
                 heads: heads(&progress.levels),
                 chunk_size: config.chunk_size,
-            };
-            // Where it will most likely end, for the prediction after it.
-            let ids = load::range_ids(
-                client,
-                &request.room_id,
-                request.after,
-                None,
-                Some(config.chunk_size),
-            )?;
-            let Some(&next_last) = ids.last() else {
-                break;
-            };
-            positions.push((request.room_id.clone(), next_last));
-            prefetcher.start(request, next_last);
+            });
         }
         Ok(())
     }
@@ -308,16 +293,12 @@ impl Ahead<'_> {
     /// rewrites nothing and leaves `levels`, when that chunk comes next.
     fn start_same_room(&mut self, config: &AutoConfig, room: &str, last: i64, levels: &[Level]) {
         if let Some(prefetcher) = self.prefetcher.as_deref_mut().filter(|_| self.same_room) {
-            prefetcher.start(
-                ChunkRequest {
-                    room_id: room.to_owned(),
-                    after: Some(last),
-                    heads: heads(levels),
-                    chunk_size: config.chunk_size,
-                },
-                // Not predicted further: nothing is loaded after it.
-                i64::MAX,
-            );
+            prefetcher.start(ChunkRequest {
+                room_id: room.to_owned(),
+                after: Some(last),
+                heads: heads(levels),
+                chunk_size: config.chunk_size,
+            });
         }
     }
 }

@@ -6,7 +6,8 @@
 //! the time, and a load takes longer than a write. So while the main
 //! connection works on chunk N, two read-only connections load the chunks
 //! most likely to come next: N+1, predicted from where chunk N ends, and
-//! N+2, predicted from where N+1 is expected to end (a read of its ids).
+//! N+2, predicted from where N+1 ends (its reader reports the chunk's last
+//! group as soon as it has read the ids, before the rows).
 //! The main loop uses a load only when its chunk is exactly the one that
 //! comes (same room, start, level heads and size); otherwise it is dropped
 //! and the chunk is loaded as usual.
@@ -54,7 +55,12 @@ pub struct LoadedChunk {
 
 /// Loads a chunk's groups and everything they need, in one consistent
 /// snapshot (Synapse may be deleting and de-deltaing groups meanwhile).
-pub fn load_chunk(client: &mut Client, request: &ChunkRequest) -> Result<LoadedChunk> {
+/// `on_end` hears where the chunk ends as soon as its ids are read.
+pub fn load_chunk(
+    client: &mut Client,
+    request: &ChunkRequest,
+    on_end: &mut dyn FnMut(i64),
+) -> Result<LoadedChunk> {
     let mut symbols = Symbols::new();
     let mut snapshot = load::snapshot(client)?;
     // One id more than the chunk tells whether the room goes on.
@@ -67,6 +73,7 @@ pub fn load_chunk(client: &mut Client, request: &ChunkRequest) -> Result<LoadedC
     )?;
     let more = ids.len() as i64 > request.chunk_size;
     ids.truncate(request.chunk_size as usize);
+    on_end(end_position(request, &ids));
     let groups = (!ids.is_empty()).then(|| {
         load::load_groups(
             &mut snapshot,
@@ -89,16 +96,27 @@ pub fn load_chunk(client: &mut Client, request: &ChunkRequest) -> Result<LoadedC
     })
 }
 
-/// A load's place in the queue, and its result.
-type Done = (u64, Result<LoadedChunk>);
+/// The room position a chunk leaves behind: its last group, or (no groups
+/// left) where it started, which excludes the same groups.
+fn end_position(request: &ChunkRequest, ids: &[i64]) -> i64 {
+    ids.last().copied().or(request.after).unwrap_or(i64::MIN)
+}
+
+/// What a reader reports about a load (by its place in the queue).
+enum Report {
+    /// Where the chunk ends (its ids are read; its rows come next).
+    End(u64, i64),
+    /// The load is finished (boxed: a chunk is large, an end is not).
+    Done(u64, Box<Result<LoadedChunk>>),
+}
 
 /// A load started ahead of time.
 struct Pending {
     ticket: u64,
     request: ChunkRequest,
-    /// The last group this chunk will most likely end at (from a cheap
-    /// read of its ids), so the chunk after it can be predicted too.
-    last: i64,
+    /// Where this chunk ends, once its reader has said, so the chunk after
+    /// it can be predicted too.
+    end: Option<i64>,
 }
 
 /// Reader threads, each with its own connection, loading the chunks
@@ -106,7 +124,7 @@ struct Pending {
 /// and about half a core busy, and a chunk's write is shorter than its load.
 pub struct Prefetcher {
     requests: Sender<(u64, ChunkRequest)>,
-    results: Receiver<Done>,
+    results: Receiver<Report>,
     /// Loads started, in the order their chunks are expected.
     pending: VecDeque<Pending>,
     /// Results that came in before they were asked for.
@@ -124,7 +142,7 @@ impl Prefetcher {
     pub fn spawn<'scope>(scope: &'scope Scope<'scope, '_>, clients: Vec<Client>) -> Self {
         let (requests, inbox) = channel::<(u64, ChunkRequest)>();
         let inbox = Arc::new(Mutex::new(inbox));
-        let (outbox, results) = channel::<Done>();
+        let (outbox, results) = channel::<Report>();
         let readers = clients.len();
         for mut client in clients {
             let inbox = Arc::clone(&inbox);
@@ -136,8 +154,10 @@ impl Prefetcher {
                     Err(_) => break,
                 };
                 let Ok((ticket, request)) = next else { break };
-                let loaded = load_chunk(&mut client, &request);
-                if outbox.send((ticket, loaded)).is_err() {
+                let loaded = load_chunk(&mut client, &request, &mut |end| {
+                    let _ = outbox.send(Report::End(ticket, end));
+                });
+                if outbox.send(Report::Done(ticket, Box::new(loaded))).is_err() {
                     break;
                 }
             });
@@ -154,22 +174,41 @@ impl Prefetcher {
         }
     }
 
+    /// How many loads are under way (or done and not yet taken).
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Whether a reader is free for one more load ahead.
     pub fn has_room(&self) -> bool {
         self.pending.len() < self.readers
     }
 
-    /// The rooms of the loads under way with the last group each is
-    /// expected to end at, in the order their chunks should come.
-    pub fn pending_positions(&self) -> impl Iterator<Item = (&str, i64)> {
-        self.pending
-            .iter()
-            .map(|p| (p.request.room_id.as_str(), p.last))
+    /// The rooms of the loads under way with where each chunk ends, in the
+    /// order the chunks should come, waiting for readers to report ends
+    /// they have not yet (a load reports its end right after its first
+    /// query). `None` if a load ended without saying (it failed).
+    pub fn expected_ends(&mut self) -> Option<Vec<(String, i64)>> {
+        for i in 0..self.pending.len() {
+            while self.pending[i].end.is_none() {
+                let ticket = self.pending[i].ticket;
+                if self.arrived.contains_key(&ticket) {
+                    return None;
+                }
+                self.receive()?;
+            }
+        }
+        Some(
+            self.pending
+                .iter()
+                .filter_map(|p| Some((p.request.room_id.clone(), p.end?)))
+                .collect(),
+        )
     }
 
-    /// Starts loading `request` (expected to end at group `last`) in the
-    /// background, unless every reader is busy.
-    pub fn start(&mut self, request: ChunkRequest, last: i64) {
+    /// Starts loading `request` in the background, unless every reader is
+    /// busy.
+    pub fn start(&mut self, request: ChunkRequest) {
         if !self.has_room() {
             return;
         }
@@ -179,7 +218,7 @@ impl Prefetcher {
             self.pending.push_back(Pending {
                 ticket,
                 request,
-                last,
+                end: None,
             });
         }
     }
@@ -220,15 +259,30 @@ impl Prefetcher {
         }
     }
 
-    /// The result of the load `ticket`, keeping results of others that
-    /// arrive first. `None` if the readers are gone.
+    /// The result of the load `ticket`, keeping what comes first about
+    /// other loads. `None` if the readers are gone.
     fn wait_for(&mut self, ticket: u64) -> Option<Result<LoadedChunk>> {
         loop {
             if let Some(done) = self.arrived.remove(&ticket) {
                 return Some(done);
             }
-            let (arrived, done) = self.results.recv().ok()?;
-            self.arrived.insert(arrived, done);
+            self.receive()?;
         }
+    }
+
+    /// Takes in one report: an end goes to its pending load, a result is
+    /// kept until asked for. `None` if the readers are gone.
+    fn receive(&mut self) -> Option<()> {
+        match self.results.recv().ok()? {
+            Report::End(ticket, end) => {
+                if let Some(p) = self.pending.iter_mut().find(|p| p.ticket == ticket) {
+                    p.end = Some(end);
+                }
+            }
+            Report::Done(ticket, done) => {
+                self.arrived.insert(ticket, *done);
+            }
+        }
+        Some(())
     }
 }

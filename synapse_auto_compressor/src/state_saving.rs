@@ -71,8 +71,8 @@ pub fn read_room_progress(
     let ctx = "reading saved progress";
     // One round trip: the position (repeated on every row) and the levels
     // (a single row of NULLs when the room has none).
-    let statement = prepared
-        .get(
+    let rows = prepared
+        .query(
             client,
             "SELECT (SELECT last_compressed FROM state_compressor_progress WHERE room_id = $1), \
                     s.level_num, s.max_size, s.current_length, s.current_head \
@@ -80,10 +80,8 @@ pub fn read_room_progress(
              LEFT JOIN state_compressor_state AS s ON s.room_id = $1 \
              ORDER BY s.level_num",
             &[Type::TEXT],
+            &[&room_id],
         )
-        .map_err(|e| Error::db(ctx, e))?;
-    let rows = client
-        .query(&statement, &[&room_id])
         .map_err(|e| Error::db(ctx, e))?;
     let last_compressed: Option<i64> = rows.first().and_then(|row| row.get(0));
     let saved: Vec<(i32, i32, i32, Option<i64>)> = rows
@@ -174,15 +172,13 @@ fn heads_in_room(
         return Ok(BTreeSet::new());
     }
     let ctx = "checking saved level heads";
-    let statement = prepared
-        .get(
+    let rows = prepared
+        .query(
             client,
             "SELECT id FROM state_groups WHERE id = ANY($1) AND room_id = $2",
             &[Type::INT8_ARRAY, Type::TEXT],
+            &[&heads, &room_id],
         )
-        .map_err(|e| Error::db(ctx, e))?;
-    let rows = client
-        .query(&statement, &[&heads, &room_id])
         .map_err(|e| Error::db(ctx, e))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
@@ -209,23 +205,23 @@ pub fn write_room_progress(
     }
     // One statement (one round trip): upsert the levels, drop levels beyond
     // them (the level list got shorter), and save the position.
-    let statement = prepared
-        .get(
+    prepared
+        .execute(
             tx,
             "WITH upserted AS ( \
-             INSERT INTO state_compressor_state \
-                 (room_id, level_num, max_size, current_length, current_head) \
-             SELECT $1, * FROM unnest($2::int[], $3::int[], $4::int[], $5::bigint[]) \
-             ON CONFLICT (room_id, level_num) DO UPDATE SET \
-                 max_size = excluded.max_size, \
-                 current_length = excluded.current_length, \
-                 current_head = excluded.current_head \
-         ), dropped AS ( \
-             DELETE FROM state_compressor_state \
-             WHERE room_id = $1 AND level_num > cardinality($2::int[]) \
-         ) \
-         INSERT INTO state_compressor_progress (room_id, last_compressed) VALUES ($1, $6) \
-         ON CONFLICT (room_id) DO UPDATE SET last_compressed = excluded.last_compressed",
+                 INSERT INTO state_compressor_state \
+                     (room_id, level_num, max_size, current_length, current_head) \
+                 SELECT $1, * FROM unnest($2::int[], $3::int[], $4::int[], $5::bigint[]) \
+                 ON CONFLICT (room_id, level_num) DO UPDATE SET \
+                     max_size = excluded.max_size, \
+                     current_length = excluded.current_length, \
+                     current_head = excluded.current_head \
+             ), dropped AS ( \
+                 DELETE FROM state_compressor_state \
+                 WHERE room_id = $1 AND level_num > cardinality($2::int[]) \
+             ) \
+             INSERT INTO state_compressor_progress (room_id, last_compressed) VALUES ($1, $6) \
+             ON CONFLICT (room_id) DO UPDATE SET last_compressed = excluded.last_compressed",
             &[
                 Type::TEXT,
                 Type::INT4_ARRAY,
@@ -234,13 +230,9 @@ pub fn write_room_progress(
                 Type::INT8_ARRAY,
                 Type::INT8,
             ],
+            &[&room_id, &nums, &maxes, &lengths, &heads, &last_compressed],
         )
         .map_err(|e| Error::db(ctx, e))?;
-    tx.execute(
-        &statement,
-        &[&room_id, &nums, &maxes, &lengths, &heads, &last_compressed],
-    )
-    .map_err(|e| Error::db(ctx, e))?;
     Ok(())
 }
 
@@ -253,8 +245,8 @@ pub fn next_room_to_compress(
 ) -> Result<Option<String>> {
     let ctx = "finding the next room to compress";
     // One statement: find the group and move the scan position to it.
-    let statement = prepared
-        .get(
+    let row = prepared
+        .query_opt(
             client,
             "WITH next AS ( \
                  SELECT g.room_id, g.id FROM state_groups AS g \
@@ -268,10 +260,8 @@ pub fn next_room_to_compress(
                  SET lowest_uncompressed_group = next.id FROM next \
              ) SELECT room_id FROM next",
             &[],
+            &[],
         )
-        .map_err(|e| Error::db(ctx, e))?;
-    let row = client
-        .query_opt(&statement, &[])
         .map_err(|e| Error::db(ctx, e))?;
     Ok(row.map(|row| row.get(0)))
 }
@@ -279,15 +269,15 @@ pub fn next_room_to_compress(
 /// The room [`next_room_to_compress`] will pick once each room in
 /// `positions` has been compressed up to its group (other rooms as saved).
 /// Reads only: used to load chunks ahead of time.
-pub fn predict_next_room<'a>(
+pub fn predict_next_room(
     client: &mut Client,
     prepared: &mut Prepared,
-    positions: impl IntoIterator<Item = (&'a str, i64)>,
+    positions: &[(&str, i64)],
 ) -> Result<Option<String>> {
-    let (rooms, lasts): (Vec<&str>, Vec<i64>) = positions.into_iter().unzip();
+    let (rooms, lasts): (Vec<&str>, Vec<i64>) = positions.iter().copied().unzip();
     let ctx = "predicting the next room";
-    let statement = prepared
-        .get(
+    let row = prepared
+        .query_opt(
             client,
             "SELECT g.room_id FROM state_groups AS g \
              LEFT JOIN state_compressor_progress AS p USING (room_id) \
@@ -299,10 +289,8 @@ pub fn predict_next_room<'a>(
                     OR g.id > COALESCE(o.last, p.last_compressed)) \
              ORDER BY g.id LIMIT 1",
             &[Type::TEXT_ARRAY, Type::INT8_ARRAY],
+            &[&rooms, &lasts],
         )
-        .map_err(|e| Error::db(ctx, e))?;
-    let row = client
-        .query_opt(&statement, &[&rooms, &lasts])
         .map_err(|e| Error::db(ctx, e))?;
     Ok(row.map(|row| row.get(0)))
 }

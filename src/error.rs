@@ -57,6 +57,10 @@ pub enum Error {
     #[error("{0}")]
     AlreadyRunning(String),
 
+    /// Another compressor holds the room's lock (see `db::room_lock`).
+    #[error("room {} is being compressed by {holder}; try again when it has finished", printable(.room))]
+    RoomBusy { room: String, holder: String },
+
     /// A file could not be written.
     #[error("cannot write {}: {source}", printable(&path.display().to_string()))]
     File {
@@ -101,6 +105,12 @@ impl Error {
             context,
             message: one_line(&err),
         }
+    }
+
+    /// True for the failures that mean "someone else is working, try
+    /// later": the binaries exit with status 75 (EX_TEMPFAIL) for these.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Error::AlreadyRunning(_) | Error::RoomBusy { .. })
     }
 
     /// Wraps an I/O error on `path`.

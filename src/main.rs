@@ -20,7 +20,8 @@ fn main() {
         Ok(summary) => println!("{summary}"),
         Err(err) => {
             eprintln!("error: {err}");
-            std::process::exit(1);
+            // sysexits.h EX_TEMPFAIL: another compressor has the room.
+            std::process::exit(if err.is_busy() { 75 } else { 1 });
         }
     }
 }

@@ -10,7 +10,7 @@ use log::{info, warn};
 
 use crate::compressor::compress;
 use crate::config::ManualConfig;
-use crate::db::{self, load, schema};
+use crate::db::{self, load, schema, RoomLock};
 use crate::error::{Error, Result};
 use crate::group::{changed_groups, row_count, row_count_after};
 use crate::state_map::Symbols;
@@ -37,6 +37,13 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     if config.commit_changes {
         schema::require_write_access(&mut client)?;
     }
+    // Only a run that writes needs the room to itself; it keeps the lock
+    // from before the load until its last write has committed.
+    let room_lock = if config.commit_changes {
+        Some(RoomLock::try_acquire(&mut client, room)?)
+    } else {
+        None
+    };
 
     let started = Instant::now();
     info!("Fetching state from DB for room '{room}'...");
@@ -161,9 +168,13 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
             &compressed.changes,
             &changed,
             &mut |n| bar.inc(n as u64),
+            None,
         )?;
         bar.finish_and_clear();
         summary.groups_skipped_live = report.skipped;
+        if let Some(lock) = room_lock {
+            lock.release(&mut client)?;
+        }
         info!(
             "Committed changes to {} groups ({} rows deleted, {} inserted)",
             report.written, report.rows_deleted, report.rows_inserted

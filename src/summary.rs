@@ -68,7 +68,8 @@ pub struct Summary {
     pub verified: Option<Verified>,
     /// Groups whose rows and edge were (or, with -o, would be) rewritten.
     pub groups_written: usize,
-    /// Groups left alone because Synapse changed them while we worked.
+    /// Groups left alone because another writer (Synapse, another
+    /// compressor) changed them while we worked.
     pub groups_skipped_live: usize,
     /// Predecessors that had no `state_groups` row.
     pub missing_predecessors: usize,
@@ -170,7 +171,7 @@ impl fmt::Display for Summary {
         if self.groups_skipped_live > 0 {
             writeln!(
                 f,
-                "Groups left as they were because Synapse changed them meanwhile: {}",
+                "Groups left as they were because they changed since they were loaded: {}",
                 self.groups_skipped_live
             )?;
         }

@@ -70,6 +70,7 @@ fn a_group_whose_rows_changed_but_not_its_edge_is_left_alone() {
         &compressed.changes,
         &changed,
         &mut |_| {},
+        None,
     )
     .expect("writing");
 

@@ -1,11 +1,14 @@
 //! Synchronous PostgreSQL access: connecting, checking Synapse's tables,
-//! loading a room's groups with everything they need, and writing changes.
+//! loading a room's groups with everything they need, one compressor per
+//! room, and writing changes.
 
 pub mod connect;
 pub mod load;
 pub mod prepared;
+pub mod room_lock;
 pub mod schema;
 pub mod write;
 
 pub use connect::{connect, ConnectionSettings};
 pub use prepared::Prepared;
+pub use room_lock::RoomLock;

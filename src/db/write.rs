@@ -6,14 +6,17 @@
 //! connection never leaves a group without its rows or its edge, and the
 //! batches go in ascending id order, as the design requires.
 //!
-//! Synapse (1.124+) deletes and de-deltas groups in the background, so each
-//! transaction first does what Synapse's own writers do: it locks every
-//! group it rewrites and every new base `FOR KEY SHARE` (so a concurrent
-//! deletion waits for us or has already happened) and bumps the bases'
+//! Synapse (1.124+) deletes and de-deltas groups in the background, and
+//! another compressor may be at work, so each transaction first locks: the
+//! groups it rewrites `FOR NO KEY UPDATE`, every new base and current
+//! predecessor `FOR KEY SHARE` as Synapse's own writers do (so a concurrent
+//! deletion waits for us or has already happened), and bumps the bases'
 //! pending deletion. It then re-checks that each group still has the edge
 //! and row count that were loaded. A group that is gone or changed is left
-//! as Synapse has it (its state is unchanged, so groups built on it stay
-//! right); a group whose new base is gone is left as it is too.
+//! as the other writer (Synapse, another compressor) has it: its state is
+//! unchanged, so groups built on it stay right. A group whose new base is
+//! gone is left as it is too. The warning says what was seen, not who did
+//! it: the tool cannot know.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -56,9 +59,25 @@ impl WriteReport {
     }
 }
 
+/// Work done in the last write transaction of [`write_changes`], so it
+/// commits together with the last groups (the automatic tool saves its
+/// progress there).
+pub type LastTransaction<'f> = &'f mut dyn FnMut(&mut Transaction<'_>) -> Result<()>;
+
+/// How often a batch is tried before its error is reported.
+const MAX_ATTEMPTS: usize = 5;
+
 /// Writes `groups` (ascending ids whose entries in `new`, the rewritten
-/// entries, differ from `original`) for `room_id`, one transaction per batch. `on_batch` is told
-/// how many groups each committed batch held.
+/// entries, differ from `original`) for `room_id`, one transaction per
+/// batch. `on_batch` is told how many groups each committed batch held.
+/// `last`, if given, runs in the last transaction (in a transaction of its
+/// own when there is nothing to write).
+///
+/// A batch that meets a deadlock, a serialization failure or a duplicate
+/// edge (another writer that takes no locks rewrote one of its groups at
+/// the same moment) is rolled back and tried again: its re-check then sees
+/// what the other writer committed and leaves those groups alone.
+#[allow(clippy::too_many_arguments)]
 pub fn write_changes(
     client: &mut Client,
     room_id: &str,
@@ -67,62 +86,147 @@ pub fn write_changes(
     new: &GroupMap,
     groups: &[i64],
     on_batch: &mut dyn FnMut(usize),
+    mut last: Option<LastTransaction<'_>>,
 ) -> Result<WriteReport> {
+    let ctx = "rewriting state groups";
+    let mut all: Vec<&[i64]> = batches(new, groups).collect();
+    if all.is_empty() && last.is_some() {
+        all.push(&[]);
+    }
+    let count = all.len();
     let mut report = WriteReport::default();
-    for batch in batches(new, groups) {
-        let mut tx = client
-            .transaction()
-            .map_err(|e| Error::db("starting a write transaction", e))?;
-        report.add(write_batch(
-            &mut tx, room_id, symbols, original, new, batch,
-        )?);
-        tx.commit()
-            .map_err(|e| Error::db("committing rewritten state groups", e))?;
-        on_batch(batch.len());
+    for (i, batch) in all.into_iter().enumerate() {
+        let mut attempt = 1;
+        loop {
+            let mut tx = client
+                .transaction()
+                .map_err(|e| Error::db("starting a write transaction", e))?;
+            match write_batch(&mut tx, room_id, symbols, original, new, batch) {
+                Ok(written) => {
+                    if i + 1 == count {
+                        if let Some(last) = last.as_mut() {
+                            last(&mut tx)?;
+                        }
+                    }
+                    tx.commit()
+                        .map_err(|e| Error::db("committing rewritten state groups", e))?;
+                    report.add(written);
+                    on_batch(batch.len());
+                    break;
+                }
+                Err(e) if attempt < MAX_ATTEMPTS && worth_retrying(&e) => {
+                    warn!(
+                        "writing state groups {}..={}: {}; trying the batch again",
+                        batch[0],
+                        batch[batch.len() - 1],
+                        e.as_db_error().map_or("conflict", |d| d.message())
+                    );
+                    attempt += 1;
+                }
+                Err(e) => return Err(Error::db(ctx, e)),
+            }
+        }
     }
     Ok(report)
 }
 
-/// Writes one batch inside an open transaction (the caller commits, and may
-/// add its own statements, e.g. saving progress, to the same transaction).
-pub fn write_batch(
+/// Errors that come from another writer's timing, not from us: the batch
+/// is rolled back and can be tried again.
+fn worth_retrying(err: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    err.code().is_some_and(|code| {
+        [
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::UNIQUE_VIOLATION,
+        ]
+        .contains(code)
+    })
+}
+
+/// Why a loaded group is not rewritten after all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Conflict {
+    Gone,
+    EdgeChanged { loaded: Option<i64>, now: Vec<i64> },
+    RowsChanged { loaded: usize, now: i64 },
+    BaseGone(i64),
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let edge = |prev: Option<i64>| prev.map_or("none".to_owned(), |p| format!("to {p}"));
+        match self {
+            Conflict::Gone => write!(f, "it no longer exists"),
+            Conflict::EdgeChanged { loaded, now } => write!(
+                f,
+                "its edge changed (loaded: {}, now: {})",
+                edge(*loaded),
+                match now.as_slice() {
+                    [] => "none".to_owned(),
+                    [one] => edge(Some(*one)),
+                    many => format!("{} edges", many.len()),
+                }
+            ),
+            Conflict::RowsChanged { loaded, now } => {
+                write!(f, "its rows changed (loaded {loaded}, now {now})")
+            }
+            Conflict::BaseGone(base) => write!(f, "its new base {base} no longer exists"),
+        }
+    }
+}
+
+/// Writes one batch inside an open transaction (the caller commits).
+/// Errors are PostgreSQL's own, so the caller can tell a conflict worth
+/// retrying from a real failure.
+fn write_batch(
     tx: &mut Transaction<'_>,
     room_id: &str,
     symbols: &Symbols,
     original: &GroupMap,
     new: &GroupMap,
     batch: &[i64],
-) -> Result<WriteReport> {
-    let ctx = "rewriting state groups";
-    let db = |e| Error::db(ctx, e);
-
+) -> Result<WriteReport, postgres::Error> {
+    if batch.is_empty() {
+        return Ok(WriteReport::default());
+    }
     let bases: BTreeSet<i64> = batch.iter().filter_map(|g| new[g].prev).collect();
-    // Also lock each group's current predecessor: Synapse's deletion locks
-    // the groups it deletes FOR UPDATE before de-deltaing their children, so
-    // it waits for us instead of de-deltaing a group we are rewriting.
-    let old_prevs = batch.iter().filter_map(|g| original[g].prev);
-    let mut locked: Vec<i64> = batch
+    // The groups rewritten are locked FOR NO KEY UPDATE: another compressor
+    // rewriting them waits for this transaction and then sees our result in
+    // its re-check, and Synapse's deletion (FOR UPDATE) waits too, while
+    // Synapse's writers (FOR KEY SHARE) can still build on them. New bases
+    // and current predecessors are locked FOR KEY SHARE, as Synapse's own
+    // writers lock the groups they build on: a base cannot be deleted under
+    // us, and Synapse's deletion, which locks the groups it deletes before
+    // de-deltaing their children, waits instead of de-deltaing a group we
+    // are rewriting.
+    let rewritten: BTreeSet<i64> = batch.iter().copied().collect();
+    let shared: Vec<i64> = bases
         .iter()
         .copied()
-        .chain(bases.iter().copied())
-        .chain(old_prevs)
+        .chain(batch.iter().filter_map(|g| original[g].prev))
+        .filter(|g| !rewritten.contains(g))
+        .collect::<BTreeSet<i64>>()
+        .into_iter()
         .collect();
-    locked.sort_unstable();
-    locked.dedup();
     debug!("write batch of {} groups: locking", batch.len());
     // One round trip: the locks, and whether Synapse's pending-deletion
     // table (1.124+) exists.
-    let lock_row = tx
-        .query_typed_one(
-            "WITH locked AS ( \
-                 SELECT id FROM state_groups WHERE id = ANY($1) ORDER BY id FOR KEY SHARE \
-             ) SELECT array(SELECT id FROM locked), \
-                      to_regclass('state_groups_pending_deletion') IS NOT NULL",
-            &[(&locked, Type::INT8_ARRAY)],
-        )
-        .map_err(db)?;
-    let existing: BTreeSet<i64> = lock_row.get::<_, Vec<i64>>(0).into_iter().collect();
-    let has_pending_table: bool = lock_row.get(1);
+    let lock_row = tx.query_typed_one(
+        "WITH rewritten AS ( \
+             SELECT id FROM state_groups WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE \
+         ), shared AS ( \
+             SELECT id FROM state_groups WHERE id = ANY($2) ORDER BY id FOR KEY SHARE \
+         ) SELECT array(SELECT id FROM rewritten), array(SELECT id FROM shared), \
+                  to_regclass('state_groups_pending_deletion') IS NOT NULL",
+        &[(&batch, Type::INT8_ARRAY), (&shared, Type::INT8_ARRAY)],
+    )?;
+    let existing: BTreeSet<i64> = lock_row
+        .try_get::<_, Vec<i64>>(0)?
+        .into_iter()
+        .chain(lock_row.try_get::<_, Vec<i64>>(1)?)
+        .collect();
+    let has_pending_table: bool = lock_row.try_get(2)?;
     if has_pending_table && !bases.is_empty() {
         let bases: Vec<i64> = bases.iter().copied().collect();
         let now_ms = SystemTime::now()
@@ -133,47 +237,52 @@ pub fn write_batch(
             "UPDATE state_groups_pending_deletion \
              SET sequence_number = DEFAULT, insertion_ts = $2 WHERE state_group = ANY($1)",
             &[(&bases, Type::INT8_ARRAY), (&now_ms, Type::INT8)],
-        )
-        .map_err(db)?;
+        )?;
     }
 
     debug!("write batch: re-checking the groups");
-    // What each group looks like now (after taking the locks): its edge and
-    // its row count, in one round trip.
-    let mut now: BTreeMap<i64, (Option<i64>, i64)> = BTreeMap::new();
-    for row in tx
-        .query_typed(
-            "SELECT g.id, e.prev_state_group, \
-                    (SELECT count(*) FROM state_groups_state AS s WHERE s.state_group = g.id) \
-             FROM unnest($1::bigint[]) AS g(id) \
-             LEFT JOIN state_group_edges AS e ON e.state_group = g.id",
-            &[(&batch, Type::INT8_ARRAY)],
-        )
-        .map_err(db)?
-    {
-        let group: i64 = row.get(0);
-        let prev: Option<i64> = row.get(1);
-        let entry = now.entry(group).or_insert((prev, row.get(2)));
-        if entry.0 != prev {
-            // Two edges: not the structure we loaded.
-            entry.0 = None;
-            entry.1 = -1;
-        }
+    // What each group looks like now, after the locks (a new statement sees
+    // everything committed while we waited for them): its edges and its row
+    // count, in one round trip.
+    let mut now: BTreeMap<i64, (Vec<i64>, i64)> = BTreeMap::new();
+    for row in tx.query_typed(
+        "SELECT g.id, \
+                array(SELECT e.prev_state_group FROM state_group_edges AS e \
+                      WHERE e.state_group = g.id ORDER BY 1), \
+                (SELECT count(*) FROM state_groups_state AS s WHERE s.state_group = g.id) \
+         FROM unnest($1::bigint[]) AS g(id)",
+        &[(&batch, Type::INT8_ARRAY)],
+    )? {
+        now.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
     }
 
     let mut ready = Vec::with_capacity(batch.len());
     for &group in batch {
         let loaded = &original[&group];
-        let unchanged = existing.contains(&group)
-            && now.get(&group) == Some(&(loaded.prev, loaded.delta.len() as i64));
-        let base_ok = new[&group].prev.is_none_or(|b| existing.contains(&b));
-        if unchanged && base_ok {
-            ready.push(group);
+        let (edges, rows) = now.get(&group).cloned().unwrap_or_default();
+        let conflict = if !existing.contains(&group) {
+            Some(Conflict::Gone)
+        } else if edges.as_slice() != loaded.prev.as_slice() {
+            Some(Conflict::EdgeChanged {
+                loaded: loaded.prev,
+                now: edges,
+            })
+        } else if rows != loaded.delta.len() as i64 {
+            Some(Conflict::RowsChanged {
+                loaded: loaded.delta.len(),
+                now: rows,
+            })
         } else {
-            warn!(
-                "state group {group} was changed or deleted by Synapse since it was loaded{}; leaving it as it is",
-                if base_ok { "" } else { " (or its new base was)" }
-            );
+            new[&group]
+                .prev
+                .filter(|b| !existing.contains(b))
+                .map(Conflict::BaseGone)
+        };
+        match conflict {
+            None => ready.push(group),
+            Some(why) => {
+                warn!("state group {group}: {why} since it was loaded; leaving it as it is")
+            }
         }
     }
     let mut report = WriteReport {
@@ -190,29 +299,24 @@ pub fn write_batch(
         .filter_map(|g| new[g].prev.map(|p| (*g, p)))
         .unzip();
     debug!("write batch: replacing {} groups", ready.len());
-    report.rows_deleted = tx
-        .execute_typed(
-            "WITH edges AS (DELETE FROM state_group_edges WHERE state_group = ANY($1)) \
-             DELETE FROM state_groups_state WHERE state_group = ANY($1)",
-            &[(&ready, Type::INT8_ARRAY)],
-        )
-        .map_err(db)?;
+    report.rows_deleted = tx.execute_typed(
+        "WITH edges AS (DELETE FROM state_group_edges WHERE state_group = ANY($1)) \
+         DELETE FROM state_groups_state WHERE state_group = ANY($1)",
+        &[(&ready, Type::INT8_ARRAY)],
+    )?;
     if !from.is_empty() {
         tx.execute_typed(
             "INSERT INTO state_group_edges (state_group, prev_state_group) \
              SELECT * FROM unnest($1::bigint[], $2::bigint[])",
             &[(&from, Type::INT8_ARRAY), (&to, Type::INT8_ARRAY)],
-        )
-        .map_err(db)?;
+        )?;
     }
 
     debug!("write batch: copying the new rows");
-    let sink = tx
-        .copy_in(
-            "COPY state_groups_state (state_group, room_id, type, state_key, event_id) \
-             FROM STDIN (FORMAT binary)",
-        )
-        .map_err(db)?;
+    let sink = tx.copy_in(
+        "COPY state_groups_state (state_group, room_id, type, state_key, event_id) \
+         FROM STDIN (FORMAT binary)",
+    )?;
     let mut writer = BinaryCopyInWriter::new(
         sink,
         &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT],
@@ -221,12 +325,10 @@ pub fn write_batch(
         for (key, value) in new[group].delta.iter() {
             let (ty, state_key) = symbols.key_str(key);
             let event_id = symbols.value_str(value);
-            writer
-                .write(&[group, &room_id, &ty, &state_key, &event_id])
-                .map_err(db)?;
+            writer.write(&[group, &room_id, &ty, &state_key, &event_id])?;
         }
     }
-    report.rows_inserted = writer.finish().map_err(db)?;
+    report.rows_inserted = writer.finish()?;
     Ok(report)
 }
 

@@ -9,7 +9,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use synapse_auto_compressor::cli::AutoArgs;
 use synapse_compress_state::cli::parse_or_exit;
-use synapse_compress_state::{logging, progress, Error};
+use synapse_compress_state::{logging, progress};
 
 /// sysexits.h EX_TEMPFAIL.
 const EXIT_TEMPFAIL: i32 = 75;
@@ -29,11 +29,7 @@ fn main() {
         }
         Err(err) => {
             eprintln!("error: {err}");
-            let code = match err {
-                Error::AlreadyRunning(_) => EXIT_TEMPFAIL,
-                _ => 1,
-            };
-            std::process::exit(code);
+            std::process::exit(if err.is_busy() { EXIT_TEMPFAIL } else { 1 });
         }
     }
 }

@@ -5,6 +5,14 @@
 //! predecessor), compresses it continuing from the saved levels, verifies,
 //! and writes the changes; the last write transaction also saves the new
 //! levels and position, so a run killed at any instant resumes cleanly.
+//!
+//! Each chunk holds its room's lock (`db::room_lock`) from before it reads
+//! the room's progress until its last write commits. A room another
+//! compressor holds, or whose data is damaged, is left for a later run:
+//! nothing is saved for it, and the saved scan position stays at its next
+//! group so the next run comes back to it. A chunk loaded ahead (before its
+//! room's lock was taken) is still safe to use: the write re-checks every
+//! group under row locks, and no writer changes any group's state.
 
 use std::time::{Duration, Instant};
 
@@ -12,12 +20,13 @@ use synapse_compress_state::summary::Timings;
 
 use log::{debug, info, warn};
 use postgres::Client;
-use synapse_compress_state::db::{self, schema, write, Prepared};
+use synapse_compress_state::db::{self, schema, write, Prepared, RoomLock};
 use synapse_compress_state::group::{changed_groups, row_count, row_count_after};
 use synapse_compress_state::verify::verify;
 use synapse_compress_state::{compress, Error, Level, LevelSizes, Result};
 
 use crate::prefetch::{load_chunk, ChunkRequest, LoadedChunk, Prefetcher};
+use crate::state_saving::LeftRooms;
 use crate::{lock, state_saving};
 
 /// The settings of one automatic run.
@@ -50,13 +59,29 @@ pub struct ChunkOutcome {
     pub forced_resets: usize,
     /// Groups whose rows or edge were rewritten.
     pub groups_written: usize,
-    /// Groups left alone because Synapse changed them meanwhile.
+    /// Groups left alone because another writer (Synapse, another
+    /// compressor) changed them meanwhile.
     pub groups_skipped_live: usize,
     /// False when the chunk was skipped (it would not have saved rows, or
     /// its structure could not be read safely).
     pub committed: bool,
+    /// The room's rows or edges are damaged: nothing was written or saved
+    /// for it, and the run leaves it alone.
+    pub damaged: bool,
     /// The room has no groups after this chunk.
     pub room_finished: bool,
+}
+
+impl ChunkOutcome {
+    /// This chunk's room is damaged: say so, and leave it alone.
+    fn leave_damaged(mut self, why: &str) -> Self {
+        warn!(
+            "Room {} is damaged ({why}); leaving it alone: nothing written, no progress saved",
+            self.room_id
+        );
+        self.damaged = true;
+        self
+    }
 }
 
 /// The figures of a whole run.
@@ -75,10 +100,15 @@ pub struct RunSummary {
     /// Of those, groups forced to be snapshots (no usable predecessor).
     pub forced_resets: usize,
     pub groups_written: usize,
-    /// Groups left alone because Synapse changed them meanwhile.
+    /// Groups left alone because another writer (Synapse, another
+    /// compressor) changed them meanwhile.
     pub groups_skipped_live: usize,
     /// Rooms whose saved levels were unusable and were reset.
     pub levels_reset: usize,
+    /// Rooms left for a later run because another compressor had them.
+    pub rooms_busy: usize,
+    /// Rooms left alone because their rows or edges are damaged.
+    pub rooms_damaged: usize,
     /// Time per phase, summed over chunks.
     pub timings: Timings,
     pub elapsed: Duration,
@@ -100,6 +130,8 @@ impl RunSummary {
             "groups_written": self.groups_written,
             "groups_skipped_live": self.groups_skipped_live,
             "levels_reset": self.levels_reset,
+            "rooms_busy": self.rooms_busy,
+            "rooms_damaged": self.rooms_damaged,
             "seconds": {
                 "load": self.timings.load.as_secs_f64(),
                 "compress": self.timings.compress.as_secs_f64(),
@@ -160,7 +192,7 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     lock::release(&mut client)?;
     summary.elapsed = started.elapsed();
     info!(
-        "Finished: saved {} rows ({} -> {}), {} chunks done, {} skipped, {} rooms finished, {} groups rewritten, in {:.1}s",
+        "Finished: saved {} rows ({} -> {}), {} chunks done, {} skipped, {} rooms finished, {} groups rewritten, {} rooms busy, {} rooms damaged, in {:.1}s",
         summary.rows_saved,
         summary.rows_before,
         summary.rows_after,
@@ -168,6 +200,8 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
         summary.chunks_skipped,
         summary.rooms_finished,
         summary.groups_written,
+        summary.rooms_busy,
+        summary.rooms_damaged,
         summary.elapsed.as_secs_f64()
     );
     info!("{}", summary.timings);
@@ -182,18 +216,41 @@ fn chunk_loop(
     summary: &mut RunSummary,
     mut prefetcher: Option<&mut Prefetcher>,
 ) -> Result<()> {
+    let mut left = LeftRooms::default();
     while (summary.chunks as i64) < config.number_of_chunks {
-        let Some(room) = state_saving::next_room_to_compress(client, prepared)? else {
-            info!("Every state group has been compressed; nothing left to do");
+        let Some(next) = state_saving::next_room_to_compress(client, prepared, &left)? else {
+            if left.rooms().is_empty() {
+                info!("Every state group has been compressed; nothing left to do");
+            }
             break;
+        };
+        let room = next.room_id;
+        // The room is ours until its chunk is written: another compressor
+        // on it (either tool, any process) means leaving it for later.
+        let lock = match RoomLock::try_acquire(client, &room) {
+            Ok(lock) => lock,
+            Err(Error::RoomBusy { holder, .. }) => {
+                warn!("Room {room} is being compressed by {holder}; leaving it for a later run");
+                summary.rooms_busy += 1;
+                left.leave(room, next.group);
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         // No point loading ahead for a chunk this run will not do.
         let ahead = Ahead {
             prefetcher: prefetcher.as_deref_mut(),
             chunks_after: config.number_of_chunks - summary.chunks as i64 - 1,
             same_room: false,
+            left: &left,
         };
         let outcome = compress_chunk(client, prepared, &room, config, summary, ahead)?;
+        lock.release(client)?;
+        if outcome.damaged {
+            summary.rooms_damaged += 1;
+            left.leave(room, next.group);
+            continue;
+        }
         summary.chunks += 1;
         summary.groups += outcome.groups;
         summary.rows_before += outcome.rows_before;
@@ -225,6 +282,8 @@ struct Ahead<'p> {
     chunks_after: i64,
     /// The chunk after this one was predicted to be in the same room.
     same_room: bool,
+    /// Rooms this run leaves alone (never worth loading).
+    left: &'p LeftRooms,
 }
 
 impl Ahead<'_> {
@@ -270,7 +329,9 @@ impl Ahead<'_> {
             let positions: Vec<(&str, i64)> = std::iter::once((room, last))
                 .chain(ahead.iter().map(|(room, end)| (room.as_str(), *end)))
                 .collect();
-            let Some(next) = state_saving::predict_next_room(client, prepared, &positions)? else {
+            let Some(next) =
+                state_saving::predict_next_room(client, prepared, &positions, self.left)?
+            else {
                 break;
             };
             if positions.iter().any(|(seen, _)| *seen == next) {
@@ -335,6 +396,7 @@ fn compress_chunk(
         groups_written: 0,
         groups_skipped_live: 0,
         committed: false,
+        damaged: false,
         room_finished: false,
     };
 
@@ -365,9 +427,7 @@ fn compress_chunk(
     let (original, report) = match loaded {
         Ok(loaded) => loaded,
         Err(Error::Damaged(why)) => {
-            warn!("Room {room}, groups after {after:?} up to {last}: {why}; skipping the chunk");
-            save_progress_only(client, prepared, room, &config.default_levels, last)?;
-            return Ok(outcome);
+            return Ok(outcome.leave_damaged(&why));
         }
         Err(e) => return Err(e),
     };
@@ -382,7 +442,13 @@ fn compress_chunk(
     }
 
     let started = Instant::now();
-    let compressed = compress(&original, progress.levels)?;
+    let compressed = match compress(&original, progress.levels) {
+        Ok(compressed) => compressed,
+        Err(Error::Damaged(why)) => {
+            return Ok(outcome.leave_damaged(&why));
+        }
+        Err(e) => return Err(e),
+    };
     summary.timings.compress += started.elapsed();
     outcome.rows_before = row_count(&original);
     outcome.rows_after = row_count_after(&original, &compressed.changes);
@@ -412,30 +478,20 @@ fn compress_chunk(
     summary.timings.verify += started.elapsed();
     let started = Instant::now();
     let changed = changed_groups(&original, &compressed.changes);
-    let batches: Vec<&[i64]> = write::batches(&compressed.changes, &changed).collect();
-    let ctx = "writing a chunk";
-    // Every batch commits on its own except the last, which commits together
-    // with the saved progress. With no changes, the one transaction saves
-    // only the progress.
-    let mut report = write::WriteReport::default();
-    let count = batches.len().max(1);
-    for i in 0..count {
-        let mut tx = client.transaction().map_err(|e| Error::db(ctx, e))?;
-        if let Some(batch) = batches.get(i) {
-            report.add(write::write_batch(
-                &mut tx,
-                room,
-                &symbols,
-                &original,
-                &compressed.changes,
-                batch,
-            )?);
-        }
-        if i + 1 == count {
-            state_saving::write_room_progress(&mut tx, prepared, room, &compressed.levels, last)?;
-        }
-        tx.commit().map_err(|e| Error::db(ctx, e))?;
-    }
+    // The last write transaction also saves the new levels and position,
+    // so the chunk and its progress commit together.
+    let report = write::write_changes(
+        client,
+        room,
+        &symbols,
+        &original,
+        &compressed.changes,
+        &changed,
+        &mut |_| {},
+        Some(&mut |tx| {
+            state_saving::write_room_progress(tx, prepared, room, &compressed.levels, last)
+        }),
+    )?;
 
     summary.timings.write += started.elapsed();
     outcome.groups_written = report.written;

@@ -236,13 +236,44 @@ pub fn write_room_progress(
     Ok(())
 }
 
+/// Rooms this run leaves for a later run (another compressor has them, or
+/// their data is damaged), and the scan position they hold back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeftRooms {
+    rooms: Vec<String>,
+    /// The lowest group of those rooms that is still to compress: the saved
+    /// scan position never moves past it, so the next run comes back.
+    hold: Option<i64>,
+}
+
+impl LeftRooms {
+    /// Leaves `room`, whose next group to compress is `next_group`.
+    pub fn leave(&mut self, room: String, next_group: i64) {
+        self.hold = Some(self.hold.map_or(next_group, |h| h.min(next_group)));
+        self.rooms.push(room);
+    }
+
+    pub fn rooms(&self) -> &[String] {
+        &self.rooms
+    }
+}
+
+/// The next chunk's room, and the group that made it next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NextRoom {
+    pub room_id: String,
+    pub group: i64,
+}
+
 /// Finds the room of the lowest group at or above the saved scan position
-/// that is past that room's progress, and saves that group as the new scan
-/// position. `None` when every group has been compressed.
+/// that is past that room's progress, leaving out the rooms `left`, and
+/// saves that group as the new scan position (never past a left room's
+/// next group). `None` when every group has been compressed.
 pub fn next_room_to_compress(
     client: &mut Client,
     prepared: &mut Prepared,
-) -> Result<Option<String>> {
+    left: &LeftRooms,
+) -> Result<Option<NextRoom>> {
     let ctx = "finding the next room to compress";
     // One statement: find the group and move the scan position to it.
     let row = prepared
@@ -254,16 +285,23 @@ pub fn next_room_to_compress(
                  WHERE g.id >= (SELECT lowest_uncompressed_group \
                                 FROM state_compressor_total_progress) \
                    AND (p.last_compressed IS NULL OR g.id > p.last_compressed) \
+                   AND g.room_id <> ALL($1) \
                  ORDER BY g.id LIMIT 1 \
              ), moved AS ( \
                  UPDATE state_compressor_total_progress \
-                 SET lowest_uncompressed_group = next.id FROM next \
-             ) SELECT room_id FROM next",
-            &[],
-            &[],
+                 SET lowest_uncompressed_group = LEAST(next.id, $2) FROM next \
+             ) SELECT room_id, id FROM next",
+            &[Type::TEXT_ARRAY, Type::INT8],
+            &[&left.rooms, &left.hold],
         )
         .map_err(|e| Error::db(ctx, e))?;
-    Ok(row.map(|row| row.get(0)))
+    row.map(|row| {
+        Ok(NextRoom {
+            room_id: row.try_get(0).map_err(|e| Error::db(ctx, e))?,
+            group: row.try_get(1).map_err(|e| Error::db(ctx, e))?,
+        })
+    })
+    .transpose()
 }
 
 /// The room [`next_room_to_compress`] will pick once each room in
@@ -273,6 +311,7 @@ pub fn predict_next_room(
     client: &mut Client,
     prepared: &mut Prepared,
     positions: &[(&str, i64)],
+    left: &LeftRooms,
 ) -> Result<Option<String>> {
     let (rooms, lasts): (Vec<&str>, Vec<i64>) = positions.iter().copied().unzip();
     let ctx = "predicting the next room";
@@ -287,12 +326,14 @@ pub fn predict_next_room(
                             FROM state_compressor_total_progress) \
                AND (COALESCE(o.last, p.last_compressed) IS NULL \
                     OR g.id > COALESCE(o.last, p.last_compressed)) \
+               AND g.room_id <> ALL($3) \
              ORDER BY g.id LIMIT 1",
-            &[Type::TEXT_ARRAY, Type::INT8_ARRAY],
-            &[&rooms, &lasts],
+            &[Type::TEXT_ARRAY, Type::INT8_ARRAY, Type::TEXT_ARRAY],
+            &[&rooms, &lasts, &left.rooms],
         )
         .map_err(|e| Error::db(ctx, e))?;
-    Ok(row.map(|row| row.get(0)))
+    row.map(|row| row.try_get(0).map_err(|e| Error::db(ctx, e)))
+        .transpose()
 }
 
 #[cfg(test)]

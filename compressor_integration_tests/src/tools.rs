@@ -180,6 +180,25 @@ pub fn run<S: AsRef<OsStr>>(program: &Path, args: &[S]) -> ToolRun {
 
 /// Runs `program args…` with the given stdin and captured output.
 pub fn run_with_stdin<S: AsRef<OsStr>>(program: &Path, args: &[S], stdin: Stdio) -> ToolRun {
+    start(program, args, stdin).wait()
+}
+
+/// A program started with captured output, not yet waited for: several
+/// can run at the same time.
+pub struct Started {
+    child: Child,
+    command: String,
+}
+
+impl Started {
+    /// Waits for the program (within the time limit) and returns its run.
+    pub fn wait(self) -> ToolRun {
+        wait_limited(self.child, self.command)
+    }
+}
+
+/// Starts `program args…` with the given stdin and captured output.
+pub fn start<S: AsRef<OsStr>>(program: &Path, args: &[S], stdin: Stdio) -> Started {
     let command = shell_words(program, args);
     let child = Command::new(program)
         .args(args)
@@ -189,7 +208,12 @@ pub fn run_with_stdin<S: AsRef<OsStr>>(program: &Path, args: &[S], stdin: Stdio)
         .env("NO_COLOR", "1")
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run `{command}`: {e}"));
-    wait_limited(child, command)
+    Started { child, command }
+}
+
+/// Starts the workspace binary `name` with `args` and no stdin.
+pub fn start_bin<S: AsRef<OsStr>>(name: &str, args: &[S]) -> Started {
+    start(&bin_path(name), args, Stdio::null())
 }
 
 /// Runs the workspace binary `name` with `args`.

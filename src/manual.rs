@@ -34,9 +34,12 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
 
     let mut client = db::connect(&config.db_url)?;
     schema::require_state_tables(&mut client)?;
-    if config.commit_changes {
-        schema::require_write_access(&mut client)?;
-    }
+    let access = if config.commit_changes {
+        schema::Access::Write
+    } else {
+        schema::Access::Read
+    };
+    schema::require_privileges(&mut client, access, &[], &[])?;
 
     let started = Instant::now();
     info!("Fetching state from DB for room '{room}'...");

@@ -7,6 +7,8 @@
 //! - `state_compressor_total_progress`: one row, how far the scan of
 //!   `state_groups` has got.
 //!
+//! Only missing tables are created: tables that exist (made by the owner
+//! in advance, say) are used as they are, needing only rights on their rows.
 //! Saved levels are validated when read; a bad save is logged and that room
 //! continues with fresh levels instead of stopping the run.
 

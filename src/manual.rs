@@ -34,9 +34,12 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
 
     let mut client = db::connect(&config.db_url)?;
     schema::require_state_tables(&mut client)?;
-    if config.commit_changes {
-        schema::require_write_access(&mut client)?;
-    }
+    let access = if config.commit_changes {
+        schema::Access::Write
+    } else {
+        schema::Access::Read
+    };
+    schema::require_privileges(&mut client, access, &[], &[])?;
     // Only a run that writes needs the room to itself; it keeps the lock
     // from before the load until its last write has committed.
     let room_lock = if config.commit_changes {

@@ -149,7 +149,13 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     let started = Instant::now();
     let mut client = db::connect(&config.db_url)?;
     schema::require_state_tables(&mut client)?;
-    schema::require_write_access(&mut client)?;
+    let progress_needs = state_saving::progress_needs(&mut client)?;
+    schema::require_privileges(
+        &mut client,
+        schema::Access::Write,
+        &progress_needs,
+        &state_saving::PROGRESS_TABLES,
+    )?;
     lock::acquire(&mut client)?;
     state_saving::create_tables_if_needed(&mut client)?;
 

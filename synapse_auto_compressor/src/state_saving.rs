@@ -7,6 +7,8 @@
 //! - `state_compressor_total_progress`: one row, how far the scan of
 //!   `state_groups` has got.
 //!
+//! Only missing tables are created: tables that exist (made by the owner
+//! in advance, say) are used as they are, needing only rights on their rows.
 //! Saved levels are validated when read; a bad save is logged and that room
 //! continues with fresh levels instead of stopping the run.
 
@@ -14,38 +16,154 @@ use std::collections::BTreeSet;
 
 use postgres::types::Type;
 use postgres::{Client, GenericClient};
+use synapse_compress_state::db::schema::{self, Need};
 use synapse_compress_state::db::Prepared;
 use synapse_compress_state::{Error, Level, LevelSizes, Result};
 
-/// Creates the progress tables if they do not exist yet.
-pub fn create_tables_if_needed(client: &mut Client) -> Result<()> {
-    client
-        .batch_execute(
-            "SET client_min_messages = warning;
-            CREATE TABLE IF NOT EXISTS state_compressor_state (
-                room_id TEXT NOT NULL,
-                level_num INT NOT NULL,
-                max_size INT NOT NULL,
-                current_length INT NOT NULL,
-                current_head BIGINT,
-                UNIQUE (room_id, level_num)
-            );
-            CREATE INDEX IF NOT EXISTS state_compressor_state_index
-                ON state_compressor_state (room_id);
-            CREATE TABLE IF NOT EXISTS state_compressor_progress (
-                room_id TEXT PRIMARY KEY,
-                last_compressed BIGINT NOT NULL
-            );
-            CREATE TABLE IF NOT EXISTS state_compressor_total_progress (
-                lock CHAR(1) NOT NULL DEFAULT 'X' UNIQUE,
-                lowest_uncompressed_group BIGINT NOT NULL,
-                CHECK (Lock='X')
-            );
-            INSERT INTO state_compressor_total_progress (lowest_uncompressed_group)
-                VALUES (0) ON CONFLICT (lock) DO NOTHING;
-            RESET client_min_messages;",
+/// The progress tables, in the order they are created.
+pub const PROGRESS_TABLES: [&str; 3] = [
+    "state_compressor_state",
+    "state_compressor_progress",
+    "state_compressor_total_progress",
+];
+
+/// Each progress table's DDL (the index goes with its table: creating an
+/// index needs ownership, which an owner-made table does not give us).
+const PROGRESS_DDL: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS state_compressor_state (
+    room_id TEXT NOT NULL,
+    level_num INT NOT NULL,
+    max_size INT NOT NULL,
+    current_length INT NOT NULL,
+    current_head BIGINT,
+    UNIQUE (room_id, level_num)
+);
+CREATE INDEX IF NOT EXISTS state_compressor_state_index
+    ON state_compressor_state (room_id);",
+    "CREATE TABLE IF NOT EXISTS state_compressor_progress (
+    room_id TEXT PRIMARY KEY,
+    last_compressed BIGINT NOT NULL
+);",
+    "CREATE TABLE IF NOT EXISTS state_compressor_total_progress (
+    lock CHAR(1) NOT NULL DEFAULT 'X' UNIQUE,
+    lowest_uncompressed_group BIGINT NOT NULL,
+    CHECK (Lock='X')
+);",
+];
+
+/// The scan position's one row.
+const TOTAL_PROGRESS_ROW: &str =
+    "INSERT INTO state_compressor_total_progress (lowest_uncompressed_group) \
+     VALUES (0) ON CONFLICT (lock) DO NOTHING";
+
+/// What a run does to the progress tables (see the functions below).
+const PROGRESS_NEEDS: [Need; 9] = [
+    Need::new(
+        "SELECT",
+        "state_compressor_state",
+        "needed to read saved levels",
+    ),
+    Need::new("INSERT", "state_compressor_state", "needed to save levels"),
+    Need::new("UPDATE", "state_compressor_state", "needed to save levels"),
+    Need::new(
+        "DELETE",
+        "state_compressor_state",
+        "needed to drop levels no longer used",
+    ),
+    Need::new(
+        "SELECT",
+        "state_compressor_progress",
+        "needed to read where rooms stopped",
+    ),
+    Need::new(
+        "INSERT",
+        "state_compressor_progress",
+        "needed to save where rooms stopped",
+    ),
+    Need::new(
+        "UPDATE",
+        "state_compressor_progress",
+        "needed to save where rooms stopped",
+    ),
+    Need::new(
+        "SELECT",
+        "state_compressor_total_progress",
+        "needed to read the scan position",
+    ),
+    Need::new(
+        "UPDATE",
+        "state_compressor_total_progress",
+        "needed to save the scan position",
+    ),
+];
+
+/// The privileges the automatic tool uses on its progress tables, those
+/// that exist (a missing one is created, see [`create_tables_if_needed`]).
+/// INSERT on the scan position's table is needed only while its one row is
+/// missing, which is looked up here when it can be.
+pub fn progress_needs(client: &mut Client) -> Result<Vec<Need>> {
+    let mut needs = PROGRESS_NEEDS.to_vec();
+    if !total_progress_row_exists(client)?.unwrap_or(true) {
+        needs.push(Need::new(
+            "INSERT",
+            "state_compressor_total_progress",
+            "needed to add its missing row",
+        ));
+    }
+    Ok(needs)
+}
+
+/// Whether the scan position's row exists; `None` when the table is
+/// missing or unreadable (the privilege check then says so).
+fn total_progress_row_exists(client: &mut Client) -> Result<Option<bool>> {
+    let ctx = "reading the scan position";
+    let readable: bool = client
+        .query_one(
+            "SELECT COALESCE(has_table_privilege( \
+                 to_regclass('state_compressor_total_progress'), 'SELECT'), false)",
+            &[],
         )
-        .map_err(|e| Error::db("creating the progress tables", e))
+        .map_err(|e| Error::db(ctx, e))?
+        .get(0);
+    if !readable {
+        return Ok(None);
+    }
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM state_compressor_total_progress)",
+            &[],
+        )
+        .map_err(|e| Error::db(ctx, e))?
+        .get(0);
+    Ok(Some(exists))
+}
+
+/// Creates the progress tables that do not exist yet, and the scan
+/// position's row if it is missing. Tables that exist are used as they are,
+/// whoever owns them: nothing is asked of them but their rows.
+pub fn create_tables_if_needed(client: &mut Client) -> Result<()> {
+    let ctx = "creating the progress tables";
+    let exists = schema::tables_exist(client, &PROGRESS_TABLES)?;
+    let missing: Vec<&str> = PROGRESS_DDL
+        .iter()
+        .zip(&exists)
+        .filter(|(_, &exists)| !exists)
+        .map(|(ddl, _)| *ddl)
+        .collect();
+    if !missing.is_empty() {
+        client
+            .batch_execute(&format!(
+                "SET client_min_messages = warning; {} RESET client_min_messages;",
+                missing.join("\n")
+            ))
+            .map_err(|e| Error::db(ctx, e))?;
+    }
+    if total_progress_row_exists(client)? != Some(true) {
+        client
+            .execute(TOTAL_PROGRESS_ROW, &[])
+            .map_err(|e| Error::db(ctx, e))?;
+    }
+    Ok(())
 }
 
 /// Where a room's compression continues from.

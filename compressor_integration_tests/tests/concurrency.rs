@@ -278,3 +278,81 @@ fn the_automatic_tool_leaves_a_locked_room_for_a_later_run() {
         "leaving the room for later changed the result"
     );
 }
+
+/// The automatic tool's run lock key ("SynCompr", big-endian).
+const RUN_LOCK_KEY: i64 = i64::from_be_bytes(*b"SynCompr");
+
+/// Waits until the server shows a session of this database waiting for a
+/// lock (the first run, stopped in the middle of its work by the test's
+/// table lock), and asserts it holds the run lock. Returns its pid.
+fn wait_for_blocked_run(watcher: &mut postgres::Client) -> i32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let row = watcher
+            .query_opt(
+                "SELECT a.pid, EXISTS ( \
+                     SELECT 1 FROM pg_locks AS l \
+                     WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted \
+                       AND l.objsubid = 1 AND ((l.classid::int8 << 32) | l.objid::int8) = $1) \
+                 FROM pg_stat_activity AS a \
+                 WHERE a.datname = current_database() AND a.wait_event_type = 'Lock' \
+                   AND a.pid <> pg_backend_pid()",
+                &[&RUN_LOCK_KEY],
+            )
+            .unwrap();
+        if let Some(row) = row {
+            let (pid, holds): (i32, bool) = (row.get(0), row.get(1));
+            assert!(
+                holds,
+                "the working run (server process {pid}) does not hold the run lock"
+            );
+            return pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never waited for the test's table lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Two automatic runs started together never both work: while the first
+/// holds the run lock (held in place by a table lock it waits for), a
+/// second exits 75 at once; once the first is done, a third works.
+#[test]
+fn a_second_automatic_run_exits_75_while_the_first_works() {
+    let (db, _) = generated_db("conc_two_auto", 51, 4, 100);
+    // A first short run creates the progress tables.
+    tools::assert_success(&tools::run_bin(
+        AUTO,
+        &["-p", db.url(), "-c", "20", "-n", "1"],
+    ));
+    let original = snapshot(&mut db.client());
+
+    let mut blocker = db.client();
+    let mut tx = blocker.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE state_compressor_progress IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let first = tools::start_bin(AUTO, &["-p", db.url(), "-c", "20", "-n", "1000"]);
+    let holder = wait_for_blocked_run(&mut db.client());
+
+    let second = tools::run_bin(AUTO, &["-p", db.url(), "-c", "20", "-n", "1000"]);
+    assert_eq!(second.status.code(), Some(75), "{}", second.describe());
+    tools::assert_user_error(&second);
+    assert!(
+        second.error_lines()[0].contains(&format!("server process {holder}")),
+        "the message names the first run's session\n{}",
+        second.describe()
+    );
+
+    tx.commit().unwrap();
+    let first = first.wait();
+    tools::assert_success(&first);
+    let third = tools::run_bin(AUTO, &["-p", db.url(), "-c", "20", "-n", "1000"]);
+    tools::assert_success(&third);
+    assert_same_states(
+        &original.states,
+        &snapshot(&mut db.client()).states,
+        "after three runs",
+    );
+}

@@ -9,7 +9,7 @@ from support import GROUPS_PER_ROOM, ROOMS, DatabaseTest, changed_groups
 KEYS = {
     "chunks", "chunks_skipped", "rooms_finished", "groups", "rows_before", "rows_after",
     "rows_saved", "groups_changed", "forced_resets", "groups_written", "groups_skipped_live",
-    "levels_reset", "seconds", "peak_rss_mib",
+    "levels_reset", "rooms_busy", "rooms_damaged", "seconds", "peak_rss_mib",
 }
 SECONDS = {"load", "compress", "verify", "write", "total"}
 CHUNK = 100
@@ -26,6 +26,8 @@ class AutoTest(DatabaseTest):
         self.assertEqual(result["groups_written"],
                          len(changed_groups(stored_before, self.db.stored())))
         self.assertEqual(result["groups_skipped_live"], 0)
+        self.assertEqual(result["rooms_busy"], 0)
+        self.assertEqual(result["rooms_damaged"], 0)
         self.assertStatesUnchanged()
 
     def test_whole_database(self):

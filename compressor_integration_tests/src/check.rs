@@ -93,11 +93,14 @@ pub fn compress_ok(url: &str, args: &[&str]) -> ToolRun {
 }
 
 /// Applies an SQL file the way the README says (`psql -v ON_ERROR_STOP=1`),
-/// asserting success. A missing file counts as "nothing to apply".
+/// asserting success. The tool always leaves a file when given `-o` (one
+/// that only says why, when it writes nothing), so a missing file fails.
 pub fn apply_sql(url: &str, file: &std::path::Path) {
-    if !file.exists() {
-        return;
-    }
+    assert!(
+        file.exists(),
+        "the tool left no SQL file at {}",
+        file.display()
+    );
     let run = tools::psql_file(url, file);
     tools::assert_success(&run);
 }

@@ -281,6 +281,27 @@ pub fn assert_user_error(run: &ToolRun) {
     );
 }
 
+/// A test cannot run here because `what` is missing (certificates, server
+/// binaries, a socket). Outside CI it says so and the caller skips the
+/// test; in CI (`CI` set to anything but `false`/`0`) a missing
+/// prerequisite is a failure, so a broken CI machine cannot pass silently.
+pub fn prerequisite_missing(what: &str) {
+    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    if in_ci {
+        panic!("prerequisite missing in CI: {what}");
+    }
+    eprintln!("NOTICE: {what}; skipping this test (it would fail under CI=true)");
+}
+
+/// The dump of state tables written by a real Synapse, kept in the
+/// repository (`fixtures/README.md` says what it holds).
+pub fn synapse_fixture() -> PathBuf {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/synapse-small-state.sql.gz");
+    assert!(path.is_file(), "the fixture {} is missing", path.display());
+    path
+}
+
 /// A path in the temporary directory, unique per process, removed (if it
 /// exists) on drop.
 pub struct TempPath(PathBuf);

@@ -7,7 +7,6 @@
 //! exactly what it was.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use compressor_integration_tests::check::{assert_same_states, snapshot, snapshot_in_memory};
@@ -430,20 +429,9 @@ fn bad_arguments_are_one_line_errors() {
     assert_eq!(before, snapshot(&mut db.client()));
 }
 
-fn fixture() -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/synapse-small-state.sql.gz");
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!("NOTICE: fixture {} not found; skipping", path.display());
-        None
-    }
-}
-
 #[test]
 fn the_real_synapse_fixture_compresses_fully() {
-    let Some(path) = fixture() else { return };
+    let path = tools::synapse_fixture();
     let db = TestDb::create_empty("auto_fixture");
     tools::assert_success(&tools::psql_gzip_file(db.url(), &path));
     let before = snapshot(&mut db.client());

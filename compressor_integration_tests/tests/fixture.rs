@@ -1,9 +1,6 @@
 //! The real thing: state tables written by a real Synapse (6 rooms, forked
-//! DAGs, 3,027 groups; `shared/fixtures/README.md`). Every room is
-//! compressed and every group's state must stay exactly the same.
-//!
-//! The fixture lives next to the repository (`../shared/fixtures`); when it
-//! is absent these tests print a notice and pass.
+//! DAGs, 3,027 groups; `fixtures/README.md`). Every room is compressed and
+//! every group's state must stay exactly the same.
 //!
 //! States are read with Synapse's query before and after all rooms; between
 //! rooms they are resolved in memory from the stored tree (the invariants
@@ -15,34 +12,16 @@ use compressor_integration_tests::structure::resolve_all;
 use compressor_integration_tests::synapse_state::{self, first_difference};
 use compressor_integration_tests::tools::{self, TempPath};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-
-const FIXTURE: &str = "synapse-small-state.sql.gz";
-
-fn fixture_path() -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures")
-        .join(FIXTURE);
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "NOTICE: fixture {} not found; skipping this test",
-            path.display()
-        );
-        None
-    }
-}
 
 /// A fresh database (UTF8, C collation, from template0) holding the fixture.
-fn load_fixture(hint: &str) -> Option<(TestDb, DbSnapshot)> {
-    let path = fixture_path()?;
+fn load_fixture(hint: &str) -> (TestDb, DbSnapshot) {
+    let path = tools::synapse_fixture();
     let db = TestDb::create_empty(hint);
     let run = tools::psql_gzip_file(db.url(), &path);
     tools::assert_success(&run);
     let snap = snapshot(&mut db.client());
     assert_eq!(snap.structure.len(), 3_027, "unexpected fixture contents");
-    Some((db, snap))
+    (db, snap)
 }
 
 fn rooms(snap: &DbSnapshot) -> Vec<String> {
@@ -58,9 +37,7 @@ fn rooms(snap: &DbSnapshot) -> Vec<String> {
 /// after each room that only it changed, exactly as the model says, and
 /// that no group's state changed.
 fn compress_every_room(hint: &str, levels: Option<&str>, sql_file: bool) {
-    let Some((db, original)) = load_fixture(hint) else {
-        return;
-    };
+    let (db, original) = load_fixture(hint);
     let mut client = db.client();
     let level_sizes: Vec<usize> = levels
         .unwrap_or("100,50,25")
@@ -134,9 +111,7 @@ fn every_room_sql_file() {
 
 #[test]
 fn readers_agree_on_real_synapse_data() {
-    let Some((db, snap)) = load_fixture("fixreaders") else {
-        return;
-    };
+    let (db, snap) = load_fixture("fixreaders");
     let mut client = db.client();
     let batched = synapse_state::all_states_batched(&mut client, None).unwrap();
     if let Some(d) = first_difference(&snap.states, &batched) {

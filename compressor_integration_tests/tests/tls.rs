@@ -92,14 +92,14 @@ fn sslmodes_against_a_tls_only_server() {
     let ca = match TestCa::create() {
         Ok(ca) => ca,
         Err(e) => {
-            eprintln!("NOTICE: cannot make test certificates ({e}); skipping the TLS test");
+            tools::prerequisite_missing(&format!("cannot make test certificates ({e})"));
             return;
         }
     };
     let server = match TlsServer::start(&ca) {
         Ok(server) => server,
         Err(Unavailable::MissingTools(why)) => {
-            eprintln!("NOTICE: no PostgreSQL server binaries ({why}); skipping the TLS test");
+            tools::prerequisite_missing(&format!("no PostgreSQL server binaries ({why})"));
             return;
         }
         Err(Unavailable::Failed(why)) => panic!("{why}"),
@@ -365,7 +365,7 @@ fn main_server_socket() -> Option<(String, String)> {
 #[test]
 fn unix_socket_connections_in_key_value_form() {
     let Some((socket_dir, port)) = main_server_socket() else {
-        eprintln!("NOTICE: the test server's Unix socket is not reachable here; skipping");
+        tools::prerequisite_missing("the test server's Unix socket is not reachable here");
         return;
     };
     let db = pg::TestDb::create("unix_socket");

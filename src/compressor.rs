@@ -87,6 +87,14 @@ pub fn compress(original: &GroupMap, mut levels: Vec<Level>) -> Result<Compresse
         );
     }
 
+    if crate::failpoint::triggered("compress::wrong-delta") {
+        // A planted bug for the tests: verification must refuse this.
+        if let Some(entry) = changes.values_mut().find(|e| !e.delta.is_empty()) {
+            let rest: Vec<_> = entry.delta.iter().skip(1).collect();
+            entry.delta = StateMap::from_unsorted(rest).0;
+        }
+    }
+
     Ok(Compressed {
         changes,
         levels,

@@ -17,6 +17,7 @@
 //! - [`db`]: connecting (with TLS), loading and writing;
 //! - [`config`], [`cli`], [`manual`], [`summary`]: the manual tool;
 //! - [`error`], [`progress`], [`logging`], [`memory`]: shared plumbing;
+//! - [`failpoint`]: fault injection, in test builds only;
 //! - `python` (feature `pyo3`): the Python module and the plumbing the
 //!   automatic tool's module shares.
 
@@ -25,6 +26,7 @@ pub mod compressor;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod failpoint;
 pub mod graph;
 pub mod group;
 pub mod levels;

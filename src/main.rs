@@ -11,6 +11,8 @@ use synapse_compress_state::{logging, manual, progress};
 fn main() {
     let args: ManualArgs = parse_or_exit();
     logging::init();
+    #[allow(clippy::let_unit_value)]
+    let _failpoints = synapse_compress_state::failpoint::setup();
     if args.no_progress {
         progress::disable();
     }

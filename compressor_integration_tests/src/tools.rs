@@ -199,9 +199,20 @@ impl Started {
 
 /// Starts `program args…` with the given stdin and captured output.
 pub fn start<S: AsRef<OsStr>>(program: &Path, args: &[S], stdin: Stdio) -> Started {
+    start_with_env(program, args, stdin, &[])
+}
+
+/// [`start`] with extra environment variables.
+pub fn start_with_env<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    stdin: Stdio,
+    env: &[(&str, &str)],
+) -> Started {
     let command = shell_words(program, args);
     let child = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -209,6 +220,12 @@ pub fn start<S: AsRef<OsStr>>(program: &Path, args: &[S], stdin: Stdio) -> Start
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run `{command}`: {e}"));
     Started { child, command }
+}
+
+/// Runs the workspace binary `name` with `args` and extra environment
+/// variables `env`.
+pub fn run_bin_with_env<S: AsRef<OsStr>>(name: &str, args: &[S], env: &[(&str, &str)]) -> ToolRun {
+    start_with_env(&bin_path(name), args, Stdio::null(), env).wait()
 }
 
 /// Starts the workspace binary `name` with `args` and no stdin.

@@ -304,6 +304,7 @@ fn write_batch(
          DELETE FROM state_groups_state WHERE state_group = ANY($1)",
         &[(&ready, Type::INT8_ARRAY)],
     )?;
+    crate::failpoint::stop_here("write::after-deletes");
     if !from.is_empty() {
         tx.execute_typed(
             "INSERT INTO state_group_edges (state_group, prev_state_group) \
@@ -312,6 +313,7 @@ fn write_batch(
         )?;
     }
 
+    crate::failpoint::stop_here("write::before-copy");
     debug!("write batch: copying the new rows");
     let sink = tx.copy_in(
         "COPY state_groups_state (state_group, room_id, type, state_key, event_id) \

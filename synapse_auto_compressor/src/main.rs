@@ -17,6 +17,8 @@ const EXIT_TEMPFAIL: i32 = 75;
 fn main() {
     let args: AutoArgs = parse_or_exit();
     logging::init();
+    #[allow(clippy::let_unit_value)]
+    let _failpoints = synapse_compress_state::failpoint::setup();
     if args.no_progress {
         progress::disable();
     }

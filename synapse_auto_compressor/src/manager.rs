@@ -495,6 +495,7 @@ fn compress_chunk(
         &changed,
         &mut |_| {},
         Some(&mut |tx| {
+            synapse_compress_state::failpoint::stop_here("auto::before-progress-save");
             state_saving::write_room_progress(tx, prepared, room, &compressed.levels, last)
         }),
     )?;

@@ -1,0 +1,63 @@
+//! Fault injection for the test suite: named points where a test run makes
+//! the tool misbehave on purpose, to prove end to end that the protections
+//! hold (verification refuses a wrong delta; a write stopped at any
+//! statement leaves nothing half-written).
+//!
+//! Only builds with the `failpoints` feature have them (`scripts/test.sh`
+//! builds the binaries so); everywhere else every function here is empty.
+//! A test sets `FAILPOINTS="name=return(action)"` (the `fail` crate's
+//! syntax, e.g. `2*off->return(abort)` for the third time the point is
+//! reached) in the tool's environment.
+//!
+//! Points:
+//! - `compress::wrong-delta` ([`triggered`]): the compressor drops a row
+//!   from the first rewritten group's delta;
+//! - `write::after-deletes`, `write::before-copy`,
+//!   `auto::before-progress-save` ([`stop_here`]): with `return(abort)`
+//!   the process aborts right there, in the middle of a write transaction,
+//!   as a crash or a kill would stop it.
+
+/// Reads `FAILPOINTS`; keep the guard for as long as the points may fire.
+#[cfg(feature = "failpoints")]
+pub fn setup() -> impl Drop {
+    let scenario = fail::FailScenario::setup();
+    if std::env::var_os("FAILPOINTS").is_some() {
+        log::warn!(
+            "fault injection is on: FAILPOINTS={:?}",
+            std::env::var("FAILPOINTS")
+        );
+    }
+    scenario
+}
+
+/// Reads `FAILPOINTS` (nothing to read: built without fault injection).
+#[cfg(not(feature = "failpoints"))]
+pub fn setup() {}
+
+/// Whether the test asked point `name` to misbehave this time.
+pub fn triggered(name: &str) -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        fail::eval(name, |_| ()).is_some()
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = name;
+        false
+    }
+}
+
+/// Aborts the process here when the test asked point `name` to
+/// (`return(abort)`): no destructor runs, no transaction is rolled back
+/// politely, the server just loses the connection.
+pub fn stop_here(name: &str) {
+    #[cfg(feature = "failpoints")]
+    if let Some(action) = fail::eval(name, |arg| arg) {
+        if action.as_deref() == Some("abort") {
+            eprintln!("failpoint {name}: aborting");
+            std::process::abort();
+        }
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}

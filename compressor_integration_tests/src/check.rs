@@ -215,6 +215,17 @@ pub fn assert_matches_model(
     outcome
 }
 
+/// A fresh database holding the data `config` generates.
+pub fn generated_db(
+    hint: &str,
+    config: &crate::generator::GenConfig,
+) -> (crate::pg::TestDb, crate::generator::Generated) {
+    let db = crate::pg::TestDb::create(hint);
+    let generated = crate::generator::generate_into(&mut db.client(), config)
+        .expect("generating the test database");
+    (db, generated)
+}
+
 /// A small generated database (two rooms of `groups_per_room` groups that
 /// compress well) and its first room's id, for the bad-input tests.
 pub fn small_db(hint: &str, groups_per_room: usize) -> (crate::pg::TestDb, String) {

@@ -101,6 +101,21 @@ impl Default for GenConfig {
 }
 
 impl GenConfig {
+    /// `rooms` rooms of `groups` groups that compress well (30 members,
+    /// Synapse's snapshots every 10 hops, so many snapshots to fold), with
+    /// hostile strings for even seeds: the usual data of the tests.
+    pub fn compressible(seed: u64, rooms: usize, groups: usize) -> GenConfig {
+        GenConfig {
+            seed,
+            rooms,
+            groups_per_room: groups,
+            members: 30,
+            max_delta_hops: 10,
+            nasty_strings: seed % 2 == 0,
+            ..GenConfig::default()
+        }
+    }
+
     /// Names accepted by [`GenConfig::preset`].
     pub const PRESETS: &'static [&'static str] =
         &["tiny", "small", "nasty", "multi", "medium", "demo", "bench"];

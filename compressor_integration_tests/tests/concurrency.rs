@@ -7,8 +7,8 @@
 //! group keeps its state (Synapse's query) and no group ends up with two
 //! edges (the invariants `check::snapshot` asserts).
 
-use compressor_integration_tests::check::{assert_same_states, snapshot, DbSnapshot};
-use compressor_integration_tests::generator::{generate_into, GenConfig, Generated};
+use compressor_integration_tests::check::{self, assert_same_states, snapshot, DbSnapshot};
+use compressor_integration_tests::generator::{GenConfig, Generated};
 use compressor_integration_tests::pg::TestDb;
 use compressor_integration_tests::structure::{self, Structure};
 use compressor_integration_tests::tools::{self, ToolRun};
@@ -20,21 +20,7 @@ const AUTO: &str = "synapse_auto_compressor";
 const ROOM_LOCK_CLASS: i32 = i32::from_be_bytes(*b"SCrm");
 
 fn generated_db(hint: &str, seed: u64, rooms: usize, groups: usize) -> (TestDb, Generated) {
-    let db = TestDb::create(hint);
-    let generated = generate_into(
-        &mut db.client(),
-        &GenConfig {
-            seed,
-            rooms,
-            groups_per_room: groups,
-            members: 30,
-            max_delta_hops: 10,
-            nasty_strings: seed % 2 == 0,
-            ..GenConfig::default()
-        },
-    )
-    .expect("generating");
-    (db, generated)
+    check::generated_db(hint, &GenConfig::compressible(seed, rooms, groups))
 }
 
 /// Asserts the run ended with 0 or 75 and said nothing about constraints;

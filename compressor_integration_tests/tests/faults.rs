@@ -9,8 +9,8 @@
 //!   group keeps its state, nothing is half-written, and a new run ends
 //!   exactly where an undisturbed one does.
 
-use compressor_integration_tests::check::{assert_same_states, snapshot, DbSnapshot};
-use compressor_integration_tests::generator::{generate_into, GenConfig};
+use compressor_integration_tests::check::{self, assert_same_states, snapshot, DbSnapshot};
+use compressor_integration_tests::generator::GenConfig;
 use compressor_integration_tests::pg::TestDb;
 use compressor_integration_tests::tools::{self, ToolRun};
 
@@ -18,20 +18,7 @@ const MANUAL: &str = "synapse_compress_state";
 const AUTO: &str = "synapse_auto_compressor";
 
 fn db(hint: &str, seed: u64) -> (TestDb, String) {
-    let db = TestDb::create(hint);
-    let generated = generate_into(
-        &mut db.client(),
-        &GenConfig {
-            seed,
-            rooms: 3,
-            groups_per_room: 200,
-            members: 30,
-            max_delta_hops: 10,
-            nasty_strings: seed % 2 == 0,
-            ..GenConfig::default()
-        },
-    )
-    .expect("generating");
+    let (db, generated) = check::generated_db(hint, &GenConfig::compressible(seed, 3, 200));
     let room = generated.biggest_room().room_id.clone();
     (db, room)
 }

@@ -10,8 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use compressor_integration_tests::check::{assert_same_states, snapshot};
-use compressor_integration_tests::generator::{generate_into, GenConfig};
+use compressor_integration_tests::check::{self, assert_same_states, snapshot};
+use compressor_integration_tests::generator::GenConfig;
 use compressor_integration_tests::pg::TestDb;
 use compressor_integration_tests::structure::{self, Structure};
 use compressor_integration_tests::tools;
@@ -20,19 +20,7 @@ use compressor_integration_tests::tools;
 const OLD_TS: i64 = 1;
 
 fn queued_db(hint: &str, seed: u64) -> (TestDb, String) {
-    let db = TestDb::create(hint);
-    let generated = generate_into(
-        &mut db.client(),
-        &GenConfig {
-            seed,
-            rooms: 3,
-            groups_per_room: 300,
-            members: 30,
-            max_delta_hops: 10,
-            ..GenConfig::default()
-        },
-    )
-    .expect("generating");
+    let (db, generated) = check::generated_db(hint, &GenConfig::compressible(seed, 3, 300));
     db.client()
         .execute(
             "INSERT INTO state_groups_pending_deletion (state_group, insertion_ts) \

@@ -6,9 +6,9 @@
 //! edges, rows, progress tables).
 
 use compressor_integration_tests::check::{
-    assert_same_states, run_compressor, snapshot, snapshot_in_memory, DbSnapshot,
+    self, assert_same_states, run_compressor, snapshot, snapshot_in_memory, DbSnapshot,
 };
-use compressor_integration_tests::generator::{generate_into, GenConfig, Generated};
+use compressor_integration_tests::generator::{GenConfig, Generated};
 use compressor_integration_tests::pg::{Role, TestDb};
 use compressor_integration_tests::tools::{self, assert_user_error, TempPath, ToolRun};
 
@@ -99,20 +99,7 @@ fn setup(hint: &str, seed: u64, name: &str) -> (TestDb, Generated, Role, String)
 /// Synapse's cleanup had found them unreferenced), so that every new base
 /// has a pending deletion to bump.
 fn generated_db(hint: &str, seed: u64) -> (TestDb, Generated) {
-    let db = TestDb::create(hint);
-    let generated = generate_into(
-        &mut db.client(),
-        &GenConfig {
-            seed,
-            rooms: 3,
-            groups_per_room: 150,
-            members: 30,
-            max_delta_hops: 10,
-            nasty_strings: seed % 2 == 1,
-            ..GenConfig::default()
-        },
-    )
-    .expect("generating");
+    let (db, generated) = check::generated_db(hint, &GenConfig::compressible(seed, 3, 150));
     db.client()
         .batch_execute(
             "INSERT INTO state_groups_pending_deletion (state_group, insertion_ts)

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Plants known bugs one at a time and reports which ones the test suite
+# notices: the tests are only worth as much as the protections whose
+# removal makes them fail.
+#
+#   scripts/mutants.sh            # every mutant below
+#   scripts/mutants.sh NAME...    # only these
+#   scripts/mutants.sh --list     # names and what each plants
+#   scripts/mutants.sh --check    # only check that every mutant still applies
+#
+# For each mutant: apply one textual change to the source (the script stops
+# if the text to change is not found, so a refactoring cannot turn a mutant
+# into a no-op), build the binaries with fault injection as scripts/test.sh
+# does, run the tests meant to catch it against a throwaway PostgreSQL, and
+# restore the file. A mutant "survives" when those tests still pass. Not
+# part of CI (about a minute per mutant on 2 cores); run it before changing
+# a protection, and after restructuring.
+#
+# Needs a clean working tree for the files it mutates (it restores them
+# with `git checkout`).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+features=synapse_compress_state/failpoints,synapse_auto_compressor/failpoints
+
+# name | file | perl substitution (applied with -0: the whole file) | tests
+# (cargo test arguments) | what the bug is
+mutants=(
+    "no-pending-bump|src/db/write.rs|s/if has_pending_table && !bases.is_empty\(\)/if false \&\& has_pending_table/|--test pending_deletion|the write no longer bumps new bases' pending deletion"
+    "no-verify|src/verify.rs|s/(pub fn verify\(original: &GroupMap, changes: &GroupMap\) -> Result<Verified> \{)/\$1\n    return Ok(Verified { groups: original.len(), compared: 0 });/|--test faults verification|verification always succeeds"
+    "run-lock-released|synapse_auto_compressor/src/manager.rs|s/(    lock::acquire\(&mut client\)\?;)/\$1\n    lock::release(\&mut client)?;/|--test concurrency a_second|the automatic tool releases its run lock right after taking it"
+    "no-room-lock-manual|src/manual.rs|s/Some\(RoomLock::try_acquire\(&mut client, room\)\?\)/None::<RoomLock>/|--test concurrency|the manual tool does not take the room lock"
+    "no-room-lock-auto|synapse_auto_compressor/src/manager.rs|s/RoomLock::try_acquire\(client, &room\)/RoomLock::try_acquire(client, \"-\")/|--test concurrency locked_room_for_a_later|the automatic tool locks a fixed dummy room instead of the chunk's room"
+    "scan-passes-left-rooms|synapse_auto_compressor/src/state_saving.rs|s/SET lowest_uncompressed_group = LEAST\(next.id, \\\$2\) FROM next/SET lowest_uncompressed_group = next.id + 0 * coalesce(\\\$2, 0) FROM next/|--test concurrency locked_room_for_a_later|the scan position moves past a room left for later"
+    "recheck-ignores-edges|src/db/write.rs|s/\} else if edges.as_slice\(\) != loaded.prev.as_slice\(\) \{/} else if false {/|--test write_checks --test live_synapse|the write no longer re-checks a group's edge"
+    "recheck-ignores-rows|src/db/write.rs|s/\} else if rows != loaded.delta.len\(\) as i64 \{/} else if false \&\& rows != 0 {/|--test write_checks --test live_synapse|the write no longer re-checks a group's row count"
+    "no-retry-on-conflict|src/db/write.rs|s/Err\(e\) if attempt < MAX_ATTEMPTS && worth_retrying\(&e\) =>/Err(e) if false \&\& attempt < MAX_ATTEMPTS \&\& worth_retrying(\&e) =>/|--test concurrency --test live_synapse|a batch that meets a deadlock is not tried again"
+    "quote-no-escape|src/sql.rs|s/'\\\\'' => out.push_str\(\"''\"\),/'\\\\'' => out.push('\\\\''),/|--test properties|quotes in SQL literals are not doubled"
+    "level-off-by-one|src/levels.rs|s/self.current_length < self.max_length/self.current_length <= self.max_length/|--test structure --test properties|a level takes one group more than its size"
+    "damaged-room-not-left|synapse_auto_compressor/src/manager.rs|s/self.damaged = true;/self.damaged = false;/|--test damaged|a damaged room is not left alone (the run keeps loading it)"
+)
+
+if [ "${1:-}" = "--check" ]; then
+    # Only checks that every mutant's text is still found (no build, no test).
+    status=0
+    for m in "${mutants[@]}"; do
+        IFS='|' read -r name file subst _ _ <<<"$m"
+        perl -0pi -e "$subst" "$file"
+        if git diff --quiet -- "$file"; then
+            echo "$name: text not found in $file"
+            status=1
+        else
+            echo "$name: ok"
+            git diff -U0 -- "$file" | grep '^[-+][^-+]' | sed 's/^/    /'
+        fi
+        git checkout -- "$file"
+    done
+    exit "$status"
+fi
+if [ "${1:-}" = "--list" ]; then
+    for m in "${mutants[@]}"; do
+        IFS='|' read -r name _ _ _ what <<<"$m"
+        printf '%-28s %s\n' "$name" "$what"
+    done
+    exit 0
+fi
+wanted=("$@")
+
+pgdir="$(mktemp -d "${TMPDIR:-/tmp}/synapse-mutants-pg.XXXXXX")"
+current_file=""
+cleanup() {
+    [ -n "$current_file" ] && git checkout -- "$current_file"
+    bash "$root/scripts/pg-throwaway.sh" stop "$pgdir" || true
+}
+trap cleanup EXIT
+SYNAPSE_TEST_PG="$(bash "$root/scripts/pg-throwaway.sh" start "$pgdir")"
+export SYNAPSE_TEST_PG CI=true
+
+results=()
+for m in "${mutants[@]}"; do
+    IFS='|' read -r name file subst tests what <<<"$m"
+    if [ "${#wanted[@]}" -gt 0 ] && [[ ! " ${wanted[*]} " == *" $name "* ]]; then
+        continue
+    fi
+    if ! git diff --quiet -- "$file"; then
+        echo "mutants: $file has uncommitted changes; commit or stash them first" >&2
+        exit 2
+    fi
+    current_file="$file"
+    perl -0pi -e "$subst" "$file"
+    if git diff --quiet -- "$file"; then
+        echo "mutants: $name: the text to change was not found in $file (update the script)" >&2
+        exit 2
+    fi
+    echo "=== mutant $name: $what" >&2
+    # shellcheck disable=SC2086 # $tests holds several cargo arguments
+    if ! cargo build --workspace --bins --features "$features" -q 2>/dev/null; then
+        verdict="caught (does not compile)"
+    elif cargo test --workspace --features "$features" -q $tests >"$pgdir/$name.log" 2>&1; then
+        verdict="SURVIVED ($tests)"
+    else
+        failed="$(grep -E '^test .* FAILED$' "$pgdir/$name.log" | sed -E 's/^test (.*) \.\.\. FAILED$/\1/' | head -n 3 | paste -sd, -)"
+        verdict="caught by ${failed:-a failing test} ($tests)"
+    fi
+    git checkout -- "$file"
+    current_file=""
+    results+=("$(printf '%-28s %s' "$name" "$verdict")")
+    echo "    $verdict" >&2
+done
+cargo build --workspace --bins --features "$features" -q
+
+echo
+echo "mutant                       verdict"
+printf '%s\n' "${results[@]}"
+if printf '%s\n' "${results[@]}" | grep -q SURVIVED; then
+    exit 1
+fi

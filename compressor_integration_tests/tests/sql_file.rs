@@ -7,7 +7,9 @@
 //! edge and rows it was computed from and that its new base exists, and skip
 //! the group whole (with a NOTICE naming it) otherwise. Every test proves
 //! with Synapse's query that every remaining group keeps its state, and with
-//! the tree's invariants that no edge points at a missing group.
+//! the tree's invariants that no edge points at a missing group. Two tests
+//! pin the file against Synapse's deletion with row locks, each side
+//! waiting for the other in turn.
 //!
 //! Which groups a file rewrites, and onto which new bases, is learnt from a
 //! twin database (same generator seed) compressed with `-c`, not from the
@@ -15,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use compressor_integration_tests::check::{
     self, compress_ok, run_compressor, snapshot, DbSnapshot, COMPRESSOR,
@@ -201,6 +203,25 @@ fn de_delta(client: &mut Client, g: i64) {
     tx.commit().unwrap();
 }
 
+/// An unreferenced leaf (no group builds on it) that the file makes a new
+/// base, which Synapse's cleanup may delete before or while the file is
+/// applied; and the groups the file builds on it.
+fn leaf_base(before: &Structure, rewritten: &BTreeMap<i64, Option<i64>>) -> (i64, BTreeSet<i64>) {
+    let children: BTreeSet<i64> = before.values().filter_map(|g| g.prev()).collect();
+    let victim = rewritten
+        .values()
+        .flatten()
+        .copied()
+        .find(|b| !children.contains(b))
+        .expect("no leaf group became a new base: pick another seed");
+    let users = rewritten
+        .iter()
+        .filter(|(_, base)| **base == Some(victim))
+        .map(|(&g, _)| g)
+        .collect();
+    (victim, users)
+}
+
 #[test]
 fn a_stale_file_skips_a_group_whose_new_base_synapse_deleted() {
     let Pending {
@@ -211,20 +232,7 @@ fn a_stale_file_skips_a_group_whose_new_base_synapse_deleted() {
         ..
     } = file_for("sqlstale", 11, true);
 
-    // An unreferenced leaf (no group builds on it) that the file makes a
-    // new base: Synapse's cleanup may delete it before the file is applied.
-    let children: BTreeSet<i64> = before.structure.values().filter_map(|g| g.prev()).collect();
-    let victim = rewritten
-        .values()
-        .flatten()
-        .copied()
-        .find(|b| !children.contains(b))
-        .expect("no leaf group became a new base: pick another seed");
-    let users: BTreeSet<i64> = rewritten
-        .iter()
-        .filter(|(_, base)| **base == Some(victim))
-        .map(|(&g, _)| g)
-        .collect();
+    let (victim, users) = leaf_base(&before.structure, &rewritten);
     let mut synapse = Imitator::new(
         fx.db.client(),
         expectations_of(&fx.generated),
@@ -570,4 +578,172 @@ fn a_run_that_writes_nothing_leaves_a_comment() {
     assert_eq!(json["outcome"], "done", "{json}");
     assert_eq!(json["groups_written"], 0, "{json}");
     assert_comment_only(&fx.db, &file, "no state group needs changing");
+}
+
+// ---------------------------------------------------------------------------
+// The file applied while Synapse's deletion runs, the interleavings pinned
+// with row locks: the test waits (bounded polling of pg_stat_activity, no
+// clock) until one side waits for the other's lock.
+
+/// Starts `psql -v ON_ERROR_STOP=1 < FILE` on `db`, named `name` in
+/// `pg_stat_activity`.
+fn start_psql(db: &TestDb, file: &TempPath, name: &str) -> Child {
+    Command::new(tools::psql_path())
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", db.url()])
+        .env("PGAPPNAME", name)
+        .stdin(File::open(file.path()).unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting psql")
+}
+
+/// Waits until a backend whose application name is `name` (or, with an
+/// empty name, whose query starts with `query`) waits for a lock. False if
+/// `child` ended first.
+fn wait_for_lock_wait(
+    watcher: &mut Client,
+    name: &str,
+    query: &str,
+    mut child: Option<&mut Child>,
+) -> bool {
+    for _ in 0..200_000 {
+        if let Some(child) = child.as_mut() {
+            if child.try_wait().unwrap().is_some() {
+                return false;
+            }
+        }
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND (application_name = $1 OR ($1 = '' AND starts_with(query, $2)))",
+                &[&name, &query],
+            )
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return true;
+        }
+    }
+    panic!("nobody waited for a lock (name {name:?}, query {query:?})");
+}
+
+/// psql's outcome, which must be a success.
+fn finish_psql(psql: Child) -> ToolRun {
+    let output = psql.wait_with_output().unwrap();
+    let run = ToolRun {
+        command: "psql -v ON_ERROR_STOP=1 < file".to_owned(),
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    tools::assert_success(&run);
+    run
+}
+
+/// An imitation of Synapse on `fx`'s database that has read `victim` as
+/// a collection to delete (marked, with its sequence number).
+fn deletion_of(fx: &Fixture, victim: i64) -> (Imitator, BTreeMap<i64, i64>) {
+    let mut synapse = Imitator::new(
+        fx.db.client(),
+        expectations_of(&fx.generated),
+        ImitatorConfig::default(),
+    );
+    synapse.mark_for_deletion(&[victim], false).unwrap();
+    let collection = synapse.collect_for_deletion(&[victim]).unwrap();
+    (synapse, collection)
+}
+
+#[test]
+fn a_deletion_holding_the_new_base_makes_the_file_skip_its_users() {
+    let Pending {
+        fx,
+        before,
+        file,
+        rewritten,
+        ..
+    } = file_for("sqlracedel", 18, true);
+    let (victim, users) = leaf_base(&before.structure, &rewritten);
+    let (mut synapse, collection) = deletion_of(&fx, victim);
+
+    // Synapse's deletion has locked the victim FOR UPDATE; the file is
+    // applied and waits for it at the first group it builds on the victim;
+    // then the deletion commits.
+    let name = "sqlfile_behind_deletion";
+    let mut watcher = fx.db.client();
+    let mut psql = None;
+    let deleted = synapse
+        .delete_collection_gated(&collection, "", &mut || {
+            let mut child = start_psql(&fx.db, &file, name);
+            let blocked = wait_for_lock_wait(&mut watcher, name, "", Some(&mut child));
+            psql = Some(child);
+            blocked
+        })
+        .unwrap();
+    assert!(deleted, "psql never waited for the deletion's lock");
+    let run = finish_psql(psql.unwrap());
+
+    let after = snapshot(&mut fx.db.client());
+    let mut expected = before.states.clone();
+    expected.remove(&victim);
+    check::assert_same_states(&expected, &after.states, "file behind a deletion");
+    let reported: BTreeSet<i64> = skipped(&run).keys().copied().collect();
+    assert_eq!(reported, users, "{}", run.describe());
+}
+
+#[test]
+fn a_file_holding_the_new_base_calls_off_synapses_deletion() {
+    let Pending {
+        fx,
+        before,
+        file,
+        rewritten,
+        ..
+    } = file_for("sqlracebump", 19, false);
+    let (victim, users) = leaf_base(&before.structure, &rewritten);
+    let user = *users.first().unwrap();
+    let (mut synapse, collection) = deletion_of(&fx, victim);
+
+    // The test holds the first group built on the victim, so psql stops
+    // there, with the victim locked FOR KEY SHARE.
+    let mut holder = fx.db.client();
+    let mut hold = holder.transaction().unwrap();
+    hold.execute(
+        "SELECT 1 FROM state_groups WHERE id = $1 FOR UPDATE",
+        &[&user],
+    )
+    .unwrap();
+    let name = "sqlfile_before_deletion";
+    let mut watcher = fx.db.client();
+    let mut psql = start_psql(&fx.db, &file, name);
+    assert!(
+        wait_for_lock_wait(&mut watcher, name, "", Some(&mut psql)),
+        "psql never waited for group {user}"
+    );
+    // Synapse's deletion of the victim now waits for psql, which bumps the
+    // victim's pending deletion once it goes on.
+    let deletion = std::thread::spawn(move || {
+        synapse.delete_collection(&collection).unwrap();
+        synapse
+    });
+    assert!(wait_for_lock_wait(
+        &mut watcher,
+        "",
+        "SELECT id FROM state_groups WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        None,
+    ));
+    hold.commit().unwrap();
+    let run = finish_psql(psql);
+    let synapse = deletion.join().unwrap();
+
+    assert!(skipped(&run).is_empty(), "{}", run.describe());
+    assert_eq!(synapse.stats.deleted, 0, "{:?}", synapse.stats);
+    assert_eq!(
+        synapse.stats.deletions_called_off_bumped, 1,
+        "{:?}",
+        synapse.stats
+    );
+    let after = snapshot(&mut fx.db.client());
+    check::assert_same_states(&before.states, &after.states, "file before a deletion");
+    assert_eq!(after.structure[&user].prev(), Some(victim));
 }

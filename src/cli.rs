@@ -64,7 +64,8 @@ pub struct ManualArgs {
           value_name = "COUNT", value_parser = non_negative, allow_negative_numbers = true)]
     pub min_saved_rows: Option<i64>,
 
-    /// Write the changes as SQL to this file (apply later with psql).
+    /// Write the changes as SQL to this file ("-" for standard output; the
+    /// summary then goes to stderr), to apply later with psql.
     #[arg(
         short = 'o',
         long = "output-file",
@@ -73,9 +74,9 @@ pub struct ManualArgs {
     )]
     pub output_file: Option<PathBuf>,
 
-    /// Wrap each group's changes in the SQL file in BEGIN/COMMIT (use this
-    /// when applying the file while Synapse runs).
-    #[arg(short = 't', long = "transactions")]
+    /// Wrap each group's block in the SQL file in BEGIN/COMMIT (needs -o;
+    /// each block is checked and atomic on its own either way).
+    #[arg(short = 't', long = "transactions", requires = "output_file")]
     pub transactions: bool,
 
     /// Apply the changes to the database (each group atomically).
@@ -175,15 +176,21 @@ pub fn exit_on_clap_error(err: clap::Error) -> ! {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => err.exit(),
         _ => {
             let rendered = err.render().to_string();
-            let first = rendered
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("error: invalid arguments");
-            let line = if first.starts_with("error:") {
+            let mut lines = rendered.lines().skip_while(|l| l.trim().is_empty());
+            let first = lines.next().unwrap_or("error: invalid arguments");
+            let mut line = if first.starts_with("error:") {
                 first.to_owned()
             } else {
                 format!("error: {first}")
             };
+            // "...were not provided:" lists the arguments on the next,
+            // indented lines: keep them on the one line.
+            if line.ends_with(':') {
+                for item in lines.take_while(|l| l.starts_with(' ')) {
+                    line.push(' ');
+                    line.push_str(item.trim());
+                }
+            }
             eprintln!("{line} (see --help)");
             std::process::exit(2);
         }

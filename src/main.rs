@@ -6,7 +6,7 @@
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use synapse_compress_state::cli::{parse_or_exit, ManualArgs};
-use synapse_compress_state::{logging, manual, progress};
+use synapse_compress_state::{logging, manual, progress, sql};
 
 fn main() {
     let args: ManualArgs = parse_or_exit();
@@ -17,9 +17,19 @@ fn main() {
         progress::disable();
     }
     let json = args.json;
+    // With `-o -` stdout carries the SQL (piped into psql): everything else
+    // the tool prints goes to stderr.
+    let sql_on_stdout = args.output_file.as_deref().is_some_and(sql::is_stdout);
+    let print = |text: String| {
+        if sql_on_stdout {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    };
     match manual::run(&args.into_config()) {
-        Ok(summary) if json => println!("{}", summary.to_json()),
-        Ok(summary) => println!("{summary}"),
+        Ok(summary) if json => print(summary.to_json().to_string()),
+        Ok(summary) => print(summary.to_string()),
         Err(err) => {
             eprintln!("error: {err}");
             // sysexits.h EX_TEMPFAIL: another compressor has the room.

@@ -2,8 +2,8 @@
 //! and/or apply the changes.
 
 use std::fs::File;
-use std::io::BufWriter;
-use std::path::Path;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use log::{info, warn};
@@ -12,7 +12,7 @@ use crate::compressor::compress;
 use crate::config::ManualConfig;
 use crate::db::{self, load, schema, RoomLock};
 use crate::error::{Error, Result};
-use crate::group::{changed_groups, row_count, row_count_after};
+use crate::group::{changed_groups, row_count, row_count_after, GroupMap};
 use crate::state_map::Symbols;
 use crate::summary::{Outcome, Summary, Timings};
 use crate::verify::verify;
@@ -25,12 +25,11 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     let room = config.room_id.as_str();
 
     // Open the output file first: an unwritable path fails before any work.
-    let mut sql_out = match &config.output_file {
-        Some(path) => Some(BufWriter::new(
-            File::create(path).map_err(|e| Error::file(path, e))?,
-        )),
-        None => None,
-    };
+    let mut sql_out = config
+        .output_file
+        .as_deref()
+        .map(SqlOut::open)
+        .transpose()?;
 
     let mut client = db::connect(&config.db_url)?;
     schema::require_state_tables(&mut client)?;
@@ -119,6 +118,12 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
 
     if rows_after > rows_before {
         summary.outcome = Outcome::WouldGrow;
+        if let Some(out) = sql_out.as_mut() {
+            out.nothing(
+                room,
+                &format!("compressing would need more rows ({rows_before} -> {rows_after})"),
+            )?;
+        }
         summary.timings.total = run_started.elapsed();
         return Ok(summary);
     }
@@ -126,6 +131,12 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         let saved = rows_before as i64 - rows_after as i64;
         if saved < minimum {
             summary.outcome = Outcome::TooFewSaved { saved, minimum };
+            if let Some(out) = sql_out.as_mut() {
+                out.nothing(
+                    room,
+                    &format!("only {saved} rows would be saved, fewer than the minimum of {minimum} (-m)"),
+                )?;
+            }
             summary.timings.total = run_started.elapsed();
             return Ok(summary);
         }
@@ -145,21 +156,24 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
 
     let changed = changed_groups(&original, &compressed.changes);
     let started = Instant::now();
-    if let (Some(out), Some(path)) = (sql_out.as_mut(), &config.output_file) {
-        sql::write_changes(
-            out,
-            room,
-            &symbols,
-            &compressed.changes,
-            &changed,
-            config.transactions,
-        )
-        .map_err(|e| Error::file(path, e))?;
-        info!(
-            "Wrote SQL for {} groups to {}",
-            changed.len(),
-            path.display()
-        );
+    if let Some(out) = sql_out.as_mut() {
+        if changed.is_empty() {
+            out.nothing(room, "no state group needs changing")?;
+        } else {
+            out.changes(
+                room,
+                &symbols,
+                &original,
+                &compressed.changes,
+                &changed,
+                config.transactions,
+            )?;
+            info!(
+                "Wrote SQL for {} groups to {}",
+                changed.len(),
+                out.path.display()
+            );
+        }
     }
     if config.commit_changes {
         let bar = progress::bar(changed.len() as u64, "Writing changes");
@@ -187,4 +201,54 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     summary.groups_written = changed.len() - summary.groups_skipped_live;
     summary.timings.total = run_started.elapsed();
     Ok(summary)
+}
+
+/// Where the SQL of `-o` goes: a file, or standard output for `-o -`.
+struct SqlOut {
+    /// What to call it in messages.
+    path: PathBuf,
+    sink: Box<dyn Write>,
+}
+
+impl SqlOut {
+    fn open(path: &Path) -> Result<SqlOut> {
+        if sql::is_stdout(path) {
+            return Ok(SqlOut {
+                path: PathBuf::from("standard output"),
+                sink: Box::new(BufWriter::new(io::stdout())),
+            });
+        }
+        let file = File::create(path).map_err(|e| Error::file(path, e))?;
+        Ok(SqlOut {
+            path: path.to_owned(),
+            sink: Box::new(BufWriter::new(file)),
+        })
+    }
+
+    /// Writes the file of a run that changes nothing (a comment saying why).
+    fn nothing(&mut self, room: &str, why: &str) -> Result<()> {
+        sql::write_nothing(&mut self.sink, room, why).map_err(|e| Error::file(&self.path, e))
+    }
+
+    /// Writes the guarded changes of `groups`.
+    fn changes(
+        &mut self,
+        room: &str,
+        symbols: &Symbols,
+        original: &GroupMap,
+        new: &GroupMap,
+        groups: &[i64],
+        transactions: bool,
+    ) -> Result<()> {
+        sql::write_changes(
+            &mut self.sink,
+            room,
+            symbols,
+            original,
+            new,
+            groups,
+            transactions,
+        )
+        .map_err(|e| Error::file(&self.path, e))
+    }
 }

@@ -1,10 +1,32 @@
-//! SQL text output (`-o`): statements that turn the original structure into
-//! the new one, one group at a time, for `psql -v ON_ERROR_STOP=1`.
+//! SQL text output (`-o`): a file that turns the original structure into the
+//! new one, one guarded block per group, for `psql -v ON_ERROR_STOP=1`.
+//!
+//! Such a file may be applied long after it was made, beside a running
+//! Synapse that deletes and de-deltas groups in the background. So each
+//! group's change is one PL/pgSQL `DO` block that, when applied, takes the
+//! row locks `-c` takes, checks that the group still has exactly the edge
+//! and rows it was computed from (row count and an md5 digest of the rows,
+//! computed by the server) and that its new base exists, bumps the base's
+//! pending deletion as Synapse's own writers do, and only then rewrites the
+//! group. A group that fails a check is skipped whole with a `NOTICE`;
+//! applying the same file twice skips every group the second time.
 
+use std::fmt::Write as _;
 use std::io::{self, Write};
+use std::path::Path;
 
-use crate::group::GroupMap;
-use crate::state_map::Symbols;
+use md5::{Digest, Md5};
+
+use crate::group::{GroupMap, StateGroupEntry};
+use crate::state_map::{StateMap, Symbols};
+
+/// The `-o` value that means standard output.
+pub const STDOUT: &str = "-";
+
+/// True when `path` asks for the SQL on standard output (`-o -`).
+pub fn is_stdout(path: &Path) -> bool {
+    path == Path::new(STDOUT)
+}
 
 /// Quotes `text` as a PostgreSQL string literal that reads back exactly.
 ///
@@ -29,20 +51,43 @@ pub fn quote_literal(text: &str) -> String {
     out
 }
 
-/// Writes the statements that apply `groups` (ascending ids whose entries
-/// differ between `original` and `new`) for `room_id`.
-///
-/// With `transactions`, each group's statements are wrapped in
-/// `BEGIN; ... COMMIT;` so a live Synapse never sees a half-rewritten group.
-pub fn write_changes(
-    out: &mut dyn Write,
-    room_id: &str,
-    symbols: &Symbols,
-    new: &GroupMap,
-    groups: &[i64],
-    transactions: bool,
-) -> io::Result<()> {
-    let room = quote_literal(room_id);
+/// The server-side twin of [`rows_digest`]: md5 over a group's rows in
+/// byte order, each text column prefixed with its length in bytes, so no
+/// two different sets of rows encode alike.
+const SQL_ROWS_DIGEST: &str = "md5(coalesce(string_agg(\
+octet_length(type)::text || ':' || type || \
+octet_length(state_key)::text || ':' || state_key || \
+octet_length(event_id)::text || ':' || event_id, '' \
+ORDER BY type COLLATE \"C\", state_key COLLATE \"C\", event_id COLLATE \"C\"), ''))";
+
+/// The md5 (hex) the server computes with [`SQL_ROWS_DIGEST`] over the rows
+/// of a group whose delta is `delta`.
+pub fn rows_digest(symbols: &Symbols, delta: &StateMap) -> String {
+    let mut rows: Vec<[&str; 3]> = delta
+        .iter()
+        .map(|(key, value)| {
+            let (ty, state_key) = symbols.key_str(key);
+            [ty, state_key, symbols.value_str(value)]
+        })
+        .collect();
+    // `COLLATE "C"` orders by bytes, as `str`'s `Ord` does.
+    rows.sort_unstable();
+    let mut hasher = Md5::new();
+    for row in &rows {
+        for column in row {
+            hasher.update(column.len().to_string().as_bytes());
+            hasher.update(b":");
+            hasher.update(column.as_bytes());
+        }
+    }
+    hasher.finalize().iter().fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
+
+/// Writes the file's opening comment and settings.
+fn write_header(out: &mut dyn Write) -> io::Result<()> {
     writeln!(
         out,
         "-- Written by synapse_compress_state {}.",
@@ -52,45 +97,52 @@ pub fn write_changes(
         out,
         "-- Apply with: psql -v ON_ERROR_STOP=1 <database> < <this file>"
     )?;
-    writeln!(out, "SET client_encoding = 'UTF8';")?;
+    writeln!(
+        out,
+        "-- Each group's change checks, when applied, that the group is still as it was read;"
+    )?;
+    writeln!(
+        out,
+        "-- a group that changed meanwhile is skipped whole with a NOTICE."
+    )?;
+    writeln!(out, "SET client_encoding = 'UTF8';")
+}
+
+/// Writes the file of a run that changes nothing: only a comment saying
+/// why, so that applying it does nothing and a reader knows it is complete.
+pub fn write_nothing(out: &mut dyn Write, room_id: &str, why: &str) -> io::Result<()> {
+    // `{:?}` escapes line breaks, which would end the comment.
+    writeln!(
+        out,
+        "-- Written by synapse_compress_state {}: nothing to apply for room {room_id:?}: {why}.",
+        env!("CARGO_PKG_VERSION")
+    )?;
+    out.flush()
+}
+
+/// Writes the guarded blocks that apply `groups` (ascending ids whose
+/// entries differ between `original`, as loaded, and `new`) for `room_id`.
+///
+/// With `transactions`, each block is wrapped in `BEGIN; ... COMMIT;` (a
+/// `DO` block is atomic anyway; this keeps the reference tool's layout).
+pub fn write_changes(
+    out: &mut dyn Write,
+    room_id: &str,
+    symbols: &Symbols,
+    original: &GroupMap,
+    new: &GroupMap,
+    groups: &[i64],
+    transactions: bool,
+) -> io::Result<()> {
+    let room = quote_literal(room_id);
+    write_header(out)?;
     for &group in groups {
-        let entry = &new[&group];
+        let body = guarded_block(&room, symbols, group, &original[&group], &new[&group]);
+        let tag = dollar_tag(&body);
         if transactions {
             writeln!(out, "BEGIN;")?;
         }
-        writeln!(
-            out,
-            "DELETE FROM state_group_edges WHERE state_group = {group};"
-        )?;
-        if let Some(prev) = entry.prev {
-            writeln!(
-                out,
-                "INSERT INTO state_group_edges (state_group, prev_state_group) VALUES ({group}, {prev});"
-            )?;
-        }
-        writeln!(
-            out,
-            "DELETE FROM state_groups_state WHERE state_group = {group};"
-        )?;
-        if !entry.delta.is_empty() {
-            writeln!(
-                out,
-                "INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id) VALUES"
-            )?;
-            let last = entry.delta.len() - 1;
-            for (i, (key, value)) in entry.delta.iter().enumerate() {
-                let (ty, state_key) = symbols.key_str(key);
-                let event_id = symbols.value_str(value);
-                writeln!(
-                    out,
-                    "    ({group}, {room}, {}, {}, {}){}",
-                    quote_literal(ty),
-                    quote_literal(state_key),
-                    quote_literal(event_id),
-                    if i == last { ";" } else { "," }
-                )?;
-            }
-        }
+        writeln!(out, "DO {tag}{body}{tag};")?;
         if transactions {
             writeln!(out, "COMMIT;")?;
         }
@@ -98,9 +150,151 @@ pub fn write_changes(
     out.flush()
 }
 
+/// A dollar-quote tag that does not occur in `body` (state keys can hold
+/// anything, `$$` and `$sc$` included). The body starts and ends with a line
+/// break, so the tag cannot run into it either.
+fn dollar_tag(body: &str) -> String {
+    let mut tag = "$sc$".to_owned();
+    let mut n = 0u64;
+    while body.contains(&tag) {
+        n += 1;
+        tag = format!("$sc{n}$");
+    }
+    tag
+}
+
+/// The PL/pgSQL body that rewrites `group` from `old` to `new`, or skips it
+/// with a NOTICE when the database no longer holds `old`.
+fn guarded_block(
+    room: &str,
+    symbols: &Symbols,
+    group: i64,
+    old: &StateGroupEntry,
+    new: &StateGroupEntry,
+) -> String {
+    let mut b = String::with_capacity(1024 + new.delta.len() * 120);
+    let skip = |b: &mut String, why: &str, args: &str| {
+        let _ = writeln!(
+            b,
+            "        RAISE NOTICE 'state group {group} skipped: {why}'{args};\n        RETURN;"
+        );
+    };
+    b.push_str("\nDECLARE\n    base_found boolean := true;\n    edges bigint[];\n");
+    b.push_str("    row_total bigint;\n    digest text;\nBEGIN\n");
+    // Locks in ascending id order (bases and predecessors have lower ids):
+    // the old predecessor and the new base FOR KEY SHARE, as Synapse's
+    // writers lock what they build on (Synapse's deletion locks FOR UPDATE,
+    // so it cannot de-delta this group or delete its base meanwhile), then
+    // the group itself FOR NO KEY UPDATE (one rewriter at a time).
+    let mut shared: Vec<i64> = old.prev.into_iter().chain(new.prev).collect();
+    shared.sort_unstable();
+    shared.dedup();
+    for id in shared {
+        let _ = writeln!(
+            b,
+            "    PERFORM 1 FROM state_groups WHERE id = {id} FOR KEY SHARE;"
+        );
+        if Some(id) == new.prev {
+            b.push_str("    base_found := FOUND;\n");
+        }
+    }
+    let _ = writeln!(
+        b,
+        "    PERFORM 1 FROM state_groups WHERE id = {group} FOR NO KEY UPDATE;"
+    );
+    b.push_str("    IF NOT FOUND THEN\n");
+    skip(&mut b, "group gone", "");
+    b.push_str("    END IF;\n");
+    if let Some(base) = new.prev {
+        b.push_str("    IF NOT base_found THEN\n");
+        skip(&mut b, &format!("new base {base} gone"), "");
+        b.push_str("    END IF;\n");
+    }
+
+    let _ = writeln!(
+        b,
+        "    SELECT array_agg(prev_state_group ORDER BY prev_state_group) INTO edges\n        \
+         FROM state_group_edges WHERE state_group = {group};"
+    );
+    let expected_edges = match old.prev {
+        Some(prev) => format!("'{{{prev}}}'::bigint[]"),
+        None => "NULL".to_owned(),
+    };
+    let expected_text = old.prev.map_or("none".to_owned(), |p| p.to_string());
+    let _ = writeln!(b, "    IF edges IS DISTINCT FROM {expected_edges} THEN");
+    skip(
+        &mut b,
+        &format!("edge changed (expected prev {expected_text}, found %)"),
+        ", coalesce(edges::text, 'none')",
+    );
+    b.push_str("    END IF;\n");
+
+    let _ = writeln!(
+        b,
+        "    SELECT count(*), {SQL_ROWS_DIGEST} INTO row_total, digest\n        \
+         FROM state_groups_state WHERE state_group = {group};"
+    );
+    let (rows, digest) = (old.delta.len(), rows_digest(symbols, &old.delta));
+    let _ = writeln!(b, "    IF row_total <> {rows} OR digest <> '{digest}' THEN");
+    skip(
+        &mut b,
+        &format!("rows changed (expected {rows} rows, md5 {digest}; found % rows, md5 %)"),
+        ", row_total, digest",
+    );
+    b.push_str("    END IF;\n");
+
+    if let Some(base) = new.prev {
+        // Synapse's pending-deletion table exists from 1.124 on; whether it
+        // does is decided here, when the file is applied, and a static
+        // reference to a missing table would fail, hence EXECUTE.
+        let _ = writeln!(
+            b,
+            "    IF to_regclass('state_groups_pending_deletion') IS NOT NULL THEN\n        \
+             EXECUTE 'UPDATE state_groups_pending_deletion SET sequence_number = DEFAULT, \
+             insertion_ts = $1 WHERE state_group = $2'\n            \
+             USING (extract(epoch FROM clock_timestamp()) * 1000)::bigint, {base}::bigint;\n    \
+             END IF;"
+        );
+    }
+
+    let _ = writeln!(
+        b,
+        "    DELETE FROM state_group_edges WHERE state_group = {group};"
+    );
+    if let Some(base) = new.prev {
+        let _ = writeln!(
+            b,
+            "    INSERT INTO state_group_edges (state_group, prev_state_group) VALUES ({group}, {base});"
+        );
+    }
+    let _ = writeln!(
+        b,
+        "    DELETE FROM state_groups_state WHERE state_group = {group};"
+    );
+    if !new.delta.is_empty() {
+        b.push_str(
+            "    INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id) VALUES\n",
+        );
+        let last = new.delta.len() - 1;
+        for (i, (key, value)) in new.delta.iter().enumerate() {
+            let (ty, state_key) = symbols.key_str(key);
+            let _ = writeln!(
+                b,
+                "        ({group}, {room}, {}, {}, {}){}",
+                quote_literal(ty),
+                quote_literal(state_key),
+                quote_literal(symbols.value_str(value)),
+                if i == last { ";" } else { "," }
+            );
+        }
+    }
+    b.push_str("END\n");
+    b
+}
+
 #[cfg(test)]
 mod tests {
-    use super::quote_literal;
+    use super::*;
 
     #[test]
     fn quotes_awkward_text() {
@@ -109,5 +303,32 @@ mod tests {
         assert_eq!(quote_literal(r"a\b'"), r"E'a\\b'''");
         assert_eq!(quote_literal("$$ x $tag$"), "'$$ x $tag$'");
         assert_eq!(quote_literal("😀\n"), "'😀\n'");
+    }
+
+    #[test]
+    fn the_dollar_tag_never_occurs_in_the_body() {
+        assert_eq!(dollar_tag("\nplain\n"), "$sc$");
+        assert_eq!(dollar_tag("\n'$sc$'\n"), "$sc1$");
+        assert_eq!(dollar_tag("\n'$sc$ $sc1$ $sc2$'\n"), "$sc3$");
+    }
+
+    #[test]
+    fn digest_is_md5_of_length_prefixed_rows_in_byte_order() {
+        let mut symbols = Symbols::new();
+        assert_eq!(
+            rows_digest(&symbols, &StateMap::new()),
+            "d41d8cd98f00b204e9800998ecf8427e" // md5 of nothing
+        );
+        let (delta, _) = StateMap::from_unsorted(vec![
+            (symbols.key("m.room.name", ""), symbols.value("$b")),
+            (symbols.key("m.room.member", "@é:x"), symbols.value("$a")),
+        ]);
+        // "m.room.member" < "m.room.name"; "é" is two bytes.
+        let text = "13:m.room.member5:@é:x2:$a11:m.room.name0:2:$b";
+        let expected = Md5::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
+        assert_eq!(rows_digest(&symbols, &delta), expected);
     }
 }

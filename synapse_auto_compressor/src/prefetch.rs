@@ -218,27 +218,33 @@ impl Prefetcher {
     }
 
     /// Starts loading `request` in the background, unless every reader is
-    /// busy.
+    /// busy. When no reader is left to take it, there is no room any more
+    /// ([`Prefetcher::has_room`] is false from then on, so callers that
+    /// start loads while there is room stop).
     pub fn start(&mut self, request: ChunkRequest) {
         if !self.has_room() {
             return;
         }
         let ticket = self.next_ticket;
-        if self.requests.send((ticket, request.clone())).is_ok() {
-            self.next_ticket += 1;
-            self.pending.push_back(Pending {
-                ticket,
-                request,
-                end: None,
-            });
+        if self.requests.send((ticket, request.clone())).is_err() {
+            debug!("no reader left; loading every chunk on the main connection");
+            self.readers = 0;
+            return;
         }
+        self.next_ticket += 1;
+        self.pending.push_back(Pending {
+            ticket,
+            request,
+            end: None,
+        });
     }
 
     /// The background load of `request`, waiting for it to finish, if it is
     /// the next one started. Otherwise the predictions went wrong from their
     /// first step and none of the loads under way is needed: they are waited
-    /// for and dropped. A load that failed is dropped too (the caller loads
-    /// again on its own connection and reports any error from there).
+    /// for and dropped. A load that failed, wholly or in its groups, is
+    /// dropped too (the caller loads again on its own connection and
+    /// reports any error from there).
     pub fn take(&mut self, request: &ChunkRequest) -> Option<LoadedChunk> {
         let first = self.pending.pop_front()?;
         if &first.request != request {
@@ -257,15 +263,22 @@ impl Prefetcher {
             }
             return None;
         }
+        // A load fails as a whole (no snapshot, no ids) or in its groups;
+        // either way the chunk is loaded again on the main connection, which
+        // reports the error if it is not the reader's own.
         match self.wait_for(first.ticket)? {
-            Ok(chunk) => {
-                self.used += 1;
-                Some(chunk)
-            }
-            Err(e) => {
+            Ok(LoadedChunk {
+                groups: Some(Err(e)),
+                ..
+            })
+            | Err(e) => {
                 debug!("prefetching a chunk failed ({e}); loading it again");
                 self.dropped += 1;
                 None
+            }
+            Ok(chunk) => {
+                self.used += 1;
+                Some(chunk)
             }
         }
     }

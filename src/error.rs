@@ -45,9 +45,20 @@ pub enum Error {
     #[error("room {} has no state groups in the requested range", printable(.0))]
     EmptyRange(String),
 
-    /// The stored structure cannot be read safely (cycle, forward edge...).
+    /// The stored structure cannot be read safely (cycle, forward edge,
+    /// a NULL or undecodable value...).
     #[error("damaged state group structure: {0}")]
     Damaged(String),
+
+    /// A [`Error::Damaged`] found while reading or compressing one room,
+    /// before anything was written to it.
+    #[error("room {} is damaged: {why}; it was left alone", printable(.room))]
+    DamagedRoom { room: String, why: String },
+
+    /// A bug caught at run time (say a panic in a loading thread), reported
+    /// instead of taking the whole process down.
+    #[error("internal error: {0}")]
+    Internal(String),
 
     /// Verification found a group whose state would change. This is a bug.
     #[error("verification failed, nothing was written: {0}")]
@@ -111,6 +122,18 @@ impl Error {
     /// later": the binaries exit with status 75 (EX_TEMPFAIL) for these.
     pub fn is_busy(&self) -> bool {
         matches!(self, Error::AlreadyRunning(_) | Error::RoomBusy { .. })
+    }
+
+    /// A [`Error::Damaged`] of `room` becomes [`Error::DamagedRoom`]; other
+    /// errors pass through.
+    pub fn in_room(self, room: &str) -> Error {
+        match self {
+            Error::Damaged(why) => Error::DamagedRoom {
+                room: room.to_owned(),
+                why: printable(&why).into_owned(),
+            },
+            other => other,
+        }
     }
 
     /// Wraps an I/O error on `path`.

@@ -66,13 +66,17 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     };
     let rows_bar = progress::counter("Rows read");
     let mut symbols = Symbols::new();
-    let (original, report) = load::load_groups(&mut snapshot, &mut symbols, &ids, &[], &mut |n| {
+    // Up to the writes, a damaged structure is reported with the room's
+    // name: nothing of it has been touched.
+    let damaged = |e: Error| e.in_room(room);
+    let loaded = load::load_groups(&mut snapshot, &mut symbols, &ids, &[], &mut |n| {
         rows_bar.inc(n)
-    })?;
+    });
+    rows_bar.finish_and_clear();
+    let (original, report) = loaded.map_err(damaged)?;
     snapshot
         .commit()
         .map_err(|e| Error::db("finishing the read", e))?;
-    rows_bar.finish_and_clear();
     if !report.missing_predecessors.is_empty() {
         warn!(
             "{} predecessor group(s) have no state_groups row (purged?); reading them as Synapse does: {:?}",
@@ -95,7 +99,7 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     );
 
     let started = Instant::now();
-    let compressed = compress(&original, config.level_sizes.empty_levels())?;
+    let compressed = compress(&original, config.level_sizes.empty_levels()).map_err(damaged)?;
     timings.compress = started.elapsed();
 
     let rows_before = row_count(&original);
@@ -145,7 +149,7 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     if config.verify {
         let started = Instant::now();
         info!("Checking that state maps match...");
-        summary.verified = Some(verify(&original, &compressed.changes)?);
+        summary.verified = Some(verify(&original, &compressed.changes).map_err(damaged)?);
         summary.timings.verify = started.elapsed();
     }
 

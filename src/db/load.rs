@@ -10,12 +10,16 @@
 //! deletes and de-deltas groups in the background, and reading a group's
 //! edge in one statement and its predecessor's rows in another could mix two
 //! versions of a chain.
+//!
+//! Nothing read here may panic: a NULL or undecodable value (possible only
+//! in a damaged or hand-altered database) is an [`Error::Damaged`] naming
+//! the group, the column and the table, so callers can leave the room alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::types::{ToSql, Type};
-use postgres::GenericClient;
+use postgres::types::{FromSql, ToSql, Type};
+use postgres::{GenericClient, Row};
 
 use crate::error::{Error, Result};
 use crate::group::GroupMap;
@@ -69,7 +73,9 @@ pub fn range_ids(
             ],
         )
         .map_err(|e| Error::db("finding the state groups to compress", e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    rows.iter()
+        .map(|r| column(r, 0, "state_groups", "id"))
+        .collect()
 }
 
 /// True when the room has at least one state group.
@@ -79,8 +85,8 @@ pub fn room_has_groups(client: &mut impl GenericClient, room_id: &str) -> Result
             "SELECT EXISTS (SELECT 1 FROM state_groups WHERE room_id = $1)",
             &[(&room_id, Type::TEXT)],
         )
-        .map(|r| r.get(0))
         .map_err(|e| Error::db("looking up the room", e))
+        .and_then(|r| column(&r, 0, "state_groups", "EXISTS"))
 }
 
 /// Loads the groups `ids` (in range: to be compressed, as found by
@@ -133,7 +139,9 @@ pub fn load_groups(
 
 /// `ids` and every group reachable from them through `state_group_edges`,
 /// ascending, each with whether it has a `state_groups` row. `UNION` ends
-/// the walk even on a damaged, looping structure.
+/// the walk even on a damaged, looping structure. A NULL predecessor ends
+/// the walk too: the group holding it is loaded, and [`Builder::read_edges`]
+/// reports it by name.
 fn ancestors(client: &mut impl GenericClient, ids: &[i64]) -> Result<Vec<(i64, bool)>> {
     let rows = client
         .query_typed(
@@ -142,13 +150,91 @@ fn ancestors(client: &mut impl GenericClient, ids: &[i64]) -> Result<Vec<(i64, b
                  UNION \
                  SELECT e.prev_state_group FROM state_group_edges AS e \
                  JOIN chain AS c ON e.state_group = c.id \
+                 WHERE e.prev_state_group IS NOT NULL \
              ) SELECT c.id, EXISTS (SELECT 1 FROM state_groups AS g WHERE g.id = c.id) \
              FROM chain AS c ORDER BY c.id",
             &[(&ids, Type::INT8_ARRAY)],
         )
         .map_err(|e| Error::db("finding predecessor chains", e))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    rows.iter()
+        .map(|r| {
+            Ok((
+                column(r, 0, "state_group_edges", "prev_state_group")?,
+                column(r, 1, "state_groups", "EXISTS")?,
+            ))
+        })
+        .collect()
 }
+
+/// Column `idx` of a row that names no group (ids, flags), or
+/// [`Error::Damaged`] naming `table` and `name`.
+#[inline]
+fn column<'r, T: FromSql<'r>>(row: &'r Row, idx: usize, table: &str, name: &str) -> Result<T> {
+    row.try_get::<_, Option<T>>(idx)
+        .map_err(|e| unreadable(None, table, name, &e))?
+        .ok_or_else(|| Error::Damaged(format!("a NULL {name} in {table}")))
+}
+
+/// Column `idx` (called `name`, of `table`) of a row of `group`. Inlined
+/// into the row loop; the error paths are out of line and allocate only
+/// when taken.
+#[inline]
+fn group_column<'r, T: FromSql<'r>>(
+    row: &'r Row,
+    idx: usize,
+    group: i64,
+    table: &'static str,
+    name: &'static str,
+) -> Result<T> {
+    match row.try_get::<_, Option<T>>(idx) {
+        Ok(Some(value)) => Ok(value),
+        Ok(None) => Err(null_in_group(group, table, name)),
+        Err(e) => Err(unreadable(Some(group), table, name, &e)),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn null_in_group(group: i64, table: &str, name: &str) -> Error {
+    Error::Damaged(format!("state group {group} has a NULL {name} in {table}"))
+}
+
+/// The server's refusal to send text as UTF-8 (it was stored as other
+/// bytes in an `SQL_ASCII` database) as [`Error::Damaged`]. The server does
+/// not say which row, so this names the groups the query read.
+#[cold]
+#[inline(never)]
+fn not_utf8(table: &str, ids: &[i64], err: postgres::Error) -> Result<Error, postgres::Error> {
+    use postgres::error::SqlState;
+    let code = err.code();
+    if code != Some(&SqlState::CHARACTER_NOT_IN_REPERTOIRE)
+        && code != Some(&SqlState::UNTRANSLATABLE_CHARACTER)
+    {
+        return Err(err);
+    }
+    let (first, last) = (ids.iter().min(), ids.iter().max());
+    let message = err.as_db_error().map_or("", |db| db.message());
+    Ok(Error::Damaged(format!(
+        "a row of {table} of state groups {}..={} holds text that is not valid UTF-8 ({message})",
+        first.unwrap_or(&0),
+        last.unwrap_or(&0)
+    )))
+}
+
+/// A value that is there but cannot be decoded (say text that is not
+/// UTF-8, stored in an `SQL_ASCII` database).
+#[cold]
+#[inline(never)]
+fn unreadable(group: Option<i64>, table: &str, name: &str, err: &postgres::Error) -> Error {
+    let whose = group.map_or_else(|| "a row".to_owned(), |g| format!("state group {g}"));
+    Error::Damaged(format!(
+        "{whose} has an unreadable {name} in {table} ({})",
+        crate::error::one_line(err)
+    ))
+}
+
+const EDGES: &str = "state_group_edges";
+const ROWS: &str = "state_groups_state";
 
 /// Collects what the queries return. Rows arrive ordered by group, so one
 /// scratch vector is filled per group and turned into an exactly-sized
@@ -206,8 +292,8 @@ impl<'s> Builder<'s> {
             .query_typed_raw(sql, [(&ids as &(dyn ToSql + Sync), Type::INT8_ARRAY)])
             .map_err(|e| Error::db(ctx, e))?;
         while let Some(row) = rows.next().map_err(|e| Error::db(ctx, e))? {
-            let group: i64 = row.get(0);
-            let prev: i64 = row.get(1);
+            let group: i64 = column(&row, 0, EDGES, "state_group")?;
+            let prev: i64 = group_column(&row, 1, group, EDGES, "prev_state_group")?;
             if let Some(other) = self.edges.insert(group, prev) {
                 if other != prev {
                     return Err(Error::Damaged(format!(
@@ -232,18 +318,24 @@ impl<'s> Builder<'s> {
         on_rows: &mut dyn FnMut(u64),
     ) -> Result<()> {
         let ctx = "loading state rows";
+        let db = |e| not_utf8(ROWS, ids, e).unwrap_or_else(|e| Error::db(ctx, e));
         let mut rows = client
             .query_typed_raw(sql, [(&ids as &(dyn ToSql + Sync), Type::INT8_ARRAY)])
-            .map_err(|e| Error::db(ctx, e))?;
+            .map_err(db)?;
         let mut count = 0u64;
-        while let Some(row) = rows.next().map_err(|e| Error::db(ctx, e))? {
-            let group: i64 = row.get(0);
+        while let Some(row) = rows.next().map_err(db)? {
+            let group: i64 = column(&row, 0, ROWS, "state_group")?;
             if self.scratch_group != Some(group) {
                 self.flush();
                 self.scratch_group = Some(group);
             }
-            let key = self.symbols.key(row.get(1), row.get(2));
-            let value = self.symbols.value(row.get(3));
+            let key = self.symbols.key(
+                group_column(&row, 1, group, ROWS, "type")?,
+                group_column(&row, 2, group, ROWS, "state_key")?,
+            );
+            let value = self
+                .symbols
+                .value(group_column(&row, 3, group, ROWS, "event_id")?);
             self.scratch.push((key, value));
             count += 1;
             if count % 65_536 == 0 {

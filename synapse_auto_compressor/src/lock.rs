@@ -13,7 +13,8 @@ pub fn acquire(client: &mut Client) -> Result<()> {
     let got: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
         .map_err(|e| Error::db("taking the run lock", e))?
-        .get(0);
+        .try_get(0)
+        .map_err(|e| Error::db("taking the run lock", e))?;
     if got {
         return Ok(());
     }
@@ -25,7 +26,8 @@ pub fn acquire(client: &mut Client) -> Result<()> {
         )
         .ok()
         .flatten()
-        .map(|row| row.get(0));
+        // NULL when a prepared transaction holds it.
+        .and_then(|row| row.try_get(0).ok().flatten());
     Err(Error::AlreadyRunning(match holder {
         Some(pid) => format!(
             "another synapse_auto_compressor holds advisory lock {LOCK_KEY} on this database (server process {pid})"

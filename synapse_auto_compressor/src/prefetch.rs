@@ -12,6 +12,12 @@
 //! comes (same room, start, level heads and size); otherwise it is dropped
 //! and the chunk is loaded as usual.
 //!
+//! Nothing that happens in a reader may leave the main thread waiting: a
+//! load's error or panic is reported as that load's result (the chunk is
+//! then loaded again on the main connection), a reader whose connection is
+//! closed says so and stops, and once every reader is gone every wait ends
+//! at once.
+//!
 //! Why a load taken before the chunks ahead of it commit is still right: it
 //! is one consistent snapshot; a chunk only rewrites groups of its own room,
 //! and every load under way is of another room than the chunks before it;
@@ -20,11 +26,12 @@
 //! caught by the write's re-check, as for any load.
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 
-use log::debug;
+use log::{debug, warn};
 use postgres::Client;
 use synapse_compress_state::db::load::{self, LoadReport};
 use synapse_compress_state::state_map::Symbols;
@@ -108,6 +115,9 @@ enum Report {
     End(u64, i64),
     /// The load is finished (boxed: a chunk is large, an end is not).
     Done(u64, Box<Result<LoadedChunk>>),
+    /// The reader stopped for good (its connection is closed, or it
+    /// panicked): it takes no more loads.
+    Gone,
 }
 
 /// A load started ahead of time.
@@ -147,19 +157,20 @@ impl Prefetcher {
         for mut client in clients {
             let inbox = Arc::clone(&inbox);
             let outbox = outbox.clone();
-            scope.spawn(move || loop {
-                // The lock is held only while waiting for the next request.
-                let next = match inbox.lock() {
-                    Ok(inbox) => inbox.recv(),
-                    Err(_) => break,
-                };
-                let Ok((ticket, request)) = next else { break };
-                let loaded = load_chunk(&mut client, &request, &mut |end| {
-                    let _ = outbox.send(Report::End(ticket, end));
-                });
-                if outbox.send(Report::Done(ticket, Box::new(loaded))).is_err() {
-                    break;
+            scope.spawn(move || {
+                loop {
+                    // The lock is held only while waiting for the next request.
+                    let next = match inbox.lock() {
+                        Ok(inbox) => inbox.recv(),
+                        Err(_) => break,
+                    };
+                    let Ok((ticket, request)) = next else { break };
+                    let (loaded, usable) = load_caught(&mut client, &request, ticket, &outbox);
+                    if outbox.send(Report::Done(ticket, Box::new(loaded))).is_err() || !usable {
+                        break;
+                    }
                 }
+                let _ = outbox.send(Report::Gone);
             });
         }
         Self {
@@ -207,27 +218,33 @@ impl Prefetcher {
     }
 
     /// Starts loading `request` in the background, unless every reader is
-    /// busy.
+    /// busy. When no reader is left to take it, there is no room any more
+    /// ([`Prefetcher::has_room`] is false from then on, so callers that
+    /// start loads while there is room stop).
     pub fn start(&mut self, request: ChunkRequest) {
         if !self.has_room() {
             return;
         }
         let ticket = self.next_ticket;
-        if self.requests.send((ticket, request.clone())).is_ok() {
-            self.next_ticket += 1;
-            self.pending.push_back(Pending {
-                ticket,
-                request,
-                end: None,
-            });
+        if self.requests.send((ticket, request.clone())).is_err() {
+            debug!("no reader left; loading every chunk on the main connection");
+            self.readers = 0;
+            return;
         }
+        self.next_ticket += 1;
+        self.pending.push_back(Pending {
+            ticket,
+            request,
+            end: None,
+        });
     }
 
     /// The background load of `request`, waiting for it to finish, if it is
     /// the next one started. Otherwise the predictions went wrong from their
     /// first step and none of the loads under way is needed: they are waited
-    /// for and dropped. A load that failed is dropped too (the caller loads
-    /// again on its own connection and reports any error from there).
+    /// for and dropped. A load that failed, wholly or in its groups, is
+    /// dropped too (the caller loads again on its own connection and
+    /// reports any error from there).
     pub fn take(&mut self, request: &ChunkRequest) -> Option<LoadedChunk> {
         let first = self.pending.pop_front()?;
         if &first.request != request {
@@ -246,15 +263,22 @@ impl Prefetcher {
             }
             return None;
         }
+        // A load fails as a whole (no snapshot, no ids) or in its groups;
+        // either way the chunk is loaded again on the main connection, which
+        // reports the error if it is not the reader's own.
         match self.wait_for(first.ticket)? {
-            Ok(chunk) => {
-                self.used += 1;
-                Some(chunk)
-            }
-            Err(e) => {
+            Ok(LoadedChunk {
+                groups: Some(Err(e)),
+                ..
+            })
+            | Err(e) => {
                 debug!("prefetching a chunk failed ({e}); loading it again");
                 self.dropped += 1;
                 None
+            }
+            Ok(chunk) => {
+                self.used += 1;
+                Some(chunk)
             }
         }
     }
@@ -271,9 +295,15 @@ impl Prefetcher {
     }
 
     /// Takes in one report: an end goes to its pending load, a result is
-    /// kept until asked for. `None` if the readers are gone.
+    /// kept until asked for. `None` if the readers are gone (every reader
+    /// sends its last report before its sender is dropped, so nothing is
+    /// left to wait for then).
     fn receive(&mut self) -> Option<()> {
         match self.results.recv().ok()? {
+            Report::Gone => {
+                self.readers = self.readers.saturating_sub(1);
+                debug!("a reader stopped; {} left", self.readers);
+            }
             Report::End(ticket, end) => {
                 if let Some(p) = self.pending.iter_mut().find(|p| p.ticket == ticket) {
                     p.end = Some(end);
@@ -284,5 +314,44 @@ impl Prefetcher {
             }
         }
         Some(())
+    }
+}
+
+/// Runs one load in a reader thread, turning a panic into that load's
+/// error. Also says whether the reader's connection can take another load
+/// (not after a panic, which may have left it mid-transaction, nor once the
+/// server closed it).
+fn load_caught(
+    client: &mut Client,
+    request: &ChunkRequest,
+    ticket: u64,
+    outbox: &Sender<Report>,
+) -> (Result<LoadedChunk>, bool) {
+    let loaded = catch_unwind(AssertUnwindSafe(|| {
+        load_chunk(client, request, &mut |end| {
+            let _ = outbox.send(Report::End(ticket, end));
+        })
+    }));
+    match loaded {
+        Ok(loaded) => {
+            let usable = !client.is_closed();
+            if !usable {
+                warn!("A loading connection was closed; loading on the others");
+            }
+            (loaded, usable)
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            let e = Error::Internal(format!(
+                "loading a chunk of room {} ahead panicked: {what}",
+                request.room_id
+            ));
+            warn!("{e}; loading it again on the main connection");
+            (Err(e), false)
+        }
     }
 }

@@ -9,15 +9,18 @@
 //!
 //! Only missing tables are created: tables that exist (made by the owner
 //! in advance, say) are used as they are, needing only rights on their rows.
-//! Saved levels are validated when read; a bad save is logged and that room
-//! continues with fresh levels instead of stopping the run.
+//! Saved levels are validated when read; a bad save (NULLs included: the
+//! tables may have been created by hand) is logged and that room continues
+//! with fresh levels instead of stopping the run. No value read here is
+//! trusted not to be NULL or of another type: nothing panics on them.
 
 use std::collections::BTreeSet;
 
 use postgres::types::Type;
-use postgres::{Client, GenericClient};
+use postgres::{Client, GenericClient, Row};
 use synapse_compress_state::db::schema::{self, Need};
 use synapse_compress_state::db::Prepared;
+use synapse_compress_state::error::one_line;
 use synapse_compress_state::{Error, Level, LevelSizes, Result};
 
 /// The progress tables, in the order they are created.
@@ -201,16 +204,30 @@ pub fn read_room_progress(
             &[&room_id],
         )
         .map_err(|e| Error::db(ctx, e))?;
-    let last_compressed: Option<i64> = rows.first().and_then(|row| row.get(0));
-    let saved: Vec<(i32, i32, i32, Option<i64>)> = rows
+    let last_compressed: Option<i64> = match rows.first() {
+        Some(row) => row.try_get(0).map_err(|e| Error::db(ctx, e))?,
+        None => None,
+    };
+    let saved: Result<Vec<SavedLevel>, String> = rows
         .iter()
-        .filter_map(|r| Some((r.get::<_, Option<i32>>(1)?, r.get(2), r.get(3), r.get(4))))
+        .filter_map(|r| saved_level(r).transpose())
         .collect();
 
     let fresh = |last_compressed, reason: Option<String>| RoomProgress {
         last_compressed,
         levels: default_levels.empty_levels(),
         reset_reason: reason,
+    };
+    let saved = match saved {
+        Ok(saved) => saved,
+        Err(why) => {
+            return Ok(fresh(
+                last_compressed,
+                Some(format!(
+                    "saved levels are unreadable ({why}); resetting its levels"
+                )),
+            ))
+        }
     };
     if saved.is_empty() {
         return Ok(fresh(last_compressed, None));
@@ -248,11 +265,35 @@ pub fn read_room_progress(
     }
 }
 
+/// A saved level row: `(level_num, max_size, current_length, head)`.
+type SavedLevel = (i32, i32, i32, Option<i64>);
+
+/// One row of the levels query: `None` for the row of NULLs a room without
+/// levels gives, an error naming the column for a NULL or unreadable value.
+fn saved_level(row: &Row) -> Result<Option<SavedLevel>, String> {
+    let read = |idx: usize, name: &str| -> Result<Option<i32>, String> {
+        row.try_get(idx)
+            .map_err(|e| format!("{name}: {}", one_line(&e)))
+    };
+    let Some(num) = read(1, "level_num")? else {
+        return Ok(None);
+    };
+    let required = |idx: usize, name: &str| {
+        read(idx, name)?.ok_or_else(|| format!("level {num} has a NULL {name}"))
+    };
+    let head: Option<i64> = row
+        .try_get(4)
+        .map_err(|e| format!("current_head: {}", one_line(&e)))?;
+    Ok(Some((
+        num,
+        required(2, "max_size")?,
+        required(3, "current_length")?,
+        head,
+    )))
+}
+
 /// Checks saved level rows `(level_num, max_size, current_length, head)`.
-fn validate_levels(
-    saved: &[(i32, i32, i32, Option<i64>)],
-    last_compressed: i64,
-) -> Result<Vec<Level>, String> {
+fn validate_levels(saved: &[SavedLevel], last_compressed: i64) -> Result<Vec<Level>, String> {
     let mut levels = Vec::with_capacity(saved.len());
     for (i, &(num, max, len, head)) in saved.iter().enumerate() {
         let expected = i as i32 + 1;
@@ -298,7 +339,9 @@ fn heads_in_room(
             &[&heads, &room_id],
         )
         .map_err(|e| Error::db(ctx, e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    rows.iter()
+        .map(|r| r.try_get(0).map_err(|e| Error::db(ctx, e)))
+        .collect()
 }
 
 /// Saves a room's levels and last compressed group. Runs on whatever
@@ -386,7 +429,8 @@ pub struct NextRoom {
 /// Finds the room of the lowest group at or above the saved scan position
 /// that is past that room's progress, leaving out the rooms `left`, and
 /// saves that group as the new scan position (never past a left room's
-/// next group). `None` when every group has been compressed.
+/// next group). `None` when every group has been compressed. A group
+/// without a room (NULL `room_id`, a damaged row) belongs to no room.
 pub fn next_room_to_compress(
     client: &mut Client,
     prepared: &mut Prepared,
@@ -402,6 +446,7 @@ pub fn next_room_to_compress(
                  LEFT JOIN state_compressor_progress AS p USING (room_id) \
                  WHERE g.id >= (SELECT lowest_uncompressed_group \
                                 FROM state_compressor_total_progress) \
+                   AND g.room_id IS NOT NULL \
                    AND (p.last_compressed IS NULL OR g.id > p.last_compressed) \
                    AND g.room_id <> ALL($1) \
                  ORDER BY g.id LIMIT 1 \
@@ -442,6 +487,7 @@ pub fn predict_next_room(
                  ON o.room_id = g.room_id \
              WHERE g.id >= (SELECT lowest_uncompressed_group \
                             FROM state_compressor_total_progress) \
+               AND g.room_id IS NOT NULL \
                AND (COALESCE(o.last, p.last_compressed) IS NULL \
                     OR g.id > COALESCE(o.last, p.last_compressed)) \
                AND g.room_id <> ALL($3) \

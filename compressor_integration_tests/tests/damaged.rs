@@ -1,0 +1,594 @@
+//! Damaged rows and loading that must never hang, against a real
+//! PostgreSQL.
+//!
+//! - A NULL (possible only in a damaged or hand-altered database: the test
+//!   drops the column's NOT NULL first) in any column the tools read, or
+//!   text that is not UTF-8 (an `SQL_ASCII` database), makes the manual
+//!   tool exit with one `error:` line naming the room, the group and the
+//!   column, and change nothing.
+//! - The automatic tool with such a room neither panics nor hangs, leaves
+//!   that room alone and compresses the others.
+//! - A loading connection of the automatic tool killed by the server in the
+//!   middle of a run: the run ends by itself, every state is unchanged, the
+//!   result is that of an undisturbed run, and the next run can start.
+//!
+//! The harness's own readers (`check::snapshot`, `structure`) expect
+//! Synapse's NOT NULL columns, so damaged rooms are compared here as raw,
+//! NULL-safe text of their rows ([`raw_tables`]).
+
+use compressor_integration_tests::check::{assert_same_states, run_compressor, snapshot};
+use compressor_integration_tests::generator::{generate_into, GenConfig, Generated};
+use compressor_integration_tests::pg::{self, TestDb};
+use compressor_integration_tests::synapse_state;
+use compressor_integration_tests::tools::{self, assert_user_error, ToolRun};
+use compressor_integration_tests::StateMap;
+use postgres::Client;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+const AUTO: &str = "synapse_auto_compressor";
+/// The automatic tool's run lock ("SynCompr", big-endian).
+const LOCK_KEY: i64 = i64::from_be_bytes(*b"SynCompr");
+
+/// The columns that are NOT NULL in Synapse's schema and that the tools
+/// read: (table, column).
+const READ_COLUMNS: [(&str, &str); 4] = [
+    ("state_groups_state", "type"),
+    ("state_groups_state", "state_key"),
+    ("state_groups_state", "event_id"),
+    ("state_group_edges", "prev_state_group"),
+];
+
+/// Rooms that compress well (short Synapse chains make many snapshots);
+/// plain strings, so the room id appears unescaped in messages.
+fn config(seed: u64, rooms: usize, groups: usize) -> GenConfig {
+    GenConfig {
+        seed,
+        rooms,
+        groups_per_room: groups,
+        members: 30,
+        max_delta_hops: 10,
+        ..GenConfig::default()
+    }
+}
+
+/// Every row of the three state tables for `room` (or the whole database),
+/// as NULL-safe text (strings as md5, so bytes that are not UTF-8 compare
+/// too), sorted.
+fn raw_tables(client: &mut Client, room: Option<&str>) -> Vec<String> {
+    let text = |column: &str| format!("coalesce(md5({column}), 'NULL')");
+    let sql = format!(
+        "WITH g AS (SELECT id FROM state_groups WHERE $1::text IS NULL OR room_id = $1::text) \
+         SELECT line FROM ( \
+             SELECT concat_ws(' ', 'group', id, {room}, {event}) AS line \
+             FROM state_groups WHERE id IN (SELECT id FROM g) \
+             UNION ALL \
+             SELECT concat_ws(' ', 'edge', state_group, coalesce(prev_state_group::text, 'NULL')) \
+             FROM state_group_edges WHERE state_group IN (SELECT id FROM g) \
+             UNION ALL \
+             SELECT concat_ws(' ', 'row', state_group, {room}, {ty}, {key}, {event}) \
+             FROM state_groups_state WHERE state_group IN (SELECT id FROM g) \
+         ) AS t ORDER BY line",
+        room = text("room_id"),
+        event = text("event_id"),
+        ty = text("type"),
+        key = text("state_key"),
+    );
+    client
+        .query(&sql, &[&room])
+        .expect("reading the raw tables")
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// The groups of `room` that have rows and an edge, ascending.
+fn groups_with_rows_and_edge(client: &mut Client, room: &str) -> Vec<i64> {
+    client
+        .query(
+            "SELECT g.id FROM state_groups AS g WHERE g.room_id = $1 \
+             AND EXISTS (SELECT 1 FROM state_group_edges AS e WHERE e.state_group = g.id) \
+             AND EXISTS (SELECT 1 FROM state_groups_state AS s WHERE s.state_group = g.id) \
+             ORDER BY g.id",
+            &[&room],
+        )
+        .expect("finding groups")
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// Drops `column`'s NOT NULL and sets it to NULL in one row of `group`.
+fn put_null(client: &mut Client, table: &str, column: &str, group: i64) {
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {table} ALTER COLUMN {column} DROP NOT NULL"
+        ))
+        .expect("dropping NOT NULL");
+    let changed = client
+        .execute(
+            &format!(
+                "UPDATE {table} SET {column} = NULL WHERE ctid = \
+                 (SELECT ctid FROM {table} WHERE state_group = $1 LIMIT 1)"
+            ),
+            &[&group],
+        )
+        .expect("putting a NULL");
+    assert_eq!(changed, 1, "no row of group {group} in {table}");
+}
+
+/// The group in the middle of `room` among those with rows and an edge.
+fn middle_group(client: &mut Client, room: &str) -> i64 {
+    let groups = groups_with_rows_and_edge(client, room);
+    assert!(groups.len() > 10, "room {room} has too few groups");
+    groups[groups.len() / 2]
+}
+
+/// Asserts the manual tool's refusal of a damaged room: one `error:` line
+/// naming the room and containing `why`, and nothing changed.
+fn assert_refused(run: &ToolRun, room: &str, why: &str) {
+    assert_user_error(run);
+    let line = run.error_lines()[0];
+    let expected_start = format!("error: room {room} is damaged: ");
+    assert!(
+        line.starts_with(&expected_start)
+            && line.contains(why)
+            && line.ends_with("it was left alone"),
+        "expected {expected_start:?}...{why:?}...\n{}",
+        run.describe()
+    );
+    eprintln!("{line}");
+}
+
+/// Runs the manual tool on `url` with `args` (room `room`) and asserts
+/// its refusal ([`assert_refused`]) and that the database did not change.
+fn refuses(client: &mut Client, url: &str, room: &str, args: &[&str], why: &str) -> ToolRun {
+    let before = raw_tables(client, None);
+    let mut all = vec!["-r", room];
+    all.extend_from_slice(args);
+    let run = run_compressor(url, &all);
+    assert_refused(&run, room, why);
+    assert_eq!(before, raw_tables(client, None), "the database changed");
+    run
+}
+
+#[test]
+fn a_null_in_a_rooms_rows_or_edges_is_one_error_line_and_changes_nothing() {
+    for (i, (table, column)) in READ_COLUMNS.into_iter().enumerate() {
+        let db = TestDb::create(&format!("damaged_manual_{column}"));
+        let generated =
+            generate_into(&mut db.client(), &config(70 + i as u64, 2, 150)).expect("generating");
+        let room = generated.rooms[1].room_id.as_str();
+        let group = middle_group(&mut db.client(), room);
+        let mut client = db.client();
+        put_null(&mut client, table, column, group);
+        let before = raw_tables(&mut client, None);
+
+        let why = format!("state group {group} has a NULL {column} in {table}");
+        // Writing to the database, and writing an SQL file.
+        refuses(&mut client, db.url(), room, &["-c"], &why);
+        let file = tools::TempPath::new("damaged", "sql");
+        refuses(&mut client, db.url(), room, &["-o", file.as_str()], &why);
+
+        // The other room is not damaged and compresses as usual.
+        let other = generated.rooms[0].room_id.as_str();
+        let states = synapse_state::all_states(&mut db.client(), Some(other)).expect("states");
+        tools::assert_success(&run_compressor(db.url(), &["-r", other, "-c"]));
+        let after = synapse_state::all_states(&mut db.client(), Some(other)).expect("states");
+        assert_same_states(&states, &after, "the undamaged room");
+        assert_eq!(
+            raw_tables(&mut db.client(), Some(room)),
+            before_room(&before, &mut db.client(), room),
+            "the damaged room changed"
+        );
+    }
+}
+
+/// The raw lines of `room` in a whole-database dump taken earlier (the
+/// room's groups are the same, so its lines are those of its groups).
+fn before_room(before: &[String], client: &mut Client, room: &str) -> Vec<String> {
+    let ids: Vec<String> = synapse_state::group_ids(client, Some(room))
+        .expect("group ids")
+        .iter()
+        .map(i64::to_string)
+        .collect();
+    let ids: std::collections::BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    before
+        .iter()
+        .filter(|line| line.split(' ').nth(1).is_some_and(|id| ids.contains(id)))
+        .cloned()
+        .collect()
+}
+
+/// The NULL is in a predecessor outside the range (`-b` after it): it is
+/// loaded to resolve states, and named all the same.
+#[test]
+fn a_null_in_a_predecessor_outside_the_range_is_named_too() {
+    let db = TestDb::create("damaged_predecessor");
+    let generated = generate_into(&mut db.client(), &config(77, 1, 200)).expect("generating");
+    let room = generated.rooms[0].room_id.as_str();
+    let mut client = db.client();
+    // A group with an edge that is itself the predecessor of a later group.
+    let group: i64 = client
+        .query_one(
+            "SELECT e.prev_state_group FROM state_group_edges AS e \
+             JOIN state_group_edges AS p ON p.state_group = e.prev_state_group \
+             ORDER BY e.prev_state_group LIMIT 1 OFFSET 20",
+            &[],
+        )
+        .expect("finding a predecessor")
+        .get(0);
+    put_null(&mut client, "state_group_edges", "prev_state_group", group);
+
+    let why = format!("state group {group} has a NULL prev_state_group in state_group_edges");
+    let after = group.to_string();
+    refuses(&mut client, db.url(), room, &["-b", &after, "-c"], &why);
+}
+
+/// Synapse's schema has `state_groups_state.room_id` NOT NULL, but the
+/// tools never read it (a group's room is `state_groups.room_id`): a NULL
+/// there changes nothing about a run.
+#[test]
+fn a_null_room_id_in_the_rows_is_not_read() {
+    let db = TestDb::create("damaged_rows_room_id");
+    let generated = generate_into(&mut db.client(), &config(78, 1, 150)).expect("generating");
+    let room = generated.rooms[0].room_id.as_str();
+    let group = middle_group(&mut db.client(), room);
+    put_null(&mut db.client(), "state_groups_state", "room_id", group);
+    let before = synapse_state::all_states(&mut db.client(), None).expect("states");
+
+    tools::assert_success(&run_compressor(db.url(), &["-r", room, "-c"]));
+    let after = synapse_state::all_states(&mut db.client(), None).expect("states");
+    assert_same_states(&before, &after, "after compressing");
+}
+
+/// A database in `SQL_ASCII`, where text may hold any bytes: the
+/// workspace's test databases are UTF8, so this one is made here.
+struct AsciiDb {
+    name: String,
+    url: String,
+}
+
+impl AsciiDb {
+    fn create(hint: &str) -> AsciiDb {
+        let name = format!("t_{}_{hint}", std::process::id());
+        let mut admin = pg::admin_client();
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING 'SQL_ASCII' \
+                 LC_COLLATE 'C' LC_CTYPE 'C'",
+                pg::quote_ident(&name)
+            ))
+            .expect("creating an SQL_ASCII database");
+        let url = pg::db_url(&pg::base_url(), &name);
+        pg::connect(&url)
+            .batch_execute(pg::SCHEMA_SQL)
+            .expect("loading the schema");
+        AsciiDb { name, url }
+    }
+}
+
+impl Drop for AsciiDb {
+    fn drop(&mut self) {
+        let _ = pg::admin_client().batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            pg::quote_ident(&self.name)
+        ));
+    }
+}
+
+#[test]
+fn text_that_is_not_utf8_is_named_like_a_null() {
+    let db = AsciiDb::create("damaged_ascii");
+    let mut client = pg::connect(&db.url);
+    let generated = generate_into(&mut client, &config(79, 2, 120)).expect("generating");
+    let room = generated.rooms[0].room_id.as_str();
+    let group = middle_group(&mut client, room);
+    let changed = client
+        .execute(
+            "UPDATE state_groups_state SET state_key = E'bad \\xff byte' WHERE ctid = \
+             (SELECT ctid FROM state_groups_state WHERE state_group = $1 LIMIT 1)",
+            &[&group],
+        )
+        .expect("storing a byte that is not UTF-8");
+    assert_eq!(changed, 1);
+
+    // The server refuses to send the row as UTF-8 and does not say which
+    // row it was: the line names the room, the table and the groups read.
+    let why = "a row of state_groups_state of state groups ";
+    let run = refuses(&mut client, &db.url, room, &["-c"], why);
+    assert!(run.stderr.contains("not valid UTF-8"), "{}", run.describe());
+}
+
+/// A column the tool cannot decode (here a hand-altered type) is named
+/// with the group whose row could not be read.
+#[test]
+fn a_column_that_cannot_be_decoded_is_named() {
+    let db = TestDb::create("damaged_bytea");
+    let generated = generate_into(&mut db.client(), &config(76, 1, 100)).expect("generating");
+    let room = generated.rooms[0].room_id.as_str();
+    let mut client = db.client();
+    client
+        .batch_execute(
+            "ALTER TABLE state_groups_state ALTER COLUMN event_id TYPE bytea \
+             USING convert_to(event_id, 'UTF8')",
+        )
+        .expect("altering the column");
+    let first: i64 = client
+        .query_one("SELECT min(state_group) FROM state_groups_state", &[])
+        .expect("first group")
+        .get(0);
+
+    let why = format!("state group {first} has an unreadable event_id in state_groups_state");
+    refuses(&mut client, db.url(), room, &["-c"], &why);
+}
+
+// ---------------------------------------------------------------------------
+// The automatic tool
+
+fn auto(url: &str, chunk: &str, chunks: &str, extra: &[&str]) -> ToolRun {
+    let mut args = vec!["-p", url, "-c", chunk, "-n", chunks];
+    args.extend_from_slice(extra);
+    tools::run_bin(AUTO, &args)
+}
+
+/// The one JSON object a `--json` run printed.
+fn json(run: &ToolRun) -> Value {
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_else(|| panic!("no JSON on stdout\n{}", run.describe()));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON ({e}): {line}"))
+}
+
+/// An automatic run over a generated database (three rooms) with a NULL
+/// `column` in the middle group of its second room, after which the other
+/// rooms' states are checked, and what there is to know about it.
+struct DamagedRun {
+    db: TestDb,
+    generated: Generated,
+    room: String,
+    group: i64,
+    /// The damaged room's raw rows before the run.
+    room_before: Vec<String>,
+    run: ToolRun,
+}
+
+fn auto_on_a_damaged_room(hint: &str, seed: u64, table: &str, column: &str) -> DamagedRun {
+    let db = TestDb::create(hint);
+    let generated = generate_into(&mut db.client(), &config(seed, 3, 200)).expect("generating");
+    let room = generated.rooms[1].room_id.clone();
+    let mut client = db.client();
+    let group = middle_group(&mut client, &room);
+    put_null(&mut client, table, column, group);
+    let before = other_states(&mut client, &generated, &room);
+    let room_before = raw_tables(&mut client, Some(&room));
+
+    // Many chunks, loaded ahead on the reader connections.
+    let run = auto(db.url(), "30", "10000", &["--json"]);
+    tools::assert_success(&run);
+    assert!(!run.stderr.contains("panicked"), "{}", run.describe());
+    let after = other_states(&mut client, &generated, &room);
+    assert_same_states(&before, &after, "the undamaged rooms");
+    DamagedRun {
+        db,
+        generated,
+        room,
+        group,
+        room_before,
+        run,
+    }
+}
+
+/// States of every group of the rooms other than `damaged`, with Synapse's
+/// query.
+fn other_states(
+    client: &mut Client,
+    generated: &Generated,
+    damaged: &str,
+) -> BTreeMap<i64, StateMap> {
+    let mut states = BTreeMap::new();
+    for room in generated.rooms.iter().filter(|r| r.room_id != damaged) {
+        states.extend(synapse_state::all_states(client, Some(&room.room_id)).expect("states"));
+    }
+    states
+}
+
+fn room_rows(client: &mut Client, room: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM state_groups_state WHERE state_group IN \
+             (SELECT id FROM state_groups WHERE room_id = $1)",
+            &[&room],
+        )
+        .expect("counting rows")
+        .get(0)
+}
+
+/// Whatever the automatic tool decides about a damaged room, it must not
+/// panic or hang, must name the damage, must keep every other room's
+/// states and the damaged group's rows, and must leave the run lock free.
+#[test]
+fn the_automatic_tool_neither_panics_nor_hangs_on_a_damaged_room() {
+    for (i, (table, column)) in READ_COLUMNS.into_iter().enumerate() {
+        let hint = format!("damaged_auto_{column}");
+        let done = auto_on_a_damaged_room(&hint, 80 + i as u64, table, column);
+        let (group, run) = (done.group, &done.run);
+        let why = format!("state group {group} has a NULL {column} in {table}");
+        assert!(
+            run.stderr.contains(&why),
+            "expected {why:?}\n{}",
+            run.describe()
+        );
+
+        let now = raw_tables(&mut done.db.client(), Some(&done.room));
+        let id = group.to_string();
+        for line in done
+            .room_before
+            .iter()
+            .filter(|l| l.split(' ').nth(1) == Some(&id))
+        {
+            assert!(
+                now.contains(line),
+                "group {group}'s rows changed: {line} is gone"
+            );
+        }
+        // A new run can take the lock.
+        tools::assert_success(&auto(done.db.url(), "30", "10000", &[]));
+    }
+}
+
+/// A damaged room is left alone for the rest of the run from its damaged
+/// chunk on (nothing written, no progress saved past it), counted as
+/// `rooms_damaged`, and every other room is compressed.
+#[test]
+fn the_automatic_tool_leaves_a_damaged_room_alone_and_counts_it() {
+    for (i, (table, column)) in READ_COLUMNS.into_iter().enumerate() {
+        let hint = format!("damaged_alone_{column}");
+        let done = auto_on_a_damaged_room(&hint, 90 + i as u64, table, column);
+        let (room, run) = (done.room.as_str(), &done.run);
+        let figures = json(run);
+        assert!(
+            figures["rooms_damaged"].as_u64().is_some_and(|n| n >= 1),
+            "expected rooms_damaged >= 1: {figures}\n{}",
+            run.describe()
+        );
+
+        // Chunks of the room before the damaged one may have been
+        // compressed; from the damaged chunk on, nothing was written and
+        // no progress saved.
+        let mut client = done.db.client();
+        let progress: Option<i64> = client
+            .query_opt(
+                "SELECT last_compressed FROM state_compressor_progress WHERE room_id = $1",
+                &[&room],
+            )
+            .expect("reading progress")
+            .map(|row| row.get(0));
+        assert!(
+            progress.is_none_or(|last| last < done.group),
+            "progress {progress:?} was saved past the damaged group {}",
+            done.group
+        );
+        let from_damaged_chunk = |lines: &[String]| -> Vec<String> {
+            lines
+                .iter()
+                .filter(|l| {
+                    let id: i64 = l
+                        .split(' ')
+                        .nth(1)
+                        .and_then(|id| id.parse().ok())
+                        .unwrap_or(i64::MAX);
+                    progress.is_none_or(|last| id > last)
+                })
+                .cloned()
+                .collect()
+        };
+        assert_eq!(
+            from_damaged_chunk(&done.room_before),
+            from_damaged_chunk(&raw_tables(&mut client, Some(room))),
+            "the damaged room was changed from its damaged chunk on"
+        );
+        for other in done.generated.rooms.iter().filter(|r| r.room_id != room) {
+            let generated_rows = done.generated.room_row_count(&other.room_id) as i64;
+            let rows = room_rows(&mut client, &other.room_id);
+            assert!(
+                rows < generated_rows,
+                "room {} was not compressed ({rows} rows)",
+                other.room_id
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A loading connection killed by the server
+
+/// Terminates one of the run's reader connections (named `app`, not
+/// holding the run lock while another of them does, not among `$3`, the
+/// ones already terminated) that is running a query; its pid, if there
+/// was one.
+const KILL_A_READER: &str = "\
+    WITH run AS (SELECT pid FROM pg_stat_activity WHERE application_name = $1), \
+    holder AS ( \
+        SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+        AND ((classid::bigint << 32) | objid::bigint) = $2 AND pid IN (SELECT pid FROM run) \
+    ), victim AS ( \
+        SELECT a.pid FROM pg_stat_activity AS a \
+        WHERE a.application_name = $1 AND a.state = 'active' \
+        AND EXISTS (SELECT 1 FROM holder) AND a.pid NOT IN (SELECT pid FROM holder) \
+        AND a.pid <> ALL($3) \
+        LIMIT 1 \
+    ) SELECT pid, pg_terminate_backend(pid) FROM victim";
+
+/// Starts a run on `db` and kills up to `readers` of its reader
+/// connections, each while it loads. The run's output and how many were
+/// killed (the run may end first).
+fn run_and_kill_readers(db: &TestDb, app: &str, readers: usize) -> (ToolRun, usize) {
+    let url = format!("{}?application_name={app}", db.url());
+    let tool = std::thread::spawn(move || auto(&url, "50", "100000", &[]));
+    let mut watcher = db.client();
+    let mut killed: Vec<i32> = Vec::new();
+    while killed.len() < readers && !tool.is_finished() {
+        let victim = watcher
+            .query_opt(KILL_A_READER, &[&app, &LOCK_KEY, &killed])
+            .expect("looking for a reader");
+        if let Some(row) = victim {
+            let pid: i32 = row.get(0);
+            assert!(row.get::<_, bool>(1), "could not terminate reader {pid}");
+            killed.push(pid);
+        }
+    }
+    let run = tool
+        .join()
+        .expect("the run's thread panicked (a hung tool?)");
+    (run, killed.len())
+}
+
+/// One reader killed: its chunk is loaded again on the main connection.
+/// Both killed: the run goes on loading every chunk itself.
+#[test]
+fn a_loading_connection_killed_mid_run_never_hangs_the_run() {
+    let cfg = config(95, 4, 800);
+    // The result of an undisturbed run on the same data.
+    let reference = TestDb::create("damaged_kill_reference");
+    generate_into(&mut reference.client(), &cfg).expect("generating");
+    tools::assert_success(&auto(reference.url(), "50", "100000", &[]));
+    let expected = snapshot(&mut reference.client()).structure;
+
+    for readers in [1, 2] {
+        let db = TestDb::create(&format!("damaged_kill_{readers}"));
+        generate_into(&mut db.client(), &cfg).expect("generating");
+        let before = snapshot(&mut db.client());
+        let (run, killed) = run_and_kill_readers(&db, &format!("{}_tool", db.name()), readers);
+        eprintln!("killed {killed} of {readers} reader(s) asked");
+        assert!(
+            killed >= 1,
+            "no reader was ever caught loading\n{}",
+            run.describe()
+        );
+        assert!(!run.stderr.contains("panicked"), "{}", run.describe());
+        // The main connection loads the chunk again: the run completes.
+        tools::assert_success(&run);
+        assert!(
+            run.stderr.contains("nothing left to do"),
+            "{}",
+            run.describe()
+        );
+        let after = snapshot(&mut db.client());
+        assert_same_states(&before.states, &after.states, "after killed readers");
+        assert_eq!(
+            after.structure, expected,
+            "killed readers must not change the result"
+        );
+        // The run lock was released: the next run starts and has nothing to do.
+        let next = auto(db.url(), "50", "100000", &[]);
+        tools::assert_success(&next);
+        assert!(
+            next.stderr.contains("nothing left to do"),
+            "{}",
+            next.describe()
+        );
+    }
+}

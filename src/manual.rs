@@ -67,9 +67,17 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     };
     let rows_bar = progress::counter("Rows read");
     let mut symbols = Symbols::new();
-    let (original, report) = load::load_groups(&mut snapshot, &mut symbols, &ids, &[], &mut |n| {
-        rows_bar.inc(n)
-    })?;
+    let (mut original, mut report) =
+        load::load_groups(&mut snapshot, &mut symbols, &ids, &[], &mut |n| {
+            rows_bar.inc(n)
+        })?;
+    // As the reference does when the range has a lower bound (-b).
+    load::include_groups_without_row(
+        &mut original,
+        &mut report,
+        config.min_state_group,
+        last_group,
+    );
     snapshot
         .commit()
         .map_err(|e| Error::db("finishing the read", e))?;

@@ -170,8 +170,14 @@ fn assert_same_structure(tool: &Structure, model: &Structure, context: &str) {
 /// tool left exactly the model's tree, progress and skipped chunks.
 /// Returns the model (its chunks tell what happened).
 fn run_against_model(db: &TestDb, levels: &str, steps: &[Step]) -> AutoModel {
-    let sizes: Vec<usize> = levels.split(',').map(|s| s.parse().unwrap()).collect();
     let mut model = AutoModel::new(structure::structure(&mut db.client(), None).unwrap());
+    continue_against_model(db, &mut model, levels, steps);
+    model
+}
+
+/// [`run_against_model`] from where `model` (in step with `db`) stands.
+fn continue_against_model(db: &TestDb, model: &mut AutoModel, levels: &str, steps: &[Step]) {
+    let sizes: Vec<usize> = levels.split(',').map(|s| s.parse().unwrap()).collect();
     let mut runs = 0;
     for s in steps {
         for _ in 0..s.repeat.unwrap_or(500) {
@@ -189,6 +195,11 @@ fn run_against_model(db: &TestDb, levels: &str, steps: &[Step]) -> AutoModel {
 
             let tool_tree = structure::structure(&mut db.client(), None).unwrap();
             assert_same_structure(&tool_tree, &model.structure, &context);
+            assert!(
+                !run.stderr.contains("resetting its levels"),
+                "{context}: saved levels were reset\n{}",
+                run.describe()
+            );
             assert_eq!(
                 skipped_chunks(&run),
                 model.skipped_since(first_chunk),
@@ -207,7 +218,6 @@ fn run_against_model(db: &TestDb, levels: &str, steps: &[Step]) -> AutoModel {
             }
         }
     }
-    model
 }
 
 /// Asserts the sequence exercised both outcomes of a chunk.
@@ -382,6 +392,39 @@ fn mixed_chunk_sizes_on_partly_deleted_rooms_match_the_model() {
             step(500, 100, None),
         ],
     );
+}
+
+/// A saved level head that then loses its `state_groups` row (rows and
+/// edge kept) is still read as Synapse reads it: the room continues from
+/// its saved levels, as the reference tool does, instead of resetting them.
+#[test]
+fn a_level_head_without_a_state_groups_row_is_continued_from() {
+    let db = TestDb::create("automodel_rowless_head");
+    mixed_rooms(48, 60)
+        .write(&mut db.client())
+        .expect("writing the rooms");
+    let mut model = AutoModel::new(structure::structure(&mut db.client(), None).unwrap());
+    continue_against_model(&db, &mut model, "10,5", &[step(25, 1, Some(1))]);
+    let chunk = model.chunks[0].clone();
+    assert!(!chunk.skipped, "the first chunk should be written");
+    let progress = &model.rooms[&chunk.room_id];
+    let head = progress.levels[0].head.expect("a level head");
+    db.client()
+        .batch_execute(&format!(
+            "DELETE FROM event_to_state_groups WHERE state_group = {head}; \
+             DELETE FROM state_groups WHERE id = {head};"
+        ))
+        .expect("dropping the head's state_groups row");
+    let info = model.structure.get_mut(&head).unwrap();
+    (info.room_id, info.event_id) = (None, None);
+
+    continue_against_model(&db, &mut model, "10,5", &[step(25, 2, None)]);
+    let next = model
+        .chunks
+        .iter()
+        .find(|c| c.room_id == chunk.room_id && c.after == Some(chunk.last))
+        .expect("the room's next chunk");
+    assert!(next.levels_before[0].head == Some(head) && !next.skipped);
 }
 
 /// The manual tool with `-b` on such a room rewrites them too.

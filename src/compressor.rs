@@ -83,6 +83,7 @@ pub fn compress(original: &GroupMap, mut levels: Vec<Level>) -> Result<Compresse
                 in_range: true,
                 prev,
                 delta,
+                missing_group_row: entry.missing_group_row,
             },
         );
     }
@@ -196,6 +197,7 @@ mod tests {
                     in_range: true,
                     prev: if i == 0 { None } else { Some(i - 1) },
                     delta: StateMap::from_unsorted(vec![r]).0,
+                    missing_group_row: false,
                 },
             );
         }
@@ -259,6 +261,7 @@ mod tests {
                 in_range: true,
                 prev: None,
                 delta: StateMap::from_unsorted(rows).0,
+                missing_group_row: false,
             },
         );
         // Levels 1,2: 0 -> L1 head; 1 -> L1 full, L2 candidate none;

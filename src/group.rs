@@ -15,6 +15,10 @@ pub struct StateGroupEntry {
     pub prev: Option<i64>,
     /// This group's own rows in `state_groups_state`.
     pub delta: StateMap,
+    /// The group had no `state_groups` row when it was loaded (only its
+    /// edge and rows): the writer cannot row-lock it, so it re-checks it by
+    /// its edge and rows alone.
+    pub missing_group_row: bool,
 }
 
 /// Groups by id. Ascending id order is the order the compressor visits them
@@ -69,12 +73,16 @@ pub fn row_count_after(original: &GroupMap, changes: &GroupMap) -> usize {
     row_count(original) - replaced + row_count(changes)
 }
 
-/// The groups whose new entry really differs from the original, ascending.
-/// These are the only groups a run writes.
+/// The groups whose new edge or rows really differ from the original,
+/// ascending. These are the only groups a run writes.
 pub fn changed_groups(original: &GroupMap, changes: &GroupMap) -> Vec<i64> {
     changes
         .iter()
-        .filter(|(id, new)| original.get(id) != Some(new))
+        .filter(|(id, new)| {
+            original
+                .get(id)
+                .is_none_or(|old| old.prev != new.prev || old.delta != new.delta)
+        })
         .map(|(&id, _)| id)
         .collect()
 }

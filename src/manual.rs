@@ -73,7 +73,14 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         rows_bar.inc(n)
     });
     rows_bar.finish_and_clear();
-    let (original, report) = loaded.map_err(damaged)?;
+    let (mut original, mut report) = loaded.map_err(damaged)?;
+    // As the reference does when the range has a lower bound (-b).
+    load::include_groups_without_row(
+        &mut original,
+        &mut report,
+        config.min_state_group,
+        last_group,
+    );
     snapshot
         .commit()
         .map_err(|e| Error::db("finishing the read", e))?;

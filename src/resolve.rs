@@ -105,6 +105,7 @@ mod tests {
                 in_range: true,
                 prev: None,
                 delta: StateMap::from_unsorted(vec![(member, e1), (topic, e2)]).0,
+                missing_group_row: false,
             },
         );
         map.insert(
@@ -113,6 +114,7 @@ mod tests {
                 in_range: true,
                 prev: Some(1),
                 delta: StateMap::from_unsorted(vec![(topic, e3)]).0,
+                missing_group_row: false,
             },
         );
         let mut resolver = Resolver::new(&map);
@@ -128,6 +130,7 @@ mod tests {
                 in_range: true,
                 prev: Some(9),
                 delta: StateMap::new(),
+                missing_group_row: false,
             },
         );
         assert!(matches!(full_state(&map, 3), Err(Error::Damaged(_))));

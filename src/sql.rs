@@ -137,7 +137,19 @@ pub fn write_changes(
     let room = quote_literal(room_id);
     write_header(out)?;
     for &group in groups {
-        let body = guarded_block(&room, symbols, group, &original[&group], &new[&group]);
+        let new_entry = &new[&group];
+        let base_without_row = new_entry
+            .prev
+            .and_then(|b| original.get(&b))
+            .filter(|b| b.missing_group_row);
+        let body = guarded_block(
+            &room,
+            symbols,
+            group,
+            &original[&group],
+            new_entry,
+            base_without_row,
+        );
         let tag = dollar_tag(&body);
         if transactions {
             writeln!(out, "BEGIN;")?;
@@ -165,12 +177,18 @@ fn dollar_tag(body: &str) -> String {
 
 /// The PL/pgSQL body that rewrites `group` from `old` to `new`, or skips it
 /// with a NOTICE when the database no longer holds `old`.
+///
+/// Groups that had no `state_groups` row when loaded (rewritten as the
+/// reference tool does) cannot be locked or found there: such a group is
+/// present while its edge and rows are (checked anyway), and such a base
+/// (`base_without_row`, as loaded) while it still has an edge or a row.
 fn guarded_block(
     room: &str,
     symbols: &Symbols,
     group: i64,
     old: &StateGroupEntry,
     new: &StateGroupEntry,
+    base_without_row: Option<&StateGroupEntry>,
 ) -> String {
     let mut b = String::with_capacity(1024 + new.delta.len() * 120);
     let skip = |b: &mut String, why: &str, args: &str| {
@@ -195,16 +213,28 @@ fn guarded_block(
             "    PERFORM 1 FROM state_groups WHERE id = {id} FOR KEY SHARE;"
         );
         if Some(id) == new.prev {
-            b.push_str("    base_found := FOUND;\n");
+            match base_without_row {
+                None => b.push_str("    base_found := FOUND;\n"),
+                Some(loaded) if loaded.prev.is_none() && loaded.delta.is_empty() => {}
+                Some(_) => {
+                    let _ = writeln!(
+                        b,
+                        "    base_found := EXISTS (SELECT 1 FROM state_group_edges WHERE state_group = {id}) \
+                         OR EXISTS (SELECT 1 FROM state_groups_state WHERE state_group = {id});"
+                    );
+                }
+            }
         }
     }
-    let _ = writeln!(
-        b,
-        "    PERFORM 1 FROM state_groups WHERE id = {group} FOR NO KEY UPDATE;"
-    );
-    b.push_str("    IF NOT FOUND THEN\n");
-    skip(&mut b, "group gone", "");
-    b.push_str("    END IF;\n");
+    if !old.missing_group_row {
+        let _ = writeln!(
+            b,
+            "    PERFORM 1 FROM state_groups WHERE id = {group} FOR NO KEY UPDATE;"
+        );
+        b.push_str("    IF NOT FOUND THEN\n");
+        skip(&mut b, "group gone", "");
+        b.push_str("    END IF;\n");
+    }
     if let Some(base) = new.prev {
         b.push_str("    IF NOT base_found THEN\n");
         skip(&mut b, &format!("new base {base} gone"), "");

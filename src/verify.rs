@@ -81,6 +81,7 @@ mod tests {
             in_range: true,
             prev,
             delta: StateMap::from_unsorted(rows).0,
+            missing_group_row: false,
         }
     }
 

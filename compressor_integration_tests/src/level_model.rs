@@ -62,26 +62,44 @@ pub fn entries(structure: &Structure) -> BTreeMap<i64, Entry> {
         .collect()
 }
 
-struct Level {
-    max_length: usize,
-    current_length: usize,
-    head: Option<i64>,
+/// One level of the tree as the algorithm runs (and as the automatic tool
+/// saves it between chunks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Level {
+    pub max_length: usize,
+    pub current_length: usize,
+    pub head: Option<i64>,
 }
 
-/// Runs the level algorithm over `structure` (a room's groups, including
-/// every predecessor of the in-range ones), compressing the groups in
-/// `in_range` with `levels` (e.g. `[100, 50, 25]`).
-pub fn compress(structure: &Structure, in_range: &BTreeSet<i64>, levels: &[usize]) -> Outcome {
-    let original = entries(structure);
-    let states = resolve_all(structure);
-    let mut levels: Vec<Level> = levels
+/// Fresh, empty levels of `sizes`.
+pub fn empty_levels(sizes: &[usize]) -> Vec<Level> {
+    sizes
         .iter()
         .map(|&max_length| Level {
             max_length,
             current_length: 0,
             head: None,
         })
-        .collect();
+        .collect()
+}
+
+/// Runs the level algorithm over `structure` (a room's groups, including
+/// every predecessor of the in-range ones), compressing the groups in
+/// `in_range` with `levels` (e.g. `[100, 50, 25]`).
+pub fn compress(structure: &Structure, in_range: &BTreeSet<i64>, levels: &[usize]) -> Outcome {
+    compress_from(structure, in_range, &mut empty_levels(levels))
+}
+
+/// [`compress`] continuing from `levels` (saved by an earlier chunk; their
+/// heads must be in `structure`), which are left where the last group put
+/// them.
+pub fn compress_from(
+    structure: &Structure,
+    in_range: &BTreeSet<i64>,
+    levels: &mut [Level],
+) -> Outcome {
+    let original = entries(structure);
+    let states = resolve_all(structure);
 
     let mut new_prev: BTreeMap<i64, Option<i64>> = BTreeMap::new();
     let mut outcome = Outcome::default();

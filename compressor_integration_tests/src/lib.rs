@@ -10,11 +10,14 @@
 //! - [`structure`]: the raw tree (edges and rows) and its invariants.
 //! - [`level_model`]: an independent model of the default level algorithm,
 //!   the oracle for the exact structure the compressor must produce.
+//! - [`auto_model`]: the automatic tool's chunk loop over that model, the
+//!   oracle for the tree, progress and skipped chunks of automatic runs.
 //! - [`digest`]: short, order-independent digests of resolved states.
 //! - [`tls_server`]: a throwaway TLS-only server and test certificates.
 //! - [`tools`]: locating and running the workspace binaries and `psql`.
 //! - [`check`]: end-to-end helpers shared by the integration tests.
 
+pub mod auto_model;
 pub mod check;
 pub mod digest;
 pub mod generator;

@@ -4,7 +4,10 @@
 //! edges, rows) instead of one wide join, then every predecessor they need
 //! is loaded in rounds (a predecessor may itself have a predecessor we lack),
 //! found through `state_group_edges` as well as `state_groups`. Loaded
-//! predecessors and level heads are marked not in range: never rewritten.
+//! predecessors and level heads are marked not in range: never rewritten,
+//! except predecessors without a `state_groups` row inside a range that has
+//! a lower bound, which the reference tool rewrites too
+//! ([`include_groups_without_row`]).
 //!
 //! Callers run all of a load inside one [`snapshot`] transaction: Synapse
 //! deletes and de-deltas groups in the background, and reading a group's
@@ -34,6 +37,8 @@ pub struct LoadReport {
     pub out_of_range: usize,
     /// Predecessors with no `state_groups` row (purged or damaged); they are
     /// read as Synapse reads them: whatever rows and edge they still have.
+    /// Those inside a bounded range may then be put in range with
+    /// [`include_groups_without_row`].
     pub missing_predecessors: Vec<i64>,
     /// Rows dropped because the same (type, state_key) repeated in a group.
     pub duplicate_rows: usize,
@@ -135,6 +140,34 @@ pub fn load_groups(
     }
 
     builder.finish()
+}
+
+/// Marks the loaded groups without a `state_groups` row whose id is in
+/// `(min_exclusive, max_inclusive]` as in range, to be rewritten like the
+/// others, as the reference tool does when a load has a lower bound (so
+/// both leave the same structure). Without a lower bound they stay
+/// predecessors only. Returns how many were marked.
+pub fn include_groups_without_row(
+    groups: &mut GroupMap,
+    report: &mut LoadReport,
+    min_exclusive: Option<i64>,
+    max_inclusive: i64,
+) -> usize {
+    let Some(min) = min_exclusive else {
+        return 0;
+    };
+    let mut marked = 0;
+    for id in &report.missing_predecessors {
+        if min < *id && *id <= max_inclusive {
+            if let Some(entry) = groups.get_mut(id).filter(|e| !e.in_range) {
+                entry.in_range = true;
+                marked += 1;
+            }
+        }
+    }
+    report.in_range += marked;
+    report.out_of_range -= marked;
+    marked
 }
 
 /// `ids` and every group reachable from them through `state_group_edges`,
@@ -381,8 +414,8 @@ impl<'s> Builder<'s> {
             .extend(found.iter().filter(|(_, exists)| !exists).map(|(id, _)| id));
         let ids: Vec<i64> = found.iter().map(|(id, _)| *id).collect();
         self.read_by_ids(client, &ids, on_rows)?;
-        for id in ids {
-            self.groups.entry(id).or_default();
+        for &(id, exists) in found {
+            self.groups.entry(id).or_default().missing_group_row = !exists;
         }
         Ok(())
     }

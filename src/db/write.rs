@@ -16,7 +16,9 @@
 //! as the other writer (Synapse, another compressor) has it: its state is
 //! unchanged, so groups built on it stay right. A group whose new base is
 //! gone is left as it is too. The warning says what was seen, not who did
-//! it: the tool cannot know.
+//! it: the tool cannot know. A group loaded without a `state_groups` row
+//! (rewritten when it lies inside the range, as the reference does) cannot
+//! be row-locked: it counts as present while it still has its edge and rows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -221,7 +223,7 @@ fn write_batch(
                   to_regclass('state_groups_pending_deletion') IS NOT NULL",
         &[(&batch, Type::INT8_ARRAY), (&shared, Type::INT8_ARRAY)],
     )?;
-    let existing: BTreeSet<i64> = lock_row
+    let mut existing: BTreeSet<i64> = lock_row
         .try_get::<_, Vec<i64>>(0)?
         .into_iter()
         .chain(lock_row.try_get::<_, Vec<i64>>(1)?)
@@ -244,6 +246,17 @@ fn write_batch(
     // What each group looks like now, after the locks (a new statement sees
     // everything committed while we waited for them): its edges and its row
     // count, in one round trip.
+    // Groups loaded without a `state_groups` row cannot be locked: one that
+    // still has none counts as present as long as its edge and rows are
+    // there (checked below for the rewritten ones; a base outside the batch
+    // must still have an edge or a row, unless it was loaded with neither).
+    let unlockable: Vec<i64> = bases
+        .iter()
+        .filter(|b| !rewritten.contains(b) && !existing.contains(b))
+        .copied()
+        .filter(|b| original.get(b).is_some_and(|e| e.missing_group_row))
+        .collect();
+    let checked: Vec<i64> = batch.iter().chain(&unlockable).copied().collect();
     let mut now: BTreeMap<i64, (Vec<i64>, i64)> = BTreeMap::new();
     for row in tx.query_typed(
         "SELECT g.id, \
@@ -251,10 +264,21 @@ fn write_batch(
                       WHERE e.state_group = g.id ORDER BY 1), \
                 (SELECT count(*) FROM state_groups_state AS s WHERE s.state_group = g.id) \
          FROM unnest($1::bigint[]) AS g(id)",
-        &[(&batch, Type::INT8_ARRAY)],
+        &[(&checked, Type::INT8_ARRAY)],
     )? {
         now.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
     }
+    existing.extend(
+        batch
+            .iter()
+            .filter(|g| original[g].missing_group_row)
+            .copied(),
+    );
+    existing.extend(unlockable.iter().copied().filter(|b| {
+        let loaded = &original[b];
+        let (edges, rows) = &now[b];
+        !edges.is_empty() || *rows > 0 || (loaded.prev.is_none() && loaded.delta.is_empty())
+    }));
 
     let mut ready = Vec::with_capacity(batch.len());
     for &group in batch {

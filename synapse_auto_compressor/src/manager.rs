@@ -20,7 +20,7 @@ use synapse_compress_state::summary::Timings;
 
 use log::{debug, info, warn};
 use postgres::Client;
-use synapse_compress_state::db::{self, schema, write, Prepared, RoomLock};
+use synapse_compress_state::db::{self, load, schema, write, Prepared, RoomLock};
 use synapse_compress_state::group::{changed_groups, row_count, row_count_after};
 use synapse_compress_state::verify::verify;
 use synapse_compress_state::{compress, Error, Level, LevelSizes, Result};
@@ -430,13 +430,15 @@ fn compress_chunk(
     };
     outcome.last = last;
     outcome.room_finished = !more;
-    let (original, report) = match loaded {
+    let (mut original, mut report) = match loaded {
         Ok(loaded) => loaded,
         Err(Error::Damaged(why)) => {
             return Ok(outcome.leave_damaged(&why));
         }
         Err(e) => return Err(e),
     };
+    // As the reference does for every chunk after a room's first.
+    load::include_groups_without_row(&mut original, &mut report, after, last);
     summary.timings.load += started.elapsed();
     ahead.start_next(client, prepared, config, room, last)?;
     outcome.groups = report.in_range;

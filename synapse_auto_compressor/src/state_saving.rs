@@ -320,7 +320,9 @@ fn validate_levels(saved: &[SavedLevel], last_compressed: i64) -> Result<Vec<Lev
     Ok(levels)
 }
 
-/// The heads that exist in `state_groups` for this room.
+/// The heads that exist for this room: in `state_groups`, or (having lost
+/// that row) still with an edge or with rows of this room, which is how
+/// Synapse reads them and how the load takes them.
 fn heads_in_room(
     client: &mut Client,
     prepared: &mut Prepared,
@@ -334,7 +336,13 @@ fn heads_in_room(
     let rows = prepared
         .query(
             client,
-            "SELECT id FROM state_groups WHERE id = ANY($1) AND room_id = $2",
+            "SELECT id FROM state_groups WHERE id = ANY($1) AND room_id = $2 \
+             UNION ALL \
+             SELECT h FROM unnest($1::bigint[]) AS h \
+             WHERE NOT EXISTS (SELECT 1 FROM state_groups AS g WHERE g.id = h) \
+               AND (EXISTS (SELECT 1 FROM state_group_edges AS e WHERE e.state_group = h) \
+                    OR EXISTS (SELECT 1 FROM state_groups_state AS s \
+                               WHERE s.state_group = h AND s.room_id = $2))",
             &[Type::INT8_ARRAY, Type::TEXT],
             &[&heads, &room_id],
         )

@@ -97,10 +97,10 @@ for m in "${mutants[@]}"; do
     # shellcheck disable=SC2086 # $tests holds several cargo arguments
     if ! cargo build --workspace --bins --features "$features" -q 2>/dev/null; then
         verdict="caught (does not compile)"
-    elif cargo test --workspace --features "$features" -q $tests >"$pgdir/$name.log" 2>&1; then
+    elif cargo test --workspace --features "$features" $tests >"$pgdir/$name.log" 2>&1; then
         verdict="SURVIVED ($tests)"
     else
-        failed="$(grep -E '^test .* FAILED$' "$pgdir/$name.log" | sed -E 's/^test (.*) \.\.\. FAILED$/\1/' | head -n 3 | paste -sd, -)"
+        failed="$(grep -E '^test .* FAILED$' "$pgdir/$name.log" | sed -E 's/^test (.*) \.\.\. FAILED$/\1/' | head -n 3 | paste -sd, - || true)"
         verdict="caught by ${failed:-a failing test} ($tests)"
     fi
     git checkout -- "$file"

@@ -69,7 +69,7 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     // Up to the writes, a damaged structure is reported with the room's
     // name: nothing of it has been touched.
     let damaged = |e: Error| e.in_room(room);
-    let loaded = load::load_groups(&mut snapshot, &mut symbols, &ids, &[], &mut |n| {
+    let loaded = load::load_groups(&mut snapshot, &mut symbols, room, &ids, &[], &mut |n| {
         rows_bar.inc(n)
     });
     rows_bar.finish_and_clear();

@@ -228,6 +228,44 @@ fn a_null_in_a_predecessor_outside_the_range_is_named_too() {
 /// Synapse's schema has `state_groups_state.room_id` NOT NULL, but the
 /// tools never read it (a group's room is `state_groups.room_id`): a NULL
 /// there changes nothing about a run.
+/// An edge into another room (Synapse never makes one) is damage too: the
+/// walk up the new structure could otherwise make a group of one room the
+/// base of another's.
+#[test]
+fn an_edge_into_another_room_is_named() {
+    let db = TestDb::create("damaged_cross_room");
+    let generated = generate_into(&mut db.client(), &config(77, 2, 150)).expect("generating");
+    let (room, other) = (&generated.rooms[0].room_id, &generated.rooms[1].room_id);
+    let mut client = db.client();
+    let group = middle_group(&mut client, room);
+    let foreign: i64 = client
+        .query_one(
+            "SELECT max(id) FROM state_groups WHERE room_id = $1 AND id < $2",
+            &[other, &group],
+        )
+        .unwrap()
+        .get(0);
+    client
+        .execute(
+            "UPDATE state_group_edges SET prev_state_group = $2 WHERE state_group = $1",
+            &[&group, &foreign],
+        )
+        .unwrap();
+    // The lowest group of the foreign chain is named (the walk finds them
+    // all at once).
+    let why = format!("a predecessor in this room's chains, belongs to room {other}");
+    refuses(&mut client, db.url(), room, &["-c"], &why);
+
+    let run = auto(db.url(), "30", "10000", &["--json"]);
+    tools::assert_success(&run);
+    assert!(
+        json(&run)["rooms_damaged"].as_u64() >= Some(1),
+        "{}",
+        run.describe()
+    );
+    assert!(run.stderr.contains(&why), "{}", run.describe());
+}
+
 #[test]
 fn a_null_room_id_in_the_rows_is_not_read() {
     let db = TestDb::create("damaged_rows_room_id");

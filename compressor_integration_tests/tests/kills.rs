@@ -82,9 +82,31 @@ struct Ending {
     stderr_tail: String,
 }
 
-/// Runs `program args` with `RUST_LOG=debug` and SIGKILLs it after `lines`
-/// stderr lines plus `delay` (not killed if it ends first).
-fn run_and_kill(program: &str, args: &[&str], lines: usize, delay: Duration) -> Ending {
+/// The log line after which each tool's write phase starts.
+const MANUAL_WRITE_MARKER: &str = "Checking that state maps match";
+const AUTO_WRITE_MARKER: &str = "write batch of";
+
+/// When to kill a run: `after` stderr lines counted from the first line
+/// that contains `marker` (the empty marker: from the first line), so the
+/// aim follows this run's own log, which is shorter for a run that
+/// continues after a kill.
+#[derive(Clone, Copy, Debug)]
+struct Aim {
+    marker: &'static str,
+    after: usize,
+}
+
+impl Aim {
+    /// A run that is allowed to finish.
+    const NEVER: Aim = Aim {
+        marker: "",
+        after: usize::MAX,
+    };
+}
+
+/// Runs `program args` with `RUST_LOG=debug` and SIGKILLs it at `aim` plus
+/// `delay` (not killed if it ends first).
+fn run_and_kill(program: &str, args: &[&str], aim: Aim, delay: Duration) -> Ending {
     let mut child = Command::new(tools::bin_path(program))
         .args(args)
         .env("RUST_LOG", "debug")
@@ -95,19 +117,26 @@ fn run_and_kill(program: &str, args: &[&str], lines: usize, delay: Duration) -> 
         .expect("starting the tool");
     let stderr = child.stderr.take().expect("stderr");
     let mut seen = 0;
+    let mut since_marker: Option<usize> = None;
     let mut killed = false;
     let mut tail = Vec::new();
     for line in BufReader::new(stderr).lines() {
         let Ok(line) = line else { break };
         seen += 1;
+        if since_marker.is_none() && line.contains(aim.marker) {
+            since_marker = Some(0);
+        }
         tail.push(line.chars().take(200).collect::<String>());
         if tail.len() > 6 {
             tail.remove(0);
         }
-        if seen == lines {
+        if since_marker == Some(aim.after) {
             std::thread::sleep(delay);
             killed = child.kill().is_ok();
             break;
+        }
+        if let Some(n) = since_marker.as_mut() {
+            *n += 1;
         }
     }
     let status = child.wait().expect("waiting for the tool");
@@ -122,8 +151,10 @@ fn run_and_kill(program: &str, args: &[&str], lines: usize, delay: Duration) -> 
     }
 }
 
-/// Stderr lines of an uninterrupted debug run, and the index of the line
-/// that opens the write phase.
+/// Stderr lines of an uninterrupted debug run: the line that opens the
+/// write phase and the line of its last commit (counting from 1). Kills
+/// are aimed at lines up to that commit: a kill after it finds the work
+/// done (or the process gone) and tests nothing.
 fn line_profile(program: &str, args: &[&str], write_marker: &str) -> (usize, usize) {
     let run = Command::new(tools::bin_path(program))
         .args(args)
@@ -137,22 +168,35 @@ fn line_profile(program: &str, args: &[&str], write_marker: &str) -> (usize, usi
         String::from_utf8_lossy(&run.stderr)
     );
     let stderr = String::from_utf8_lossy(&run.stderr);
-    let total = stderr.lines().count();
     let write_start = stderr
         .lines()
         .position(|l| l.contains(write_marker))
         .unwrap_or_else(|| panic!("no {write_marker:?} in the log:\n{stderr}"));
-    (total, write_start + 1)
+    let lines: Vec<&str> = stderr.lines().collect();
+    let last_commit = lines
+        .iter()
+        .rposition(|l| l.ends_with("executing statement batch: COMMIT"))
+        .filter(|&i| i > write_start)
+        .unwrap_or_else(|| panic!("no commit after {write_marker:?} in the log:\n{stderr}"));
+    (write_start + 1, last_commit + 1)
 }
 
-/// A kill moment: a line count, mostly inside the write phase, and a delay.
-fn moment(rng: &mut SmallRng, total: usize, write_start: usize) -> (usize, Duration) {
-    let lines = if rng.random_bool(0.8) {
-        rng.random_range(write_start..=total)
+/// A kill moment, mostly inside the write phase (from `marker` up to its
+/// last commit, as `profile` measured them), and a delay.
+fn moment(rng: &mut SmallRng, marker: &'static str, profile: (usize, usize)) -> (Aim, Duration) {
+    let (write_start, last_commit) = profile;
+    let aim = if rng.random_bool(0.8) {
+        Aim {
+            marker,
+            after: rng.random_range(0..=last_commit - write_start),
+        }
     } else {
-        rng.random_range(1..=total)
+        Aim {
+            marker: "",
+            after: rng.random_range(0..last_commit),
+        }
     };
-    (lines, Duration::from_micros(rng.random_range(0..3_000)))
+    (aim, Duration::from_micros(rng.random_range(0..3_000)))
 }
 
 fn assert_intact(db: &TestDb, original: &BTreeMap<i64, StateMap>, context: &str) {
@@ -226,11 +270,7 @@ fn manual_tool_killed_while_writing() {
     for room in &rooms {
         let a = args(room);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        profiles.push(line_profile(
-            COMPRESSOR,
-            &a,
-            "Checking that state maps match",
-        ));
+        profiles.push(line_profile(COMPRESSOR, &a, MANUAL_WRITE_MARKER));
     }
     let reference = whole_tree(&db);
     assert_ne!(
@@ -251,19 +291,19 @@ fn manual_tool_killed_while_writing() {
         let which = round % rooms.len();
         let a = args(&rooms[which]);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        let (total, write_start) = profiles[which];
+        let profile = profiles[which];
         // Up to three kills, then a run that is allowed to finish.
         let mut finished = false;
         for attempt in 0..4 {
-            let (lines, delay) = if attempt < 3 {
-                moment(&mut rng, total, write_start)
+            let (aim, delay) = if attempt < 3 {
+                moment(&mut rng, MANUAL_WRITE_MARKER, profile)
             } else {
-                (usize::MAX, Duration::ZERO)
+                (Aim::NEVER, Duration::ZERO)
             };
-            let ending = run_and_kill(COMPRESSOR, &a, lines, delay);
+            let ending = run_and_kill(COMPRESSOR, &a, aim, delay);
             runs += 1;
             let context = format!(
-                "round {round}, run {attempt}: killed={} after {} lines (+{delay:?})\n{}",
+                "round {round}, run {attempt}: killed={} at {aim:?} after {} lines (+{delay:?})\n{}",
                 ending.killed, ending.lines, ending.stderr_tail
             );
             let now = assert_room_intact(&db, &rooms[which], &room_states[which], &context);
@@ -317,7 +357,7 @@ fn auto_tool_with_big_chunks_killed_while_writing() {
     // batch commits with the saved progress).
     let args = ["-p", db.url(), "-c", "1000", "-n", "1", "-l", LEVELS];
 
-    let (total, write_start) = line_profile(AUTO, &args, "write batch of");
+    let profile = line_profile(AUTO, &args, AUTO_WRITE_MARKER);
     let mut all_args = args;
     all_args[5] = "100";
     auto_after_kills(&all_args);
@@ -334,19 +374,21 @@ fn auto_tool_with_big_chunks_killed_while_writing() {
     let mut kills = 0;
     let mut partly_written = 0;
     let mut runs = 0;
-    for round in 0..5 {
+    // Rounds end early when a run finishes; seven give at least ten
+    // kills with a margin.
+    for round in 0..7 {
         restore(&db, &generated);
         let mut done = false;
         for attempt in 0..12 {
-            let (lines, delay) = if attempt < 3 {
-                moment(&mut rng, total, write_start)
+            let (aim, delay) = if attempt < 3 {
+                moment(&mut rng, AUTO_WRITE_MARKER, profile)
             } else {
-                (usize::MAX, Duration::ZERO)
+                (Aim::NEVER, Duration::ZERO)
             };
-            let ending = run_and_kill(AUTO, &args, lines, delay);
+            let ending = run_and_kill(AUTO, &args, aim, delay);
             runs += 1;
             let context = format!(
-                "round {round}, run {attempt}: killed={} after {} lines (+{delay:?})\n{}",
+                "round {round}, run {attempt}: killed={} at {aim:?} after {} lines (+{delay:?})\n{}",
                 ending.killed, ending.lines, ending.stderr_tail
             );
             assert_intact(&db, &original, &context);

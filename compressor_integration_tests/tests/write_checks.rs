@@ -22,7 +22,7 @@ fn a_group_whose_rows_changed_but_not_its_edge_is_left_alone() {
     let mut symbols = Symbols::new();
     let ids = load::range_ids(&mut client, &room, None, None, None).expect("ids");
     let (original, _) =
-        load::load_groups(&mut client, &mut symbols, &ids, &[], &mut |_| {}).expect("load");
+        load::load_groups(&mut client, &mut symbols, &room, &ids, &[], &mut |_| {}).expect("load");
     let levels = LevelSizes::from_str("10,10").unwrap().empty_levels();
     let compressed = compress(&original, levels).expect("compress");
     let changed = changed_groups(&original, &compressed.changes);

@@ -94,12 +94,15 @@ pub fn room_has_groups(client: &mut impl GenericClient, room_id: &str) -> Result
         .and_then(|r| column(&r, 0, "state_groups", "EXISTS"))
 }
 
-/// Loads the groups `ids` (in range: to be compressed, as found by
-/// [`range_ids`]), plus `extra` groups (level heads of an earlier run, not
-/// in range), plus every predecessor all of these need.
+/// Loads the groups `ids` of `room_id` (in range: to be compressed, as
+/// found by [`range_ids`]), plus `extra` groups (level heads of an earlier
+/// run, not in range), plus every predecessor all of these need. A
+/// predecessor of another room (Synapse never makes one) marks the room
+/// as damaged.
 pub fn load_groups(
     client: &mut impl GenericClient,
     symbols: &mut Symbols,
+    room_id: &str,
     ids: &[i64],
     extra: &[i64],
     on_rows: &mut dyn FnMut(u64),
@@ -132,7 +135,7 @@ pub fn load_groups(
         // All their ancestors at once (one recursive query, as Synapse reads
         // a chain), rather than one generation per round trip.
         let start: Vec<i64> = std::mem::take(&mut wanted).into_iter().collect();
-        let found: Vec<(i64, bool)> = ancestors(client, &start)?
+        let found: Vec<(i64, bool)> = ancestors(client, &start, room_id)?
             .into_iter()
             .filter(|(id, _)| !builder.groups.contains_key(id))
             .collect();
@@ -175,7 +178,11 @@ pub fn include_groups_without_row(
 /// the walk even on a damaged, looping structure. A NULL predecessor ends
 /// the walk too: the group holding it is loaded, and [`Builder::read_edges`]
 /// reports it by name.
-fn ancestors(client: &mut impl GenericClient, ids: &[i64]) -> Result<Vec<(i64, bool)>> {
+fn ancestors(
+    client: &mut impl GenericClient,
+    ids: &[i64],
+    room_id: &str,
+) -> Result<Vec<(i64, bool)>> {
     let rows = client
         .query_typed(
             "WITH RECURSIVE chain(id) AS ( \
@@ -184,17 +191,26 @@ fn ancestors(client: &mut impl GenericClient, ids: &[i64]) -> Result<Vec<(i64, b
                  SELECT e.prev_state_group FROM state_group_edges AS e \
                  JOIN chain AS c ON e.state_group = c.id \
                  WHERE e.prev_state_group IS NOT NULL \
-             ) SELECT c.id, EXISTS (SELECT 1 FROM state_groups AS g WHERE g.id = c.id) \
-             FROM chain AS c ORDER BY c.id",
-            &[(&ids, Type::INT8_ARRAY)],
+             ) SELECT c.id, g.id IS NOT NULL, \
+                      CASE WHEN g.id IS NOT NULL AND g.room_id IS DISTINCT FROM $2 \
+                           THEN coalesce(g.room_id, 'NULL') END \
+             FROM chain AS c LEFT JOIN state_groups AS g ON g.id = c.id ORDER BY c.id",
+            &[(&ids, Type::INT8_ARRAY), (&room_id, Type::TEXT)],
         )
         .map_err(|e| Error::db("finding predecessor chains", e))?;
     rows.iter()
         .map(|r| {
-            Ok((
-                column(r, 0, "state_group_edges", "prev_state_group")?,
-                column(r, 1, "state_groups", "EXISTS")?,
-            ))
+            let id = column(r, 0, "state_group_edges", "prev_state_group")?;
+            let other_room: Option<String> = r
+                .try_get(2)
+                .map_err(|e| unreadable(Some(id), "state_groups", "room_id", &e))?;
+            if let Some(other) = other_room {
+                return Err(Error::Damaged(format!(
+                    "state group {id}, a predecessor in this room's chains, belongs to room {}",
+                    crate::error::printable(&other)
+                )));
+            }
+            Ok((id, column(r, 1, "state_groups", "EXISTS")?))
         })
         .collect()
 }

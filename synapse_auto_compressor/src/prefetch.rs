@@ -85,6 +85,7 @@ pub fn load_chunk(
         load::load_groups(
             &mut snapshot,
             &mut symbols,
+            &request.room_id,
             &ids,
             &request.heads,
             &mut |_| {},

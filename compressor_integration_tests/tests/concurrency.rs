@@ -268,38 +268,25 @@ fn the_automatic_tool_leaves_a_locked_room_for_a_later_run() {
 /// The automatic tool's run lock key ("SynCompr", big-endian).
 const RUN_LOCK_KEY: i64 = i64::from_be_bytes(*b"SynCompr");
 
-/// Waits until the server shows a session of this database waiting for a
-/// lock (the first run, stopped in the middle of its work by the test's
-/// table lock), and asserts it holds the run lock. Returns its pid.
+/// Waits until a session of this database waits for a lock (the first
+/// run, stopped in the middle of its work by the test's table lock), and
+/// asserts it holds the run lock. Returns its pid.
 fn wait_for_blocked_run(watcher: &mut postgres::Client) -> i32 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let row = watcher
-            .query_opt(
-                "SELECT a.pid, EXISTS ( \
-                     SELECT 1 FROM pg_locks AS l \
-                     WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted \
-                       AND l.objsubid = 1 AND ((l.classid::int8 << 32) | l.objid::int8) = $1) \
-                 FROM pg_stat_activity AS a \
-                 WHERE a.datname = current_database() AND a.wait_event_type = 'Lock' \
-                   AND a.pid <> pg_backend_pid()",
-                &[&RUN_LOCK_KEY],
-            )
-            .unwrap();
-        if let Some(row) = row {
-            let (pid, holds): (i32, bool) = (row.get(0), row.get(1));
-            assert!(
-                holds,
-                "the working run (server process {pid}) does not hold the run lock"
-            );
-            return pid;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first run never waited for the test's table lock"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let pid = wait_for_waiting_session(watcher);
+    let holds: bool = watcher
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks \
+             WHERE pid = $1 AND locktype = 'advisory' AND granted AND objsubid = 1 \
+               AND ((classid::int8 << 32) | objid::int8) = $2)",
+            &[&pid, &RUN_LOCK_KEY],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        holds,
+        "the working run (server process {pid}) does not hold the run lock"
+    );
+    pid
 }
 
 /// Two automatic runs started together never both work: while the first
@@ -341,4 +328,111 @@ fn a_second_automatic_run_exits_75_while_the_first_works() {
         &snapshot(&mut db.client()).states,
         "after three runs",
     );
+}
+
+/// The groups a manual `-c` run will rewrite, read from the guarded SQL
+/// file the tool writes for the same room (each block locks its group
+/// FOR NO KEY UPDATE).
+fn groups_to_rewrite(db: &TestDb, room: &str, levels: &str) -> Vec<i64> {
+    let sql = tools::TempPath::new("rewrite_plan", "sql");
+    tools::assert_success(&tools::run_bin(
+        MANUAL,
+        &["-p", db.url(), "-r", room, "-l", levels, "-o", sql.as_str()],
+    ));
+    let text = std::fs::read_to_string(sql.path()).unwrap();
+    let mut groups: Vec<i64> = text
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("PERFORM 1 FROM state_groups WHERE id = ")?
+                .strip_suffix(" FOR NO KEY UPDATE;")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    groups.sort_unstable();
+    groups
+}
+
+/// A deadlock between the tool's write and another session (here forced:
+/// the test holds the last group the write locks, then asks for the first
+/// one, which the write holds) is resolved by PostgreSQL aborting the
+/// tool's transaction; the tool rolls the batch back, tries it again once
+/// the other session is done, and ends with every state intact.
+#[test]
+fn a_write_that_meets_a_deadlock_is_tried_again() {
+    let (db, generated) = generated_db("conc_deadlock", 61, 2, 150);
+    let room = generated.rooms[0].room_id.clone();
+    let groups = groups_to_rewrite(&db, &room, "10,10");
+    assert!(
+        groups.len() >= 2 && groups.len() < 500,
+        "{} groups: not one batch",
+        groups.len()
+    );
+    let (first, last) = (groups[0], groups[groups.len() - 1]);
+    let original = snapshot(&mut db.client());
+
+    let (holding, held) = std::sync::mpsc::channel::<()>();
+    let (go, told) = std::sync::mpsc::channel::<()>();
+    let mut other = db.client();
+    let other_session = std::thread::spawn(move || {
+        // Let the tool be the one that notices the deadlock.
+        other.batch_execute("SET deadlock_timeout = '60s'").unwrap();
+        let mut tx = other.transaction().unwrap();
+        tx.execute(
+            "SELECT 1 FROM state_groups WHERE id = $1 FOR UPDATE",
+            &[&last],
+        )
+        .unwrap();
+        holding.send(()).unwrap();
+        told.recv().unwrap();
+        tx.execute(
+            "SELECT 1 FROM state_groups WHERE id = $1 FOR UPDATE",
+            &[&first],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    });
+    held.recv().unwrap();
+    let tool = tools::start_bin(MANUAL, &manual_args(&db, &room, "10,10"));
+    wait_for_waiting_session(&mut db.client());
+    go.send(()).unwrap();
+    other_session.join().expect("the other session");
+    let run = tool.wait();
+    tools::assert_success(&run);
+    assert!(
+        run.stderr
+            .contains("deadlock detected; trying the batch again"),
+        "the tool did not meet the deadlock\n{}",
+        run.describe()
+    );
+    let now = snapshot(&mut db.client());
+    assert_same_states(&original.states, &now.states, "after the retried batch");
+    assert_ne!(
+        original.structure, now.structure,
+        "the retried batch wrote nothing"
+    );
+}
+
+/// Waits until some other session of this database waits for a lock, and
+/// returns its pid.
+fn wait_for_waiting_session(watcher: &mut postgres::Client) -> i32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let row = watcher
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap();
+        if let Some(row) = row {
+            return row.get(0);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nobody ever waited for a lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

@@ -119,9 +119,16 @@ impl Error {
     }
 
     /// True for the failures that mean "someone else is working, try
-    /// later": the binaries exit with status 75 (EX_TEMPFAIL) for these.
+    /// later".
     pub fn is_busy(&self) -> bool {
         matches!(self, Error::AlreadyRunning(_) | Error::RoomBusy { .. })
+    }
+
+    /// The exit status a binary ends with after this error: 75 (sysexits.h
+    /// EX_TEMPFAIL, which cron wrappers and systemd can treat as "try
+    /// later") when another run or compressor is at work, else 1.
+    pub fn exit_code(&self) -> std::process::ExitCode {
+        std::process::ExitCode::from(if self.is_busy() { 75 } else { 1 })
     }
 
     /// A [`Error::Damaged`] of `room` becomes [`Error::DamagedRoom`]; other

@@ -3,48 +3,34 @@
 //! Synapse stores each state group as a delta on a predecessor, in chains of
 //! up to 100 hops that end in full snapshots; the snapshots are most of
 //! `state_groups_state`. This crate rewrites a room's groups into a shallow
-//! tree of deltas (the "level" algorithm) that resolves every group to
-//! exactly the same state with far fewer rows.
+//! tree of deltas (the "level" algorithm, `docs/algorithm.md`) that
+//! resolves every group to exactly the same state with far fewer rows.
 //!
-//! Modules, each with one job:
-//! - [`state_map`]: interned keys and the sorted delta map;
-//! - [`group`]: a group's predecessor and delta, and the map of all groups;
-//! - [`levels`]: validated level sizes and the compressor's levels;
-//! - [`resolve`]: a group's full state from its chain;
-//! - [`compressor`]: the level-tree algorithm;
-//! - [`verify`]: proof that no group's state changes;
-//! - [`sql`]: SQL text output; [`graph`]: graph files;
-//! - [`db`]: connecting (with TLS), loading and writing;
-//! - [`config`], [`cli`], [`manual`], [`summary`]: the manual tool;
-//! - [`error`], [`progress`], [`logging`], [`memory`]: shared plumbing;
-//! - [`failpoint`]: fault injection, in test builds only;
-//! - `python` (feature `pyo3`): the Python module and the plumbing the
-//!   automatic tool's module shares.
+//! The layers, each a folder:
+//! - [`core`]: the algorithm and its data (state maps, groups, levels,
+//!   resolution, the compressor, verification); no I/O;
+//! - [`db`]: PostgreSQL access: connecting (with TLS), checking tables and
+//!   privileges, loading, the per-room lock, writing safely beside Synapse
+//!   (`docs/safety.md`);
+//! - [`output`]: the SQL file and graph files;
+//! - [`tool`]: what both binaries share (argument types, progress, logging,
+//!   timings, memory, fault injection, the Python glue);
+//! - [`manual`]: the manual tool (arguments, settings, run, summary);
+//! - [`error`]: the one error type, with one-line messages.
+//!
+//! The automatic tool is the `synapse_auto_compressor` crate, built on
+//! these same layers.
 
-pub mod cli;
-pub mod compressor;
-pub mod config;
+pub mod core;
 pub mod db;
 pub mod error;
-pub mod failpoint;
-pub mod graph;
-pub mod group;
-pub mod levels;
-pub mod logging;
 pub mod manual;
-pub mod memory;
-pub mod progress;
-#[cfg(feature = "pyo3")]
-pub mod python;
-pub mod resolve;
-pub mod sql;
-pub mod state_map;
-pub mod summary;
-pub mod verify;
+pub mod output;
+pub mod tool;
 
-pub use compressor::{compress, Compressed, Stats};
-pub use config::ManualConfig;
+pub use crate::core::compressor::{compress, Compressed, Stats};
+pub use crate::core::group::{GroupMap, StateGroupEntry};
+pub use crate::core::levels::{Level, LevelSizes};
+pub use crate::core::state_map::StateMap;
 pub use error::{Error, Result};
-pub use group::{GroupMap, StateGroupEntry};
-pub use levels::{Level, LevelSizes};
-pub use state_map::StateMap;
+pub use manual::ManualConfig;

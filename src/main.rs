@@ -1,18 +1,25 @@
-//! The manual tool: compresses one room. All the work is in the library;
-//! this only parses arguments, runs, prints, and maps errors to exit codes.
+//! The manual tool: compresses one room. All the work is in the library
+//! (`manual::run`); this parses arguments, runs, prints, and turns the
+//! outcome into the exit status.
 
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-use synapse_compress_state::cli::{parse_or_exit, ManualArgs};
-use synapse_compress_state::{logging, manual, progress, sql};
+use std::process::ExitCode;
 
-fn main() {
-    let args: ManualArgs = parse_or_exit();
+use synapse_compress_state::manual::{self, ManualArgs};
+use synapse_compress_state::output::sql;
+use synapse_compress_state::tool::{args, failpoint, logging, progress};
+
+fn main() -> ExitCode {
+    let args: ManualArgs = match args::parse() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     logging::init();
     #[allow(clippy::let_unit_value)]
-    let _failpoints = synapse_compress_state::failpoint::setup();
+    let _failpoints = failpoint::setup();
     if args.no_progress {
         progress::disable();
     }
@@ -32,8 +39,8 @@ fn main() {
         Ok(summary) => print(summary.to_string()),
         Err(err) => {
             eprintln!("error: {err}");
-            // sysexits.h EX_TEMPFAIL: another compressor has the room.
-            std::process::exit(if err.is_busy() { 75 } else { 1 });
+            return err.exit_code();
         }
     }
+    ExitCode::SUCCESS
 }

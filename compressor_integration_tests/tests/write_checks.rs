@@ -5,9 +5,9 @@ use std::str::FromStr;
 
 use compressor_integration_tests::check::{assert_same_states, small_db, snapshot};
 use compressor_integration_tests::synapse_state::state_of_group;
+use synapse_compress_state::core::group::changed_groups;
+use synapse_compress_state::core::state_map::Symbols;
 use synapse_compress_state::db::{self, load, write};
-use synapse_compress_state::group::changed_groups;
-use synapse_compress_state::state_map::Symbols;
 use synapse_compress_state::{compress, LevelSizes};
 
 /// A group whose rows Synapse rewrote without touching its edge (here: its
@@ -62,17 +62,15 @@ fn a_group_whose_rows_changed_but_not_its_edge_is_left_alone() {
     };
     let edge_before = victim_edge(&mut db.client());
 
-    let report = write::write_changes(
-        &mut client,
-        &room,
-        &symbols,
-        &original,
-        &compressed.changes,
-        &changed,
-        &mut |_| {},
-        None,
-    )
-    .expect("writing");
+    let rewrite = write::Rewrite {
+        room_id: &room,
+        symbols: &symbols,
+        original: &original,
+        new: &compressed.changes,
+    };
+    let report = rewrite
+        .write(&mut client, &changed, &mut |_| {}, None)
+        .expect("writing");
 
     assert_eq!(report.skipped, 1, "{report:?}");
     assert_eq!(report.written, changed.len() - 1, "{report:?}");

@@ -24,9 +24,9 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{FromSql, ToSql, Type};
 use postgres::{GenericClient, Row};
 
+use crate::core::group::GroupMap;
+use crate::core::state_map::{KeyId, StateMap, Symbols, ValueId};
 use crate::error::{Error, Result};
-use crate::group::GroupMap;
-use crate::state_map::{KeyId, StateMap, Symbols, ValueId};
 
 /// What a load found besides the groups.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -4,7 +4,8 @@
 //! set-based deletes, one multi-row edge insert and a binary COPY of the new
 //! rows. A batch commits whole or not at all, so a crash or a lost
 //! connection never leaves a group without its rows or its edge, and the
-//! batches go in ascending id order, as the design requires.
+//! batches go in ascending id order (`docs/safety.md`, "The write
+//! transaction", explains each lock and check).
 //!
 //! Synapse (1.124+) deletes and de-deltas groups in the background, and
 //! another compressor may be at work, so each transaction first locks: the
@@ -28,9 +29,9 @@ use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;
 use postgres::{Client, Transaction};
 
+use crate::core::group::GroupMap;
+use crate::core::state_map::Symbols;
 use crate::error::{Error, Result};
-use crate::group::GroupMap;
-use crate::state_map::Symbols;
 
 /// Most groups in one write transaction.
 const MAX_GROUPS_PER_BATCH: usize = 500;
@@ -61,7 +62,7 @@ impl WriteReport {
     }
 }
 
-/// Work done in the last write transaction of [`write_changes`], so it
+/// Work done in the last write transaction of [`Rewrite::write`], so it
 /// commits together with the last groups (the automatic tool saves its
 /// progress there).
 pub type LastTransaction<'f> = &'f mut dyn FnMut(&mut Transaction<'_>) -> Result<()>;
@@ -69,52 +70,78 @@ pub type LastTransaction<'f> = &'f mut dyn FnMut(&mut Transaction<'_>) -> Result
 /// How often a batch is tried before its error is reported.
 const MAX_ATTEMPTS: usize = 5;
 
-/// Writes `groups` (ascending ids whose entries in `new`, the rewritten
-/// entries, differ from `original`) for `room_id`, one transaction per
-/// batch. `on_batch` is told how many groups each committed batch held.
-/// `last`, if given, runs in the last transaction (in a transaction of its
-/// own when there is nothing to write).
-///
-/// A batch that meets a deadlock, a serialization failure or a duplicate
-/// edge (another writer that takes no locks rewrote one of its groups at
-/// the same moment) is rolled back and tried again: its re-check then sees
-/// what the other writer committed and leaves those groups alone.
-#[allow(clippy::too_many_arguments)]
-pub fn write_changes(
-    client: &mut Client,
-    room_id: &str,
-    symbols: &Symbols,
-    original: &GroupMap,
-    new: &GroupMap,
-    groups: &[i64],
-    on_batch: &mut dyn FnMut(usize),
-    mut last: Option<LastTransaction<'_>>,
-) -> Result<WriteReport> {
-    let ctx = "rewriting state groups";
-    let mut all: Vec<&[i64]> = batches(new, groups).collect();
-    if all.is_empty() && last.is_some() {
-        all.push(&[]);
+/// A room's new structure, ready to be written: the entries in `new` (the
+/// rewritten entries) replace those of `original` (as loaded).
+#[derive(Clone, Copy)]
+pub struct Rewrite<'a> {
+    pub room_id: &'a str,
+    pub symbols: &'a Symbols,
+    pub original: &'a GroupMap,
+    pub new: &'a GroupMap,
+}
+
+/// What the locks of a batch found.
+struct Locked {
+    /// Groups that exist (or, for groups without a `state_groups` row,
+    /// count as present).
+    existing: BTreeSet<i64>,
+    /// The groups' new bases.
+    bases: BTreeSet<i64>,
+}
+
+impl Rewrite<'_> {
+    /// Writes `groups` (ascending ids whose new entries differ from the
+    /// loaded ones), one transaction per batch. `on_batch` is told how many
+    /// groups each committed batch held. `last`, if given, runs in the last
+    /// transaction (in a transaction of its own when there is nothing to
+    /// write).
+    ///
+    /// A batch that meets a deadlock, a serialization failure or a
+    /// duplicate edge (another writer that takes no locks rewrote one of
+    /// its groups at the same moment) is rolled back and tried again: its
+    /// re-check then sees what the other writer committed and leaves those
+    /// groups alone.
+    pub fn write(
+        &self,
+        client: &mut Client,
+        groups: &[i64],
+        on_batch: &mut dyn FnMut(usize),
+        mut last: Option<LastTransaction<'_>>,
+    ) -> Result<WriteReport> {
+        let mut all: Vec<&[i64]> = batches(self.new, groups).collect();
+        if all.is_empty() && last.is_some() {
+            all.push(&[]);
+        }
+        let count = all.len();
+        let mut report = WriteReport::default();
+        for (i, batch) in all.into_iter().enumerate() {
+            let last = if i + 1 == count { last.as_mut() } else { None };
+            report.add(self.commit_batch(client, batch, last)?);
+            on_batch(batch.len());
+        }
+        Ok(report)
     }
-    let count = all.len();
-    let mut report = WriteReport::default();
-    for (i, batch) in all.into_iter().enumerate() {
+
+    /// One batch in its own transaction, tried again after a conflict.
+    fn commit_batch(
+        &self,
+        client: &mut Client,
+        batch: &[i64],
+        mut last: Option<&mut LastTransaction<'_>>,
+    ) -> Result<WriteReport> {
         let mut attempt = 1;
         loop {
             let mut tx = client
                 .transaction()
                 .map_err(|e| Error::db("starting a write transaction", e))?;
-            match write_batch(&mut tx, room_id, symbols, original, new, batch) {
+            match self.write_batch(&mut tx, batch) {
                 Ok(written) => {
-                    if i + 1 == count {
-                        if let Some(last) = last.as_mut() {
-                            last(&mut tx)?;
-                        }
+                    if let Some(last) = last.as_mut() {
+                        last(&mut tx)?;
                     }
                     tx.commit()
                         .map_err(|e| Error::db("committing rewritten state groups", e))?;
-                    report.add(written);
-                    on_batch(batch.len());
-                    break;
+                    return Ok(written);
                 }
                 Err(e) if attempt < MAX_ATTEMPTS && worth_retrying(&e) => {
                     warn!(
@@ -125,11 +152,214 @@ pub fn write_changes(
                     );
                     attempt += 1;
                 }
-                Err(e) => return Err(Error::db(ctx, e)),
+                Err(e) => return Err(Error::db("rewriting state groups", e)),
             }
         }
     }
-    Ok(report)
+
+    /// Writes one batch inside an open transaction (the caller commits):
+    /// lock, re-check, replace. Errors are PostgreSQL's own, so the caller
+    /// can tell a conflict worth retrying from a real failure.
+    fn write_batch(
+        &self,
+        tx: &mut Transaction<'_>,
+        batch: &[i64],
+    ) -> Result<WriteReport, postgres::Error> {
+        if batch.is_empty() {
+            return Ok(WriteReport::default());
+        }
+        let mut locked = self.lock(tx, batch)?;
+        let ready = self.recheck(tx, batch, &mut locked)?;
+        let mut report = WriteReport {
+            written: ready.len(),
+            skipped: batch.len() - ready.len(),
+            ..WriteReport::default()
+        };
+        if !ready.is_empty() {
+            (report.rows_deleted, report.rows_inserted) = self.replace(tx, &ready)?;
+        }
+        Ok(report)
+    }
+
+    /// Locks the batch's groups and bases and bumps the bases' pending
+    /// deletion.
+    ///
+    /// The groups rewritten are locked FOR NO KEY UPDATE: another compressor
+    /// rewriting them waits for this transaction and then sees our result in
+    /// its re-check, and Synapse's deletion (FOR UPDATE) waits too, while
+    /// Synapse's writers (FOR KEY SHARE) can still build on them. New bases
+    /// and current predecessors are locked FOR KEY SHARE, as Synapse's own
+    /// writers lock the groups they build on: a base cannot be deleted under
+    /// us, and Synapse's deletion, which locks the groups it deletes before
+    /// de-deltaing their children, waits instead of de-deltaing a group we
+    /// are rewriting.
+    fn lock(&self, tx: &mut Transaction<'_>, batch: &[i64]) -> Result<Locked, postgres::Error> {
+        let bases: BTreeSet<i64> = batch.iter().filter_map(|g| self.new[g].prev).collect();
+        let rewritten: BTreeSet<i64> = batch.iter().copied().collect();
+        let shared: Vec<i64> = bases
+            .iter()
+            .copied()
+            .chain(batch.iter().filter_map(|g| self.original[g].prev))
+            .filter(|g| !rewritten.contains(g))
+            .collect::<BTreeSet<i64>>()
+            .into_iter()
+            .collect();
+        debug!("write batch of {} groups: locking", batch.len());
+        // One round trip: the locks, and whether Synapse's pending-deletion
+        // table (1.124+) exists.
+        let lock_row = tx.query_typed_one(
+            "WITH rewritten AS ( \
+                 SELECT id FROM state_groups WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE \
+             ), shared AS ( \
+                 SELECT id FROM state_groups WHERE id = ANY($2) ORDER BY id FOR KEY SHARE \
+             ) SELECT array(SELECT id FROM rewritten), array(SELECT id FROM shared), \
+                      to_regclass('state_groups_pending_deletion') IS NOT NULL",
+            &[(&batch, Type::INT8_ARRAY), (&shared, Type::INT8_ARRAY)],
+        )?;
+        let existing: BTreeSet<i64> = lock_row
+            .try_get::<_, Vec<i64>>(0)?
+            .into_iter()
+            .chain(lock_row.try_get::<_, Vec<i64>>(1)?)
+            .collect();
+        let has_pending_table: bool = lock_row.try_get(2)?;
+        if has_pending_table && !bases.is_empty() {
+            let bases: Vec<i64> = bases.iter().copied().collect();
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            tx.execute_typed(
+                "UPDATE state_groups_pending_deletion \
+                 SET sequence_number = DEFAULT, insertion_ts = $2 WHERE state_group = ANY($1)",
+                &[(&bases, Type::INT8_ARRAY), (&now_ms, Type::INT8)],
+            )?;
+        }
+        Ok(Locked { existing, bases })
+    }
+
+    /// The groups of the batch that are still as they were loaded, with an
+    /// existing new base; a warning for each other one, saying what was seen.
+    ///
+    /// Runs after the locks, so this new statement sees everything committed
+    /// while we waited for them. Groups loaded without a `state_groups` row
+    /// cannot be locked: one that still has none counts as present as long
+    /// as its edge and rows are there (checked here for the rewritten ones; a
+    /// base outside the batch must still have an edge or a row, unless it
+    /// was loaded with neither).
+    fn recheck(
+        &self,
+        tx: &mut Transaction<'_>,
+        batch: &[i64],
+        locked: &mut Locked,
+    ) -> Result<Vec<i64>, postgres::Error> {
+        debug!("write batch: re-checking the groups");
+        let original = self.original;
+        let unlockable: Vec<i64> = locked
+            .bases
+            .iter()
+            .filter(|b| !batch.contains(b) && !locked.existing.contains(b))
+            .copied()
+            .filter(|b| original.get(b).is_some_and(|e| e.missing_group_row))
+            .collect();
+        let checked: Vec<i64> = batch.iter().chain(&unlockable).copied().collect();
+        // Each group's edges and row count, in one round trip.
+        let mut now: BTreeMap<i64, (Vec<i64>, i64)> = BTreeMap::new();
+        for row in tx.query_typed(
+            "SELECT g.id, \
+                    array(SELECT e.prev_state_group FROM state_group_edges AS e \
+                          WHERE e.state_group = g.id ORDER BY 1), \
+                    (SELECT count(*) FROM state_groups_state AS s WHERE s.state_group = g.id) \
+             FROM unnest($1::bigint[]) AS g(id)",
+            &[(&checked, Type::INT8_ARRAY)],
+        )? {
+            now.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
+        }
+        let existing = &mut locked.existing;
+        existing.extend(batch.iter().filter(|g| original[g].missing_group_row));
+        existing.extend(unlockable.iter().copied().filter(|b| {
+            let loaded = &original[b];
+            let (edges, rows) = &now[b];
+            !edges.is_empty() || *rows > 0 || (loaded.prev.is_none() && loaded.delta.is_empty())
+        }));
+
+        let mut ready = Vec::with_capacity(batch.len());
+        for &group in batch {
+            let loaded = &original[&group];
+            let (edges, rows) = now.get(&group).cloned().unwrap_or_default();
+            let conflict = if !existing.contains(&group) {
+                Some(Conflict::Gone)
+            } else if edges.as_slice() != loaded.prev.as_slice() {
+                Some(Conflict::EdgeChanged {
+                    loaded: loaded.prev,
+                    now: edges,
+                })
+            } else if rows != loaded.delta.len() as i64 {
+                Some(Conflict::RowsChanged {
+                    loaded: loaded.delta.len(),
+                    now: rows,
+                })
+            } else {
+                self.new[&group]
+                    .prev
+                    .filter(|b| !existing.contains(b))
+                    .map(Conflict::BaseGone)
+            };
+            match conflict {
+                None => ready.push(group),
+                Some(why) => {
+                    warn!("state group {group}: {why} since it was loaded; leaving it as it is")
+                }
+            }
+        }
+        Ok(ready)
+    }
+
+    /// Replaces the edges and rows of `ready`: set-based deletes, one
+    /// multi-row edge insert, a binary COPY of the new rows. Returns the
+    /// rows deleted and inserted.
+    fn replace(
+        &self,
+        tx: &mut Transaction<'_>,
+        ready: &[i64],
+    ) -> Result<(u64, u64), postgres::Error> {
+        let (from, to): (Vec<i64>, Vec<i64>) = ready
+            .iter()
+            .filter_map(|g| self.new[g].prev.map(|p| (*g, p)))
+            .unzip();
+        debug!("write batch: replacing {} groups", ready.len());
+        let deleted = tx.execute_typed(
+            "WITH edges AS (DELETE FROM state_group_edges WHERE state_group = ANY($1)) \
+             DELETE FROM state_groups_state WHERE state_group = ANY($1)",
+            &[(&ready, Type::INT8_ARRAY)],
+        )?;
+        crate::tool::failpoint::stop_here("write::after-deletes");
+        if !from.is_empty() {
+            tx.execute_typed(
+                "INSERT INTO state_group_edges (state_group, prev_state_group) \
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[])",
+                &[(&from, Type::INT8_ARRAY), (&to, Type::INT8_ARRAY)],
+            )?;
+        }
+
+        crate::tool::failpoint::stop_here("write::before-copy");
+        debug!("write batch: copying the new rows");
+        let sink = tx.copy_in(
+            "COPY state_groups_state (state_group, room_id, type, state_key, event_id) \
+             FROM STDIN (FORMAT binary)",
+        )?;
+        let mut writer = BinaryCopyInWriter::new(
+            sink,
+            &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT],
+        );
+        for group in ready {
+            for (key, value) in self.new[group].delta.iter() {
+                let (ty, state_key) = self.symbols.key_str(key);
+                let event_id = self.symbols.value_str(value);
+                writer.write(&[group, &self.room_id, &ty, &state_key, &event_id])?;
+            }
+        }
+        Ok((deleted, writer.finish()?))
+    }
 }
 
 /// Errors that come from another writer's timing, not from us: the batch
@@ -176,186 +406,6 @@ impl std::fmt::Display for Conflict {
             Conflict::BaseGone(base) => write!(f, "its new base {base} no longer exists"),
         }
     }
-}
-
-/// Writes one batch inside an open transaction (the caller commits).
-/// Errors are PostgreSQL's own, so the caller can tell a conflict worth
-/// retrying from a real failure.
-fn write_batch(
-    tx: &mut Transaction<'_>,
-    room_id: &str,
-    symbols: &Symbols,
-    original: &GroupMap,
-    new: &GroupMap,
-    batch: &[i64],
-) -> Result<WriteReport, postgres::Error> {
-    if batch.is_empty() {
-        return Ok(WriteReport::default());
-    }
-    let bases: BTreeSet<i64> = batch.iter().filter_map(|g| new[g].prev).collect();
-    // The groups rewritten are locked FOR NO KEY UPDATE: another compressor
-    // rewriting them waits for this transaction and then sees our result in
-    // its re-check, and Synapse's deletion (FOR UPDATE) waits too, while
-    // Synapse's writers (FOR KEY SHARE) can still build on them. New bases
-    // and current predecessors are locked FOR KEY SHARE, as Synapse's own
-    // writers lock the groups they build on: a base cannot be deleted under
-    // us, and Synapse's deletion, which locks the groups it deletes before
-    // de-deltaing their children, waits instead of de-deltaing a group we
-    // are rewriting.
-    let rewritten: BTreeSet<i64> = batch.iter().copied().collect();
-    let shared: Vec<i64> = bases
-        .iter()
-        .copied()
-        .chain(batch.iter().filter_map(|g| original[g].prev))
-        .filter(|g| !rewritten.contains(g))
-        .collect::<BTreeSet<i64>>()
-        .into_iter()
-        .collect();
-    debug!("write batch of {} groups: locking", batch.len());
-    // One round trip: the locks, and whether Synapse's pending-deletion
-    // table (1.124+) exists.
-    let lock_row = tx.query_typed_one(
-        "WITH rewritten AS ( \
-             SELECT id FROM state_groups WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE \
-         ), shared AS ( \
-             SELECT id FROM state_groups WHERE id = ANY($2) ORDER BY id FOR KEY SHARE \
-         ) SELECT array(SELECT id FROM rewritten), array(SELECT id FROM shared), \
-                  to_regclass('state_groups_pending_deletion') IS NOT NULL",
-        &[(&batch, Type::INT8_ARRAY), (&shared, Type::INT8_ARRAY)],
-    )?;
-    let mut existing: BTreeSet<i64> = lock_row
-        .try_get::<_, Vec<i64>>(0)?
-        .into_iter()
-        .chain(lock_row.try_get::<_, Vec<i64>>(1)?)
-        .collect();
-    let has_pending_table: bool = lock_row.try_get(2)?;
-    if has_pending_table && !bases.is_empty() {
-        let bases: Vec<i64> = bases.iter().copied().collect();
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        tx.execute_typed(
-            "UPDATE state_groups_pending_deletion \
-             SET sequence_number = DEFAULT, insertion_ts = $2 WHERE state_group = ANY($1)",
-            &[(&bases, Type::INT8_ARRAY), (&now_ms, Type::INT8)],
-        )?;
-    }
-
-    debug!("write batch: re-checking the groups");
-    // What each group looks like now, after the locks (a new statement sees
-    // everything committed while we waited for them): its edges and its row
-    // count, in one round trip.
-    // Groups loaded without a `state_groups` row cannot be locked: one that
-    // still has none counts as present as long as its edge and rows are
-    // there (checked below for the rewritten ones; a base outside the batch
-    // must still have an edge or a row, unless it was loaded with neither).
-    let unlockable: Vec<i64> = bases
-        .iter()
-        .filter(|b| !rewritten.contains(b) && !existing.contains(b))
-        .copied()
-        .filter(|b| original.get(b).is_some_and(|e| e.missing_group_row))
-        .collect();
-    let checked: Vec<i64> = batch.iter().chain(&unlockable).copied().collect();
-    let mut now: BTreeMap<i64, (Vec<i64>, i64)> = BTreeMap::new();
-    for row in tx.query_typed(
-        "SELECT g.id, \
-                array(SELECT e.prev_state_group FROM state_group_edges AS e \
-                      WHERE e.state_group = g.id ORDER BY 1), \
-                (SELECT count(*) FROM state_groups_state AS s WHERE s.state_group = g.id) \
-         FROM unnest($1::bigint[]) AS g(id)",
-        &[(&checked, Type::INT8_ARRAY)],
-    )? {
-        now.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
-    }
-    existing.extend(
-        batch
-            .iter()
-            .filter(|g| original[g].missing_group_row)
-            .copied(),
-    );
-    existing.extend(unlockable.iter().copied().filter(|b| {
-        let loaded = &original[b];
-        let (edges, rows) = &now[b];
-        !edges.is_empty() || *rows > 0 || (loaded.prev.is_none() && loaded.delta.is_empty())
-    }));
-
-    let mut ready = Vec::with_capacity(batch.len());
-    for &group in batch {
-        let loaded = &original[&group];
-        let (edges, rows) = now.get(&group).cloned().unwrap_or_default();
-        let conflict = if !existing.contains(&group) {
-            Some(Conflict::Gone)
-        } else if edges.as_slice() != loaded.prev.as_slice() {
-            Some(Conflict::EdgeChanged {
-                loaded: loaded.prev,
-                now: edges,
-            })
-        } else if rows != loaded.delta.len() as i64 {
-            Some(Conflict::RowsChanged {
-                loaded: loaded.delta.len(),
-                now: rows,
-            })
-        } else {
-            new[&group]
-                .prev
-                .filter(|b| !existing.contains(b))
-                .map(Conflict::BaseGone)
-        };
-        match conflict {
-            None => ready.push(group),
-            Some(why) => {
-                warn!("state group {group}: {why} since it was loaded; leaving it as it is")
-            }
-        }
-    }
-    let mut report = WriteReport {
-        written: ready.len(),
-        skipped: batch.len() - ready.len(),
-        ..WriteReport::default()
-    };
-    if ready.is_empty() {
-        return Ok(report);
-    }
-
-    let (from, to): (Vec<i64>, Vec<i64>) = ready
-        .iter()
-        .filter_map(|g| new[g].prev.map(|p| (*g, p)))
-        .unzip();
-    debug!("write batch: replacing {} groups", ready.len());
-    report.rows_deleted = tx.execute_typed(
-        "WITH edges AS (DELETE FROM state_group_edges WHERE state_group = ANY($1)) \
-         DELETE FROM state_groups_state WHERE state_group = ANY($1)",
-        &[(&ready, Type::INT8_ARRAY)],
-    )?;
-    crate::failpoint::stop_here("write::after-deletes");
-    if !from.is_empty() {
-        tx.execute_typed(
-            "INSERT INTO state_group_edges (state_group, prev_state_group) \
-             SELECT * FROM unnest($1::bigint[], $2::bigint[])",
-            &[(&from, Type::INT8_ARRAY), (&to, Type::INT8_ARRAY)],
-        )?;
-    }
-
-    crate::failpoint::stop_here("write::before-copy");
-    debug!("write batch: copying the new rows");
-    let sink = tx.copy_in(
-        "COPY state_groups_state (state_group, room_id, type, state_key, event_id) \
-         FROM STDIN (FORMAT binary)",
-    )?;
-    let mut writer = BinaryCopyInWriter::new(
-        sink,
-        &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT],
-    );
-    for group in &ready {
-        for (key, value) in new[group].delta.iter() {
-            let (ty, state_key) = symbols.key_str(key);
-            let event_id = symbols.value_str(value);
-            writer.write(&[group, &room_id, &ty, &state_key, &event_id])?;
-        }
-    }
-    report.rows_inserted = writer.finish()?;
-    Ok(report)
 }
 
 /// Splits `groups` into consecutive batches bounded in groups and rows.

@@ -2,7 +2,7 @@
 //! those of the reference `synapse_auto_compressor`.
 
 use clap::Parser;
-use synapse_compress_state::cli::positive;
+use synapse_compress_state::tool::args::Positive;
 use synapse_compress_state::LevelSizes;
 
 use crate::manager::AutoConfig;
@@ -20,14 +20,24 @@ pub struct AutoArgs {
 
     /// How many state groups to load and compress at once. Memory use grows
     /// with it; it should be at least the first level size.
-    #[arg(short = 'c', long = "chunk-size", alias = "chunk_size", value_name = "CHUNK_SIZE",
-          value_parser = positive, allow_negative_numbers = true)]
-    pub chunk_size: i64,
+    #[arg(
+        short = 'c',
+        long = "chunk-size",
+        alias = "chunk_size",
+        value_name = "CHUNK_SIZE",
+        allow_negative_numbers = true
+    )]
+    pub chunk_size: Positive,
 
     /// How many chunks to compress in this run (then stop, saving progress).
-    #[arg(short = 'n', long = "chunks-to-compress", alias = "chunks_to_compress",
-          value_name = "CHUNKS_TO_COMPRESS", value_parser = positive, allow_negative_numbers = true)]
-    pub chunks_to_compress: i64,
+    #[arg(
+        short = 'n',
+        long = "chunks-to-compress",
+        alias = "chunks_to_compress",
+        value_name = "CHUNKS_TO_COMPRESS",
+        allow_negative_numbers = true
+    )]
+    pub chunks_to_compress: Positive,
 
     /// Level sizes for rooms without saved progress, lowest level first.
     #[arg(

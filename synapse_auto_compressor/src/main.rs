@@ -7,18 +7,19 @@
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+use std::process::ExitCode;
+
 use synapse_auto_compressor::cli::AutoArgs;
-use synapse_compress_state::cli::parse_or_exit;
-use synapse_compress_state::{logging, progress};
+use synapse_compress_state::tool::{args, failpoint, logging, progress};
 
-/// sysexits.h EX_TEMPFAIL.
-const EXIT_TEMPFAIL: i32 = 75;
-
-fn main() {
-    let args: AutoArgs = parse_or_exit();
+fn main() -> ExitCode {
+    let args: AutoArgs = match args::parse() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     logging::init();
     #[allow(clippy::let_unit_value)]
-    let _failpoints = synapse_compress_state::failpoint::setup();
+    let _failpoints = failpoint::setup();
     if args.no_progress {
         progress::disable();
     }
@@ -28,10 +29,11 @@ fn main() {
             if json {
                 println!("{}", summary.to_json());
             }
+            ExitCode::SUCCESS
         }
         Err(err) => {
             eprintln!("error: {err}");
-            std::process::exit(if err.is_busy() { EXIT_TEMPFAIL } else { 1 });
+            err.exit_code()
         }
     }
 }

@@ -16,14 +16,18 @@
 
 use std::time::{Duration, Instant};
 
-use synapse_compress_state::summary::Timings;
-
 use log::{debug, info, warn};
 use postgres::Client;
-use synapse_compress_state::db::{self, load, schema, write, Prepared, RoomLock};
-use synapse_compress_state::group::{changed_groups, row_count, row_count_after};
-use synapse_compress_state::verify::verify;
-use synapse_compress_state::{compress, Error, Level, LevelSizes, Result};
+use synapse_compress_state::core::group::{changed_groups, row_count, row_count_after};
+use synapse_compress_state::core::state_map::Symbols;
+use synapse_compress_state::core::verify::verify;
+use synapse_compress_state::db::load::{self, LoadReport};
+use synapse_compress_state::db::write::{Rewrite, WriteReport};
+use synapse_compress_state::db::{self, schema, Prepared, RoomLock};
+use synapse_compress_state::tool::args::Positive;
+use synapse_compress_state::tool::failpoint;
+use synapse_compress_state::tool::timings::Timings;
+use synapse_compress_state::{compress, Compressed, Error, GroupMap, Level, LevelSizes, Result};
 
 use crate::prefetch::{load_chunk, ChunkRequest, LoadedChunk, Prefetcher};
 use crate::state_saving::LeftRooms;
@@ -34,10 +38,10 @@ use crate::{lock, state_saving};
 pub struct AutoConfig {
     /// Connection string: a `postgresql://` URL or `key=value` pairs.
     pub db_url: String,
-    /// Groups per chunk (at least 1).
-    pub chunk_size: i64,
-    /// Chunks to process in this run (at least 1).
-    pub number_of_chunks: i64,
+    /// Groups per chunk.
+    pub chunk_size: Positive,
+    /// Chunks to process in this run.
+    pub number_of_chunks: Positive,
     /// Levels for rooms without usable saved levels.
     pub default_levels: LevelSizes,
 }
@@ -73,6 +77,42 @@ pub struct ChunkOutcome {
 }
 
 impl ChunkOutcome {
+    /// A chunk of `room` after `after` that nothing has happened to yet.
+    fn new(room: &str, after: Option<i64>) -> Self {
+        ChunkOutcome {
+            room_id: room.to_owned(),
+            after,
+            last: after.unwrap_or(0),
+            groups: 0,
+            rows_before: 0,
+            rows_after: 0,
+            groups_changed: 0,
+            forced_resets: 0,
+            groups_written: 0,
+            groups_skipped_live: 0,
+            committed: false,
+            damaged: false,
+            room_finished: false,
+        }
+    }
+
+    /// Takes in the compressor's figures for the chunk, and logs them.
+    fn record(&mut self, original: &GroupMap, compressed: &Compressed) {
+        self.rows_before = row_count(original);
+        self.rows_after = row_count_after(original, &compressed.changes);
+        self.groups_changed = compressed.stats.state_groups_changed;
+        self.forced_resets = compressed.stats.resets_no_suitable_prev;
+        info!(
+            "Room {}: groups {}..={} ({} groups): rows {} -> {}",
+            self.room_id,
+            self.after.map_or(0, |a| a + 1),
+            self.last,
+            self.groups,
+            self.rows_before,
+            self.rows_after
+        );
+    }
+
     /// This chunk's room is damaged: say so, and leave it alone.
     fn leave_damaged(mut self, why: &str) -> Self {
         warn!(
@@ -139,7 +179,7 @@ impl RunSummary {
                 "write": self.timings.write.as_secs_f64(),
                 "total": self.elapsed.as_secs_f64(),
             },
-            "peak_rss_mib": synapse_compress_state::memory::peak_rss_mib(),
+            "peak_rss_mib": synapse_compress_state::tool::memory::peak_rss_mib(),
         })
     }
 }
@@ -162,7 +202,7 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     // Up to two more connections load the next chunks while this one
     // writes; a run without them (one chunk, or no connection to spare)
     // just loads in turn.
-    let wanted = (config.number_of_chunks - 1).clamp(0, READERS as i64) as usize;
+    let wanted = (config.number_of_chunks.get() - 1).clamp(0, READERS as i64) as usize;
     let mut readers = Vec::with_capacity(wanted);
     while readers.len() < wanted {
         match db::connect(&config.db_url) {
@@ -223,7 +263,7 @@ fn chunk_loop(
     mut prefetcher: Option<&mut Prefetcher>,
 ) -> Result<()> {
     let mut left = LeftRooms::default();
-    while (summary.chunks as i64) < config.number_of_chunks {
+    while (summary.chunks as i64) < config.number_of_chunks.get() {
         let Some(next) = state_saving::next_room_to_compress(client, prepared, &left)? else {
             if left.rooms().is_empty() {
                 info!("Every state group has been compressed; nothing left to do");
@@ -246,7 +286,7 @@ fn chunk_loop(
         // No point loading ahead for a chunk this run will not do.
         let ahead = Ahead {
             prefetcher: prefetcher.as_deref_mut(),
-            chunks_after: config.number_of_chunks - summary.chunks as i64 - 1,
+            chunks_after: config.number_of_chunks.get() - summary.chunks as i64 - 1,
             same_room: false,
             left: &left,
         };
@@ -350,7 +390,7 @@ impl Ahead<'_> {
                 room_id: next,
                 after: progress.last_compressed,
                 heads: heads(&progress.levels),
-                chunk_size: config.chunk_size,
+                chunk_size: config.chunk_size.get(),
             });
         }
         Ok(())
@@ -364,7 +404,7 @@ impl Ahead<'_> {
                 room_id: room.to_owned(),
                 after: Some(last),
                 heads: heads(levels),
-                chunk_size: config.chunk_size,
+                chunk_size: config.chunk_size.get(),
             });
         }
     }
@@ -374,7 +414,30 @@ fn heads(levels: &[Level]) -> Vec<i64> {
     levels.iter().filter_map(Level::head).collect()
 }
 
-/// Compresses the next chunk of `room`.
+/// A chunk as loaded, or why there is none to compress.
+enum Loaded {
+    /// The groups that made us pick this room are gone (purged since).
+    Gone,
+    /// The chunk ending at `last` cannot be read safely.
+    Damaged {
+        last: i64,
+        why: String,
+    },
+    Chunk(Chunk),
+}
+
+/// A loaded chunk's groups and everything they need.
+struct Chunk {
+    symbols: Symbols,
+    original: GroupMap,
+    report: LoadReport,
+    last: i64,
+    /// The room has groups after this chunk.
+    more: bool,
+}
+
+/// Compresses the next chunk of `room`: read its progress, load, compress,
+/// decide, verify, write (with the new progress in the last transaction).
 fn compress_chunk(
     client: &mut Client,
     prepared: &mut Prepared,
@@ -390,85 +453,44 @@ fn compress_chunk(
         summary.levels_reset += 1;
     }
     let after = progress.last_compressed;
-    let mut outcome = ChunkOutcome {
-        room_id: room.to_owned(),
-        after,
-        last: after.unwrap_or(0),
-        groups: 0,
-        rows_before: 0,
-        rows_after: 0,
-        groups_changed: 0,
-        forced_resets: 0,
-        groups_written: 0,
-        groups_skipped_live: 0,
-        committed: false,
-        damaged: false,
-        room_finished: false,
-    };
+    let mut outcome = ChunkOutcome::new(room, after);
 
+    let started = Instant::now();
     let request = ChunkRequest {
         room_id: room.to_owned(),
         after,
         heads: heads(&progress.levels),
-        chunk_size: config.chunk_size,
+        chunk_size: config.chunk_size.get(),
     };
-    let started = Instant::now();
-    let LoadedChunk {
-        ids,
-        more,
-        symbols,
-        groups: loaded,
-    } = ahead.load(client, &request)?;
-    let (Some(&last), Some(loaded)) = (ids.last(), loaded) else {
-        // The groups that made us pick this room are gone (purged since).
-        warn!("Room {room} has no groups after {after:?} any more; skipping it");
-        outcome.room_finished = true;
-        if let Some(last) = after {
-            save_progress_only(client, prepared, room, &config.default_levels, last)?;
+    let chunk = match load(client, &mut ahead, &request)? {
+        Loaded::Chunk(chunk) => chunk,
+        Loaded::Gone => {
+            warn!("Room {room} has no groups after {after:?} any more; skipping it");
+            outcome.room_finished = true;
+            if let Some(last) = after {
+                save_progress_only(client, prepared, room, &config.default_levels, last)?;
+            }
+            return Ok(outcome);
         }
-        return Ok(outcome);
-    };
-    outcome.last = last;
-    outcome.room_finished = !more;
-    let (mut original, mut report) = match loaded {
-        Ok(loaded) => loaded,
-        Err(Error::Damaged(why)) => {
+        Loaded::Damaged { last, why } => {
+            outcome.last = last;
             return Ok(outcome.leave_damaged(&why));
         }
-        Err(e) => return Err(e),
     };
-    // As the reference does for every chunk after a room's first.
-    load::include_groups_without_row(&mut original, &mut report, after, last);
     summary.timings.load += started.elapsed();
+    let last = chunk.last;
+    (outcome.last, outcome.room_finished) = (last, !chunk.more);
+    outcome.groups = chunk.report.in_range;
     ahead.start_next(client, prepared, config, room, last)?;
-    outcome.groups = report.in_range;
-    if !report.missing_predecessors.is_empty() {
-        warn!(
-            "Room {room}: {} predecessor group(s) have no state_groups row; reading them as Synapse does",
-            report.missing_predecessors.len()
-        );
-    }
 
     let started = Instant::now();
-    let compressed = match compress(&original, progress.levels) {
+    let compressed = match compress(&chunk.original, progress.levels) {
         Ok(compressed) => compressed,
-        Err(Error::Damaged(why)) => {
-            return Ok(outcome.leave_damaged(&why));
-        }
+        Err(Error::Damaged(why)) => return Ok(outcome.leave_damaged(&why)),
         Err(e) => return Err(e),
     };
     summary.timings.compress += started.elapsed();
-    outcome.rows_before = row_count(&original);
-    outcome.rows_after = row_count_after(&original, &compressed.changes);
-    outcome.groups_changed = compressed.stats.state_groups_changed;
-    outcome.forced_resets = compressed.stats.resets_no_suitable_prev;
-    info!(
-        "Room {room}: groups {}..={last} ({} groups): rows {} -> {}",
-        after.map_or(0, |a| a + 1),
-        outcome.groups,
-        outcome.rows_before,
-        outcome.rows_after
-    );
+    outcome.record(&chunk.original, &compressed);
 
     if outcome.rows_after > outcome.rows_before {
         warn!(
@@ -482,31 +504,77 @@ fn compress_chunk(
     }
 
     let started = Instant::now();
-    verify(&original, &compressed.changes)?;
+    verify(&chunk.original, &compressed.changes)?;
     summary.timings.verify += started.elapsed();
-    let started = Instant::now();
-    let changed = changed_groups(&original, &compressed.changes);
-    // The last write transaction also saves the new levels and position,
-    // so the chunk and its progress commit together.
-    let report = write::write_changes(
-        client,
-        room,
-        &symbols,
-        &original,
-        &compressed.changes,
-        &changed,
-        &mut |_| {},
-        Some(&mut |tx| {
-            synapse_compress_state::failpoint::stop_here("auto::before-progress-save");
-            state_saving::write_room_progress(tx, prepared, room, &compressed.levels, last)
-        }),
-    )?;
 
+    let started = Instant::now();
+    let report = write_chunk(client, prepared, room, &chunk, &compressed)?;
     summary.timings.write += started.elapsed();
     outcome.groups_written = report.written;
     outcome.groups_skipped_live = report.skipped;
     outcome.committed = true;
     Ok(outcome)
+}
+
+/// Loads the chunk `request` (or takes it from the loads made ahead).
+fn load(client: &mut Client, ahead: &mut Ahead<'_>, request: &ChunkRequest) -> Result<Loaded> {
+    let LoadedChunk {
+        ids,
+        more,
+        symbols,
+        groups,
+    } = ahead.load(client, request)?;
+    let (Some(&last), Some(groups)) = (ids.last(), groups) else {
+        return Ok(Loaded::Gone);
+    };
+    let (mut original, mut report) = match groups {
+        Ok(loaded) => loaded,
+        Err(Error::Damaged(why)) => return Ok(Loaded::Damaged { last, why }),
+        Err(e) => return Err(e),
+    };
+    // As the reference does for every chunk after a room's first.
+    load::include_groups_without_row(&mut original, &mut report, request.after, last);
+    if !report.missing_predecessors.is_empty() {
+        warn!(
+            "Room {}: {} predecessor group(s) have no state_groups row; reading them as Synapse does",
+            request.room_id,
+            report.missing_predecessors.len()
+        );
+    }
+    Ok(Loaded::Chunk(Chunk {
+        symbols,
+        original,
+        report,
+        last,
+        more,
+    }))
+}
+
+/// Writes a compressed chunk; its last write transaction also saves the new
+/// levels and position, so the chunk and its progress commit together.
+fn write_chunk(
+    client: &mut Client,
+    prepared: &mut Prepared,
+    room: &str,
+    chunk: &Chunk,
+    compressed: &Compressed,
+) -> Result<WriteReport> {
+    let changed = changed_groups(&chunk.original, &compressed.changes);
+    let rewrite = Rewrite {
+        room_id: room,
+        symbols: &chunk.symbols,
+        original: &chunk.original,
+        new: &compressed.changes,
+    };
+    rewrite.write(
+        client,
+        &changed,
+        &mut |_| {},
+        Some(&mut |tx| {
+            failpoint::stop_here("auto::before-progress-save");
+            state_saving::write_room_progress(tx, prepared, room, &compressed.levels, chunk.last)
+        }),
+    )
 }
 
 /// Saves fresh levels and `last` as the room's position (a skipped chunk).

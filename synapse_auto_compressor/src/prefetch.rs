@@ -33,8 +33,8 @@ use std::thread::Scope;
 
 use log::{debug, warn};
 use postgres::Client;
+use synapse_compress_state::core::state_map::Symbols;
 use synapse_compress_state::db::load::{self, LoadReport};
-use synapse_compress_state::state_map::Symbols;
 use synapse_compress_state::{Error, GroupMap, Result};
 
 /// Which chunk to load.

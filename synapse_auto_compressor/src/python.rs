@@ -8,8 +8,8 @@
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use synapse_compress_state::cli::check_argument;
-use synapse_compress_state::python::{init_module, run_job};
+use synapse_compress_state::tool::args::Positive;
+use synapse_compress_state::tool::python::{init_module, run_job};
 
 use crate::manager::AutoConfig;
 
@@ -40,8 +40,8 @@ fn run_compression<'py>(
         // The command line's checks, then one run.
         let config = AutoConfig {
             db_url,
-            chunk_size: check_argument("chunk_size", chunk_size, 1)?,
-            number_of_chunks: check_argument("number_of_chunks", number_of_chunks, 1)?,
+            chunk_size: Positive::named("chunk_size", chunk_size)?,
+            number_of_chunks: Positive::named("number_of_chunks", number_of_chunks)?,
             default_levels: default_levels.parse()?,
         };
         crate::run(&config).map(|summary| summary.to_json())

@@ -8,9 +8,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::core::group::Groups;
+use crate::core::state_map::FullState;
 use crate::error::{Error, Result};
-use crate::group::Groups;
-use crate::state_map::FullState;
 
 /// How many resolved states a resolver keeps.
 const CACHE_SIZE: usize = 8;
@@ -89,8 +89,8 @@ pub fn full_state<G: Groups>(groups: &G, group: i64) -> Result<FullState> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::group::{GroupMap, StateGroupEntry};
-    use crate::state_map::{StateMap, Symbols};
+    use crate::core::group::{GroupMap, StateGroupEntry};
+    use crate::core::state_map::{StateMap, Symbols};
 
     #[test]
     fn nearer_groups_win_and_missing_links_are_errors() {

@@ -9,9 +9,9 @@
 
 use rayon::prelude::*;
 
+use crate::core::group::{changed_groups, GroupMap, Overlay};
+use crate::core::resolve::Resolver;
 use crate::error::{Error, Result};
-use crate::group::{changed_groups, GroupMap, Overlay};
-use crate::resolve::Resolver;
 
 /// What a verification looked at.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,8 +69,8 @@ pub fn verify(original: &GroupMap, changes: &GroupMap) -> Result<Verified> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::group::StateGroupEntry;
-    use crate::state_map::{StateMap, Symbols};
+    use crate::core::group::StateGroupEntry;
+    use crate::core::state_map::{StateMap, Symbols};
 
     fn entry(sym: &mut Symbols, prev: Option<i64>, rows: &[(&str, &str)]) -> StateGroupEntry {
         let rows = rows

@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 
-use crate::levels::LevelSizes;
+use crate::core::levels::LevelSizes;
+use crate::tool::args::{NonNegative, Positive};
 
 /// Everything a manual run needs. Built by the CLI (or a library caller);
-/// every field is already valid, so running never re-checks arguments.
+/// the types keep every field valid (no negative id, no zero count), so
+/// running never re-checks arguments.
 #[derive(Clone, Debug)]
 pub struct ManualConfig {
     /// Connection string: a `postgresql://` URL or `key=value` pairs.
@@ -13,15 +15,15 @@ pub struct ManualConfig {
     /// The room whose groups are compressed.
     pub room_id: String,
     /// Only groups above this id (exclusive).
-    pub min_state_group: Option<i64>,
+    pub min_state_group: Option<NonNegative>,
     /// At most this many groups (from the start of the range).
-    pub groups_to_compress: Option<i64>,
+    pub groups_to_compress: Option<Positive>,
     /// Only groups up to this id (inclusive).
-    pub max_state_group: Option<i64>,
+    pub max_state_group: Option<NonNegative>,
     /// The level sizes of the tree.
     pub level_sizes: LevelSizes,
     /// Write nothing unless at least this many rows would be saved.
-    pub min_saved_rows: Option<i64>,
+    pub min_saved_rows: Option<NonNegative>,
     /// Write the changes as SQL to this file.
     pub output_file: Option<PathBuf>,
     /// Wrap each group's SQL in its own transaction.

@@ -5,15 +5,17 @@
 //! is a tree whose depth is bounded by the sum of the level sizes, in place of
 //! Synapse's chains of up to 100 hops ended by full snapshots.
 //!
-//! This module implements exactly the semantics of design section 2, which is
-//! also what the reference tool does, so both produce the same edges and rows
-//! for the same input and levels.
+//! This module implements exactly the rules of `docs/algorithm.md`
+//! ([the level tree](../../docs/algorithm.md#the-level-tree) and
+//! [forced resets](../../docs/algorithm.md#forced-resets)), which are also what
+//! the reference tool does, so both produce the same edges and rows for the
+//! same input and levels.
 
+use crate::core::group::{GroupMap, Overlay, StateGroupEntry};
+use crate::core::levels::Level;
+use crate::core::resolve::Resolver;
+use crate::core::state_map::{FullState, StateMap};
 use crate::error::{Error, Result};
-use crate::group::{GroupMap, Overlay, StateGroupEntry};
-use crate::levels::Level;
-use crate::resolve::Resolver;
-use crate::state_map::{FullState, StateMap};
 
 /// Counters gathered while compressing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,7 +90,7 @@ pub fn compress(original: &GroupMap, mut levels: Vec<Level>) -> Result<Compresse
         );
     }
 
-    if crate::failpoint::triggered("compress::wrong-delta") {
+    if crate::tool::failpoint::triggered("compress::wrong-delta") {
         // A planted bug for the tests: verification must refuse this.
         if let Some(entry) = changes.values_mut().find(|e| !e.delta.is_empty()) {
             let rest: Vec<_> = entry.delta.iter().skip(1).collect();
@@ -175,15 +177,18 @@ fn is_subset(base: &FullState, state: &FullState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::group::Groups;
-    use crate::resolve::full_state;
-    use crate::state_map::Symbols;
+    use crate::core::group::Groups;
+    use crate::core::resolve::full_state;
+    use crate::core::state_map::Symbols;
 
     fn row(
         sym: &mut Symbols,
         k: &str,
         v: &str,
-    ) -> (crate::state_map::KeyId, crate::state_map::ValueId) {
+    ) -> (
+        crate::core::state_map::KeyId,
+        crate::core::state_map::ValueId,
+    ) {
         (sym.key("node", k), sym.value(v))
     }
 

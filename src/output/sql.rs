@@ -17,8 +17,8 @@ use std::path::Path;
 
 use md5::{Digest, Md5};
 
-use crate::group::{GroupMap, StateGroupEntry};
-use crate::state_map::{StateMap, Symbols};
+use crate::core::group::{GroupMap, StateGroupEntry};
+use crate::core::state_map::{StateMap, Symbols};
 
 /// The `-o` value that means standard output.
 pub const STDOUT: &str = "-";

@@ -125,14 +125,6 @@ impl Symbols {
     pub fn value_str(&self, value: ValueId) -> &str {
         &self.strings[value.0 as usize]
     }
-
-    /// Approximate heap bytes held (for logging).
-    pub fn heap_bytes(&self) -> usize {
-        let text: usize = self.strings.iter().map(|s| s.len()).sum();
-        text + self.strings.capacity() * 16
-            + self.string_ids.capacity() * 5
-            + self.keys.capacity() * 24
-    }
 }
 
 /// A set of state entries (a group's delta), sorted by key id with unique

@@ -5,8 +5,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use crate::core::group::{GroupMap, Groups};
 use crate::error::{Error, Result};
-use crate::group::{GroupMap, Groups};
 
 /// Writes `<prefix>_nodes.csv` and `<prefix>_edges.csv` into `dir` for
 /// `before` (prefix `before`) and `after` (prefix `after`); returns the paths.

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::state_map::StateMap;
+use crate::core::state_map::StateMap;
 
 /// One state group: its predecessor (edge) and its own rows (delta).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -4,10 +4,10 @@
 //! its output keep working.
 
 use std::fmt;
-use std::time::Duration;
 
-use crate::compressor::Stats;
-use crate::verify::Verified;
+use crate::core::compressor::Stats;
+use crate::core::verify::Verified;
+use crate::tool::timings::Timings;
 
 /// What a run decided to do with its result.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,32 +19,6 @@ pub enum Outcome {
     /// The result was checked (unless disabled) and written as asked
     /// (SQL file, database, or neither for a dry run).
     Done,
-}
-
-/// Time spent in each phase.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Timings {
-    pub load: Duration,
-    pub compress: Duration,
-    pub verify: Duration,
-    pub write: Duration,
-    /// The whole run, connecting included.
-    pub total: Duration,
-}
-
-impl fmt::Display for Timings {
-    /// The `Time:` line both tools print (the benchmark reads it).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Time: load {:.2}s, compress {:.2}s, verify {:.2}s, write {:.2}s; peak memory {:.1} MiB",
-            self.load.as_secs_f64(),
-            self.compress.as_secs_f64(),
-            self.verify.as_secs_f64(),
-            self.write.as_secs_f64(),
-            crate::memory::peak_rss_mib()
-        )
-    }
 }
 
 /// The figures of one manual run.
@@ -80,6 +54,32 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The figures of a compressed room, before anything is decided or
+    /// written.
+    pub fn new(
+        room: &str,
+        loaded: &crate::manual::run::LoadedRoom,
+        compressed: &crate::core::compressor::Compressed,
+        timings: Timings,
+    ) -> Summary {
+        use crate::core::group::{row_count, row_count_after};
+        Summary {
+            room_id: room.to_owned(),
+            groups: loaded.original.len(),
+            groups_in_range: loaded.report.in_range,
+            last_group: loaded.last_group,
+            rows_before: row_count(&loaded.original),
+            rows_after: row_count_after(&loaded.original, &compressed.changes),
+            stats: compressed.stats,
+            verified: None,
+            groups_written: 0,
+            groups_skipped_live: 0,
+            missing_predecessors: loaded.report.missing_predecessors.len(),
+            outcome: Outcome::Done,
+            timings,
+        }
+    }
+
     /// The figures as one JSON object (for `--json`, scripts and monitoring).
     pub fn to_json(&self) -> serde_json::Value {
         let outcome = match &self.outcome {
@@ -112,7 +112,7 @@ impl Summary {
                 "write": self.timings.write.as_secs_f64(),
                 "total": self.timings.total.as_secs_f64(),
             },
-            "peak_rss_mib": crate::memory::peak_rss_mib(),
+            "peak_rss_mib": crate::tool::memory::peak_rss_mib(),
         })
     }
 

@@ -1,34 +1,20 @@
-//! The Python module `synapse_compress_state` (feature `pyo3`, built by
-//! maturin from `pyproject.toml`), and the plumbing the
-//! `synapse_auto_compressor` module shares with it.
-//!
-//! This file owns only the crossing between Python and Rust: converting
-//! arguments, running the job with the GIL released and panics caught,
-//! turning an [`Error`] into an exception carrying the command line's
-//! one-line message, the run's figures (the `--json` object) into a dict,
-//! and sending log records to Python's `logging`. All the work stays in
-//! [`manual::run`].
+//! What both Python modules (feature `pyo3`; `synapse_compress_state` in
+//! `manual::python`, `synapse_auto_compressor` in its own crate) share:
+//! the crossing between Python and Rust. A job runs with the GIL released
+//! and panics caught; an [`Error`] becomes an exception carrying the command
+//! line's one-line message; the run's figures (the `--json` object) become
+//! a dict; log records go to Python's `logging`.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use pyo3::PyTypeInfo;
 
-use crate::cli::check_argument;
-use crate::config::ManualConfig;
 use crate::error::{Error, Result};
-use crate::{manual, progress};
-
-pyo3::create_exception!(
-    synapse_compress_state,
-    CompressionError,
-    PyRuntimeError,
-    "A compression run failed; the message is the line the command-line tool prints after \"error: \"."
-);
+use crate::tool::progress;
 
 /// Resets pyo3-log's cache of Python logger levels. The cache saves taking
 /// the GIL for every filtered-out record; resetting it at each call lets a
@@ -112,81 +98,4 @@ fn to_python<'py>(py: Python<'py>, value: &serde_json::Value) -> PyResult<Bound<
             dict.into_any()
         }
     })
-}
-
-/// [`check_argument`] for an argument that may be left out (`None`).
-fn check_optional(name: &str, value: Option<i64>, min: i64) -> Result<Option<i64>> {
-    value.map(|v| check_argument(name, v, min)).transpose()
-}
-
-/// Compresses one room, like the `synapse_compress_state` command.
-///
-/// Returns the run's figures as a dict (the keys of `--json`). Raises
-/// `ValueError` for an argument the command line would refuse, and
-/// `CompressionError` when the run fails.
-#[pyfunction]
-#[pyo3(signature = (
-    db_url,
-    room_id,
-    output_file = None,
-    min_state_group = None,
-    groups_to_compress = None,
-    min_saved_rows = None,
-    max_state_group = None,
-    level_sizes = "100,50,25",
-    transactions = true,
-    graphs = false,
-    commit_changes = false,
-    verify = true,
-))]
-#[allow(clippy::too_many_arguments)] // the reference module's signature
-fn run_compression<'py>(
-    py: Python<'py>,
-    db_url: String,
-    room_id: String,
-    output_file: Option<PathBuf>,
-    min_state_group: Option<i64>,
-    groups_to_compress: Option<i64>,
-    min_saved_rows: Option<i64>,
-    max_state_group: Option<i64>,
-    level_sizes: &str,
-    transactions: bool,
-    graphs: bool,
-    commit_changes: bool,
-    verify: bool,
-) -> PyResult<Bound<'py, PyAny>> {
-    run_job::<CompressionError>(py, move || {
-        // The command line's checks, in its order.
-        let config = ManualConfig {
-            db_url,
-            room_id,
-            min_state_group: check_optional("min_state_group", min_state_group, 0)?,
-            groups_to_compress: check_optional("groups_to_compress", groups_to_compress, 1)?,
-            max_state_group: check_optional("max_state_group", max_state_group, 0)?,
-            level_sizes: level_sizes.parse()?,
-            min_saved_rows: check_optional("min_saved_rows", min_saved_rows, 0)?,
-            output_file,
-            transactions,
-            graphs,
-            commit_changes,
-            verify,
-        };
-        manual::run(&config).map(|summary| summary.to_json())
-    })
-}
-
-/// Compresses the state groups of one room of a Synapse database.
-///
-/// `run_compression(db_url, room_id, ...)` returns the run's figures as a
-/// dict. Log lines go to the `synapse_compress_state` loggers of Python's
-/// `logging` module.
-#[pymodule]
-mod synapse_compress_state {
-    #[pymodule_export]
-    use super::{run_compression, CompressionError};
-
-    #[pymodule_init]
-    fn init(py: pyo3::Python<'_>) -> pyo3::PyResult<()> {
-        super::init_module(py)
-    }
 }

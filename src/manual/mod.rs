@@ -1,0 +1,15 @@
+//! The manual tool (one room, on demand): its command line, its validated
+//! settings, the run itself, and the summary it prints. The binary in
+//! `src/main.rs` only parses, calls [`run`] and prints.
+
+pub mod args;
+pub mod config;
+#[cfg(feature = "pyo3")]
+mod python;
+pub mod run;
+pub mod summary;
+
+pub use args::ManualArgs;
+pub use config::ManualConfig;
+pub use run::run;
+pub use summary::Summary;

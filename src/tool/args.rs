@@ -1,0 +1,131 @@
+//! What both command lines and the Python functions share about their
+//! arguments: whole numbers with a lower bound as types (so a setting can
+//! never hold a value the parser would refuse), and the way a refused
+//! command line is reported. Nothing here ends the process: each `main`
+//! decides its exit status.
+
+use std::fmt;
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use clap::Parser;
+
+use crate::error::Error;
+
+/// A whole number of at least `MIN`: see [`NonNegative`] and [`Positive`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AtLeast<const MIN: i64>(i64);
+
+/// Group ids and counts that may be 0.
+pub type NonNegative = AtLeast<0>;
+/// Counts that must be at least 1 (chunk sizes, numbers of groups or chunks).
+pub type Positive = AtLeast<1>;
+
+impl<const MIN: i64> AtLeast<MIN> {
+    /// `value`, or why it is refused ("must be at least 1"), in the words
+    /// both command lines and the Python functions use.
+    pub fn new(value: i64) -> Result<Self, String> {
+        if value >= MIN {
+            Ok(Self(value))
+        } else {
+            Err(format!("must be at least {MIN}"))
+        }
+    }
+
+    /// [`AtLeast::new`] for a named argument of a library call, worded like
+    /// the command line's refusal ("invalid value 0 for chunk_size: must be
+    /// at least 1").
+    pub fn named(name: &str, value: i64) -> Result<Self, Error> {
+        Self::new(value).map_err(|why| {
+            Error::InvalidArgument(format!("invalid value {value} for {name}: {why}"))
+        })
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl<const MIN: i64> FromStr for AtLeast<MIN> {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let value = text
+            .parse::<i64>()
+            .map_err(|e| format!("not a whole number ({e})"))?;
+        Self::new(value)
+    }
+}
+
+impl<const MIN: i64> fmt::Display for AtLeast<MIN> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Parses the process arguments as `T`. When clap has something to say
+/// instead (`--help`, `--version`, or a usage error reduced to its first
+/// line, which names the problem), it is printed and the exit status to end
+/// with is returned: 0 after help or version, 2 after an error.
+pub fn parse<T: Parser>() -> Result<T, ExitCode> {
+    T::try_parse().map_err(|err| report_clap_error(&err))
+}
+
+/// Prints a clap error the way our binaries report errors; the exit status
+/// that goes with it.
+fn report_clap_error(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = err.render().to_string();
+    let mut lines = rendered.lines().skip_while(|l| l.trim().is_empty());
+    let first = lines.next().unwrap_or("error: invalid arguments");
+    let mut line = if first.starts_with("error:") {
+        first.to_owned()
+    } else {
+        format!("error: {first}")
+    };
+    // "...were not provided:" lists the arguments on the next, indented
+    // lines: keep them on the one line.
+    if line.ends_with(':') {
+        for item in lines.take_while(|l| l.starts_with(' ')) {
+            line.push(' ');
+            line.push_str(item.trim());
+        }
+    }
+    eprintln!("{line} (see --help)");
+    ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_checked_the_same_way_for_clap_and_library_callers() {
+        assert_eq!("0".parse::<NonNegative>().map(NonNegative::get), Ok(0));
+        assert_eq!("1".parse::<Positive>().map(Positive::get), Ok(1));
+        assert_eq!(
+            "0".parse::<Positive>(),
+            Err("must be at least 1".to_owned())
+        );
+        assert_eq!(
+            "-1".parse::<NonNegative>(),
+            Err("must be at least 0".to_owned())
+        );
+        assert!("x"
+            .parse::<Positive>()
+            .unwrap_err()
+            .starts_with("not a whole number"));
+        assert_eq!(Positive::named("chunk_size", 5).unwrap().get(), 5);
+        assert_eq!(
+            Positive::named("chunk_size", 0).unwrap_err().to_string(),
+            "invalid value 0 for chunk_size: must be at least 1"
+        );
+    }
+}

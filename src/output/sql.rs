@@ -176,7 +176,8 @@ fn dollar_tag(body: &str) -> String {
 }
 
 /// The PL/pgSQL body that rewrites `group` from `old` to `new`, or skips it
-/// with a NOTICE when the database no longer holds `old`.
+/// with a NOTICE when the database no longer holds `old`: locks, presence,
+/// edge and rows checks, the pending-deletion bump, then the replacement.
 ///
 /// Groups that had no `state_groups` row when loaded (rewritten as the
 /// reference tool does) cannot be locked or found there: such a group is
@@ -190,95 +191,136 @@ fn guarded_block(
     new: &StateGroupEntry,
     base_without_row: Option<&StateGroupEntry>,
 ) -> String {
-    let mut b = String::with_capacity(1024 + new.delta.len() * 120);
-    let skip = |b: &mut String, why: &str, args: &str| {
-        let _ = writeln!(
-            b,
-            "        RAISE NOTICE 'state group {group} skipped: {why}'{args};\n        RETURN;"
-        );
+    let mut block = Block {
+        b: String::with_capacity(1024 + new.delta.len() * 120),
+        group,
     };
-    b.push_str("\nDECLARE\n    base_found boolean := true;\n    edges bigint[];\n");
-    b.push_str("    row_total bigint;\n    digest text;\nBEGIN\n");
-    // Locks in ascending id order (bases and predecessors have lower ids):
-    // the old predecessor and the new base FOR KEY SHARE, as Synapse's
-    // writers lock what they build on (Synapse's deletion locks FOR UPDATE,
-    // so it cannot de-delta this group or delete its base meanwhile), then
-    // the group itself FOR NO KEY UPDATE (one rewriter at a time).
-    let mut shared: Vec<i64> = old.prev.into_iter().chain(new.prev).collect();
-    shared.sort_unstable();
-    shared.dedup();
-    for id in shared {
+    block
+        .b
+        .push_str("\nDECLARE\n    base_found boolean := true;\n    edges bigint[];\n");
+    block
+        .b
+        .push_str("    row_total bigint;\n    digest text;\nBEGIN\n");
+    block.lock_and_find(old, new, base_without_row);
+    block.check_edge(old.prev);
+    block.check_rows(symbols, old);
+    if let Some(base) = new.prev {
+        block.bump_pending_deletion(base);
+    }
+    block.replace(room, symbols, new);
+    block.b.push_str("END\n");
+    block.b
+}
+
+/// A group's PL/pgSQL block being written.
+struct Block {
+    b: String,
+    group: i64,
+}
+
+impl Block {
+    /// `IF condition THEN` notice that the group is skipped, and why (with
+    /// `args` for the `%` placeholders in `why`), and stop.
+    fn skip_if(&mut self, condition: &str, why: &str, args: &str) {
         let _ = writeln!(
-            b,
-            "    PERFORM 1 FROM state_groups WHERE id = {id} FOR KEY SHARE;"
+            self.b,
+            "    IF {condition} THEN\n        \
+             RAISE NOTICE 'state group {} skipped: {why}'{args};\n        RETURN;\n    END IF;",
+            self.group
         );
-        if Some(id) == new.prev {
-            match base_without_row {
-                None => b.push_str("    base_found := FOUND;\n"),
-                Some(loaded) if loaded.prev.is_none() && loaded.delta.is_empty() => {}
-                Some(_) => {
-                    let _ = writeln!(
-                        b,
-                        "    base_found := EXISTS (SELECT 1 FROM state_group_edges WHERE state_group = {id}) \
-                         OR EXISTS (SELECT 1 FROM state_groups_state WHERE state_group = {id});"
-                    );
+    }
+
+    /// Locks in ascending id order (bases and predecessors have lower ids):
+    /// the old predecessor and the new base FOR KEY SHARE, as Synapse's
+    /// writers lock what they build on (Synapse's deletion locks FOR
+    /// UPDATE, so it cannot de-delta this group or delete its base
+    /// meanwhile), then the group itself FOR NO KEY UPDATE (one rewriter at
+    /// a time); skips the group when it or its new base is gone.
+    fn lock_and_find(
+        &mut self,
+        old: &StateGroupEntry,
+        new: &StateGroupEntry,
+        base_without_row: Option<&StateGroupEntry>,
+    ) {
+        let mut shared: Vec<i64> = old.prev.into_iter().chain(new.prev).collect();
+        shared.sort_unstable();
+        shared.dedup();
+        for id in shared {
+            let _ = writeln!(
+                self.b,
+                "    PERFORM 1 FROM state_groups WHERE id = {id} FOR KEY SHARE;"
+            );
+            if Some(id) == new.prev {
+                match base_without_row {
+                    None => self.b.push_str("    base_found := FOUND;\n"),
+                    Some(loaded) if loaded.prev.is_none() && loaded.delta.is_empty() => {}
+                    Some(_) => {
+                        let _ = writeln!(
+                            self.b,
+                            "    base_found := EXISTS (SELECT 1 FROM state_group_edges WHERE state_group = {id}) \
+                             OR EXISTS (SELECT 1 FROM state_groups_state WHERE state_group = {id});"
+                        );
+                    }
                 }
             }
         }
+        if !old.missing_group_row {
+            let _ = writeln!(
+                self.b,
+                "    PERFORM 1 FROM state_groups WHERE id = {} FOR NO KEY UPDATE;",
+                self.group
+            );
+            self.skip_if("NOT FOUND", "group gone", "");
+        }
+        if let Some(base) = new.prev {
+            self.skip_if("NOT base_found", &format!("new base {base} gone"), "");
+        }
     }
-    if !old.missing_group_row {
+
+    /// Skips the group unless it still has exactly the edge it was loaded
+    /// with (or none).
+    fn check_edge(&mut self, loaded: Option<i64>) {
         let _ = writeln!(
-            b,
-            "    PERFORM 1 FROM state_groups WHERE id = {group} FOR NO KEY UPDATE;"
+            self.b,
+            "    SELECT array_agg(prev_state_group ORDER BY prev_state_group) INTO edges\n        \
+             FROM state_group_edges WHERE state_group = {};",
+            self.group
         );
-        b.push_str("    IF NOT FOUND THEN\n");
-        skip(&mut b, "group gone", "");
-        b.push_str("    END IF;\n");
+        let expected = match loaded {
+            Some(prev) => format!("'{{{prev}}}'::bigint[]"),
+            None => "NULL".to_owned(),
+        };
+        let text = loaded.map_or("none".to_owned(), |p| p.to_string());
+        self.skip_if(
+            &format!("edges IS DISTINCT FROM {expected}"),
+            &format!("edge changed (expected prev {text}, found %)"),
+            ", coalesce(edges::text, 'none')",
+        );
     }
-    if let Some(base) = new.prev {
-        b.push_str("    IF NOT base_found THEN\n");
-        skip(&mut b, &format!("new base {base} gone"), "");
-        b.push_str("    END IF;\n");
-    }
 
-    let _ = writeln!(
-        b,
-        "    SELECT array_agg(prev_state_group ORDER BY prev_state_group) INTO edges\n        \
-         FROM state_group_edges WHERE state_group = {group};"
-    );
-    let expected_edges = match old.prev {
-        Some(prev) => format!("'{{{prev}}}'::bigint[]"),
-        None => "NULL".to_owned(),
-    };
-    let expected_text = old.prev.map_or("none".to_owned(), |p| p.to_string());
-    let _ = writeln!(b, "    IF edges IS DISTINCT FROM {expected_edges} THEN");
-    skip(
-        &mut b,
-        &format!("edge changed (expected prev {expected_text}, found %)"),
-        ", coalesce(edges::text, 'none')",
-    );
-    b.push_str("    END IF;\n");
-
-    let _ = writeln!(
-        b,
-        "    SELECT count(*), {SQL_ROWS_DIGEST} INTO row_total, digest\n        \
-         FROM state_groups_state WHERE state_group = {group};"
-    );
-    let (rows, digest) = (old.delta.len(), rows_digest(symbols, &old.delta));
-    let _ = writeln!(b, "    IF row_total <> {rows} OR digest <> '{digest}' THEN");
-    skip(
-        &mut b,
-        &format!("rows changed (expected {rows} rows, md5 {digest}; found % rows, md5 %)"),
-        ", row_total, digest",
-    );
-    b.push_str("    END IF;\n");
-
-    if let Some(base) = new.prev {
-        // Synapse's pending-deletion table exists from 1.124 on; whether it
-        // does is decided here, when the file is applied, and a static
-        // reference to a missing table would fail, hence EXECUTE.
+    /// Skips the group unless its rows still have the loaded count and
+    /// digest.
+    fn check_rows(&mut self, symbols: &Symbols, old: &StateGroupEntry) {
         let _ = writeln!(
-            b,
+            self.b,
+            "    SELECT count(*), {SQL_ROWS_DIGEST} INTO row_total, digest\n        \
+             FROM state_groups_state WHERE state_group = {};",
+            self.group
+        );
+        let (rows, digest) = (old.delta.len(), rows_digest(symbols, &old.delta));
+        self.skip_if(
+            &format!("row_total <> {rows} OR digest <> '{digest}'"),
+            &format!("rows changed (expected {rows} rows, md5 {digest}; found % rows, md5 %)"),
+            ", row_total, digest",
+        );
+    }
+
+    /// Synapse's pending-deletion table exists from 1.124 on; whether it
+    /// does is decided when the file is applied, and a static reference to
+    /// a missing table would fail, hence EXECUTE.
+    fn bump_pending_deletion(&mut self, base: i64) {
+        let _ = writeln!(
+            self.b,
             "    IF to_regclass('state_groups_pending_deletion') IS NOT NULL THEN\n        \
              EXECUTE 'UPDATE state_groups_pending_deletion SET sequence_number = DEFAULT, \
              insertion_ts = $1 WHERE state_group = $2'\n            \
@@ -287,21 +329,27 @@ fn guarded_block(
         );
     }
 
-    let _ = writeln!(
-        b,
-        "    DELETE FROM state_group_edges WHERE state_group = {group};"
-    );
-    if let Some(base) = new.prev {
+    /// Replaces the group's edge and rows with `new`.
+    fn replace(&mut self, room: &str, symbols: &Symbols, new: &StateGroupEntry) {
+        let group = self.group;
+        let b = &mut self.b;
         let _ = writeln!(
             b,
-            "    INSERT INTO state_group_edges (state_group, prev_state_group) VALUES ({group}, {base});"
+            "    DELETE FROM state_group_edges WHERE state_group = {group};"
         );
-    }
-    let _ = writeln!(
-        b,
-        "    DELETE FROM state_groups_state WHERE state_group = {group};"
-    );
-    if !new.delta.is_empty() {
+        if let Some(base) = new.prev {
+            let _ = writeln!(
+                b,
+                "    INSERT INTO state_group_edges (state_group, prev_state_group) VALUES ({group}, {base});"
+            );
+        }
+        let _ = writeln!(
+            b,
+            "    DELETE FROM state_groups_state WHERE state_group = {group};"
+        );
+        if new.delta.is_empty() {
+            return;
+        }
         b.push_str(
             "    INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id) VALUES\n",
         );
@@ -318,8 +366,6 @@ fn guarded_block(
             );
         }
     }
-    b.push_str("END\n");
-    b
 }
 
 #[cfg(test)]

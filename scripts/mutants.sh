@@ -28,16 +28,17 @@ features=synapse_compress_state/failpoints,synapse_auto_compressor/failpoints
 # (cargo test arguments) | what the bug is
 mutants=(
     "no-pending-bump|src/db/write.rs|s/if has_pending_table && !bases.is_empty\(\)/if false \&\& has_pending_table/|--test pending_deletion|the write no longer bumps new bases' pending deletion"
-    "no-verify|src/verify.rs|s/(pub fn verify\(original: &GroupMap, changes: &GroupMap\) -> Result<Verified> \{)/\$1\n    return Ok(Verified { groups: original.len(), compared: 0 });/|--test faults verification|verification always succeeds"
+    "no-verify|src/core/verify.rs|s/(pub fn verify\(original: &GroupMap, changes: &GroupMap\) -> Result<Verified> \{)/\$1\n    return Ok(Verified { groups: original.len(), compared: 0 });/|--test faults verification|verification always succeeds"
     "run-lock-released|synapse_auto_compressor/src/manager.rs|s/(    lock::acquire\(&mut client\)\?;)/\$1\n    lock::release(\&mut client)?;/|--test concurrency a_second|the automatic tool releases its run lock right after taking it"
-    "no-room-lock-manual|src/manual.rs|s/Some\(RoomLock::try_acquire\(&mut client, room\)\?\)/None::<RoomLock>/|--test concurrency|the manual tool does not take the room lock"
+    "no-room-lock-manual|src/manual/run.rs|s/Some\(RoomLock::try_acquire\(&mut client, &config.room_id\)\?\)/None::<RoomLock>/|--test concurrency|the manual tool does not take the room lock"
     "no-room-lock-auto|synapse_auto_compressor/src/manager.rs|s/RoomLock::try_acquire\(client, &room\)/RoomLock::try_acquire(client, \"-\")/|--test concurrency locked_room_for_a_later|the automatic tool locks a fixed dummy room instead of the chunk's room"
     "scan-passes-left-rooms|synapse_auto_compressor/src/state_saving.rs|s/SET lowest_uncompressed_group = LEAST\(next.id, \\\$2\) FROM next/SET lowest_uncompressed_group = next.id + 0 * coalesce(\\\$2, 0) FROM next/|--test concurrency locked_room_for_a_later|the scan position moves past a room left for later"
     "recheck-ignores-edges|src/db/write.rs|s/\} else if edges.as_slice\(\) != loaded.prev.as_slice\(\) \{/} else if false {/|--test write_checks --test live_synapse|the write no longer re-checks a group's edge"
     "recheck-ignores-rows|src/db/write.rs|s/\} else if rows != loaded.delta.len\(\) as i64 \{/} else if false \&\& rows != 0 {/|--test write_checks --test live_synapse|the write no longer re-checks a group's row count"
-    "no-retry-on-conflict|src/db/write.rs|s/Err\(e\) if attempt < MAX_ATTEMPTS && worth_retrying\(&e\) =>/Err(e) if false \&\& attempt < MAX_ATTEMPTS \&\& worth_retrying(\&e) =>/|--test concurrency --test live_synapse|a batch that meets a deadlock is not tried again"
-    "quote-no-escape|src/sql.rs|s/'\\\\'' => out.push_str\(\"''\"\),/'\\\\'' => out.push('\\\\''),/|--test properties|quotes in SQL literals are not doubled"
-    "level-off-by-one|src/levels.rs|s/self.current_length < self.max_length/self.current_length <= self.max_length/|--test structure --test properties|a level takes one group more than its size"
+    "no-retry-on-conflict|src/db/write.rs|s/Err\(e\) if attempt < MAX_ATTEMPTS && worth_retrying\(&e\) =>/Err(e) if false \&\& attempt < MAX_ATTEMPTS \&\& worth_retrying(\&e) =>/|--test concurrency deadlock|a batch that meets a deadlock is not tried again"
+    "cross-room-edges-followed|src/db/load.rs|s/if let Some\(other\) = other_room \{/if let Some(other) = other_room.and(None::<String>) {/|--test damaged edge_into|an edge into another room is followed, not reported as damage"
+    "quote-no-escape|src/output/sql.rs|s/'\\\\'' => out.push_str\(\"''\"\),/'\\\\'' => out.push('\\\\''),/|--test properties|quotes in SQL literals are not doubled"
+    "level-off-by-one|src/core/levels.rs|s/self.current_length < self.max_length/self.current_length <= self.max_length/|--test structure --test properties|a level takes one group more than its size"
     "damaged-room-not-left|synapse_auto_compressor/src/manager.rs|s/self.damaged = true;/self.damaged = false;/|--test damaged|a damaged room is not left alone (the run keeps loading it)"
 )
 

@@ -10,19 +10,14 @@ use std::process::ExitCode;
 
 use synapse_compress_state::manual::{self, ManualArgs};
 use synapse_compress_state::output::sql;
-use synapse_compress_state::tool::{args, failpoint, logging, progress};
+use synapse_compress_state::tool::{self, args};
 
 fn main() -> ExitCode {
     let args: ManualArgs = match args::parse() {
         Ok(args) => args,
         Err(code) => return code,
     };
-    logging::init();
-    #[allow(clippy::let_unit_value)]
-    let _failpoints = failpoint::setup();
-    if args.no_progress {
-        progress::disable();
-    }
+    let _started = tool::start(args.no_progress);
     let json = args.json;
     // With `-o -` stdout carries the SQL (piped into psql): everything else
     // the tool prints goes to stderr.

@@ -17,22 +17,28 @@
 //!   the process aborts right there, in the middle of a write transaction,
 //!   as a crash or a kill would stop it.
 
-/// Reads `FAILPOINTS`; keep the guard for as long as the points may fire.
-#[cfg(feature = "failpoints")]
-pub fn setup() -> impl Drop {
-    let scenario = fail::FailScenario::setup();
-    if std::env::var_os("FAILPOINTS").is_some() {
-        log::warn!(
-            "fault injection is on: FAILPOINTS={:?}",
-            std::env::var("FAILPOINTS")
-        );
-    }
-    scenario
+/// Keeps the points configured while it lives (holds nothing in a build
+/// without fault injection).
+pub struct Guard {
+    #[cfg(feature = "failpoints")]
+    _scenario: fail::FailScenario<'static>,
 }
 
-/// Reads `FAILPOINTS` (nothing to read: built without fault injection).
-#[cfg(not(feature = "failpoints"))]
-pub fn setup() {}
+/// Reads `FAILPOINTS`; keep the guard for as long as the points may fire.
+pub fn setup() -> Guard {
+    #[cfg(feature = "failpoints")]
+    {
+        let scenario = fail::FailScenario::setup();
+        if let Ok(points) = std::env::var("FAILPOINTS") {
+            log::warn!("fault injection is on: FAILPOINTS={points:?}");
+        }
+        Guard {
+            _scenario: scenario,
+        }
+    }
+    #[cfg(not(feature = "failpoints"))]
+    Guard {}
+}
 
 /// Whether the test asked point `name` to misbehave this time.
 pub fn triggered(name: &str) -> bool {

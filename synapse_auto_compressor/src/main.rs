@@ -10,19 +10,14 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::process::ExitCode;
 
 use synapse_auto_compressor::cli::AutoArgs;
-use synapse_compress_state::tool::{args, failpoint, logging, progress};
+use synapse_compress_state::tool::{self, args};
 
 fn main() -> ExitCode {
     let args: AutoArgs = match args::parse() {
         Ok(args) => args,
         Err(code) => return code,
     };
-    logging::init();
-    #[allow(clippy::let_unit_value)]
-    let _failpoints = failpoint::setup();
-    if args.no_progress {
-        progress::disable();
-    }
+    let _started = tool::start(args.no_progress);
     let json = args.json;
     match synapse_auto_compressor::run(&args.into_config()) {
         Ok(summary) => {

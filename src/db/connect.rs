@@ -312,7 +312,10 @@ impl ConnectionSettings {
             }
         }
         if config.get_dbname().is_none() {
-            let dbname = env.get("PGDATABASE").or(config.get_user()).map(str::to_owned);
+            let dbname = env
+                .get("PGDATABASE")
+                .or(config.get_user())
+                .map(str::to_owned);
             if let Some(dbname) = dbname {
                 config.dbname(&dbname);
             }

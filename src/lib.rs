@@ -14,7 +14,8 @@
 //! - [`compressor`]: the level-tree algorithm;
 //! - [`verify`]: proof that no group's state changes;
 //! - [`sql`]: SQL text output; [`graph`]: graph files;
-//! - [`db`]: connecting (with TLS), loading and writing;
+//! - [`db`]: connecting as libpq does (environment, password file, TLS),
+//!   loading and writing;
 //! - [`config`], [`cli`], [`manual`], [`summary`]: the manual tool;
 //! - [`error`], [`progress`], [`logging`], [`memory`]: shared plumbing;
 //! - [`failpoint`]: fault injection, in test builds only;

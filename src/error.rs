@@ -21,8 +21,9 @@ pub enum Error {
     #[error("TLS setup failed: {0}")]
     Tls(String),
 
-    /// The server could not be reached or refused us.
-    #[error("could not connect to the database: {0}")]
+    /// The server could not be reached or refused us; the text starts with
+    /// what was tried (`host:port: reason` or `socket PATH: reason`).
+    #[error("could not connect to the database at {0}")]
     Connect(String),
 
     /// One of Synapse's state tables is missing from the database.

@@ -9,7 +9,8 @@
 //! The layers, each a folder:
 //! - [`core`]: the algorithm and its data (state maps, groups, levels,
 //!   resolution, the compressor, verification); no I/O;
-//! - [`db`]: PostgreSQL access: connecting (with TLS), checking tables and
+//! - [`db`]: PostgreSQL access: connecting as libpq does (environment,
+//!   password file, TLS), checking tables and
 //!   privileges, loading, the per-room lock, writing safely beside Synapse
 //!   (`docs/safety.md`);
 //! - [`output`]: the SQL file and graph files;

@@ -4,11 +4,12 @@
 
 pub mod connect;
 pub mod load;
+pub mod pgpass;
 pub mod prepared;
 pub mod room_lock;
 pub mod schema;
 pub mod write;
 
-pub use connect::{connect, ConnectionSettings};
+pub use connect::{connect, connect_as, ConnectionSettings};
 pub use prepared::Prepared;
 pub use room_lock::RoomLock;

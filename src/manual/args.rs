@@ -19,10 +19,18 @@ use crate::tool::args::{NonNegative, Positive};
 #[derive(Debug, Parser)]
 #[command(name = "synapse_compress_state", version, max_term_width = 100)]
 pub struct ManualArgs {
-    /// PostgreSQL connection: "postgresql://user:pass@host/db" or
+    /// PostgreSQL connection: "postgresql://user@host/db" or
     /// "user=... dbname=... host=..." (sslmode and sslrootcert are honoured).
-    #[arg(short = 'p', long = "postgres-url", value_name = "POSTGRES_LOCATION")]
-    pub postgres_url: String,
+    /// Optional when PGHOST, PGPORT, PGUSER or PGDATABASE say where to
+    /// connect; what it leaves out comes from libpq's environment variables
+    /// and password file (~/.pgpass), as for psql.
+    #[arg(
+        short = 'p',
+        long = "postgres-url",
+        value_name = "POSTGRES_LOCATION",
+        required = false
+    )]
+    pub postgres_url: Option<String>,
 
     /// The room to compress, e.g. '!abcdef:example.org'.
     #[arg(
@@ -126,7 +134,7 @@ impl ManualArgs {
     /// The run configuration these arguments describe.
     pub fn into_config(self) -> ManualConfig {
         ManualConfig {
-            db_url: self.postgres_url,
+            db_url: self.postgres_url.unwrap_or_default(),
             room_id: self.room_id,
             min_state_group: self.min_state_group,
             groups_to_compress: self.groups_to_compress,

@@ -13,10 +13,18 @@ use crate::manager::AutoConfig;
 #[derive(Debug, Parser)]
 #[command(name = "synapse_auto_compressor", version, max_term_width = 100)]
 pub struct AutoArgs {
-    /// PostgreSQL connection: "postgresql://user:pass@host/db" or
+    /// PostgreSQL connection: "postgresql://user@host/db" or
     /// "user=... dbname=... host=..." (sslmode and sslrootcert are honoured).
-    #[arg(short = 'p', long = "postgres-url", value_name = "POSTGRES_LOCATION")]
-    pub postgres_url: String,
+    /// Optional when PGHOST, PGPORT, PGUSER or PGDATABASE say where to
+    /// connect; what it leaves out comes from libpq's environment variables
+    /// and password file (~/.pgpass), as for psql.
+    #[arg(
+        short = 'p',
+        long = "postgres-url",
+        value_name = "POSTGRES_LOCATION",
+        required = false
+    )]
+    pub postgres_url: Option<String>,
 
     /// How many state groups to load and compress at once. Memory use grows
     /// with it; it should be at least the first level size.
@@ -63,7 +71,7 @@ impl AutoArgs {
     /// The run configuration these arguments describe.
     pub fn into_config(self) -> AutoConfig {
         AutoConfig {
-            db_url: self.postgres_url,
+            db_url: self.postgres_url.unwrap_or_default(),
             chunk_size: self.chunk_size,
             number_of_chunks: self.chunks_to_compress,
             default_levels: self.default_levels,

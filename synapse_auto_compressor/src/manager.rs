@@ -187,7 +187,7 @@ impl RunSummary {
 /// Runs up to `number_of_chunks` chunks over the database.
 pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     let started = Instant::now();
-    let mut client = db::connect(&config.db_url)?;
+    let mut client = db::connect_as(&config.db_url, "synapse_auto_compressor")?;
     schema::require_state_tables(&mut client)?;
     let progress_needs = state_saving::progress_needs(&mut client)?;
     schema::require_privileges(
@@ -205,7 +205,7 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     let wanted = (config.number_of_chunks.get() - 1).clamp(0, READERS as i64) as usize;
     let mut readers = Vec::with_capacity(wanted);
     while readers.len() < wanted {
-        match db::connect(&config.db_url) {
+        match db::connect_as(&config.db_url, "synapse_auto_compressor") {
             Ok(reader) => readers.push(reader),
             Err(e) => {
                 warn!(

@@ -1,0 +1,664 @@
+//! Connecting the way libpq does: passwords from `PGPASSWORD` or a password
+//! file, where to connect from `PGHOST`/`PGPORT`/`PGUSER`/`PGDATABASE`,
+//! `-p` winning over the environment, and `application_name` in
+//! `pg_stat_activity`.
+//!
+//! The password cases run against a dedicated throwaway server whose TCP
+//! port, and Unix socket for every role but `postgres`, demand a password
+//! (`scram-sha-256`), so a missing or wrong password really fails. Every
+//! run of a tool gets an environment without the caller's `PG*` variables
+//! and an empty `HOME`, so only what a case sets can help it connect.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use compressor_integration_tests::check::COMPRESSOR;
+use compressor_integration_tests::generator::{generate, GenConfig, Generated};
+use compressor_integration_tests::pg;
+use compressor_integration_tests::structure::resolve_all;
+use compressor_integration_tests::synapse_state;
+use compressor_integration_tests::tools::{self, ToolRun};
+
+const AUTO: &str = "synapse_auto_compressor";
+const DB: &str = "libpq_synapse";
+const ROLE: &str = "compressor";
+/// Holds the characters the password file must escape.
+const PASSWORD: &str = r"pa:ss\word";
+/// The same password as a password-file field.
+const PASSWORD_ESCAPED: &str = r"pa\:ss\\word";
+
+fn data() -> Generated {
+    generate(&GenConfig {
+        rooms: 2,
+        groups_per_room: 120,
+        max_delta_hops: 10,
+        ..GenConfig::default()
+    })
+}
+
+/// A fresh directory under the temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(hint: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("sct-{hint}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating a temporary directory");
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes a password file with `mode`.
+fn write_passfile(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("writing the password file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .expect("setting the password file's mode");
+}
+
+/// A port nothing listens on (bound once by us, then released).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// A throwaway cluster that asks every role but `postgres` on the socket
+/// for a password; stopped and deleted on drop.
+struct PasswordServer {
+    dir: PathBuf,
+    script: PathBuf,
+    port: u16,
+}
+
+enum Unavailable {
+    MissingTools(String),
+    Failed(String),
+}
+
+impl PasswordServer {
+    fn start() -> Result<PasswordServer, Unavailable> {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg-throwaway.sh");
+        let dir = std::env::temp_dir().join(format!("sct-libpq-pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .arg(&dir)
+            .output()
+            .map_err(|e| Unavailable::Failed(format!("cannot run {}: {e}", script.display())))?;
+        let mut server = PasswordServer {
+            dir,
+            script,
+            port: 0,
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            return Err(if stderr.contains("no PostgreSQL server binaries") {
+                Unavailable::MissingTools(stderr)
+            } else {
+                Unavailable::Failed(format!("pg-throwaway.sh start failed: {stderr}"))
+            });
+        }
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        server.port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| Unavailable::Failed(format!("unexpected output {url:?}")))?;
+        server.require_passwords();
+        Ok(server)
+    }
+
+    /// Replaces the cluster's trust-everyone rules and waits until the
+    /// server applies the new ones (a password-less TCP login fails).
+    fn require_passwords(&self) {
+        std::fs::write(
+            self.dir.join("data/pg_hba.conf"),
+            "# libpq.rs: passwords everywhere but for postgres on the socket\n\
+             local all postgres            trust\n\
+             local all all                 scram-sha-256\n\
+             host  all all 127.0.0.1/32    scram-sha-256\n",
+        )
+        .expect("writing pg_hba.conf");
+        self.admin("postgres")
+            .batch_execute("SELECT pg_reload_conf()")
+            .expect("reloading the configuration");
+        let tcp = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while postgres::Client::connect(&tcp, postgres::NoTls).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the server still lets postgres in without a password after reloading pg_hba.conf"
+            );
+        }
+    }
+
+    fn socket_dir(&self) -> PathBuf {
+        self.dir.join("sock")
+    }
+
+    /// A connection as `postgres` over the socket, for setting up and checking.
+    fn admin(&self, dbname: &str) -> postgres::Client {
+        let conninfo = format!(
+            "host={} port={} user=postgres dbname={dbname}",
+            self.socket_dir().display(),
+            self.port
+        );
+        postgres::Client::connect(&conninfo, postgres::NoTls)
+            .unwrap_or_else(|e| panic!("cannot connect over the socket: {e}"))
+    }
+}
+
+impl Drop for PasswordServer {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(&self.script)
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Environment variables for one run.
+type Env = Vec<(&'static str, String)>;
+
+/// What a run is, its `-p`, its environment, and the pieces its error line
+/// must hold (`None`: it must succeed).
+type Case<'a> = (&'a str, Option<&'a str>, Env, Option<Vec<&'a str>>);
+
+/// A tool, whether `-p` names the session, `PGAPPNAME`, the name expected.
+type NameCase<'a> = (&'a str, bool, &'a [(&'a str, &'a str)], &'a str);
+
+/// A tool's command line: `-p` only when given, in an environment holding
+/// only `env` of the libpq variables and `home` as `HOME`.
+fn command<V: AsRef<str>>(
+    tool: &str,
+    conninfo: Option<&str>,
+    room: &str,
+    env: &[(&str, V)],
+    home: &Path,
+) -> (Command, String) {
+    let mut args: Vec<String> = Vec::new();
+    if let Some(conninfo) = conninfo {
+        args.extend(["-p".to_string(), conninfo.to_string()]);
+    }
+    if tool == AUTO {
+        args.extend(["-c", "60", "-n", "100"].map(String::from));
+    } else {
+        args.extend(["-r".to_string(), room.to_string()]);
+    }
+    let mut cmd = Command::new(tools::bin_path(tool));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PG") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env("HOME", home)
+        .env("NO_COLOR", "1")
+        .envs(env.iter().map(|(k, v)| (k, v.as_ref())))
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let shown_env: Vec<String> = env
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_ref()))
+        .collect();
+    let text = format!("{} {tool} {}", shown_env.join(" "), args.join(" "));
+    (cmd, text)
+}
+
+fn finish(child: Child, command: String) -> ToolRun {
+    let out = child.wait_with_output().expect("waiting for the tool");
+    ToolRun {
+        command,
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn run<V: AsRef<str>>(
+    tool: &str,
+    conninfo: Option<&str>,
+    room: &str,
+    env: &[(&str, V)],
+    home: &Path,
+) -> ToolRun {
+    let (mut cmd, text) = command(tool, conninfo, room, env, home);
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {text}: {e}"));
+    finish(child, text)
+}
+
+/// True when `run` failed as a user error whose one line holds every
+/// piece of `expected`.
+fn refused(run: &ToolRun, expected: &[&str]) -> bool {
+    let lines = run.error_lines();
+    run.status.code() == Some(1)
+        && lines.len() == 1
+        && expected.iter().all(|e| lines[0].contains(e))
+        && !run.stderr.contains("panicked")
+}
+
+#[test]
+fn passwords_and_places_from_the_environment_and_the_password_file() {
+    let server = match PasswordServer::start() {
+        Ok(server) => server,
+        Err(Unavailable::MissingTools(why)) => {
+            tools::prerequisite_missing(&format!("no PostgreSQL server binaries ({why})"));
+            return;
+        }
+        Err(Unavailable::Failed(why)) => panic!("{why}"),
+    };
+    server
+        .admin("postgres")
+        .batch_execute(&format!(
+            "CREATE ROLE {ROLE} LOGIN SUPERUSER PASSWORD '{PASSWORD}'"
+        ))
+        .expect("creating the role");
+    server
+        .admin("postgres")
+        .batch_execute(&format!("CREATE DATABASE {DB} TEMPLATE synapse_template"))
+        .expect("creating the database");
+    let generated = data();
+    let mut client = server.admin(DB);
+    generated.write(&mut client).expect("writing the groups");
+    let original = resolve_all(&generated.structure());
+    let room = generated.rooms[0].room_id.as_str();
+    let port = server.port;
+    let port_text = port.to_string();
+    let wrong_port = closed_port();
+    let wrong_port_text = wrong_port.to_string();
+    let socket_dir = server.socket_dir();
+    let socket_dir = socket_dir.to_str().expect("UTF-8 path");
+
+    let home = TempDir::new("libpq-home");
+    let files = TempDir::new("libpq-files");
+    let nowhere = files.path().join("no-such-passfile");
+    let nowhere = nowhere.to_str().unwrap();
+    // Lines that must not be used come around the right one: another
+    // port, another database, and a catch-all after it.
+    let passfile_text = format!(
+        "# hostname:port:database:username:password\n\
+         \n\
+         127.0.0.1:{wrong_port}:*:{ROLE}:wrong-port\n\
+         127.0.0.1:{port}:other_db:{ROLE}:wrong-db\n\
+         localhost:{port}:{DB}:{ROLE}:{PASSWORD_ESCAPED}\n\
+         127.0.0.1:*:*:{ROLE}:{PASSWORD_ESCAPED}\n\
+         *:*:*:*:catch-all\n"
+    );
+    let passfile = files.path().join("pgpass");
+    let passfile_str = passfile.to_str().unwrap();
+    let bad_passfile = files.path().join("pgpass-wrong");
+    write_passfile(&bad_passfile, "*:*:*:*:not-the-password\n", 0o600);
+    let bad_passfile = bad_passfile.to_str().unwrap();
+
+    let tcp = format!("host=127.0.0.1 port={port} user={ROLE} dbname={DB}");
+    let socket = format!("host={socket_dir} port={port} user={ROLE} dbname={DB}");
+    let at_tcp = format!("at 127.0.0.1:{port}:");
+    let at_socket = format!("at socket {socket_dir}/.s.PGSQL.{port}:");
+    let at_wrong = format!("at 127.0.0.1:{wrong_port}:");
+    let password_in_p = format!("{tcp} password='{}'", PASSWORD.replace('\\', r"\\"));
+    let port_in_p = format!("port={port}");
+    let url_port_in_p = format!("postgresql://127.0.0.1:{port}");
+    let env = |pairs: &[(&'static str, &str)]| -> Env {
+        pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+    };
+    let place = |port: &str, more: &[(&'static str, &str)]| -> Env {
+        let mut all = env(&[
+            ("PGHOST", "127.0.0.1"),
+            ("PGPORT", port),
+            ("PGUSER", ROLE),
+            ("PGDATABASE", DB),
+        ]);
+        all.extend(env(more));
+        all
+    };
+    let no_password: Vec<&str> = vec![&at_tcp, "password"];
+    let wrong_password: Vec<&str> = vec![&at_tcp, "password authentication failed", ROLE];
+    let cases: Vec<Case> = vec![
+        (
+            "no password anywhere",
+            Some(&tcp),
+            env(&[("PGPASSFILE", nowhere)]),
+            Some(no_password.clone()),
+        ),
+        (
+            "password only in PGPASSWORD",
+            Some(&tcp),
+            env(&[("PGPASSFILE", nowhere), ("PGPASSWORD", PASSWORD)]),
+            None,
+        ),
+        (
+            "a wrong PGPASSWORD",
+            Some(&tcp),
+            env(&[("PGPASSFILE", nowhere), ("PGPASSWORD", "nope")]),
+            Some(wrong_password.clone()),
+        ),
+        (
+            "password only in PGPASSFILE (mode 0600)",
+            Some(&tcp),
+            env(&[("PGPASSFILE", passfile_str)]),
+            None,
+        ),
+        (
+            "a wrong password in PGPASSFILE",
+            Some(&tcp),
+            env(&[("PGPASSFILE", bad_passfile)]),
+            Some(vec![
+                &at_tcp,
+                "password authentication failed",
+                "password file",
+            ]),
+        ),
+        (
+            "-p's password wins over PGPASSWORD",
+            Some(&password_in_p),
+            env(&[("PGPASSFILE", nowhere), ("PGPASSWORD", "nope")]),
+            None,
+        ),
+        (
+            "socket, password file entry for localhost",
+            Some(&socket),
+            env(&[("PGPASSFILE", passfile_str)]),
+            None,
+        ),
+        (
+            "socket, no password",
+            Some(&socket),
+            env(&[("PGPASSFILE", nowhere)]),
+            Some(vec![&at_socket, "password"]),
+        ),
+        (
+            "place only in the environment, no -p",
+            None,
+            place(
+                &port_text,
+                &[("PGPASSWORD", PASSWORD), ("PGPASSFILE", nowhere)],
+            ),
+            None,
+        ),
+        (
+            "place from the environment, password from the file, no -p",
+            None,
+            place(&port_text, &[("PGPASSFILE", passfile_str)]),
+            None,
+        ),
+        (
+            "a wrong PGPORT alone",
+            None,
+            place(
+                &wrong_port_text,
+                &[("PGPASSWORD", PASSWORD), ("PGPASSFILE", nowhere)],
+            ),
+            Some(vec![&at_wrong, "refused"]),
+        ),
+        (
+            "-p's port wins over a wrong PGPORT",
+            Some(&port_in_p),
+            place(
+                &wrong_port_text,
+                &[("PGPASSWORD", PASSWORD), ("PGPASSFILE", nowhere)],
+            ),
+            None,
+        ),
+        (
+            "-p's URL port wins over a wrong PGPORT",
+            Some(&url_port_in_p),
+            place(
+                &wrong_port_text,
+                &[("PGPASSWORD", PASSWORD), ("PGPASSFILE", nowhere)],
+            ),
+            None,
+        ),
+    ];
+
+    let mut failures = Vec::new();
+    let mut check = |name: String, ok: bool, detail: &dyn Fn() -> String| {
+        eprintln!("{} {name}", if ok { "ok  " } else { "FAIL" });
+        if !ok {
+            failures.push(format!("{name}\n{}", detail()));
+        }
+    };
+
+    for tool in [COMPRESSOR, AUTO] {
+        write_passfile(&passfile, &passfile_text, 0o600);
+        for (what, conninfo, env, refusal) in &cases {
+            let run = run(tool, *conninfo, room, env, home.path());
+            let ok = match refusal {
+                None => run.success(),
+                Some(expected) => refused(&run, expected),
+            };
+            check(format!("{tool}: {what}"), ok, &|| run.describe());
+            if let (true, Some(_)) = (ok, refusal) {
+                eprintln!("      {}", run.error_lines()[0]);
+            }
+        }
+
+        // ~/.pgpass when PGPASSFILE is unset.
+        let default_file = home.path().join(".pgpass");
+        write_passfile(&default_file, &passfile_text, 0o600);
+        let run_home = run(tool, Some(&tcp), room, &Env::new(), home.path());
+        check(
+            format!("{tool}: password from ~/.pgpass"),
+            run_home.success(),
+            &|| run_home.describe(),
+        );
+        std::fs::remove_file(&default_file).expect("removing ~/.pgpass");
+
+        // A file others may read is ignored, with one warning per run.
+        write_passfile(&passfile, &passfile_text, 0o644);
+        let run_open = run(
+            tool,
+            Some(&tcp),
+            room,
+            &env(&[("PGPASSFILE", passfile_str)]),
+            home.path(),
+        );
+        let warnings = run_open
+            .stderr
+            .lines()
+            .filter(|l| {
+                l.contains("group or world access")
+                    && l.contains(passfile_str)
+                    && l.contains("0600")
+            })
+            .count();
+        check(
+            format!("{tool}: a password file with mode 0644 is refused with a warning"),
+            refused(&run_open, &no_password) && warnings == 1,
+            &|| run_open.describe(),
+        );
+        if warnings == 1 {
+            let line = run_open
+                .stderr
+                .lines()
+                .find(|l| l.contains("group or world"))
+                .unwrap();
+            eprintln!("      {line}");
+        }
+    }
+
+    let states = synapse_state::all_states(&mut client, None).expect("reading states");
+    check(
+        "every group kept its state".to_string(),
+        synapse_state::first_difference(&original, &states).is_none(),
+        &|| synapse_state::first_difference(&original, &states).unwrap_or_default(),
+    );
+    let progress: i64 = client
+        .query_one("SELECT count(*) FROM state_compressor_progress", &[])
+        .map(|r| r.get(0))
+        .unwrap_or(0);
+    check(
+        "the automatic tool ran and saved its progress".to_string(),
+        progress == generated.rooms.len() as i64,
+        &|| format!("{progress} rooms"),
+    );
+    drop(client);
+    drop(server);
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn without_p_or_environment_the_tools_say_how_to_connect() {
+    let home = TempDir::new("libpq-nothing");
+    for tool in [COMPRESSOR, AUTO] {
+        let run = run(tool, None, "!room:example.org", &Env::new(), home.path());
+        tools::assert_user_error(&run);
+        let line = run.error_lines()[0];
+        assert!(
+            line.contains("-p") && line.contains("PGHOST") && line.contains("PGDATABASE"),
+            "{}",
+            run.describe()
+        );
+        // An empty -p means the same as none.
+        let run = self::run(
+            tool,
+            Some(""),
+            "!room:example.org",
+            &Env::new(),
+            home.path(),
+        );
+        tools::assert_user_error(&run);
+        assert!(
+            run.error_lines()[0].contains("PGHOST"),
+            "{}",
+            run.describe()
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_socket_is_named() {
+    let home = TempDir::new("libpq-socket");
+    let dir = home.path().join("no-server-here");
+    for tool in [COMPRESSOR, AUTO] {
+        let conninfo = format!("host={} port=6543 dbname=x", dir.display());
+        let run = run(
+            tool,
+            Some(&conninfo),
+            "!room:example.org",
+            &Env::new(),
+            home.path(),
+        );
+        tools::assert_user_error(&run);
+        let expected = format!(
+            "could not connect to the database at socket {}/.s.PGSQL.6543: No such file or directory",
+            dir.display()
+        );
+        assert!(
+            run.error_lines()[0].contains(&expected),
+            "{}",
+            run.describe()
+        );
+    }
+}
+
+/// Runs `tool` while the test holds an exclusive lock on
+/// `state_groups_state`, and returns the `application_name` of its session
+/// that waits for the lock.
+fn name_seen_while_waiting(
+    db: &pg::TestDb,
+    tool: &str,
+    conninfo: &str,
+    room: &str,
+    env: &[(&str, &str)],
+    home: &Path,
+) -> String {
+    let mut holder = db.client();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE state_groups_state IN ACCESS EXCLUSIVE MODE")
+        .expect("locking state_groups_state");
+    let mut watcher = db.client();
+    let (mut cmd, text) = command(tool, Some(conninfo), room, env, home);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {text}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let name = loop {
+        let row = watcher
+            .query_opt(
+                "SELECT application_name FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'
+                   AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .expect("reading pg_stat_activity");
+        if let Some(row) = row {
+            break row.get::<_, String>(0);
+        }
+        if let Some(status) = child.try_wait().expect("checking the tool") {
+            let run = finish(child, text);
+            panic!(
+                "the tool ended ({status}) without waiting for the lock\n{}",
+                run.describe()
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{text}: no session waited for the lock within two minutes");
+        }
+    };
+    holder
+        .batch_execute("ROLLBACK")
+        .expect("releasing the lock");
+    let run = finish(child, text);
+    tools::assert_success(&run);
+    name
+}
+
+#[test]
+fn sessions_carry_the_tool_name_unless_told_otherwise() {
+    let generated = data();
+    let room = generated.rooms[0].room_id.as_str();
+    let home = TempDir::new("libpq-appname");
+    let cases: [NameCase; 6] = [
+        (COMPRESSOR, false, &[], "synapse_compress_state"),
+        (AUTO, false, &[], "synapse_auto_compressor"),
+        (COMPRESSOR, false, &[("PGAPPNAME", "nightly")], "nightly"),
+        (AUTO, false, &[("PGAPPNAME", "nightly")], "nightly"),
+        (COMPRESSOR, true, &[("PGAPPNAME", "nightly")], "from-p"),
+        (AUTO, true, &[], "from-p"),
+    ];
+    for (tool, name_in_p, env, expected) in cases {
+        // A fresh database each time: where an earlier run finished, the
+        // automatic tool has nothing to read.
+        let db = pg::TestDb::create("libpq_appname");
+        generated
+            .write(&mut db.client())
+            .expect("writing the groups");
+        let conninfo = match (name_in_p, db.url().contains('?')) {
+            (false, _) => db.url().to_string(),
+            (true, false) => format!("{}?application_name=from-p", db.url()),
+            (true, true) => format!("{}&application_name=from-p", db.url()),
+        };
+        let seen = name_seen_while_waiting(&db, tool, &conninfo, room, env, home.path());
+        eprintln!("{tool} {env:?} {conninfo}: application_name {seen:?}");
+        assert_eq!(seen, expected, "{tool} with {conninfo} and {env:?}");
+    }
+}

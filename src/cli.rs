@@ -17,7 +17,11 @@ use crate::levels::LevelSizes;
 /// state, and then writes SQL (-o) or applies the changes (-c). Without -o
 /// or -c nothing is written: a dry run that prints what would be saved.
 #[derive(Debug, Parser)]
-#[command(name = "synapse_compress_state", version, max_term_width = 100)]
+#[command(
+    name = "synapse_compress_state",
+    version = version_text(env!("CARGO_PKG_VERSION")),
+    max_term_width = 100
+)]
 pub struct ManualArgs {
     /// PostgreSQL connection: "postgresql://user:pass@host/db" or
     /// "user=... dbname=... host=..." (sslmode and sslrootcert are honoured).
@@ -194,6 +198,21 @@ pub fn exit_on_clap_error(err: clap::Error) -> ! {
             eprintln!("{line} (see --help)");
             std::process::exit(2);
         }
+    }
+}
+
+/// The commit this was built from, when built from a git checkout of this
+/// repository (recorded by `build.rs`).
+pub const GIT_COMMIT: Option<&str> = option_env!("SYNAPSE_COMPRESS_GIT_COMMIT");
+
+/// `--version` text of a binary whose package version is `version`:
+/// "0.1.0 (git 1a2b3c4d)", or just "0.1.0" when built from a tarball.
+/// Called once per process, when clap builds the command, so the string is
+/// kept for the process's lifetime as clap wants.
+pub fn version_text(version: &'static str) -> &'static str {
+    match GIT_COMMIT {
+        Some(commit) => Box::leak(format!("{version} (git {commit})").into_boxed_str()),
+        None => version,
     }
 }
 

@@ -8,7 +8,7 @@ use clap::Parser;
 
 use crate::core::levels::LevelSizes;
 use crate::manual::config::ManualConfig;
-use crate::tool::args::{NonNegative, Positive};
+use crate::tool::args::{version_text, NonNegative, Positive};
 
 /// Compresses the state groups of one room of a Synapse database.
 ///
@@ -17,7 +17,11 @@ use crate::tool::args::{NonNegative, Positive};
 /// state, and then writes SQL (-o) or applies the changes (-c). Without -o
 /// or -c nothing is written: a dry run that prints what would be saved.
 #[derive(Debug, Parser)]
-#[command(name = "synapse_compress_state", version, max_term_width = 100)]
+#[command(
+    name = "synapse_compress_state",
+    version = version_text(env!("CARGO_PKG_VERSION")),
+    max_term_width = 100
+)]
 pub struct ManualArgs {
     /// PostgreSQL connection: "postgresql://user@host/db" or
     /// "user=... dbname=... host=..." (sslmode and sslrootcert are honoured).

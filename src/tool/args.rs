@@ -63,6 +63,21 @@ impl<const MIN: i64> fmt::Display for AtLeast<MIN> {
     }
 }
 
+/// The commit this was built from, when built from a git checkout of this
+/// repository (recorded by `build.rs`).
+pub const GIT_COMMIT: Option<&str> = option_env!("SYNAPSE_COMPRESS_GIT_COMMIT");
+
+/// `--version` text of a binary whose package version is `version`:
+/// "0.1.0 (git 1a2b3c4d)", or just "0.1.0" when built from a tarball.
+/// Called once per process, when clap builds the command, so the string is
+/// kept for the process's lifetime as clap wants.
+pub fn version_text(version: &'static str) -> &'static str {
+    match GIT_COMMIT {
+        Some(commit) => Box::leak(format!("{version} (git {commit})").into_boxed_str()),
+        None => version,
+    }
+}
+
 /// Parses the process arguments as `T`. When clap has something to say
 /// instead (`--help`, `--version`, or a usage error reduced to its first
 /// line, which names the problem), it is printed and the exit status to end

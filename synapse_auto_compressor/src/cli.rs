@@ -2,7 +2,7 @@
 //! those of the reference `synapse_auto_compressor`.
 
 use clap::Parser;
-use synapse_compress_state::tool::args::Positive;
+use synapse_compress_state::tool::args::{version_text, Positive};
 use synapse_compress_state::LevelSizes;
 
 use crate::manager::AutoConfig;
@@ -11,7 +11,11 @@ use crate::manager::AutoConfig;
 /// room at a time, saving its progress in the database so each run picks up
 /// where the last one stopped. Safe to run from cron while Synapse runs.
 #[derive(Debug, Parser)]
-#[command(name = "synapse_auto_compressor", version, max_term_width = 100)]
+#[command(
+    name = "synapse_auto_compressor",
+    version = version_text(env!("CARGO_PKG_VERSION")),
+    max_term_width = 100
+)]
 pub struct AutoArgs {
     /// PostgreSQL connection: "postgresql://user@host/db" or
     /// "user=... dbname=... host=..." (sslmode and sslrootcert are honoured).

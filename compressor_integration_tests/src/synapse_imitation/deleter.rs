@@ -5,7 +5,7 @@
 
 use super::{insert_rows, now_ms, read_state, Imitator};
 use crate::StateMap;
-use postgres::Transaction;
+use postgres::{GenericClient, Transaction};
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -124,16 +124,7 @@ impl Imitator {
         &mut self,
         groups: &[i64],
     ) -> Result<BTreeMap<i64, i64>, postgres::Error> {
-        Ok(self
-            .client
-            .query(
-                "SELECT state_group, sequence_number FROM state_groups_pending_deletion \
-                 WHERE state_group = ANY($1)",
-                &[&groups],
-            )?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect())
+        sequence_numbers(&mut self.client, groups)
     }
 
     /// Marks `groups` for deletion, reads them as a collection and deletes
@@ -212,6 +203,22 @@ impl Imitator {
     }
 }
 
+/// The pending deletion's sequence number of each of `groups` that has one.
+fn sequence_numbers(
+    client: &mut impl GenericClient,
+    groups: &[i64],
+) -> Result<BTreeMap<i64, i64>, postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT state_group, sequence_number FROM state_groups_pending_deletion \
+             WHERE state_group = ANY($1)",
+            &[&groups],
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
 /// What a deletion decided once its collection was locked.
 struct Doomed {
     /// The groups to delete, ascending.
@@ -245,15 +252,7 @@ fn lock_doomed(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let now: BTreeMap<i64, i64> = tx
-        .query(
-            "SELECT state_group, sequence_number FROM state_groups_pending_deletion \
-             WHERE state_group = ANY($1)",
-            &[&ids],
-        )?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let now = sequence_numbers(tx, &ids)?;
     let persisting: BTreeSet<i64> = tx
         .query(
             "SELECT state_group FROM state_groups_persisting WHERE state_group = ANY($1)",

@@ -22,9 +22,7 @@ use std::process::{Child, Command, Stdio};
 use compressor_integration_tests::check::{
     self, compress_ok, run_compressor, snapshot, DbSnapshot, COMPRESSOR,
 };
-use compressor_integration_tests::generator::{
-    generate_into, group, write_groups, GenConfig, GenGroup,
-};
+use compressor_integration_tests::generator::{group, write_groups, GenConfig, GenGroup};
 use compressor_integration_tests::pg::TestDb;
 use compressor_integration_tests::structure::Structure;
 use compressor_integration_tests::synapse_imitation::{expectations_of, Imitator, ImitatorConfig};
@@ -57,8 +55,7 @@ struct Fixture {
 }
 
 fn fixture(hint: &str, seed: u64) -> Fixture {
-    let db = TestDb::create(hint);
-    let generated = generate_into(&mut db.client(), &config(seed)).expect("generating");
+    let (db, generated) = check::generated_db(hint, &config(seed));
     let room = generated.rooms[0].room_id.clone();
     Fixture {
         db,

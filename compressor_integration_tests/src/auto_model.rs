@@ -1,8 +1,9 @@
-//! An independent model of the automatic tool's chunk loop (design.md §4),
-//! the oracle for the exact tree, saved progress and skipped chunks that a
-//! sequence of automatic runs must leave behind.
+//! An independent model of the automatic tool's chunk loop
+//! (docs/algorithm.md#across-chunks-and-runs), the oracle for the exact
+//! tree, saved progress and skipped chunks that a sequence of automatic
+//! runs must leave behind.
 //!
-//! Written from the design, not from the tool: rooms are picked by the
+//! Written from that description, not from the tool: rooms are picked by the
 //! lowest group at or above the scan position that is past its room's
 //! progress; a chunk is the room's next groups after that progress, plus
 //! the saved level heads and every predecessor, compressed by

@@ -1,8 +1,8 @@
 //! An independent model of the compressor's default algorithm (the level
-//! tree of `design.md` §2, which must match the reference tool exactly),
-//! used as a test oracle: given a room's stored tree, which groups are in
-//! range and the level sizes, it says exactly which edges and rows the
-//! compressor must leave behind.
+//! tree of docs/algorithm.md#the-level-tree, which must match the reference
+//! tool exactly), used as a test oracle: given a room's stored tree, which
+//! groups are in range and the level sizes, it says exactly which edges and
+//! rows the compressor must leave behind.
 //!
 //! Deliberately naive (full states recomputed from the original tree), so
 //! only for small inputs.
@@ -33,9 +33,10 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Whether the compressor would write the new tree (design.md: not when
-    /// it has more rows than before). `None` when rows are equal, where the
-    /// contract leaves the choice open.
+    /// Whether the compressor would write the new tree (not when it has
+    /// more rows than before: docs/algorithm.md#deciding-whether-to-write).
+    /// `None` when rows are equal, where the contract leaves the choice
+    /// open.
     pub fn writes(&self) -> Option<bool> {
         use std::cmp::Ordering::*;
         match self.rows_after.cmp(&self.rows_before) {

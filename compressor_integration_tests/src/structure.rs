@@ -167,21 +167,6 @@ pub fn violations(structure: &Structure) -> Vec<String> {
     problems
 }
 
-/// Panics listing every broken invariant of `room` (or the whole database).
-pub fn assert_invariants(client: &mut Client, room: Option<&str>) {
-    let structure = structure(client, room).expect("reading the structure");
-    let problems = violations(&structure);
-    if !problems.is_empty() {
-        let shown = problems.len().min(30);
-        panic!(
-            "{} invariant violation(s){}:\n  {}",
-            problems.len(),
-            room.map(|r| format!(" in room {r:?}")).unwrap_or_default(),
-            problems[..shown].join("\n  ")
-        );
-    }
-}
-
 /// Resolves every group's state in memory from the stored tree, with
 /// Synapse's rule (walk the edges; the row of the group nearest to G wins; a
 /// missing predecessor ends the chain). An independent cross-check of the

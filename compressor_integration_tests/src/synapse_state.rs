@@ -1,10 +1,10 @@
 //! Reading state groups' resolved state back from PostgreSQL, exactly as
 //! Synapse reads it.
 //!
-//! [`state_of_group`] runs Synapse's own recursive query (the text of
-//! `synapse-schema.md`, with `$1` for Synapse's `?` placeholder) after
-//! `SET LOCAL enable_seqscan = off`, inside a transaction, like Synapse's
-//! `_get_state_groups_from_groups_txn`. Whatever the compressor writes, this
+//! [`state_of_group`] runs Synapse's own recursive query (the text in
+//! docs/synapse-tables.md#how-synapse-reads-a-state, with `$1` for
+//! Synapse's `?` placeholder) after `SET LOCAL enable_seqscan = off`, inside
+//! a transaction, like Synapse's `_get_state_groups_from_groups_txn`. Whatever the compressor writes, this
 //! is the reader whose answers must not change.
 //!
 //! [`all_states_batched`] / [`for_each_state_batched`] compute the same thing
@@ -189,19 +189,6 @@ pub fn all_states_batched(
         states.insert(group, state);
     })?;
     Ok(states)
-}
-
-/// Resolved states of every group in `room` (or the whole database) with
-/// the chosen reader.
-pub fn all_states_with(
-    client: &mut Client,
-    room: Option<&str>,
-    method: Method,
-) -> Result<BTreeMap<i64, StateMap>, postgres::Error> {
-    match method {
-        Method::Synapse => all_states(client, room),
-        Method::Batched => all_states_batched(client, room),
-    }
 }
 
 /// Describes the first difference between two sets of resolved states, or

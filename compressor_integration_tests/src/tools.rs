@@ -84,6 +84,11 @@ impl ToolRun {
         self.status.success()
     }
 
+    /// Whether the automatic tool reported that no room has work left.
+    pub fn finished_all(&self) -> bool {
+        self.stderr.contains("nothing left to do")
+    }
+
     /// The command, its status and its output, for failure messages.
     pub fn describe(&self) -> String {
         format!(
@@ -275,6 +280,13 @@ pub fn psql_gzip_file(url: &str, file: &Path) -> ToolRun {
 /// Panics with the full story unless `run` succeeded.
 pub fn assert_success(run: &ToolRun) {
     assert!(run.success(), "expected success\n{}", run.describe());
+}
+
+/// Asserts that an automatic run succeeded and reported that no room has
+/// work left.
+pub fn assert_finished_all(run: &ToolRun) {
+    assert_success(run);
+    assert!(run.finished_all(), "{}", run.describe());
 }
 
 /// Asserts the contract for user errors: a non-zero exit code (not a

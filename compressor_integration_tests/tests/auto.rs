@@ -9,8 +9,8 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use compressor_integration_tests::check::{assert_same_states, snapshot, snapshot_in_memory};
-use compressor_integration_tests::generator::{generate_into, GenConfig};
+use compressor_integration_tests::check::{self, assert_same_states, snapshot, snapshot_in_memory};
+use compressor_integration_tests::generator::GenConfig;
 use compressor_integration_tests::pg::{Role, TestDb};
 use compressor_integration_tests::structure::{self, Structure};
 use compressor_integration_tests::tools::{self, ToolRun};
@@ -21,16 +21,11 @@ const AUTO: &str = "synapse_auto_compressor";
 /// The tool's advisory lock key ("SynCompr", big-endian).
 const LOCK_KEY: i64 = i64::from_be_bytes(*b"SynCompr");
 
-/// Rooms that compress well: short Synapse chains make many snapshots.
+/// Rooms that compress well, with hostile strings for odd seeds.
 fn config(seed: u64, rooms: usize, groups: usize) -> GenConfig {
     GenConfig {
-        seed,
-        rooms,
-        groups_per_room: groups,
-        members: 30,
-        max_delta_hops: 10,
         nasty_strings: seed % 2 == 1,
-        ..GenConfig::default()
+        ..GenConfig::compressible(seed, rooms, groups)
     }
 }
 
@@ -46,14 +41,10 @@ fn auto_ok(url: &str, chunk: &str, chunks: &str) -> ToolRun {
     run
 }
 
-fn finished(run: &ToolRun) -> bool {
-    run.stderr.contains("nothing left to do")
-}
-
 /// Runs `-n chunks` repeatedly until the tool reports nothing left.
 fn run_until_done(url: &str, chunk: &str, chunks: &str) -> usize {
     for runs in 1..=500 {
-        if finished(&auto_ok(url, chunk, chunks)) {
+        if auto_ok(url, chunk, chunks).finished_all() {
             return runs;
         }
     }
@@ -79,10 +70,8 @@ fn progress_rows(db: &TestDb) -> Vec<(String, i64)> {
 #[test]
 fn many_small_runs_give_the_same_result_as_one_big_run() {
     let cfg = config(23, 4, 400);
-    let small = TestDb::create("auto_small_runs");
-    let big = TestDb::create("auto_big_run");
-    let generated = generate_into(&mut small.client(), &cfg).expect("generate");
-    generate_into(&mut big.client(), &cfg).expect("generate");
+    let (small, generated) = check::generated_db("auto_small_runs", &cfg);
+    let (big, _) = check::generated_db("auto_big_run", &cfg);
     let before = snapshot(&mut small.client());
 
     // One chunk per run: these runs never load a chunk ahead (a second
@@ -91,7 +80,7 @@ fn many_small_runs_give_the_same_result_as_one_big_run() {
     let runs = run_until_done(small.url(), "20", "1");
     assert!(runs > 10, "expected many runs, got {runs}");
     let big_run = auto_ok(big.url(), "20", "10000");
-    assert!(finished(&big_run), "{}", big_run.describe());
+    assert!(big_run.finished_all(), "{}", big_run.describe());
 
     let after_small = snapshot(&mut small.client());
     assert_same_states(&before.states, &after_small.states, "many small runs");
@@ -124,11 +113,10 @@ fn many_small_runs_give_the_same_result_as_one_big_run() {
 #[test]
 fn runs_short_of_connections_load_in_turn_with_the_same_result() {
     let cfg = config(29, 3, 300);
-    let free = TestDb::create("auto_conn_free");
-    generate_into(&mut free.client(), &cfg).expect("generate");
+    let (free, _) = check::generated_db("auto_conn_free", &cfg);
     let before = snapshot(&mut free.client());
     let free_run = auto_ok(free.url(), "20", "10000");
-    assert!(finished(&free_run), "{}", free_run.describe());
+    assert!(free_run.finished_all(), "{}", free_run.describe());
     assert!(
         !free_run.stderr.contains("Loading ahead on"),
         "{}",
@@ -137,8 +125,7 @@ fn runs_short_of_connections_load_in_turn_with_the_same_result() {
     let expected = room_structure(&free);
 
     for limit in [1, 2] {
-        let db = TestDb::create(&format!("auto_conn_limit_{limit}"));
-        generate_into(&mut db.client(), &cfg).expect("generate");
+        let (db, _) = check::generated_db(&format!("auto_conn_limit_{limit}"), &cfg);
         let role = Role::create(&db, "lim");
         db.client()
             .batch_execute(&format!(
@@ -149,7 +136,7 @@ fn runs_short_of_connections_load_in_turn_with_the_same_result() {
             ))
             .expect("limiting the role");
         let run = auto_ok(&role.url(), "20", "10000");
-        assert!(finished(&run), "{}", run.describe());
+        assert!(run.finished_all(), "{}", run.describe());
         let warning = format!("Loading ahead on {} connection(s), not 2", limit - 1);
         assert!(run.stderr.contains(&warning), "{}", run.describe());
         let after = snapshot(&mut db.client());
@@ -164,8 +151,7 @@ fn runs_short_of_connections_load_in_turn_with_the_same_result() {
 #[test]
 fn runs_killed_at_random_moments_resume_and_lose_nothing() {
     let cfg = config(23, 4, 400);
-    let db = TestDb::create("auto_kills");
-    generate_into(&mut db.client(), &cfg).expect("generate");
+    let (db, _) = check::generated_db("auto_kills", &cfg);
     let before = snapshot(&mut db.client());
     let mut rng = SmallRng::seed_from_u64(23);
 
@@ -205,13 +191,12 @@ fn runs_killed_at_random_moments_resume_and_lose_nothing() {
     assert!(kills >= 10, "only {kills} runs were killed");
 
     let last = auto_ok(db.url(), "20", "100000");
-    assert!(finished(&last), "{}", last.describe());
+    assert!(last.finished_all(), "{}", last.describe());
     let after = snapshot(&mut db.client());
     assert_same_states(&before.states, &after.states, "after the final run");
 
     // Killed runs plus a final one give exactly what an uninterrupted run gives.
-    let fresh = TestDb::create("auto_kills_reference");
-    generate_into(&mut fresh.client(), &cfg).expect("generate");
+    let (fresh, _) = check::generated_db("auto_kills_reference", &cfg);
     auto_ok(fresh.url(), "20", "100000");
     assert_eq!(room_structure(&db), room_structure(&fresh));
 }
@@ -219,10 +204,8 @@ fn runs_killed_at_random_moments_resume_and_lose_nothing() {
 #[test]
 fn progress_written_by_hand_in_the_reference_format_is_continued() {
     let cfg = config(31, 3, 200);
-    let db = TestDb::create("auto_handwritten");
-    let whole = TestDb::create("auto_handwritten_whole");
-    generate_into(&mut db.client(), &cfg).expect("generate");
-    generate_into(&mut whole.client(), &cfg).expect("generate");
+    let (db, _) = check::generated_db("auto_handwritten", &cfg);
+    let (whole, _) = check::generated_db("auto_handwritten_whole", &cfg);
     let before = snapshot(&mut db.client());
 
     auto_ok(db.url(), "50", "4");
@@ -298,8 +281,7 @@ fn progress_written_by_hand_in_the_reference_format_is_continued() {
 #[test]
 fn corrupt_saves_reset_the_room_and_the_run_goes_on() {
     let cfg = config(41, 4, 150);
-    let db = TestDb::create("auto_corrupt");
-    let generated = generate_into(&mut db.client(), &cfg).expect("generate");
+    let (db, generated) = check::generated_db("auto_corrupt", &cfg);
     let before = snapshot(&mut db.client());
     auto_ok(db.url(), "40", "4");
 
@@ -332,7 +314,7 @@ fn corrupt_saves_reset_the_room_and_the_run_goes_on() {
     for _ in 0..500 {
         let run = auto_ok(db.url(), "40", "4");
         resets += run.stderr.matches("resetting its levels").count();
-        if finished(&run) {
+        if run.finished_all() {
             break;
         }
     }
@@ -347,8 +329,7 @@ fn corrupt_saves_reset_the_room_and_the_run_goes_on() {
 #[test]
 fn a_room_purged_between_runs_does_not_stop_the_run() {
     let cfg = config(53, 5, 150);
-    let db = TestDb::create("auto_purge");
-    let generated = generate_into(&mut db.client(), &cfg).expect("generate");
+    let (db, generated) = check::generated_db("auto_purge", &cfg);
     auto_ok(db.url(), "30", "6");
 
     // Purge the room that has saved progress and is not finished yet, the
@@ -387,8 +368,7 @@ fn a_room_purged_between_runs_does_not_stop_the_run() {
 
 #[test]
 fn a_second_run_waits_for_nobody_and_exits_75() {
-    let db = TestDb::create("auto_lock");
-    generate_into(&mut db.client(), &config(61, 1, 50)).expect("generate");
+    let (db, _) = check::generated_db("auto_lock", &config(61, 1, 50));
     let mut holder = db.client();
     holder
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
@@ -436,7 +416,7 @@ fn the_real_synapse_fixture_compresses_fully() {
     tools::assert_success(&tools::psql_gzip_file(db.url(), &path));
     let before = snapshot(&mut db.client());
     let run = auto_ok(db.url(), "500", "1000");
-    assert!(finished(&run), "{}", run.describe());
+    assert!(run.finished_all(), "{}", run.describe());
     let after = snapshot(&mut db.client());
     assert_same_states(&before.states, &after.states, "fixture");
     // Every room's progress reached its last group.

@@ -191,7 +191,7 @@ fn continue_against_model(db: &TestDb, model: &mut AutoModel, levels: &str, step
             let context = format!("levels {levels}, run {runs} (-c {chunk} -n {number})");
             let first_chunk = model.chunks.len();
             let model_done = model.run(&sizes, s.chunk, s.number);
-            let tool_done = run.stderr.contains("nothing left to do");
+            let tool_done = run.finished_all();
 
             let tool_tree = structure::structure(&mut db.client(), None).unwrap();
             assert_same_structure(&tool_tree, &model.structure, &context);

@@ -1,8 +1,8 @@
 //! `--json`: both tools print their final figures as one JSON object on
 //! stdout, and those figures agree with what the database shows.
 
-use compressor_integration_tests::check::{assert_same_states, snapshot};
-use compressor_integration_tests::generator::{generate_into, GenConfig};
+use compressor_integration_tests::check::{self, assert_same_states, snapshot};
+use compressor_integration_tests::generator::GenConfig;
 use compressor_integration_tests::pg::TestDb;
 use compressor_integration_tests::tools::{self, ToolRun};
 use serde_json::Value;
@@ -44,8 +44,7 @@ fn parse(run: &ToolRun) -> Value {
 
 #[test]
 fn manual_tool_json_matches_the_database() {
-    let db = TestDb::create("json_manual");
-    let generated = generate_into(&mut db.client(), &config(5)).unwrap();
+    let (db, generated) = check::generated_db("json_manual", &config(5));
     let room = &generated.rooms[1].room_id;
     let before = snapshot(&mut db.client());
     let rows_before = rows(&db);
@@ -79,8 +78,7 @@ fn manual_tool_json_matches_the_database() {
 
 #[test]
 fn automatic_tool_json_matches_the_database() {
-    let db = TestDb::create("json_auto");
-    generate_into(&mut db.client(), &config(6)).unwrap();
+    let (db, _) = check::generated_db("json_auto", &config(6));
     let before = snapshot(&mut db.client());
     let rows_before = rows(&db);
 

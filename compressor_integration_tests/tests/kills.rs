@@ -19,9 +19,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use compressor_integration_tests::check::{
-    assert_same_states, room_part, snapshot, snapshot_in_memory, COMPRESSOR,
+    self, assert_same_states, room_part, snapshot, snapshot_in_memory, COMPRESSOR,
 };
-use compressor_integration_tests::generator::{generate, GenConfig, Generated};
+use compressor_integration_tests::generator::{GenConfig, Generated};
 use compressor_integration_tests::pg::TestDb;
 use compressor_integration_tests::structure::{self, Structure};
 use compressor_integration_tests::tools;
@@ -43,14 +43,9 @@ fn config(seed: u64) -> GenConfig {
         groups_per_room: 1_000,
         members: 40,
         join_rate: 3.0,
-        fork_probability: 0.02,
-        fork_continue_share: 0.02,
-        resolve_probability: 0.03,
-        resolve_drop_probability: 0.05,
-        reset_probability: 0.001,
         max_delta_hops: 10,
         nasty_strings: seed % 2 == 1,
-        ..GenConfig::default()
+        ..GenConfig::rare_forks()
     }
 }
 
@@ -241,12 +236,93 @@ fn whole_tree(db: &TestDb) -> Structure {
     structure::structure(&mut db.client(), None).expect("reading the structure")
 }
 
+/// The tree the uninterrupted reference runs just made, after checking
+/// that they changed it and kept every state.
+fn reference_tree(
+    db: &TestDb,
+    generated: &Generated,
+    original: &BTreeMap<i64, StateMap>,
+) -> Structure {
+    let reference = whole_tree(db);
+    assert_ne!(
+        reference,
+        generated.structure(),
+        "the reference run changed nothing"
+    );
+    assert_intact(db, original, "uninterrupted runs");
+    reference
+}
+
+/// Kills one tool at random moments of its write phase, and counts what
+/// the kills did.
+struct Killer {
+    program: &'static str,
+    /// The log line that opens the tool's write phase.
+    marker: &'static str,
+    rng: SmallRng,
+    runs: usize,
+    kills: usize,
+    /// Kills that left the tree partly rewritten (some batches committed).
+    partly_written: usize,
+}
+
+impl Killer {
+    fn new(program: &'static str, marker: &'static str, seed: u64) -> Killer {
+        Killer {
+            program,
+            marker,
+            rng: SmallRng::seed_from_u64(seed),
+            runs: 0,
+            kills: 0,
+            partly_written: 0,
+        }
+    }
+
+    /// Attempt `attempt` of round `round`: killed at a random moment of
+    /// the write phase (as `profile` measured it) for the first three
+    /// attempts, allowed to finish after. Returns how the run ended and a
+    /// description for failure messages.
+    fn attempt(
+        &mut self,
+        args: &[&str],
+        profile: (usize, usize),
+        round: usize,
+        attempt: usize,
+    ) -> (Ending, String) {
+        let (aim, delay) = if attempt < 3 {
+            moment(&mut self.rng, self.marker, profile)
+        } else {
+            (Aim::NEVER, Duration::ZERO)
+        };
+        let ending = run_and_kill(self.program, args, aim, delay);
+        self.runs += 1;
+        let context = format!(
+            "round {round}, run {attempt}: killed={} at {aim:?} after {} lines (+{delay:?})\n{}",
+            ending.killed, ending.lines, ending.stderr_tail
+        );
+        (ending, context)
+    }
+
+    /// Counts a kill; `partly` when it left the tree neither as it was nor
+    /// as an uninterrupted run makes it.
+    fn killed(&mut self, partly: bool) {
+        self.kills += 1;
+        self.partly_written += usize::from(partly);
+    }
+
+    /// Enough kills, and one of them between two write batches.
+    fn assert_enough(&self) {
+        assert!(self.kills >= 10, "only {} runs were killed", self.kills);
+        assert!(
+            self.partly_written >= 1,
+            "no kill landed between two write batches"
+        );
+    }
+}
+
 #[test]
 fn manual_tool_killed_while_writing() {
-    let cfg = config(71);
-    let generated = generate(&cfg);
-    let db = TestDb::create("kill_manual");
-    generated.write(&mut db.client()).expect("generate");
+    let (db, generated) = check::generated_db("kill_manual", &config(71));
     let original = snapshot(&mut db.client()).states;
     let rooms: Vec<String> = generated.rooms.iter().map(|r| r.room_id.clone()).collect();
     let room_states: Vec<BTreeMap<i64, StateMap>> = generated
@@ -272,20 +348,10 @@ fn manual_tool_killed_while_writing() {
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         profiles.push(line_profile(COMPRESSOR, &a, MANUAL_WRITE_MARKER));
     }
-    let reference = whole_tree(&db);
-    assert_ne!(
-        reference,
-        generated.structure(),
-        "the reference run changed nothing"
-    );
-    assert_intact(&db, &original, "uninterrupted runs");
+    let reference = reference_tree(&db, &generated, &original);
 
     let generated_tree = generated.structure();
-    let mut rng = SmallRng::seed_from_u64(71);
-    let mut kills = 0;
-    // Kills that left the room partly rewritten (some batches committed).
-    let mut partly_written = 0;
-    let mut runs = 0;
+    let mut killer = Killer::new(COMPRESSOR, MANUAL_WRITE_MARKER, 71);
     for round in 0..5 {
         restore(&db, &generated);
         let which = round % rooms.len();
@@ -295,25 +361,13 @@ fn manual_tool_killed_while_writing() {
         // Up to three kills, then a run that is allowed to finish.
         let mut finished = false;
         for attempt in 0..4 {
-            let (aim, delay) = if attempt < 3 {
-                moment(&mut rng, MANUAL_WRITE_MARKER, profile)
-            } else {
-                (Aim::NEVER, Duration::ZERO)
-            };
-            let ending = run_and_kill(COMPRESSOR, &a, aim, delay);
-            runs += 1;
-            let context = format!(
-                "round {round}, run {attempt}: killed={} at {aim:?} after {} lines (+{delay:?})\n{}",
-                ending.killed, ending.lines, ending.stderr_tail
-            );
+            let (ending, context) = killer.attempt(&a, profile, round, attempt);
             let now = assert_room_intact(&db, &rooms[which], &room_states[which], &context);
             if ending.killed {
-                kills += 1;
-                if now != room_part(&generated_tree, &rooms[which])
-                    && now != room_part(&reference, &rooms[which])
-                {
-                    partly_written += 1;
-                }
+                killer.killed(
+                    now != room_part(&generated_tree, &rooms[which])
+                        && now != room_part(&reference, &rooms[which]),
+                );
             } else {
                 assert!(ending.success, "the tool failed: {context}");
                 finished = true;
@@ -337,21 +391,15 @@ fn manual_tool_killed_while_writing() {
     let after = snapshot(&mut db.client());
     assert_same_states(&original, &after.states, "at the end");
     eprintln!(
-        "manual tool: {kills} kills in {runs} runs, {partly_written} left the room partly rewritten"
+        "manual tool: {} kills in {} runs, {} left the room partly rewritten",
+        killer.kills, killer.runs, killer.partly_written
     );
-    assert!(kills >= 10, "only {kills} runs were killed");
-    assert!(
-        partly_written >= 1,
-        "no kill landed between two write batches"
-    );
+    killer.assert_enough();
 }
 
 #[test]
 fn auto_tool_with_big_chunks_killed_while_writing() {
-    let cfg = config(72);
-    let generated = generate(&cfg);
-    let db = TestDb::create("kill_auto_big");
-    generated.write(&mut db.client()).expect("generate");
+    let (db, generated) = check::generated_db("kill_auto_big", &config(72));
     let original = snapshot(&mut db.client()).states;
     // One chunk per run: a whole room (two write batches, then the last
     // batch commits with the saved progress).
@@ -361,43 +409,21 @@ fn auto_tool_with_big_chunks_killed_while_writing() {
     let mut all_args = args;
     all_args[5] = "100";
     auto_after_kills(&all_args);
-    let reference = whole_tree(&db);
-    assert_ne!(
-        reference,
-        generated.structure(),
-        "the reference run changed nothing"
-    );
-    assert_intact(&db, &original, "uninterrupted runs");
+    let reference = reference_tree(&db, &generated, &original);
 
     let generated_tree = generated.structure();
-    let mut rng = SmallRng::seed_from_u64(72);
-    let mut kills = 0;
-    let mut partly_written = 0;
-    let mut runs = 0;
+    let mut killer = Killer::new(AUTO, AUTO_WRITE_MARKER, 72);
     // Rounds end early when a run finishes; seven give at least ten
     // kills with a margin.
     for round in 0..7 {
         restore(&db, &generated);
         let mut done = false;
         for attempt in 0..12 {
-            let (aim, delay) = if attempt < 3 {
-                moment(&mut rng, AUTO_WRITE_MARKER, profile)
-            } else {
-                (Aim::NEVER, Duration::ZERO)
-            };
-            let ending = run_and_kill(AUTO, &args, aim, delay);
-            runs += 1;
-            let context = format!(
-                "round {round}, run {attempt}: killed={} at {aim:?} after {} lines (+{delay:?})\n{}",
-                ending.killed, ending.lines, ending.stderr_tail
-            );
+            let (ending, context) = killer.attempt(&args, profile, round, attempt);
             assert_intact(&db, &original, &context);
             if ending.killed {
-                kills += 1;
                 let now = whole_tree(&db);
-                if now != generated_tree && now != reference {
-                    partly_written += 1;
-                }
+                killer.killed(now != generated_tree && now != reference);
                 continue;
             }
             if ending.locked_out {
@@ -405,7 +431,7 @@ fn auto_tool_with_big_chunks_killed_while_writing() {
             }
             assert!(ending.success, "the tool failed: {context}");
             let finished = auto_after_kills(&all_args);
-            if finished.stderr.contains("nothing left to do") {
+            if finished.finished_all() {
                 done = true;
                 break;
             }
@@ -419,12 +445,9 @@ fn auto_tool_with_big_chunks_killed_while_writing() {
     let after = snapshot(&mut db.client());
     assert_same_states(&original, &after.states, "at the end");
     eprintln!(
-        "automatic tool (chunks of 1,000 groups): {kills} kills in {runs} runs, \
-         {partly_written} left a chunk partly written"
+        "automatic tool (chunks of 1,000 groups): {} kills in {} runs, \
+         {} left a chunk partly written",
+        killer.kills, killer.runs, killer.partly_written
     );
-    assert!(kills >= 10, "only {kills} runs were killed");
-    assert!(
-        partly_written >= 1,
-        "no kill landed between two write batches"
-    );
+    killer.assert_enough();
 }

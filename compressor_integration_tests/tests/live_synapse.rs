@@ -17,8 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
-use compressor_integration_tests::check::COMPRESSOR;
-use compressor_integration_tests::generator::{generate_into, GenConfig};
+use compressor_integration_tests::check::{self, COMPRESSOR};
+use compressor_integration_tests::generator::GenConfig;
 use compressor_integration_tests::level_model;
 use compressor_integration_tests::pg::TestDb;
 use compressor_integration_tests::synapse_imitation::{
@@ -44,17 +44,9 @@ enum Tool {
     Manual { levels: &'static str },
 }
 
-/// Rooms that compress well (short Synapse chains make many snapshots).
+/// Six rooms that compress well.
 fn config(seed: u64) -> GenConfig {
-    GenConfig {
-        seed,
-        rooms: 6,
-        groups_per_room: 150,
-        members: 30,
-        max_delta_hops: 10,
-        nasty_strings: seed % 2 == 0,
-        ..GenConfig::default()
-    }
+    GenConfig::compressible(seed, 6, 150)
 }
 
 /// Groups Synapse changed under the tool, as the tool reports them. A
@@ -122,8 +114,7 @@ struct Outcome {
 /// Runs `tool` beside the imitator (`de_delta`: whether it deletes groups
 /// others are built on, rewriting those) and checks every group.
 fn beside_synapse(seed: u64, tool: Tool, de_delta: bool) -> Outcome {
-    let db = TestDb::create(&format!("live_{seed}"));
-    let generated = generate_into(&mut db.client(), &config(seed)).expect("generate");
+    let (db, generated) = check::generated_db(&format!("live_{seed}"), &config(seed));
     let rooms: Vec<String> = generated.rooms.iter().map(|r| r.room_id.clone()).collect();
     let imitator = Imitator::new(
         db.client(),
@@ -158,7 +149,7 @@ fn beside_synapse(seed: u64, tool: Tool, de_delta: bool) -> Outcome {
         skipped_by_tool += live_skips(&run);
         runs += 1;
         finished = match tool {
-            Tool::Auto { .. } => run.stderr.contains("nothing left to do"),
+            Tool::Auto { .. } => run.finished_all(),
             Tool::Manual { .. } => turn + 1 >= rooms.len(),
         };
         if finished {
@@ -237,36 +228,58 @@ const AUTO_SMALL_CHUNKS: Tool = Tool::Auto {
 };
 const MANUAL: Tool = Tool::Manual { levels: "10,10" };
 
+/// Runs `tool` beside the imitator for each seed and reports the outcomes
+/// under `title`.
+fn beside_synapse_for(
+    seeds: std::ops::RangeInclusive<u64>,
+    tool: Tool,
+    de_delta: bool,
+    title: &str,
+) {
+    let outcomes: Vec<Outcome> = seeds
+        .map(|seed| beside_synapse(seed, tool, de_delta))
+        .collect();
+    report(title, &outcomes);
+}
+
 #[test]
 fn auto_tool_beside_a_live_synapse() {
-    let outcomes: Vec<Outcome> = (1..=3)
-        .map(|seed| beside_synapse(seed, AUTO_SMALL_CHUNKS, false))
-        .collect();
-    report("auto tool beside Synapse (deleting leaves)", &outcomes);
+    beside_synapse_for(
+        1..=3,
+        AUTO_SMALL_CHUNKS,
+        false,
+        "auto tool beside Synapse (deleting leaves)",
+    );
 }
 
 #[test]
 fn manual_tool_beside_a_live_synapse() {
-    let outcomes: Vec<Outcome> = (11..=12)
-        .map(|seed| beside_synapse(seed, MANUAL, false))
-        .collect();
-    report("manual tool beside Synapse (deleting leaves)", &outcomes);
+    beside_synapse_for(
+        11..=12,
+        MANUAL,
+        false,
+        "manual tool beside Synapse (deleting leaves)",
+    );
 }
 
 #[test]
 fn auto_tool_beside_a_live_synapse_that_de_deltas() {
-    let outcomes: Vec<Outcome> = (1..=4)
-        .map(|seed| beside_synapse(seed, AUTO_SMALL_CHUNKS, true))
-        .collect();
-    report("auto tool beside Synapse (de-deltaing)", &outcomes);
+    beside_synapse_for(
+        1..=4,
+        AUTO_SMALL_CHUNKS,
+        true,
+        "auto tool beside Synapse (de-deltaing)",
+    );
 }
 
 #[test]
 fn manual_tool_beside_a_live_synapse_that_de_deltas() {
-    let outcomes: Vec<Outcome> = (11..=13)
-        .map(|seed| beside_synapse(seed, MANUAL, true))
-        .collect();
-    report("manual tool beside Synapse (de-deltaing)", &outcomes);
+    beside_synapse_for(
+        11..=13,
+        MANUAL,
+        true,
+        "manual tool beside Synapse (de-deltaing)",
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -357,9 +370,8 @@ fn delete_while_tool_waits(
 /// range's rows and the predecessors' and gave wrong states; a snapshot
 /// makes that window the same as this one.)
 fn deletion_between_range_and_predecessors(seed: u64, auto: bool) {
-    let db = TestDb::create(&format!("race_load_{seed}"));
-    let generated = generate_into(
-        &mut db.client(),
+    let (db, generated) = check::generated_db(
+        &format!("race_load_{seed}"),
         &GenConfig {
             seed,
             rooms: 1,
@@ -368,8 +380,7 @@ fn deletion_between_range_and_predecessors(seed: u64, auto: bool) {
             max_delta_hops: 10,
             ..GenConfig::default()
         },
-    )
-    .expect("generate");
+    );
     let room = generated.rooms[0].room_id.clone();
     let mut client = db.client();
     // The first group after the middle that is a delta on its predecessor.
@@ -481,9 +492,8 @@ fn auto_tool_predecessor_deleted_while_loading() {
 /// rows twice (the tool never locked `x`, the group Synapse serialises on).
 #[test]
 fn manual_tool_rewrites_a_group_synapse_de_deltas() {
-    let db = TestDb::create("race_de_delta");
-    let generated = generate_into(
-        &mut db.client(),
+    let (db, generated) = check::generated_db(
+        "race_de_delta",
         &GenConfig {
             seed: 8,
             rooms: 1,
@@ -492,8 +502,7 @@ fn manual_tool_rewrites_a_group_synapse_de_deltas() {
             max_delta_hops: 10,
             ..GenConfig::default()
         },
-    )
-    .expect("generate");
+    );
     let room = generated.rooms[0].room_id.clone();
     let before = generated.structure();
     // What the tool will write (the first batch: the first 500 changes).

@@ -1,5 +1,5 @@
 //! `generate`: writes realistic Synapse-like state groups into a database
-//! that has Synapse's state schema (see `generator.rs`), then prints one
+//! that has Synapse's state schema (see `src/generator/`), then prints one
 //! line per room and a total:
 //!
 //! ```text

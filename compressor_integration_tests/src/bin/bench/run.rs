@@ -1,0 +1,350 @@
+//! One run: a tool on a fresh clone of `bench_src`, with the I/O floor
+//! measured before and after it, its output read for its own figures, and
+//! the result checked.
+
+use crate::checks::check_after;
+use crate::floor::{read_floor, write_floor};
+use crate::launcher::{run_measured, ChildRun, Launcher};
+use crate::report::load_average;
+use crate::source::{Source, SRC_DB};
+use crate::{connect, count, literal, pg, say, Res};
+use compressor_integration_tests::pg::db_url;
+use postgres::Client;
+use std::fmt;
+use std::path::PathBuf;
+
+/// The clone a run works on.
+const RUN_DB: &str = "bench_run";
+
+/// The tool a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tool {
+    /// `synapse_compress_state` on the room with the most rows.
+    Manual,
+    /// `synapse_auto_compressor` over the whole database.
+    Auto,
+}
+
+impl Tool {
+    fn program(self) -> &'static str {
+        match self {
+            Tool::Manual => "synapse_compress_state",
+            Tool::Auto => "synapse_auto_compressor",
+        }
+    }
+}
+
+impl fmt::Display for Tool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Tool::Manual => "manual",
+            Tool::Auto => "auto",
+        })
+    }
+}
+
+/// What every run shares.
+pub struct RunSettings {
+    /// The server's base URL (no database).
+    pub base: String,
+    /// Where the tools' binaries are.
+    pub bin_dir: PathBuf,
+    /// The automatic tool's `-c`.
+    pub chunk_size: u64,
+    /// Keep `bench_run` after the run.
+    pub keep: bool,
+    /// Where the tools' output is kept (none: temporary files).
+    pub log_dir: Option<PathBuf>,
+}
+
+/// One row of the table.
+pub struct RunResult {
+    pub preset: String,
+    pub tool: Tool,
+    pub rows_before: i64,
+    pub rows_after: i64,
+    pub wall: f64,
+    pub phases: Option<[f64; 4]>,
+    pub max_rss_kib: i64,
+    pub read_floor: f64,
+    pub write_floor: f64,
+    pub check: String,
+    pub notes: Vec<String>,
+}
+
+/// Runs `tool` on a fresh clone of `source` and measures it.
+pub fn do_run(
+    settings: &RunSettings,
+    launcher: &mut Launcher,
+    source: &Source,
+    tool: Tool,
+) -> Res<RunResult> {
+    let label = format!("{}/{tool}", source.preset);
+    say(&format!("{label}: cloning {SRC_DB}"));
+    clone_source(&settings.base)?;
+    let url = db_url(&settings.base, RUN_DB);
+    let mut c = connect(&settings.base, RUN_DB)?;
+    pg("CHECKPOINT", c.batch_execute("CHECKPOINT"))?;
+
+    let where_clause = covered_rows(tool, source);
+    let invocation = invocation(tool, &url, source, settings.chunk_size, &mut c)?;
+    let rows_before = count_rows(&mut c, &where_clause)?;
+    say(&format!("{label}: measuring the read floor"));
+    let read = read_floor(
+        &mut c,
+        &format!(
+            "COPY (SELECT state_group, type, state_key, event_id FROM state_groups_state \
+             {where_clause}) TO STDOUT (FORMAT binary)"
+        ),
+        2,
+    )?;
+
+    let (child, command_note) = run_tool(settings, launcher, &source.preset, &invocation)?;
+    let all_output = format!("{}\n{}", child.stdout, child.stderr);
+    let phases = parse_phases(&all_output);
+    let mut notes = vec![command_note];
+    notes.extend(output_notes(&invocation, &child, &all_output));
+
+    let rows_after = count_rows(&mut c, &where_clause)?;
+    say(&format!("{label}: measuring the write floor"));
+    let write = write_floor(&mut c, &where_clause)?;
+    say(&format!("{label}: checking the result"));
+    let check = check_after(&mut c, source)?;
+    drop(c);
+    if !settings.keep {
+        drop_run_db(&settings.base)?;
+    }
+    Ok(RunResult {
+        preset: source.preset.clone(),
+        tool,
+        rows_before,
+        rows_after,
+        wall: child.wall,
+        phases,
+        max_rss_kib: child.max_rss_kib,
+        read_floor: read,
+        write_floor: write,
+        check,
+        notes,
+    })
+}
+
+/// The `WHERE` clause selecting the `state_groups_state` rows the run
+/// covers: the biggest room's for the manual tool, all for the automatic.
+fn covered_rows(tool: Tool, source: &Source) -> String {
+    match tool {
+        Tool::Manual => format!(
+            "WHERE state_group IN (SELECT id FROM state_groups WHERE room_id = {})",
+            literal(&source.biggest_room)
+        ),
+        Tool::Auto => String::new(),
+    }
+}
+
+fn count_rows(c: &mut Client, where_clause: &str) -> Res<i64> {
+    count(
+        c,
+        &format!("SELECT count(*) FROM state_groups_state {where_clause}"),
+        &[],
+    )
+}
+
+/// A tool's command line.
+struct Invocation {
+    tool: Tool,
+    args: Vec<String>,
+    /// The database's URL (hidden in the notes).
+    url: String,
+}
+
+/// The manual tool on the biggest room; the automatic tool with `-n` large
+/// enough to go through the whole database.
+fn invocation(
+    tool: Tool,
+    url: &str,
+    source: &Source,
+    chunk_size: u64,
+    c: &mut Client,
+) -> Res<Invocation> {
+    let args: Vec<String> = match tool {
+        Tool::Manual => vec![
+            "-p".to_string(),
+            url.to_string(),
+            "-r".to_string(),
+            source.biggest_room.clone(),
+            "-c".to_string(),
+            "--no-progress".to_string(),
+        ],
+        Tool::Auto => {
+            let chunks = count(
+                c,
+                "SELECT COALESCE(sum(ceil(n / $1::float8)), 0)::bigint
+                 FROM (SELECT count(*) AS n FROM state_groups GROUP BY room_id) x",
+                &[&(chunk_size as f64)],
+            )?;
+            // Every room takes ceil(groups / chunk) chunks; leave room to spare.
+            let n = chunks * 2 + 10;
+            vec![
+                "-p".to_string(),
+                url.to_string(),
+                "-c".to_string(),
+                chunk_size.to_string(),
+                "-n".to_string(),
+                n.to_string(),
+                "--no-progress".to_string(),
+            ]
+        }
+    };
+    Ok(Invocation {
+        tool,
+        args,
+        url: url.to_string(),
+    })
+}
+
+/// Runs the tool through the launcher, its output logged as
+/// `<preset>-<tool>`; an error unless it exits with 0. Returns what it did
+/// and a note: its command line (the URL hidden) and the load average
+/// around it.
+fn run_tool(
+    settings: &RunSettings,
+    launcher: &mut Launcher,
+    preset: &str,
+    invocation: &Invocation,
+) -> Res<(ChildRun, String)> {
+    let Invocation { tool, args, url } = invocation;
+    let program = tool.program();
+    let program_path = settings
+        .bin_dir
+        .join(format!("{program}{}", std::env::consts::EXE_SUFFIX));
+    if !program_path.is_file() {
+        return Err(format!(
+            "{} not found: build with `cargo build --release --workspace --bins` or pass --bin-dir",
+            program_path.display()
+        ));
+    }
+    say(&format!("{preset}/{tool}: running {program}"));
+    let load_before = load_average();
+    let child = run_measured(
+        launcher,
+        settings.log_dir.as_deref(),
+        &format!("{preset}-{tool}"),
+        &program_path,
+        args,
+    )?;
+    let shown: Vec<&str> = args
+        .iter()
+        .map(|a| if a == url { "URL" } else { a.as_str() })
+        .collect();
+    let note = format!(
+        "{program} {} (load average before: {load_before}, after: {})",
+        shown.join(" "),
+        load_average()
+    );
+    if child.code != Some(0) {
+        return Err(format!(
+            "{} failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            child.command,
+            child
+                .code
+                .map_or("killed by a signal".to_string(), |c| format!("exit {c}")),
+            tail(&child.stdout, 30),
+            tail(&child.stderr, 30)
+        ));
+    }
+    Ok((child, note))
+}
+
+/// The notes taken from the tool's output: its own figures, and its row
+/// counts (manual) or its summary and whether it finished (automatic).
+fn output_notes(invocation: &Invocation, child: &ChildRun, all_output: &str) -> Vec<String> {
+    let mut notes = Vec::new();
+    match line_with(all_output, "Time: load ") {
+        Some(line) => notes.push(format!("the tool's own figures: {line}")),
+        None => notes.push("no `Time: load ...` line in the tool's output".to_string()),
+    }
+    match invocation.tool {
+        Tool::Manual => {
+            for marker in [
+                "Number of rows in current table:",
+                "Number of rows after compression:",
+            ] {
+                if let Some(line) = line_with(&child.stdout, marker) {
+                    notes.push(line.to_string());
+                }
+            }
+        }
+        Tool::Auto => {
+            if let Some(line) = line_with(&child.stderr, "Finished: ") {
+                notes.push(line.to_string());
+            }
+            if !child.stderr.contains("nothing left to do") {
+                notes.push(format!(
+                    "did not report finishing the database ({})",
+                    invocation.args.join(" ")
+                ));
+            }
+        }
+    }
+    notes
+}
+
+/// The four times of a `Time: load 1.00s, compress 2.00s, verify 0.50s,
+/// write 3.00s` line.
+fn parse_phases(text: &str) -> Option<[f64; 4]> {
+    let line = text
+        .lines()
+        .rev()
+        .find_map(|l| l.find("Time: load ").map(|i| &l[i..]))?;
+    let mut out = [0.0; 4];
+    for (slot, name) in out
+        .iter_mut()
+        .zip(["load ", "compress ", "verify ", "write "])
+    {
+        let rest = &line[line.find(name)? + name.len()..];
+        let number: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        *slot = number.parse().ok()?;
+    }
+    Some(out)
+}
+
+/// The rest of the first line containing `marker`, from the marker on.
+fn line_with<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.find(marker).map(|i| l[i..].trim_end()))
+}
+
+/// The last `lines` lines of `s`.
+fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A fresh `bench_run`, cloned from `bench_src`.
+fn clone_source(base: &str) -> Res<()> {
+    let mut admin = connect(base, "postgres")?;
+    pg(
+        "dropping bench_run",
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {RUN_DB} WITH (FORCE)")),
+    )?;
+    // FILE_COPY copies the files instead of WAL-logging every page.
+    let fast = format!("CREATE DATABASE {RUN_DB} TEMPLATE {SRC_DB} STRATEGY FILE_COPY");
+    if admin.batch_execute(&fast).is_err() {
+        pg(
+            "cloning bench_src",
+            admin.batch_execute(&format!("CREATE DATABASE {RUN_DB} TEMPLATE {SRC_DB}")),
+        )?;
+    }
+    Ok(())
+}
+
+fn drop_run_db(base: &str) -> Res<()> {
+    let mut admin = connect(base, "postgres")?;
+    pg(
+        "dropping bench_run",
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {RUN_DB} WITH (FORCE)")),
+    )
+}

@@ -8,7 +8,7 @@ use clap::Parser;
 
 use crate::core::levels::LevelSizes;
 use crate::manual::config::ManualConfig;
-use crate::tool::args::{version_text, NonNegative, Positive};
+use crate::tool::args::{version_text, Connection, NonNegative, Positive};
 
 /// Compresses the state groups of one room of a Synapse database.
 ///
@@ -23,18 +23,8 @@ use crate::tool::args::{version_text, NonNegative, Positive};
     max_term_width = 100
 )]
 pub struct ManualArgs {
-    /// PostgreSQL connection: "postgresql://user@host/db" or
-    /// "user=... dbname=... host=..." (sslmode and sslrootcert are honoured).
-    /// Optional when PGHOST, PGPORT, PGUSER or PGDATABASE say where to
-    /// connect; what it leaves out comes from libpq's environment variables
-    /// and password file (~/.pgpass), as for psql.
-    #[arg(
-        short = 'p',
-        long = "postgres-url",
-        value_name = "POSTGRES_LOCATION",
-        required = false
-    )]
-    pub postgres_url: Option<String>,
+    #[command(flatten)]
+    pub connection: Connection,
 
     /// The room to compress, e.g. '!abcdef:example.org'.
     #[arg(
@@ -138,7 +128,7 @@ impl ManualArgs {
     /// The run configuration these arguments describe.
     pub fn into_config(self) -> ManualConfig {
         ManualConfig {
-            db_url: self.postgres_url.unwrap_or_default(),
+            db_url: self.connection.into_string(),
             room_id: self.room_id,
             min_state_group: self.min_state_group,
             groups_to_compress: self.groups_to_compress,

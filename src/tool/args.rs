@@ -63,6 +63,31 @@ impl<const MIN: i64> fmt::Display for AtLeast<MIN> {
     }
 }
 
+/// The `-p` option both tools share.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Connection {
+    /// PostgreSQL connection: "postgresql://user@host/db" or
+    /// "user=... dbname=... host=..." (sslmode and sslrootcert are honoured).
+    /// Optional when PGHOST, PGPORT, PGUSER or PGDATABASE say where to
+    /// connect; what it leaves out comes from libpq's environment variables
+    /// and password file (~/.pgpass), as for psql.
+    #[arg(
+        short = 'p',
+        long = "postgres-url",
+        value_name = "POSTGRES_LOCATION",
+        required = false
+    )]
+    pub postgres_url: Option<String>,
+}
+
+impl Connection {
+    /// The connection string; empty when everything comes from the
+    /// environment.
+    pub fn into_string(self) -> String {
+        self.postgres_url.unwrap_or_default()
+    }
+}
+
 /// The commit this was built from, when built from a git checkout of this
 /// repository (recorded by `build.rs`).
 pub const GIT_COMMIT: Option<&str> = option_env!("SYNAPSE_COMPRESS_GIT_COMMIT");

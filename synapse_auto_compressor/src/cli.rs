@@ -2,7 +2,7 @@
 //! those of the reference `synapse_auto_compressor`.
 
 use clap::Parser;
-use synapse_compress_state::tool::args::{version_text, Positive};
+use synapse_compress_state::tool::args::{version_text, Connection, Positive};
 use synapse_compress_state::LevelSizes;
 
 use crate::manager::AutoConfig;
@@ -17,18 +17,8 @@ use crate::manager::AutoConfig;
     max_term_width = 100
 )]
 pub struct AutoArgs {
-    /// PostgreSQL connection: "postgresql://user@host/db" or
-    /// "user=... dbname=... host=..." (sslmode and sslrootcert are honoured).
-    /// Optional when PGHOST, PGPORT, PGUSER or PGDATABASE say where to
-    /// connect; what it leaves out comes from libpq's environment variables
-    /// and password file (~/.pgpass), as for psql.
-    #[arg(
-        short = 'p',
-        long = "postgres-url",
-        value_name = "POSTGRES_LOCATION",
-        required = false
-    )]
-    pub postgres_url: Option<String>,
+    #[command(flatten)]
+    pub connection: Connection,
 
     /// How many state groups to load and compress at once. Memory use grows
     /// with it; it should be at least the first level size.
@@ -75,7 +65,7 @@ impl AutoArgs {
     /// The run configuration these arguments describe.
     pub fn into_config(self) -> AutoConfig {
         AutoConfig {
-            db_url: self.postgres_url.unwrap_or_default(),
+            db_url: self.connection.into_string(),
             chunk_size: self.chunk_size,
             number_of_chunks: self.chunks_to_compress,
             default_levels: self.default_levels,

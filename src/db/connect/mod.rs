@@ -97,6 +97,116 @@ impl FromStr for ConnectionSettings {
     }
 }
 
+/// The settings handled here rather than by the `postgres` crate (TLS and
+/// the connect timeout): from the connection string, else the environment,
+/// else the defaults.
+fn own_settings(
+    pairs: Vec<(String, String)>,
+    env: &Environment,
+) -> Result<(TlsSettings, Option<Duration>)> {
+    let mut mode = None;
+    let mut root_cert = None;
+    let mut client_cert = None;
+    let mut client_key = None;
+    let mut timeout = None;
+    for (key, value) in pairs {
+        match key.as_str() {
+            "sslmode" => mode = Some(value.parse()?),
+            "sslrootcert" => root_cert = Some(value),
+            "sslcert" => client_cert = Some(value),
+            "sslkey" => client_key = Some(value),
+            "connect_timeout" => timeout = Some(parse_timeout(&value, "connect_timeout")?),
+            _ => unreachable!("only our own keys are split out"),
+        }
+    }
+    let env_owned = |name: &str| env.get(name).map(str::to_owned);
+    let mode = match (mode, env.get("PGSSLMODE")) {
+        (Some(mode), _) => mode,
+        (None, Some(value)) => value
+            .parse()
+            .map_err(|e| Error::BadConnectionString(format!("PGSSLMODE: {e}")))?,
+        (None, None) => SslMode::Prefer,
+    };
+    let tls = TlsSettings {
+        mode,
+        root_cert: root_cert.or_else(|| env_owned("PGSSLROOTCERT")),
+        client_cert: client_cert.or_else(|| env_owned("PGSSLCERT")),
+        client_key: client_key.or_else(|| env_owned("PGSSLKEY")),
+    };
+    let timeout = match (timeout, env.get("PGCONNECT_TIMEOUT")) {
+        (Some(timeout), _) => timeout,
+        (None, Some(value)) => parse_timeout(value, "PGCONNECT_TIMEOUT")?,
+        (None, None) => Some(DEFAULT_CONNECT_TIMEOUT),
+    };
+
+    Ok((tls, timeout))
+}
+
+/// Fills in what the connection string left out, from libpq's environment
+/// variables, then libpq's defaults (the socket directory, port 5432, the
+/// operating-system user, a database named like the user, the tool's name).
+fn from_environment(config: &mut Config, env: &Environment, application_name: &str) -> Result<()> {
+    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+        match env.get("PGHOST") {
+            Some(hosts) => {
+                for host in hosts.split(',') {
+                    if host.is_empty() {
+                        config.host(DEFAULT_SOCKET_DIR);
+                    } else {
+                        config.host(host);
+                    }
+                }
+            }
+            None => {
+                config.host(DEFAULT_SOCKET_DIR);
+            }
+        }
+    }
+    if config.get_ports().is_empty() {
+        match env.get("PGPORT") {
+            Some(ports) => {
+                for port in ports.split(',') {
+                    config.port(if port.is_empty() {
+                        DEFAULT_PORT
+                    } else {
+                        port.trim().parse().map_err(|_| {
+                            Error::BadConnectionString(format!(
+                                "PGPORT must be a port number, not {port:?}"
+                            ))
+                        })?
+                    });
+                }
+            }
+            None => {
+                config.port(DEFAULT_PORT);
+            }
+        }
+    }
+    if config.get_user().is_none() {
+        if let Some(user) = env.get("PGUSER").or(env.os_user.as_deref()) {
+            config.user(user);
+        }
+    }
+    if config.get_password().is_none() {
+        if let Some(password) = env.get("PGPASSWORD") {
+            config.password(password);
+        }
+    }
+    if config.get_dbname().is_none() {
+        let dbname = env
+            .get("PGDATABASE")
+            .or(config.get_user())
+            .map(str::to_owned);
+        if let Some(dbname) = dbname {
+            config.dbname(&dbname);
+        }
+    }
+    if config.get_application_name().is_none() {
+        config.application_name(env.get("PGAPPNAME").unwrap_or(application_name));
+    }
+    Ok(())
+}
+
 /// libpq's reading of a `connect_timeout` value: zero or less is no limit,
 /// and the shortest limit is two seconds.
 fn parse_timeout(value: &str, origin: &str) -> Result<Option<Duration>> {
@@ -130,41 +240,7 @@ impl ConnectionSettings {
         } else {
             split_key_values(text)?
         };
-        let mut mode = None;
-        let mut root_cert = None;
-        let mut client_cert = None;
-        let mut client_key = None;
-        let mut timeout = None;
-        for (key, value) in pairs {
-            match key.as_str() {
-                "sslmode" => mode = Some(value.parse()?),
-                "sslrootcert" => root_cert = Some(value),
-                "sslcert" => client_cert = Some(value),
-                "sslkey" => client_key = Some(value),
-                "connect_timeout" => timeout = Some(parse_timeout(&value, "connect_timeout")?),
-                _ => unreachable!("only our own keys are split out"),
-            }
-        }
-        let env_owned = |name: &str| env.get(name).map(str::to_owned);
-        let mode = match (mode, env.get("PGSSLMODE")) {
-            (Some(mode), _) => mode,
-            (None, Some(value)) => value
-                .parse()
-                .map_err(|e| Error::BadConnectionString(format!("PGSSLMODE: {e}")))?,
-            (None, None) => SslMode::Prefer,
-        };
-        let tls = TlsSettings {
-            mode,
-            root_cert: root_cert.or_else(|| env_owned("PGSSLROOTCERT")),
-            client_cert: client_cert.or_else(|| env_owned("PGSSLCERT")),
-            client_key: client_key.or_else(|| env_owned("PGSSLKEY")),
-        };
-        let timeout = match (timeout, env.get("PGCONNECT_TIMEOUT")) {
-            (Some(timeout), _) => timeout,
-            (None, Some(value)) => parse_timeout(value, "PGCONNECT_TIMEOUT")?,
-            (None, None) => Some(DEFAULT_CONNECT_TIMEOUT),
-        };
-
+        let (tls, timeout) = own_settings(pairs, env)?;
         let mut config = Config::from_str(&rest).map_err(|e| {
             // The postgres crate's message already starts with our prefix.
             let text = one_line(&e);
@@ -173,64 +249,7 @@ impl ConnectionSettings {
                 .unwrap_or(&text);
             Error::BadConnectionString(text.to_owned())
         })?;
-        if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
-            match env.get("PGHOST") {
-                Some(hosts) => {
-                    for host in hosts.split(',') {
-                        if host.is_empty() {
-                            config.host(DEFAULT_SOCKET_DIR);
-                        } else {
-                            config.host(host);
-                        }
-                    }
-                }
-                None => {
-                    config.host(DEFAULT_SOCKET_DIR);
-                }
-            }
-        }
-        if config.get_ports().is_empty() {
-            match env.get("PGPORT") {
-                Some(ports) => {
-                    for port in ports.split(',') {
-                        config.port(if port.is_empty() {
-                            DEFAULT_PORT
-                        } else {
-                            port.trim().parse().map_err(|_| {
-                                Error::BadConnectionString(format!(
-                                    "PGPORT must be a port number, not {port:?}"
-                                ))
-                            })?
-                        });
-                    }
-                }
-                None => {
-                    config.port(DEFAULT_PORT);
-                }
-            }
-        }
-        if config.get_user().is_none() {
-            if let Some(user) = env.get("PGUSER").or(env.os_user.as_deref()) {
-                config.user(user);
-            }
-        }
-        if config.get_password().is_none() {
-            if let Some(password) = env.get("PGPASSWORD") {
-                config.password(password);
-            }
-        }
-        if config.get_dbname().is_none() {
-            let dbname = env
-                .get("PGDATABASE")
-                .or(config.get_user())
-                .map(str::to_owned);
-            if let Some(dbname) = dbname {
-                config.dbname(&dbname);
-            }
-        }
-        if config.get_application_name().is_none() {
-            config.application_name(env.get("PGAPPNAME").unwrap_or(application_name));
-        }
+        from_environment(&mut config, env, application_name)?;
         if let Some(timeout) = timeout {
             config.connect_timeout(timeout);
         }

@@ -162,30 +162,48 @@ pub enum Unavailable {
     Failed(String),
 }
 
-/// A running throwaway cluster with TLS; stopped and deleted on drop.
-pub struct TlsServer {
+/// A running throwaway cluster (`scripts/pg-throwaway.sh`) of its own, for
+/// tests that need server settings the shared test server cannot have;
+/// stopped and deleted on drop.
+pub struct ThrowawayServer {
     dir: PathBuf,
     script: PathBuf,
     port: u16,
 }
 
+/// Starts the throwaway clusters with TLS.
+pub struct TlsServer;
+
 impl TlsServer {
     /// Starts a cluster serving `ca`'s server certificate, TLS-only on TCP.
-    pub fn start(ca: &TestCa) -> Result<TlsServer, Unavailable> {
+    pub fn start(ca: &TestCa) -> Result<ThrowawayServer, Unavailable> {
+        let (cert, key) = (ca.server_cert(), ca.server_key());
+        ThrowawayServer::start(
+            "tls-pg",
+            &[
+                "--ssl".as_ref(),
+                cert.as_os_str(),
+                key.as_os_str(),
+                "--hostssl-only".as_ref(),
+            ],
+        )
+    }
+}
+
+impl ThrowawayServer {
+    /// Starts a cluster with `pg-throwaway.sh start DIR OPTIONS...`.
+    pub fn start(hint: &str, options: &[&std::ffi::OsStr]) -> Result<ThrowawayServer, Unavailable> {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg-throwaway.sh");
-        let dir = temp_dir("tls-pg");
+        let dir = temp_dir(hint);
         let out = Command::new("bash")
             .arg(&script)
             .arg("start")
             .arg(&dir)
-            .arg("--ssl")
-            .arg(ca.server_cert())
-            .arg(ca.server_key())
-            .arg("--hostssl-only")
+            .args(options)
             .output()
             .map_err(|e| Unavailable::Failed(format!("cannot run {}: {e}", script.display())))?;
         // From here on the directory is the script's to delete.
-        let mut server = TlsServer {
+        let mut server = ThrowawayServer {
             dir,
             script,
             port: 0,
@@ -205,6 +223,11 @@ impl TlsServer {
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| Unavailable::Failed(format!("unexpected output {url:?}")))?;
         Ok(server)
+    }
+
+    /// The cluster's directory (its data directory is `data` inside).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     pub fn port(&self) -> u16 {
@@ -243,7 +266,7 @@ impl TlsServer {
     }
 }
 
-impl Drop for TlsServer {
+impl Drop for ThrowawayServer {
     fn drop(&mut self) {
         let _ = Command::new("bash")
             .arg(&self.script)

@@ -47,7 +47,7 @@ fn passwords_and_places_from_the_environment_and_the_password_file() {
     generated.write(&mut client).expect("writing the groups");
     let original = resolve_all(&generated.structure());
     let room = generated.rooms[0].room_id.as_str();
-    let port = server.port;
+    let port = server.port();
     let port_text = port.to_string();
     let wrong_port = closed_port();
     let wrong_port_text = wrong_port.to_string();

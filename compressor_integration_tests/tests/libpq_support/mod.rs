@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use compressor_integration_tests::generator::{generate, GenConfig, Generated};
+use compressor_integration_tests::tls_server::ThrowawayServer;
+pub use compressor_integration_tests::tls_server::Unavailable;
 use compressor_integration_tests::tools::{self, ToolRun};
 
 pub const AUTO: &str = "synapse_auto_compressor";
@@ -67,56 +69,30 @@ pub fn closed_port() -> u16 {
 
 /// A throwaway cluster that asks every role but `postgres` on the socket
 /// for a password; stopped and deleted on drop.
+/// A throwaway cluster whose TCP port, and Unix socket for every role but
+/// `postgres`, demand a password.
 pub struct PasswordServer {
-    pub dir: PathBuf,
-    pub script: PathBuf,
-    pub port: u16,
-}
-
-pub enum Unavailable {
-    MissingTools(String),
-    Failed(String),
+    server: ThrowawayServer,
 }
 
 impl PasswordServer {
     pub fn start() -> Result<PasswordServer, Unavailable> {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg-throwaway.sh");
-        let dir = std::env::temp_dir().join(format!("sct-libpq-pg-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .arg(&dir)
-            .output()
-            .map_err(|e| Unavailable::Failed(format!("cannot run {}: {e}", script.display())))?;
-        let mut server = PasswordServer {
-            dir,
-            script,
-            port: 0,
+        let server = PasswordServer {
+            server: ThrowawayServer::start("libpq-pg", &[])?,
         };
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        if !out.status.success() {
-            return Err(if stderr.contains("no PostgreSQL server binaries") {
-                Unavailable::MissingTools(stderr)
-            } else {
-                Unavailable::Failed(format!("pg-throwaway.sh start failed: {stderr}"))
-            });
-        }
-        let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        server.port = url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| Unavailable::Failed(format!("unexpected output {url:?}")))?;
         server.require_passwords();
         Ok(server)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.port()
     }
 
     /// Replaces the cluster's trust-everyone rules and waits until the
     /// server applies the new ones (a password-less TCP login fails).
     pub fn require_passwords(&self) {
         std::fs::write(
-            self.dir.join("data/pg_hba.conf"),
+            self.server.dir().join("data/pg_hba.conf"),
             "# libpq.rs: passwords everywhere but for postgres on the socket\n\
              local all postgres            trust\n\
              local all all                 scram-sha-256\n\
@@ -128,7 +104,7 @@ impl PasswordServer {
             .expect("reloading the configuration");
         let tcp = format!(
             "host=127.0.0.1 port={} user=postgres dbname=postgres",
-            self.port
+            self.port()
         );
         let deadline = Instant::now() + Duration::from_secs(60);
         while postgres::Client::connect(&tcp, postgres::NoTls).is_ok() {
@@ -140,29 +116,12 @@ impl PasswordServer {
     }
 
     pub fn socket_dir(&self) -> PathBuf {
-        self.dir.join("sock")
+        self.server.socket_dir()
     }
 
     /// A connection as `postgres` over the socket, for setting up and checking.
     pub fn admin(&self, dbname: &str) -> postgres::Client {
-        let conninfo = format!(
-            "host={} port={} user=postgres dbname={dbname}",
-            self.socket_dir().display(),
-            self.port
-        );
-        postgres::Client::connect(&conninfo, postgres::NoTls)
-            .unwrap_or_else(|e| panic!("cannot connect over the socket: {e}"))
-    }
-}
-
-impl Drop for PasswordServer {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(&self.script)
-            .arg("stop")
-            .arg(&self.dir)
-            .status();
-        let _ = std::fs::remove_dir(&self.dir);
+        self.server.socket_client(dbname)
     }
 }
 

@@ -58,6 +58,7 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         compress(&loaded.original, config.level_sizes.empty_levels()).map_err(damaged)?;
     timings.compress = started.elapsed();
     let mut summary = Summary::new(room, &loaded, &compressed, timings);
+    summary.dry_run = !config.commit_changes && config.output_file.is_none();
 
     if let Some(why) = reason_to_write_nothing(config, &mut summary) {
         if let Some(out) = sql_out.as_mut() {

@@ -47,6 +47,8 @@ pub struct Summary {
     pub groups_skipped_live: usize,
     /// Predecessors that had no `state_groups` row.
     pub missing_predecessors: usize,
+    /// Neither `-c` nor `-o` was given: nothing was to be written.
+    pub dry_run: bool,
     /// The decision taken.
     pub outcome: Outcome,
     /// Time per phase.
@@ -75,6 +77,7 @@ impl Summary {
             groups_written: 0,
             groups_skipped_live: 0,
             missing_predecessors: loaded.report.missing_predecessors.len(),
+            dry_run: false,
             outcome: Outcome::Done,
             timings,
         }
@@ -164,6 +167,12 @@ impl fmt::Display for Summary {
                         f,
                         "New state map matches old one ({} groups checked, {} compared in full)",
                         v.groups, v.compared
+                    )?;
+                }
+                if self.dry_run {
+                    writeln!(
+                        f,
+                        "Nothing was written (a dry run): add -c to apply the changes, or -o FILE to write them as SQL."
                     )?;
                 }
             }

@@ -14,10 +14,11 @@
 //!
 //! For each run it measures, on the same copy: the tool's wall time and peak
 //! RSS (from `wait4`, in a small launcher process: see [`launcher::Launcher`]), its
-//! own time per phase (its `Time: load ...` line), rows before and after (counted with SQL), and the I/O floor: the time to
-//! `COPY` the rows the run reads out to a null sink, plus the time to `COPY`
-//! the rows it leaves into a fresh table with Synapse's index. It then checks
-//! the result cheaply (group count, edge sanity, the resolved state of a
+//! own time per phase (its `Time: load ...` line), rows before and after
+//! (counted with SQL), and the honest I/O floor (see `floor`): reading the
+//! rows the run reads, deleting the old rows and edges of the groups it
+//! changed, and inserting their new ones with Synapse's index in place. It
+//! then checks the result cheaply (group count, edge sanity, the resolved state of a
 //! sample of groups read with Synapse's own query before and after) and
 //! prints one table row per run.
 //!
@@ -28,7 +29,7 @@
 //! - `launcher`: how the tools are started and their peak memory measured;
 //! - `source`: generating (or reusing) `bench_src` and describing it;
 //! - `run`: one run of a tool on a clone of it;
-//! - `floor`: the I/O floor, measured with PostgreSQL alone;
+//! - `floor`: the honest I/O floor, measured with PostgreSQL alone;
 //! - `checks`: the check after each run;
 //! - `report`: the table, the machine and server lines, the legend.
 

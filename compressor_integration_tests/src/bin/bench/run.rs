@@ -1,9 +1,9 @@
-//! One run: a tool on a fresh clone of `bench_src`, with the I/O floor
-//! measured before and after it, its output read for its own figures, and
-//! the result checked.
+//! One run: a tool on a fresh clone of `bench_src`, with the honest I/O
+//! floor (see `floor`) measured around it, its output read for its own
+//! figures, and the result checked.
 
 use crate::checks::check_after;
-use crate::floor::{read_floor, write_floor};
+use crate::floor::{changes_after, read_floor, record_before, write_floor};
 use crate::launcher::{run_measured, ChildRun, Launcher};
 use crate::report::load_average;
 use crate::source::{Source, SRC_DB};
@@ -15,6 +15,8 @@ use std::path::PathBuf;
 
 /// The clone a run works on.
 const RUN_DB: &str = "bench_run";
+/// The clone the floor's delete and insert are timed on.
+const FLOOR_DB: &str = "bench_floor";
 
 /// The tool a run measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -67,7 +69,8 @@ pub struct RunResult {
     pub phases: Option<[f64; 4]>,
     pub max_rss_kib: i64,
     pub read_floor: f64,
-    pub write_floor: f64,
+    pub delete_floor: f64,
+    pub insert_floor: f64,
     pub check: String,
     pub notes: Vec<String>,
 }
@@ -81,7 +84,7 @@ pub fn do_run(
 ) -> Res<RunResult> {
     let label = format!("{}/{tool}", source.preset);
     say(&format!("{label}: cloning {SRC_DB}"));
-    clone_source(&settings.base)?;
+    clone_source(&settings.base, RUN_DB)?;
     let url = db_url(&settings.base, RUN_DB);
     let mut c = connect(&settings.base, RUN_DB)?;
     pg("CHECKPOINT", c.batch_execute("CHECKPOINT"))?;
@@ -89,6 +92,8 @@ pub fn do_run(
     let where_clause = covered_rows(tool, source);
     let invocation = invocation(tool, &url, source, settings.chunk_size, &mut c)?;
     let rows_before = count_rows(&mut c, &where_clause)?;
+    record_before(&mut c)?;
+    pg("CHECKPOINT", c.batch_execute("CHECKPOINT"))?;
     say(&format!("{label}: measuring the read floor"));
     let read = read_floor(
         &mut c,
@@ -106,14 +111,19 @@ pub fn do_run(
     notes.extend(output_notes(&invocation, &child, &all_output));
 
     let rows_after = count_rows(&mut c, &where_clause)?;
-    say(&format!("{label}: measuring the write floor"));
-    let write = write_floor(&mut c, &where_clause)?;
     say(&format!("{label}: checking the result"));
     let check = check_after(&mut c, source)?;
+    let changes = changes_after(&mut c)?;
     drop(c);
     if !settings.keep {
-        drop_run_db(&settings.base)?;
+        drop_db(&settings.base, RUN_DB)?;
     }
+    say(&format!(
+        "{label}: measuring the delete and insert floor on a fresh clone"
+    ));
+    clone_source(&settings.base, FLOOR_DB)?;
+    let (delete, insert) = write_floor(&mut connect(&settings.base, FLOOR_DB)?, &changes)?;
+    drop_db(&settings.base, FLOOR_DB)?;
     Ok(RunResult {
         preset: source.preset.clone(),
         tool,
@@ -123,7 +133,8 @@ pub fn do_run(
         phases,
         max_rss_kib: child.max_rss_kib,
         read_floor: read,
-        write_floor: write,
+        delete_floor: delete,
+        insert_floor: insert,
         check,
         notes,
     })
@@ -323,28 +334,25 @@ fn tail(s: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A fresh `bench_run`, cloned from `bench_src`.
-fn clone_source(base: &str) -> Res<()> {
+/// A fresh database `name`, cloned from `bench_src`.
+fn clone_source(base: &str, name: &str) -> Res<()> {
+    drop_db(base, name)?;
     let mut admin = connect(base, "postgres")?;
-    pg(
-        "dropping bench_run",
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {RUN_DB} WITH (FORCE)")),
-    )?;
     // FILE_COPY copies the files instead of WAL-logging every page.
-    let fast = format!("CREATE DATABASE {RUN_DB} TEMPLATE {SRC_DB} STRATEGY FILE_COPY");
+    let fast = format!("CREATE DATABASE {name} TEMPLATE {SRC_DB} STRATEGY FILE_COPY");
     if admin.batch_execute(&fast).is_err() {
         pg(
             "cloning bench_src",
-            admin.batch_execute(&format!("CREATE DATABASE {RUN_DB} TEMPLATE {SRC_DB}")),
+            admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {SRC_DB}")),
         )?;
     }
     Ok(())
 }
 
-fn drop_run_db(base: &str) -> Res<()> {
+fn drop_db(base: &str, name: &str) -> Res<()> {
     let mut admin = connect(base, "postgres")?;
     pg(
-        "dropping bench_run",
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {RUN_DB} WITH (FORCE)")),
+        &format!("dropping {name}"),
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")),
     )
 }

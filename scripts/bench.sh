@@ -15,8 +15,9 @@
 #
 # each on a fresh copy of the data, and prints one table row per run (wall
 # time, the tools' time per phase, peak RSS, rows before/after, rows/s, and
-# the ratio to the I/O floor measured on the same database). Stops the server
-# on exit. The tools' logs and the table are kept in target/bench/.
+# the ratio to the honest I/O floor: read + delete + insert, see
+# compressor_integration_tests/src/bin/bench/floor.rs). Stops the server on
+# exit. The tools' logs and the table are kept in target/bench/.
 #
 # Time on 2 cores (after the build): 200k about 20 s, 3m about a minute, 20m
 # about 10 minutes (4 of them generating and loading 20 million rows). Disk:

@@ -6,7 +6,8 @@
 //!   tool so either can continue the other's work;
 //! - [`lock`]: one run per database;
 //! - [`manager`]: the chunk loop;
-//! - [`prefetch`]: loading the next chunks while the current one is written.
+//! - [`prefetch`]: loading the next chunks while the current one is written;
+//! - [`survey`]: `--dry-run`, what a run would save per room, writing nothing.
 //!
 //! With the `pyo3` feature, the private `python` module is the Python module
 //! of the same name (built by maturin, see `pyproject.toml`).
@@ -16,6 +17,7 @@ pub mod lock;
 pub mod manager;
 pub mod prefetch;
 pub mod state_saving;
+pub mod survey;
 
 #[cfg(feature = "pyo3")]
 mod python;

@@ -44,6 +44,9 @@ pub struct AutoConfig {
     pub number_of_chunks: Positive,
     /// Levels for rooms without usable saved levels.
     pub default_levels: LevelSizes,
+    /// Compress this many rooms, those estimated to save the most, each to
+    /// its end, instead of scanning by group id (`--largest-rooms`).
+    pub largest_rooms: Option<Positive>,
 }
 
 /// What happened to one chunk.
@@ -410,12 +413,19 @@ impl Ahead<'_> {
     }
 }
 
-fn heads(levels: &[Level]) -> Vec<i64> {
+pub(crate) fn heads(levels: &[Level]) -> Vec<i64> {
     levels.iter().filter_map(Level::head).collect()
 }
 
+/// Whether compressing the chunk would leave more rows than it has: then
+/// the chunk is skipped and its room continues with fresh levels (the
+/// survey makes the same decision from the same figures).
+pub(crate) fn would_grow(original: &GroupMap, compressed: &Compressed) -> bool {
+    row_count_after(original, &compressed.changes) > row_count(original)
+}
+
 /// A chunk as loaded, or why there is none to compress.
-enum Loaded {
+pub(crate) enum Loaded {
     /// The groups that made us pick this room are gone (purged since).
     Gone,
     /// The chunk ending at `last` cannot be read safely.
@@ -427,13 +437,13 @@ enum Loaded {
 }
 
 /// A loaded chunk's groups and everything they need.
-struct Chunk {
-    symbols: Symbols,
-    original: GroupMap,
-    report: LoadReport,
-    last: i64,
+pub(crate) struct Chunk {
+    pub(crate) symbols: Symbols,
+    pub(crate) original: GroupMap,
+    pub(crate) report: LoadReport,
+    pub(crate) last: i64,
     /// The room has groups after this chunk.
-    more: bool,
+    pub(crate) more: bool,
 }
 
 /// Compresses the next chunk of `room`: read its progress, load, compress,
@@ -492,7 +502,7 @@ fn compress_chunk(
     summary.timings.compress += started.elapsed();
     outcome.record(&chunk.original, &compressed);
 
-    if outcome.rows_after > outcome.rows_before {
+    if would_grow(&chunk.original, &compressed) {
         warn!(
             "Room {room}: compressing groups up to {last} would increase the rows ({} -> {}); skipping the chunk",
             outcome.rows_before, outcome.rows_after
@@ -518,12 +528,19 @@ fn compress_chunk(
 
 /// Loads the chunk `request` (or takes it from the loads made ahead).
 fn load(client: &mut Client, ahead: &mut Ahead<'_>, request: &ChunkRequest) -> Result<Loaded> {
+    let loaded = ahead.load(client, request)?;
+    take_loaded(loaded, request)
+}
+
+/// A loaded chunk as the run uses it (shared with the survey, so both read
+/// chunks alike).
+pub(crate) fn take_loaded(loaded: LoadedChunk, request: &ChunkRequest) -> Result<Loaded> {
     let LoadedChunk {
         ids,
         more,
         symbols,
         groups,
-    } = ahead.load(client, request)?;
+    } = loaded;
     let (Some(&last), Some(groups)) = (ids.last(), groups) else {
         return Ok(Loaded::Gone);
     };

@@ -43,6 +43,7 @@ fn run_compression<'py>(
             chunk_size: Positive::named("chunk_size", chunk_size)?,
             number_of_chunks: Positive::named("number_of_chunks", number_of_chunks)?,
             default_levels: default_levels.parse()?,
+            largest_rooms: None,
         };
         crate::run(&config).map(|summary| summary.to_json())
     })

@@ -215,6 +215,29 @@ pub fn assert_matches_model(
     outcome
 }
 
+/// The automatic tool's saved position per room (none without its table).
+pub fn saved_positions(client: &mut Client) -> BTreeMap<String, i64> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('state_compressor_progress') IS NOT NULL",
+            &[],
+        )
+        .expect("looking for the progress table")
+        .get(0);
+    if !exists {
+        return BTreeMap::new();
+    }
+    client
+        .query(
+            "SELECT room_id, last_compressed FROM state_compressor_progress",
+            &[],
+        )
+        .expect("reading saved positions")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 /// A fresh database holding the data `config` generates.
 pub fn generated_db(
     hint: &str,

@@ -52,28 +52,8 @@ fn dump(db: &TestDb) -> BTreeMap<&'static str, Option<Vec<String>>> {
         .collect()
 }
 
-/// Each room's saved position (empty without the table).
 fn positions(db: &TestDb) -> BTreeMap<String, i64> {
-    let mut client = db.client();
-    let exists: bool = client
-        .query_one(
-            "SELECT to_regclass('state_compressor_progress') IS NOT NULL",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    if !exists {
-        return BTreeMap::new();
-    }
-    client
-        .query(
-            "SELECT room_id, last_compressed FROM state_compressor_progress",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
+    check::saved_positions(&mut db.client())
 }
 
 /// A room's figures: groups, rows now, rows after.

@@ -31,7 +31,7 @@ use synapse_compress_state::{compress, Compressed, Error, GroupMap, Level, Level
 
 use crate::prefetch::{load_chunk, ChunkRequest, LoadedChunk, Prefetcher};
 use crate::state_saving::LeftRooms;
-use crate::{lock, state_saving};
+use crate::{largest, lock, state_saving};
 
 /// The settings of one automatic run.
 #[derive(Clone, Debug)]
@@ -158,6 +158,27 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
+    /// Counts a chunk that was done (committed or skipped).
+    fn add(&mut self, outcome: &ChunkOutcome) {
+        self.chunks += 1;
+        self.groups += outcome.groups;
+        self.rows_before += outcome.rows_before;
+        if outcome.committed {
+            self.groups_changed += outcome.groups_changed;
+            self.forced_resets += outcome.forced_resets;
+            self.rows_after += outcome.rows_after;
+            self.rows_saved += outcome.rows_before as i64 - outcome.rows_after as i64;
+            self.groups_written += outcome.groups_written;
+            self.groups_skipped_live += outcome.groups_skipped_live;
+        } else {
+            self.rows_after += outcome.rows_before;
+            self.chunks_skipped += 1;
+        }
+        if outcome.room_finished {
+            self.rooms_finished += 1;
+        }
+    }
+
     /// The figures as one JSON object (for `--json`, scripts and monitoring).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
@@ -205,7 +226,21 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     // Up to two more connections load the next chunks while this one
     // writes; a run without them (one chunk, or no connection to spare)
     // just loads in turn.
-    let wanted = (config.number_of_chunks.get() - 1).clamp(0, READERS as i64) as usize;
+    let largest = match config.largest_rooms {
+        Some(n) => Some(largest::largest_rooms(
+            &mut client,
+            &mut Prepared::new(),
+            config,
+            n.get(),
+        )?),
+        None => None,
+    };
+    // (Room by room, each chunk continues the one before: nothing to load
+    // ahead.)
+    let wanted = match largest {
+        Some(_) => 0,
+        None => (config.number_of_chunks.get() - 1).clamp(0, READERS as i64) as usize,
+    };
     let mut readers = Vec::with_capacity(wanted);
     while readers.len() < wanted {
         match db::connect_as(&config.db_url, "synapse_auto_compressor") {
@@ -223,13 +258,19 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     std::thread::scope(|scope| {
         let mut prefetcher = (!readers.is_empty()).then(|| Prefetcher::spawn(scope, readers));
         let mut prepared = Prepared::new();
-        chunk_loop(
-            &mut client,
-            &mut prepared,
-            config,
-            &mut summary,
-            prefetcher.as_mut(),
-        )?;
+        match &largest {
+            Some(rooms) => {
+                let rooms: Vec<String> = rooms.iter().map(|r| r.room_id.clone()).collect();
+                room_by_room(&mut client, &mut prepared, config, &mut summary, &rooms)?;
+            }
+            None => chunk_loop(
+                &mut client,
+                &mut prepared,
+                config,
+                &mut summary,
+                prefetcher.as_mut(),
+            )?,
+        }
         if let Some(p) = &prefetcher {
             debug!(
                 "Chunks loaded ahead: {} used, {} dropped",
@@ -300,22 +341,57 @@ fn chunk_loop(
             left.leave(room, next.group);
             continue;
         }
-        summary.chunks += 1;
-        summary.groups += outcome.groups;
-        summary.rows_before += outcome.rows_before;
-        if outcome.committed {
-            summary.groups_changed += outcome.groups_changed;
-            summary.forced_resets += outcome.forced_resets;
-            summary.rows_after += outcome.rows_after;
-            summary.rows_saved += outcome.rows_before as i64 - outcome.rows_after as i64;
-            summary.groups_written += outcome.groups_written;
-            summary.groups_skipped_live += outcome.groups_skipped_live;
-        } else {
-            summary.rows_after += outcome.rows_before;
-            summary.chunks_skipped += 1;
-        }
-        if outcome.room_finished {
-            summary.rooms_finished += 1;
+        summary.add(&outcome);
+    }
+    Ok(())
+}
+
+/// `--largest-rooms`: compresses each of `rooms` to its end, chunk after
+/// chunk, through the same chunk code and room lock as the scan (so each
+/// room's progress is saved as usual), up to the run's chunk count. The
+/// scan position is left alone: a later normal run skips what was done
+/// here through the rooms' saved positions.
+fn room_by_room(
+    client: &mut Client,
+    prepared: &mut Prepared,
+    config: &AutoConfig,
+    summary: &mut RunSummary,
+    rooms: &[String],
+) -> Result<()> {
+    let left = LeftRooms::default();
+    for room in rooms {
+        loop {
+            if summary.chunks as i64 >= config.number_of_chunks.get() {
+                info!("Stopping at the run's chunk count, in room {room}");
+                return Ok(());
+            }
+            let lock = match RoomLock::try_acquire(client, room) {
+                Ok(lock) => lock,
+                Err(Error::RoomBusy { holder, .. }) => {
+                    warn!(
+                        "Room {room} is being compressed by {holder}; leaving it for a later run"
+                    );
+                    summary.rooms_busy += 1;
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            let ahead = Ahead {
+                prefetcher: None,
+                chunks_after: 0,
+                same_room: false,
+                left: &left,
+            };
+            let outcome = compress_chunk(client, prepared, room, config, summary, ahead)?;
+            lock.release(client)?;
+            if outcome.damaged {
+                summary.rooms_damaged += 1;
+                break;
+            }
+            summary.add(&outcome);
+            if outcome.room_finished {
+                break;
+            }
         }
     }
     Ok(())

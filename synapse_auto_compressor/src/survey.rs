@@ -35,6 +35,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
+use postgres::Client;
 use synapse_compress_state::core::group::{changed_groups, StateGroupEntry};
 use synapse_compress_state::core::state_map::{StateMap, Symbols};
 use synapse_compress_state::core::verify::verify;
@@ -402,18 +403,16 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
             room_id: room.clone(),
             ..RoomSurvey::default()
         });
-        let request = ChunkRequest {
-            room_id: room.clone(),
+        match survey_chunk(
+            &mut client,
+            config,
+            &room,
             after,
-            heads: heads(&levels),
-            chunk_size: config.chunk_size.get(),
-        };
-        let loading = Instant::now();
-        let loaded = take_loaded(load_chunk(&mut client, &request, &mut |_| {})?, &request)?;
-        survey.load += loading.elapsed();
-        let mut chunk = match loaded {
-            Loaded::Chunk(chunk) => chunk,
-            Loaded::Gone => {
+            levels,
+            &carried,
+            &mut survey,
+        )? {
+            Surveyed::Gone => {
                 // The run saves fresh levels at the old position.
                 figures.finished = true;
                 if let Some(last) = after {
@@ -428,63 +427,24 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
                 }
                 figures.chunks += 1;
                 survey.chunks += 1;
-                continue;
             }
-            Loaded::Damaged { why, .. } => {
+            Surveyed::Damaged(why) => {
                 warn!("Room {room} is damaged ({why}); a run would leave it alone");
                 figures.damaged = true;
                 left.leave(room, next.group);
-                continue;
             }
-        };
-        carried.lay_over(&mut chunk.original, &mut chunk.symbols);
-        let compressing = Instant::now();
-        let compressed = match compress(&chunk.original, levels) {
-            Ok(compressed) => compressed,
-            Err(Error::Damaged(why)) => {
-                warn!("Room {room} is damaged ({why}); a run would leave it alone");
-                figures.damaged = true;
-                left.leave(room, next.group);
-                continue;
+            Surveyed::Done(done) => {
+                figures.chunks += 1;
+                figures.chunks_skipped += usize::from(done.skipped);
+                figures.groups += done.groups;
+                figures.rows_now += done.rows_now;
+                figures.rows_after += done.rows_after;
+                figures.rows_written += done.rows_written;
+                figures.finished = !done.more;
+                survey.chunks += 1;
+                positions.insert(room, done.next);
             }
-            Err(e) => return Err(e),
-        };
-        survey.compress += compressing.elapsed();
-        let rows_now = in_range_rows(&chunk.original, None);
-        figures.chunks += 1;
-        figures.groups += chunk.report.in_range;
-        figures.rows_now += rows_now;
-        figures.finished = !chunk.more;
-        survey.chunks += 1;
-        let (levels, carried) = if would_grow(&chunk.original, &compressed) {
-            figures.chunks_skipped += 1;
-            figures.rows_after += rows_now;
-            (config.default_levels.empty_levels(), Carried::default())
-        } else {
-            let verifying = Instant::now();
-            verify(&chunk.original, &compressed.changes)?;
-            survey.verify += verifying.elapsed();
-            figures.rows_after += in_range_rows(&chunk.original, Some(&compressed.changes));
-            figures.rows_written += changed_groups(&chunk.original, &compressed.changes)
-                .iter()
-                .map(|id| chunk.original[id].delta.len() + compressed.changes[id].delta.len())
-                .sum::<usize>();
-            let carried = Carried::after_chunk(
-                &chunk.original,
-                &compressed.changes,
-                &chunk.symbols,
-                &compressed.levels,
-            )?;
-            (compressed.levels, carried)
-        };
-        positions.insert(
-            room,
-            Position {
-                last: chunk.last,
-                levels,
-                carried,
-            },
-        );
+        }
     }
     let mut list: Vec<RoomSurvey> = rooms.into_values().collect();
     list.sort_by(|a, b| {
@@ -501,6 +461,126 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
         survey.elapsed.as_secs_f64()
     );
     Ok(survey)
+}
+
+/// One chunk as the survey sees it.
+enum Surveyed {
+    /// The room has no groups after its position any more.
+    Gone,
+    /// The room's data is damaged (why).
+    Damaged(String),
+    Done(ChunkFigures),
+}
+
+/// What a run would do with one chunk.
+struct ChunkFigures {
+    groups: usize,
+    rows_now: usize,
+    rows_after: usize,
+    rows_written: usize,
+    /// The chunk would grow: a run skips it.
+    skipped: bool,
+    /// The room goes on after the chunk.
+    more: bool,
+    /// The room's progress after the chunk.
+    next: Position,
+}
+
+/// Loads, compresses and verifies `room`'s chunk after `after` as a run
+/// would, with `levels` and the new structure `carried` from the room's
+/// chunk before, adding the time each phase took to `times`.
+fn survey_chunk(
+    client: &mut Client,
+    config: &AutoConfig,
+    room: &str,
+    after: Option<i64>,
+    levels: Vec<Level>,
+    carried: &Carried,
+    times: &mut Survey,
+) -> Result<Surveyed> {
+    let request = ChunkRequest {
+        room_id: room.to_owned(),
+        after,
+        heads: heads(&levels),
+        chunk_size: config.chunk_size.get(),
+    };
+    let loading = Instant::now();
+    let loaded = take_loaded(load_chunk(client, &request, &mut |_| {})?, &request)?;
+    times.load += loading.elapsed();
+    let mut chunk = match loaded {
+        Loaded::Chunk(chunk) => chunk,
+        Loaded::Gone => return Ok(Surveyed::Gone),
+        Loaded::Damaged { why, .. } => return Ok(Surveyed::Damaged(why)),
+    };
+    carried.lay_over(&mut chunk.original, &mut chunk.symbols);
+    let compressing = Instant::now();
+    let compressed = match compress(&chunk.original, levels) {
+        Ok(compressed) => compressed,
+        Err(Error::Damaged(why)) => return Ok(Surveyed::Damaged(why)),
+        Err(e) => return Err(e),
+    };
+    times.compress += compressing.elapsed();
+    let rows_now = in_range_rows(&chunk.original, None);
+    let mut figures = ChunkFigures {
+        groups: chunk.report.in_range,
+        rows_now,
+        rows_after: rows_now,
+        rows_written: 0,
+        skipped: true,
+        more: chunk.more,
+        next: Position {
+            last: chunk.last,
+            levels: config.default_levels.empty_levels(),
+            carried: Carried::default(),
+        },
+    };
+    if would_grow(&chunk.original, &compressed) {
+        return Ok(Surveyed::Done(figures));
+    }
+    let verifying = Instant::now();
+    verify(&chunk.original, &compressed.changes)?;
+    times.verify += verifying.elapsed();
+    figures.skipped = false;
+    figures.rows_after = in_range_rows(&chunk.original, Some(&compressed.changes));
+    figures.rows_written = changed_groups(&chunk.original, &compressed.changes)
+        .iter()
+        .map(|id| chunk.original[id].delta.len() + compressed.changes[id].delta.len())
+        .sum();
+    figures.next.carried = Carried::after_chunk(
+        &chunk.original,
+        &compressed.changes,
+        &chunk.symbols,
+        &compressed.levels,
+    )?;
+    figures.next.levels = compressed.levels;
+    Ok(Surveyed::Done(figures))
+}
+
+/// A trial of `room`'s next chunk for `--largest-rooms`' estimate: its rows
+/// now and after a run, or `None` when the room has no chunk to compress
+/// (or is damaged). Reads only; no lock.
+pub fn trial_chunk(
+    client: &mut Client,
+    config: &AutoConfig,
+    room: &str,
+    after: Option<i64>,
+    levels: Vec<Level>,
+) -> Result<Option<(usize, usize)>> {
+    let mut times = Survey::default();
+    Ok(
+        match survey_chunk(
+            client,
+            config,
+            room,
+            after,
+            levels,
+            &Carried::default(),
+            &mut times,
+        )? {
+            Surveyed::Done(done) => Some((done.rows_now, done.rows_after)),
+            Surveyed::Gone | Surveyed::Damaged(_) => None,
+        },
+    )
 }
 
 /// Rows of the chunk's own groups (not the heads and predecessors loaded

@@ -21,6 +21,7 @@ use synapse_compress_state::db::Prepared;
 use synapse_compress_state::{Error, Result};
 
 use crate::manager::AutoConfig;
+use crate::survey::Trial;
 use crate::{state_saving, survey};
 
 /// Rows the sample aims for.
@@ -52,6 +53,27 @@ fn sample_percent(client: &mut Client) -> Result<f64> {
     } else {
         (100.0 * SAMPLE_ROWS / rows).max(0.000_1)
     })
+}
+
+/// A room's rows after a run, from a trial of its first chunk: the start
+/// of its new tree once, and the rest at the trial's rows per group.
+fn rows_after(trial: &Trial, groups: i64) -> i64 {
+    let start = usize::from(trial.start_rows > 0);
+    let per_group =
+        (trial.rows_after - trial.start_rows) as f64 / (trial.groups - start).max(1) as f64;
+    trial.start_rows as i64 + (per_group * (groups - start as i64).max(0) as f64).round() as i64
+}
+
+/// The room's groups after its position (by `state_groups`' room index).
+fn groups_left(client: &mut Client, room_id: &str, after: Option<i64>) -> Result<i64> {
+    client
+        .query_one(
+            "SELECT count(*) FROM state_groups WHERE room_id = $1 \
+             AND id > COALESCE($2::bigint, -1)",
+            &[&room_id, &after],
+        )
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| Error::db("counting a room's groups", e))
 }
 
 /// How many rooms get a trial chunk when `n` are wanted.
@@ -87,20 +109,16 @@ pub fn largest_rooms(
         let rows_now: i64 = row.try_get(1).map_err(|e| Error::db(ctx, e))?;
         let progress =
             state_saving::read_room_progress(client, prepared, &room_id, &config.default_levels)?;
-        let trial = survey::trial_chunk(
-            client,
-            config,
-            &room_id,
-            progress.last_compressed,
-            progress.levels,
-        )?;
-        let Some((now, after)) = trial.filter(|(now, _)| *now > 0) else {
+        let groups = groups_left(client, &room_id, progress.last_compressed)?;
+        // The trial: the chunk a run would do next.
+        let (after, levels) = (progress.last_compressed, progress.levels);
+        let trial = survey::trial_chunk(client, config, &room_id, after, levels)?;
+        let Some(trial) = trial.filter(|t| t.groups > 0) else {
             continue;
         };
-        let share = 1.0 - after as f64 / now as f64;
         estimates.push(Estimate {
             room_id,
-            rows_saved: (rows_now as f64 * share).round() as i64,
+            rows_saved: rows_now - rows_after(&trial, groups),
         });
     }
     estimates.retain(|e| e.rows_saved > 0);
@@ -112,7 +130,7 @@ pub fn largest_rooms(
     estimates.truncate(n as usize);
     for room in &estimates {
         info!(
-            "Largest rooms: {} (estimated {} rows to save, from a {percent}% sample and a trial chunk)",
+            "Largest rooms: {} (estimated {} rows to save, from a {percent:.2}% sample and a trial chunk)",
             room.room_id, room.rows_saved
         );
     }

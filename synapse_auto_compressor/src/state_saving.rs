@@ -539,61 +539,68 @@ pub fn read_scan_position(client: &mut Client, tables_exist: bool) -> Result<i64
 }
 
 /// What [`next_room_to_compress`] would find with the scan position at
-/// `scan` and the rooms in `positions` compressed up to their group (other
+/// `scan` and rooms compressed up to their `position` where it has one (other
 /// rooms as saved, or from their start when `saved` is false: the progress
 /// tables do not exist). Reads only: the survey keeps its progress in
-/// memory.
+/// memory. The positions in memory are at or past the saved ones (a room
+/// only moves on), so the query leaves out what the saved ones exclude and
+/// the rest is filtered here, a batch of groups at a time: passing them to
+/// the query made each step slower as the survey went on.
 pub fn peek_next_room(
     client: &mut Client,
     prepared: &mut Prepared,
     scan: i64,
-    positions: &[(&str, i64)],
+    position: &dyn Fn(&str) -> Option<i64>,
     left: &LeftRooms,
     saved: bool,
 ) -> Result<Option<NextRoom>> {
-    let (rooms, lasts): (Vec<&str>, Vec<i64>) = positions.iter().copied().unzip();
     let ctx = "finding the next room to compress";
     // The same query with or without the saved positions (a `&'static`
     // text each, as prepared statements are kept by their text).
-    macro_rules! next_room_sql {
+    macro_rules! next_groups_sql {
         ($join:literal, $saved_last:literal) => {
             concat!(
                 "SELECT g.room_id, g.id FROM state_groups AS g ",
                 $join,
-                " LEFT JOIN unnest($1::text[], $2::bigint[]) AS o(room_id, last) \
-                     ON o.room_id = g.room_id \
-                 WHERE g.id >= $3 AND g.room_id IS NOT NULL \
-                   AND (COALESCE(o.last, ",
+                " WHERE g.id >= $1 AND g.room_id IS NOT NULL \
+                   AND (",
                 $saved_last,
-                ") IS NULL OR g.id > COALESCE(o.last, ",
+                " IS NULL OR g.id > ",
                 $saved_last,
-                ")) AND g.room_id <> ALL($4) \
-                 ORDER BY g.id LIMIT 1"
+                ") AND g.room_id <> ALL($2) \
+                 ORDER BY g.id LIMIT 1000"
             )
         };
     }
     let sql = if saved {
-        next_room_sql!(
+        next_groups_sql!(
             "LEFT JOIN state_compressor_progress AS p USING (room_id)",
             "p.last_compressed"
         )
     } else {
-        next_room_sql!("", "NULL::bigint")
+        next_groups_sql!("", "NULL::bigint")
     };
-    let row = prepared
-        .query_opt(
-            client,
-            sql,
-            &[
-                Type::TEXT_ARRAY,
-                Type::INT8_ARRAY,
-                Type::INT8,
-                Type::TEXT_ARRAY,
-            ],
-            &[&rooms, &lasts, &scan, &left.rooms],
-        )
-        .map_err(|e| Error::db(ctx, e))?;
-    row.map(|row| NextRoom::from_row(&row, ctx)).transpose()
+    let mut from = scan;
+    loop {
+        let rows = prepared
+            .query(
+                client,
+                sql,
+                &[Type::INT8, Type::TEXT_ARRAY],
+                &[&from, &left.rooms],
+            )
+            .map_err(|e| Error::db(ctx, e))?;
+        for row in &rows {
+            let next = NextRoom::from_row(row, ctx)?;
+            if position(&next.room_id).is_none_or(|last| next.group > last) {
+                return Ok(Some(next));
+            }
+            from = next.group + 1;
+        }
+        if rows.len() < 1000 {
+            return Ok(None);
+        }
+    }
 }
 
 #[cfg(test)]

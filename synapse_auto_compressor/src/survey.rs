@@ -50,7 +50,7 @@ use crate::state_saving::{self, LeftRooms};
 /// this tool's runs over generated databases (see the README's "Dry run"
 /// section): the write phase of those runs divided by the rows the chunks
 /// deleted and inserted. Real servers vary by a factor of a few either way.
-pub const WRITE_ROWS_PER_SECOND: f64 = 60_000.0;
+pub const WRITE_ROWS_PER_SECOND: f64 = 300_000.0;
 
 /// What the run would do to one room.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -362,10 +362,7 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
     let mut positions: HashMap<String, Position> = HashMap::new();
     let mut left = LeftRooms::default();
     while (survey.chunks as i64) < config.number_of_chunks.get() {
-        let known: Vec<(&str, i64)> = positions
-            .iter()
-            .map(|(room, p)| (room.as_str(), p.last))
-            .collect();
+        let known = |room: &str| positions.get(room).map(|p| p.last);
         let Some(next) =
             state_saving::peek_next_room(&mut client, &mut prepared, scan, &known, &left, saved)?
         else {
@@ -480,6 +477,8 @@ struct ChunkFigures {
     rows_written: usize,
     /// The chunk would grow: a run skips it.
     skipped: bool,
+    /// Rows after of the chunk's first group.
+    first_rows_after: usize,
     /// The room goes on after the chunk.
     more: bool,
     /// The room's progress after the chunk.
@@ -527,6 +526,7 @@ fn survey_chunk(
         rows_after: rows_now,
         rows_written: 0,
         skipped: true,
+        first_rows_after: 0,
         more: chunk.more,
         next: Position {
             last: chunk.last,
@@ -542,6 +542,16 @@ fn survey_chunk(
     times.verify += verifying.elapsed();
     figures.skipped = false;
     figures.rows_after = in_range_rows(&chunk.original, Some(&compressed.changes));
+    figures.first_rows_after = chunk
+        .original
+        .iter()
+        .find(|(_, entry)| entry.in_range)
+        .map_or(0, |(id, entry)| {
+            compressed
+                .changes
+                .get(id)
+                .map_or(entry.delta.len(), |new| new.delta.len())
+        });
     figures.rows_written = changed_groups(&chunk.original, &compressed.changes)
         .iter()
         .map(|id| chunk.original[id].delta.len() + compressed.changes[id].delta.len())
@@ -556,31 +566,51 @@ fn survey_chunk(
     Ok(Surveyed::Done(figures))
 }
 
-/// A trial of `room`'s next chunk for `--largest-rooms`' estimate: its rows
-/// now and after a run, or `None` when the room has no chunk to compress
-/// (or is damaged). Reads only; no lock.
+/// A trial of a room's next chunk, for `--largest-rooms`' estimate.
+#[derive(Clone, Copy, Debug)]
+pub struct Trial {
+    pub groups: usize,
+    pub rows_now: usize,
+    pub rows_after: usize,
+    /// Rows after of the chunk's first group when it starts the room's new
+    /// tree (fresh levels: a snapshot, which the rest of the room does not
+    /// repeat); 0 otherwise.
+    pub start_rows: usize,
+}
+
+/// A trial of `room`'s next chunk, as a run would do it, or `None` when
+/// the room has no chunk to compress (or is damaged). Reads only; no lock.
 pub fn trial_chunk(
     client: &mut Client,
     config: &AutoConfig,
     room: &str,
     after: Option<i64>,
     levels: Vec<Level>,
-) -> Result<Option<(usize, usize)>> {
+) -> Result<Option<Trial>> {
     let mut times = Survey::default();
-    Ok(
-        match survey_chunk(
-            client,
-            config,
-            room,
-            after,
-            levels,
-            &Carried::default(),
-            &mut times,
-        )? {
-            Surveyed::Done(done) => Some((done.rows_now, done.rows_after)),
-            Surveyed::Gone | Surveyed::Damaged(_) => None,
-        },
-    )
+    let fresh = levels.iter().all(|l| l.head().is_none());
+    let surveyed = survey_chunk(
+        client,
+        config,
+        room,
+        after,
+        levels,
+        &Carried::default(),
+        &mut times,
+    )?;
+    Ok(match surveyed {
+        Surveyed::Done(done) => Some(Trial {
+            groups: done.groups,
+            rows_now: done.rows_now,
+            rows_after: done.rows_after,
+            start_rows: if fresh && !done.skipped {
+                done.first_rows_after
+            } else {
+                0
+            },
+        }),
+        Surveyed::Gone | Surveyed::Damaged(_) => None,
+    })
 }
 
 /// Rows of the chunk's own groups (not the heads and predecessors loaded

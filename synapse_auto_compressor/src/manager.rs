@@ -5,6 +5,9 @@
 //! predecessor), compresses it continuing from the saved levels, verifies,
 //! and writes the changes; the last write transaction also saves the new
 //! levels and position, so a run killed at any instant resumes cleanly.
+//! With `--largest-rooms`, `room_by_room` takes the rooms [`crate::largest`]
+//! picks instead, each to its end through the same chunk code, leaving the
+//! scan position alone.
 //!
 //! Each chunk holds its room's lock (`db::room_lock`) from before it reads
 //! the room's progress until its last write commits. A room another

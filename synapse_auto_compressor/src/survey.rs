@@ -7,7 +7,7 @@
 //! memory as a real run carries it in the tables: the scan position, and
 //! each room's last group and levels, fresh after a chunk that would grow.
 //! Each chunk is loaded, compressed and verified with the run's own code
-//! ([`crate::manager::take_loaded`], [`crate::manager::would_grow`]), so the
+//! (`manager::take_loaded`, `manager::would_grow`), so the
 //! decisions are the run's.
 //!
 //! One thing differs from a real run: a later chunk of a room loads its

@@ -15,7 +15,7 @@
 //! the run would find the edges the earlier chunk wrote. The states are the
 //! same, but the compressor, when a head cannot be a group's base, walks up
 //! the *new* edges from it. So the survey carries, per room, the groups of
-//! the new structure that the levels' heads reach ([`Carried`]: those a real
+//! the new structure that the levels' heads reach (`Carried`: those a real
 //! run would load for the next chunk) and lays them over the next chunk's
 //! load. `tests/survey.rs` checks the figures against real runs.
 //!

@@ -4,7 +4,7 @@ continue where the last one stopped, and no group's state changes."""
 
 import synapse_auto_compressor
 
-from support import GROUPS_PER_ROOM, ROOMS, DatabaseTest, changed_groups
+from support import GROUPS_PER_ROOM, ROOMS, DatabaseTest, changed_groups, literal, psql
 
 KEYS = {
     "chunks", "chunks_skipped", "rooms_finished", "groups", "rows_before", "rows_after",
@@ -65,3 +65,32 @@ class AutoTest(DatabaseTest):
         self.assertEqual(rest["chunks"], ROOMS * CHUNKS_PER_ROOM - 2)
         self.assertEqual(first["groups"] + rest["groups"], self.db.groups())
         self.assertMatchesDatabase(rest, rows_between, stored_between)
+
+    def test_number_of_rooms_compresses_whole_rooms(self):
+        rows_before, stored_before = self.db.rows(), self.db.stored()
+
+        # The reference's first version: number_of_rooms, each room to its end.
+        result = synapse_auto_compressor.compress_largest_rooms(
+            db_url=self.db.url, chunk_size=CHUNK, default_levels="20,10", number_of_rooms=2)
+
+        self.assertEqual(result["chunks"], 2 * CHUNKS_PER_ROOM)
+        self.assertEqual(result["rooms_finished"], 2)
+        self.assertMatchesDatabase(result, rows_before, stored_before)
+        finished = psql(self.db.url, "SELECT room_id, last_compressed FROM state_compressor_progress")
+        self.assertEqual(len(finished), 2)
+        for line in finished:
+            room, last = line.split("|")
+            self.assertIn(room, self.rooms)
+            self.assertEqual(int(last), int(psql(
+                self.db.url, f"SELECT max(id) FROM state_groups WHERE room_id = {literal(room)}")[0]))
+
+        # With number_of_chunks too, it caps the chunks.
+        capped = synapse_auto_compressor.compress_largest_rooms(
+            self.db.url, CHUNK, "20,10", 1, number_of_rooms=1)
+        self.assertEqual((capped["chunks"], capped["rooms_finished"]), (1, 0))
+
+        with self.assertRaisesRegex(ValueError, "number_of_chunks or number_of_rooms"):
+            synapse_auto_compressor.compress_largest_rooms(self.db.url, CHUNK, "20,10")
+        with self.assertRaisesRegex(ValueError, "number_of_rooms: must be at least 1"):
+            synapse_auto_compressor.compress_largest_rooms(
+                self.db.url, CHUNK, "20,10", number_of_rooms=0)

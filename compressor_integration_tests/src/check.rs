@@ -215,6 +215,48 @@ pub fn assert_matches_model(
     outcome
 }
 
+/// Damages a room as Synapse never would: `group`'s edge now points into
+/// room `other` (at its last group before `group`), which is returned.
+pub fn edge_into_other_room(client: &mut Client, group: i64, other: &str) -> i64 {
+    let foreign: i64 = client
+        .query_one(
+            "SELECT max(id) FROM state_groups WHERE room_id = $1 AND id < $2",
+            &[&other, &group],
+        )
+        .expect("finding a group of the other room")
+        .get(0);
+    client
+        .execute(
+            "UPDATE state_group_edges SET prev_state_group = $2 WHERE state_group = $1",
+            &[&group, &foreign],
+        )
+        .expect("pointing the edge into the other room");
+    foreign
+}
+
+/// The automatic tool's saved position per room (none without its table).
+pub fn saved_positions(client: &mut Client) -> BTreeMap<String, i64> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('state_compressor_progress') IS NOT NULL",
+            &[],
+        )
+        .expect("looking for the progress table")
+        .get(0);
+    if !exists {
+        return BTreeMap::new();
+    }
+    client
+        .query(
+            "SELECT room_id, last_compressed FROM state_compressor_progress",
+            &[],
+        )
+        .expect("reading saved positions")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 /// A fresh database holding the data `config` generates.
 pub fn generated_db(
     hint: &str,

@@ -232,19 +232,7 @@ fn an_edge_into_another_room_is_named() {
     let (room, other) = (&generated.rooms[0].room_id, &generated.rooms[1].room_id);
     let mut client = db.client();
     let group = middle_group(&mut client, room);
-    let foreign: i64 = client
-        .query_one(
-            "SELECT max(id) FROM state_groups WHERE room_id = $1 AND id < $2",
-            &[other, &group],
-        )
-        .unwrap()
-        .get(0);
-    client
-        .execute(
-            "UPDATE state_group_edges SET prev_state_group = $2 WHERE state_group = $1",
-            &[&group, &foreign],
-        )
-        .unwrap();
+    check::edge_into_other_room(&mut client, group, other);
     // The lowest group of the foreign chain is named (the walk finds them
     // all at once).
     let why = format!("a predecessor in this room's chains, belongs to room {other}");

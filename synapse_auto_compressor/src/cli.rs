@@ -59,16 +59,33 @@ pub struct AutoArgs {
     /// stderr).
     #[arg(long = "json")]
     pub json: bool,
+
+    /// Write nothing: run the same chunks in memory and print, per room,
+    /// the rows a real run with these options would save, and how long it
+    /// would take (an estimate). Needs only SELECT.
+    #[arg(long = "dry-run", conflicts_with = "largest_rooms")]
+    pub dry_run: bool,
+
+    /// Compress the N rooms estimated to save the most, each to its end in
+    /// chunks of CHUNK_SIZE (at most CHUNKS_TO_COMPRESS chunks in all),
+    /// instead of scanning by group id.
+    #[arg(
+        long = "largest-rooms",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub largest_rooms: Option<Positive>,
 }
 
 impl AutoArgs {
     /// The run configuration these arguments describe.
-    pub fn into_config(self) -> AutoConfig {
+    pub fn into_config(&self) -> AutoConfig {
         AutoConfig {
-            db_url: self.connection.into_string(),
+            db_url: self.connection.clone().into_string(),
             chunk_size: self.chunk_size,
             number_of_chunks: self.chunks_to_compress,
-            default_levels: self.default_levels,
+            default_levels: self.default_levels.clone(),
+            largest_rooms: self.largest_rooms,
         }
     }
 }

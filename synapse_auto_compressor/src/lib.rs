@@ -5,17 +5,21 @@
 //! - [`state_saving`]: the three progress tables, shared with the reference
 //!   tool so either can continue the other's work;
 //! - [`lock`]: one run per database;
-//! - [`manager`]: the chunk loop;
-//! - [`prefetch`]: loading the next chunks while the current one is written.
+//! - [`manager`]: the chunk loop (and `--largest-rooms`' room by room);
+//! - [`largest`]: which rooms `--largest-rooms` picks;
+//! - [`prefetch`]: loading the next chunks while the current one is written;
+//! - [`survey`]: `--dry-run`, what a run would save per room, writing nothing.
 //!
 //! With the `pyo3` feature, the private `python` module is the Python module
 //! of the same name (built by maturin, see `pyproject.toml`).
 
 pub mod cli;
+pub mod largest;
 pub mod lock;
 pub mod manager;
 pub mod prefetch;
 pub mod state_saving;
+pub mod survey;
 
 #[cfg(feature = "pyo3")]
 mod python;

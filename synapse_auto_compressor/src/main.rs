@@ -18,12 +18,24 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let _started = tool::start(args.no_progress);
-    let json = args.json;
-    match synapse_auto_compressor::run(&args.into_config()) {
-        Ok(summary) => {
-            if json {
-                println!("{}", summary.to_json());
-            }
+    let config = args.into_config();
+    // What goes to stdout: the survey (table or JSON), or with --json the
+    // run's summary.
+    let output = if args.dry_run {
+        synapse_auto_compressor::survey::run(&config).map(|survey| {
+            Some(if args.json {
+                format!("{}\n", survey.to_json())
+            } else {
+                survey.to_table()
+            })
+        })
+    } else {
+        synapse_auto_compressor::run(&config)
+            .map(|summary| args.json.then(|| format!("{}\n", summary.to_json())))
+    };
+    match output {
+        Ok(text) => {
+            print!("{}", text.unwrap_or_default());
             ExitCode::SUCCESS
         }
         Err(err) => {

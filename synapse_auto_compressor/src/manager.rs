@@ -5,6 +5,9 @@
 //! predecessor), compresses it continuing from the saved levels, verifies,
 //! and writes the changes; the last write transaction also saves the new
 //! levels and position, so a run killed at any instant resumes cleanly.
+//! With `--largest-rooms`, `room_by_room` takes the rooms [`crate::largest`]
+//! picks instead, each to its end through the same chunk code, leaving the
+//! scan position alone.
 //!
 //! Each chunk holds its room's lock (`db::room_lock`) from before it reads
 //! the room's progress until its last write commits. A room another
@@ -31,7 +34,7 @@ use synapse_compress_state::{compress, Compressed, Error, GroupMap, Level, Level
 
 use crate::prefetch::{load_chunk, ChunkRequest, LoadedChunk, Prefetcher};
 use crate::state_saving::LeftRooms;
-use crate::{lock, state_saving};
+use crate::{largest, lock, state_saving};
 
 /// The settings of one automatic run.
 #[derive(Clone, Debug)]
@@ -44,6 +47,9 @@ pub struct AutoConfig {
     pub number_of_chunks: Positive,
     /// Levels for rooms without usable saved levels.
     pub default_levels: LevelSizes,
+    /// Compress this many rooms, those estimated to save the most, each to
+    /// its end, instead of scanning by group id (`--largest-rooms`).
+    pub largest_rooms: Option<Positive>,
 }
 
 /// What happened to one chunk.
@@ -155,6 +161,27 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
+    /// Counts a chunk that was done (committed or skipped).
+    fn add(&mut self, outcome: &ChunkOutcome) {
+        self.chunks += 1;
+        self.groups += outcome.groups;
+        self.rows_before += outcome.rows_before;
+        if outcome.committed {
+            self.groups_changed += outcome.groups_changed;
+            self.forced_resets += outcome.forced_resets;
+            self.rows_after += outcome.rows_after;
+            self.rows_saved += outcome.rows_before as i64 - outcome.rows_after as i64;
+            self.groups_written += outcome.groups_written;
+            self.groups_skipped_live += outcome.groups_skipped_live;
+        } else {
+            self.rows_after += outcome.rows_before;
+            self.chunks_skipped += 1;
+        }
+        if outcome.room_finished {
+            self.rooms_finished += 1;
+        }
+    }
+
     /// The figures as one JSON object (for `--json`, scripts and monitoring).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
@@ -202,7 +229,21 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     // Up to two more connections load the next chunks while this one
     // writes; a run without them (one chunk, or no connection to spare)
     // just loads in turn.
-    let wanted = (config.number_of_chunks.get() - 1).clamp(0, READERS as i64) as usize;
+    let largest = match config.largest_rooms {
+        Some(n) => Some(largest::largest_rooms(
+            &mut client,
+            &mut Prepared::new(),
+            config,
+            n.get(),
+        )?),
+        None => None,
+    };
+    // (Room by room, each chunk continues the one before: nothing to load
+    // ahead.)
+    let wanted = match largest {
+        Some(_) => 0,
+        None => (config.number_of_chunks.get() - 1).clamp(0, READERS as i64) as usize,
+    };
     let mut readers = Vec::with_capacity(wanted);
     while readers.len() < wanted {
         match db::connect_as(&config.db_url, "synapse_auto_compressor") {
@@ -220,13 +261,19 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     std::thread::scope(|scope| {
         let mut prefetcher = (!readers.is_empty()).then(|| Prefetcher::spawn(scope, readers));
         let mut prepared = Prepared::new();
-        chunk_loop(
-            &mut client,
-            &mut prepared,
-            config,
-            &mut summary,
-            prefetcher.as_mut(),
-        )?;
+        match &largest {
+            Some(rooms) => {
+                let rooms: Vec<String> = rooms.iter().map(|r| r.room_id.clone()).collect();
+                room_by_room(&mut client, &mut prepared, config, &mut summary, &rooms)?;
+            }
+            None => chunk_loop(
+                &mut client,
+                &mut prepared,
+                config,
+                &mut summary,
+                prefetcher.as_mut(),
+            )?,
+        }
         if let Some(p) = &prefetcher {
             debug!(
                 "Chunks loaded ahead: {} used, {} dropped",
@@ -297,22 +344,57 @@ fn chunk_loop(
             left.leave(room, next.group);
             continue;
         }
-        summary.chunks += 1;
-        summary.groups += outcome.groups;
-        summary.rows_before += outcome.rows_before;
-        if outcome.committed {
-            summary.groups_changed += outcome.groups_changed;
-            summary.forced_resets += outcome.forced_resets;
-            summary.rows_after += outcome.rows_after;
-            summary.rows_saved += outcome.rows_before as i64 - outcome.rows_after as i64;
-            summary.groups_written += outcome.groups_written;
-            summary.groups_skipped_live += outcome.groups_skipped_live;
-        } else {
-            summary.rows_after += outcome.rows_before;
-            summary.chunks_skipped += 1;
-        }
-        if outcome.room_finished {
-            summary.rooms_finished += 1;
+        summary.add(&outcome);
+    }
+    Ok(())
+}
+
+/// `--largest-rooms`: compresses each of `rooms` to its end, chunk after
+/// chunk, through the same chunk code and room lock as the scan (so each
+/// room's progress is saved as usual), up to the run's chunk count. The
+/// scan position is left alone: a later normal run skips what was done
+/// here through the rooms' saved positions.
+fn room_by_room(
+    client: &mut Client,
+    prepared: &mut Prepared,
+    config: &AutoConfig,
+    summary: &mut RunSummary,
+    rooms: &[String],
+) -> Result<()> {
+    let left = LeftRooms::default();
+    for room in rooms {
+        loop {
+            if summary.chunks as i64 >= config.number_of_chunks.get() {
+                info!("Stopping at the run's chunk count, in room {room}");
+                return Ok(());
+            }
+            let lock = match RoomLock::try_acquire(client, room) {
+                Ok(lock) => lock,
+                Err(Error::RoomBusy { holder, .. }) => {
+                    warn!(
+                        "Room {room} is being compressed by {holder}; leaving it for a later run"
+                    );
+                    summary.rooms_busy += 1;
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            let ahead = Ahead {
+                prefetcher: None,
+                chunks_after: 0,
+                same_room: false,
+                left: &left,
+            };
+            let outcome = compress_chunk(client, prepared, room, config, summary, ahead)?;
+            lock.release(client)?;
+            if outcome.damaged {
+                summary.rooms_damaged += 1;
+                break;
+            }
+            summary.add(&outcome);
+            if outcome.room_finished {
+                break;
+            }
         }
     }
     Ok(())
@@ -410,12 +492,19 @@ impl Ahead<'_> {
     }
 }
 
-fn heads(levels: &[Level]) -> Vec<i64> {
+pub(crate) fn heads(levels: &[Level]) -> Vec<i64> {
     levels.iter().filter_map(Level::head).collect()
 }
 
+/// Whether compressing the chunk would leave more rows than it has: then
+/// the chunk is skipped and its room continues with fresh levels (the
+/// survey makes the same decision from the same figures).
+pub(crate) fn would_grow(original: &GroupMap, compressed: &Compressed) -> bool {
+    row_count_after(original, &compressed.changes) > row_count(original)
+}
+
 /// A chunk as loaded, or why there is none to compress.
-enum Loaded {
+pub(crate) enum Loaded {
     /// The groups that made us pick this room are gone (purged since).
     Gone,
     /// The chunk ending at `last` cannot be read safely.
@@ -427,13 +516,13 @@ enum Loaded {
 }
 
 /// A loaded chunk's groups and everything they need.
-struct Chunk {
-    symbols: Symbols,
-    original: GroupMap,
-    report: LoadReport,
-    last: i64,
+pub(crate) struct Chunk {
+    pub(crate) symbols: Symbols,
+    pub(crate) original: GroupMap,
+    pub(crate) report: LoadReport,
+    pub(crate) last: i64,
     /// The room has groups after this chunk.
-    more: bool,
+    pub(crate) more: bool,
 }
 
 /// Compresses the next chunk of `room`: read its progress, load, compress,
@@ -492,7 +581,7 @@ fn compress_chunk(
     summary.timings.compress += started.elapsed();
     outcome.record(&chunk.original, &compressed);
 
-    if outcome.rows_after > outcome.rows_before {
+    if would_grow(&chunk.original, &compressed) {
         warn!(
             "Room {room}: compressing groups up to {last} would increase the rows ({} -> {}); skipping the chunk",
             outcome.rows_before, outcome.rows_after
@@ -518,12 +607,19 @@ fn compress_chunk(
 
 /// Loads the chunk `request` (or takes it from the loads made ahead).
 fn load(client: &mut Client, ahead: &mut Ahead<'_>, request: &ChunkRequest) -> Result<Loaded> {
+    let loaded = ahead.load(client, request)?;
+    take_loaded(loaded, request)
+}
+
+/// A loaded chunk as the run uses it (shared with the survey, so both read
+/// chunks alike).
+pub(crate) fn take_loaded(loaded: LoadedChunk, request: &ChunkRequest) -> Result<Loaded> {
     let LoadedChunk {
         ids,
         more,
         symbols,
         groups,
-    } = ahead.load(client, request)?;
+    } = loaded;
     let (Some(&last), Some(groups)) = (ids.last(), groups) else {
         return Ok(Loaded::Gone);
     };

@@ -6,7 +6,7 @@
 //! and logging are the manual crate's `python` plumbing, shared by both
 //! modules.
 
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use synapse_compress_state::tool::args::Positive;
 use synapse_compress_state::tool::python::{init_module, run_job};
@@ -36,30 +36,73 @@ fn run_compression<'py>(
     number_of_chunks: i64,
     default_levels: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    run_job::<CompressionError>(py, move || {
-        // The command line's checks, then one run.
-        let config = AutoConfig {
-            db_url,
-            chunk_size: Positive::named("chunk_size", chunk_size)?,
-            number_of_chunks: Positive::named("number_of_chunks", number_of_chunks)?,
-            default_levels: default_levels.parse()?,
-        };
-        crate::run(&config).map(|summary| summary.to_json())
-    })
+    run(
+        py,
+        db_url,
+        chunk_size,
+        Some(number_of_chunks),
+        default_levels,
+        None,
+    )
 }
 
-/// The older name of `run_compression`, kept for existing scripts; note
-/// that `default_levels` comes before `number_of_chunks` here.
+/// The name both versions of the reference module used. With
+/// `number_of_rooms=` (the reference's first version) it compresses that
+/// many rooms, those estimated to save the most, each to its end, like
+/// `--largest-rooms` (at most `number_of_chunks` chunks, when given too);
+/// otherwise it is `run_compression` with `default_levels` before
+/// `number_of_chunks` (the current version). A fourth positional argument
+/// is `number_of_chunks`, as in the current version.
 #[pyfunction]
-#[pyo3(signature = (db_url, chunk_size, default_levels, number_of_chunks))]
+#[pyo3(signature = (db_url, chunk_size, default_levels, number_of_chunks = None, number_of_rooms = None))]
 fn compress_largest_rooms<'py>(
     py: Python<'py>,
     db_url: String,
     chunk_size: i64,
     default_levels: &str,
-    number_of_chunks: i64,
+    number_of_chunks: Option<i64>,
+    number_of_rooms: Option<i64>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    run_compression(py, db_url, chunk_size, number_of_chunks, default_levels)
+    if number_of_chunks.is_none() && number_of_rooms.is_none() {
+        return Err(PyValueError::new_err(
+            "compress_largest_rooms needs number_of_chunks or number_of_rooms",
+        ));
+    }
+    run(
+        py,
+        db_url,
+        chunk_size,
+        number_of_chunks,
+        default_levels,
+        number_of_rooms,
+    )
+}
+
+/// One run with the command line's checks; no chunk count means no cap
+/// (only with a room count).
+fn run<'py>(
+    py: Python<'py>,
+    db_url: String,
+    chunk_size: i64,
+    number_of_chunks: Option<i64>,
+    default_levels: &str,
+    number_of_rooms: Option<i64>,
+) -> PyResult<Bound<'py, PyAny>> {
+    run_job::<CompressionError>(py, move || {
+        let config = AutoConfig {
+            db_url,
+            chunk_size: Positive::named("chunk_size", chunk_size)?,
+            number_of_chunks: Positive::named(
+                "number_of_chunks",
+                number_of_chunks.unwrap_or(i64::MAX),
+            )?,
+            default_levels: default_levels.parse()?,
+            largest_rooms: number_of_rooms
+                .map(|n| Positive::named("number_of_rooms", n))
+                .transpose()?,
+        };
+        crate::run(&config).map(|summary| summary.to_json())
+    })
 }
 
 /// Compresses the state tables of a whole Synapse database, a chunk at a

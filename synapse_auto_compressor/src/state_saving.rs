@@ -425,6 +425,11 @@ impl LeftRooms {
     pub fn rooms(&self) -> &[String] {
         &self.rooms
     }
+
+    /// The lowest group a left room holds back (the scan never passes it).
+    pub fn hold(&self) -> Option<i64> {
+        self.hold
+    }
 }
 
 /// The next chunk's room, and the group that made it next.
@@ -432,6 +437,16 @@ impl LeftRooms {
 pub struct NextRoom {
     pub room_id: String,
     pub group: i64,
+}
+
+impl NextRoom {
+    /// A `(room_id, id)` row.
+    fn from_row(row: &Row, ctx: &str) -> Result<NextRoom> {
+        Ok(NextRoom {
+            room_id: row.try_get(0).map_err(|e| Error::db(ctx, e))?,
+            group: row.try_get(1).map_err(|e| Error::db(ctx, e))?,
+        })
+    }
 }
 
 /// Finds the room of the lowest group at or above the saved scan position
@@ -466,13 +481,7 @@ pub fn next_room_to_compress(
             &[&left.rooms, &left.hold],
         )
         .map_err(|e| Error::db(ctx, e))?;
-    row.map(|row| {
-        Ok(NextRoom {
-            room_id: row.try_get(0).map_err(|e| Error::db(ctx, e))?,
-            group: row.try_get(1).map_err(|e| Error::db(ctx, e))?,
-        })
-    })
-    .transpose()
+    row.map(|row| NextRoom::from_row(&row, ctx)).transpose()
 }
 
 /// The room [`next_room_to_compress`] will pick once each room in
@@ -506,6 +515,92 @@ pub fn predict_next_room(
         .map_err(|e| Error::db(ctx, e))?;
     row.map(|row| row.try_get(0).map_err(|e| Error::db(ctx, e)))
         .transpose()
+}
+
+/// The saved scan position, reading only: 0 (a first run's start) when
+/// the table or its row is missing.
+pub fn read_scan_position(client: &mut Client, tables_exist: bool) -> Result<i64> {
+    if !tables_exist {
+        return Ok(0);
+    }
+    let row = client
+        .query_opt(
+            "SELECT lowest_uncompressed_group FROM state_compressor_total_progress",
+            &[],
+        )
+        .map_err(|e| Error::db("reading the scan position", e))?;
+    Ok(match row {
+        Some(row) => row
+            .try_get::<_, Option<i64>>(0)
+            .map_err(|e| Error::db("reading the scan position", e))?
+            .unwrap_or(0),
+        None => 0,
+    })
+}
+
+/// What [`next_room_to_compress`] would find with the scan position at
+/// `scan` and rooms compressed up to their `position` where it has one (other
+/// rooms as saved, or from their start when `saved` is false: the progress
+/// tables do not exist). Reads only: the survey keeps its progress in
+/// memory. The positions in memory are at or past the saved ones (a room
+/// only moves on), so the query leaves out what the saved ones exclude and
+/// the rest is filtered here, a batch of groups at a time: passing them to
+/// the query made each step slower as the survey went on.
+pub fn peek_next_room(
+    client: &mut Client,
+    prepared: &mut Prepared,
+    scan: i64,
+    position: &dyn Fn(&str) -> Option<i64>,
+    left: &LeftRooms,
+    saved: bool,
+) -> Result<Option<NextRoom>> {
+    let ctx = "finding the next room to compress";
+    // The same query with or without the saved positions (a `&'static`
+    // text each, as prepared statements are kept by their text).
+    macro_rules! next_groups_sql {
+        ($join:literal, $saved_last:literal) => {
+            concat!(
+                "SELECT g.room_id, g.id FROM state_groups AS g ",
+                $join,
+                " WHERE g.id >= $1 AND g.room_id IS NOT NULL \
+                   AND (",
+                $saved_last,
+                " IS NULL OR g.id > ",
+                $saved_last,
+                ") AND g.room_id <> ALL($2) \
+                 ORDER BY g.id LIMIT 1000"
+            )
+        };
+    }
+    let sql = if saved {
+        next_groups_sql!(
+            "LEFT JOIN state_compressor_progress AS p USING (room_id)",
+            "p.last_compressed"
+        )
+    } else {
+        next_groups_sql!("", "NULL::bigint")
+    };
+    let mut from = scan;
+    loop {
+        let rows = prepared
+            .query(
+                client,
+                sql,
+                &[Type::INT8, Type::TEXT_ARRAY],
+                &[&from, &left.rooms],
+            )
+            .map_err(|e| Error::db(ctx, e))?;
+        for row in &rows {
+            let next = NextRoom::from_row(row, ctx)?;
+            if position(&next.room_id).is_none_or(|last| next.group > last) {
+                return Ok(Some(next));
+            }
+            from = next.group + 1;
+        }
+        if rows.len() < 1000 {
+            return Ok(None);
+        }
+    }
 }
 
 #[cfg(test)]

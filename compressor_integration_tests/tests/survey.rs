@@ -1,0 +1,325 @@
+//! `synapse_auto_compressor --dry-run` (the survey) against a real
+//! PostgreSQL: run as a role holding only the README's SELECT grants, it
+//! changes nothing (every row of the state and progress tables, with the
+//! transaction that last wrote it, is the same after), and its per-room
+//! figures are exactly those of the real run with the same options that
+//! follows: the room's groups and rows, counted by SQL over the groups that
+//! run compressed, before and after. Covered: first runs (no progress
+//! tables), runs that stop mid-room, runs continuing saved progress, and
+//! rooms whose chunks would grow (skipped, fresh levels after), and a room
+//! damaged part-way, which both leave alone.
+
+use std::collections::BTreeMap;
+
+use compressor_integration_tests::check;
+use compressor_integration_tests::generator::{self, GenConfig};
+use compressor_integration_tests::pg::{Role, TestDb};
+use compressor_integration_tests::tools::{self, ToolRun};
+use serde_json::Value;
+
+const AUTO: &str = "synapse_auto_compressor";
+const PROGRESS_TABLES: [&str; 3] = [
+    "state_compressor_state",
+    "state_compressor_progress",
+    "state_compressor_total_progress",
+];
+
+/// Every row of the state and progress tables as text, with the
+/// transaction that wrote it (`xmin`): a rewrite of a row with the same
+/// values still shows. A missing table dumps as `None`.
+fn dump(db: &TestDb) -> BTreeMap<&'static str, Option<Vec<String>>> {
+    let mut client = db.client();
+    ["state_groups", "state_groups_state", "state_group_edges"]
+        .into_iter()
+        .chain(PROGRESS_TABLES)
+        .map(|table| {
+            let exists: bool = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+                .unwrap()
+                .get(0);
+            let rows = exists.then(|| {
+                client
+                    .query(
+                        &format!("SELECT t::text || ' xmin ' || t.xmin::text FROM {table} AS t ORDER BY 1"),
+                        &[],
+                    )
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect()
+            });
+            (table, rows)
+        })
+        .collect()
+}
+
+fn positions(db: &TestDb) -> BTreeMap<String, i64> {
+    check::saved_positions(&mut db.client())
+}
+
+/// A room's figures: groups, rows now, rows after.
+type Figures = (i64, i64, i64);
+
+/// Groups and rows of `room`'s groups in `(start, end]`.
+fn counted(db: &TestDb, room: &str, start: Option<i64>, end: i64) -> (i64, i64) {
+    let row = db
+        .client()
+        .query_one(
+            "SELECT (SELECT count(*) FROM state_groups WHERE room_id = $1 \
+                     AND id > COALESCE($2::bigint, -1) AND id <= $3::bigint), \
+                    (SELECT count(*) FROM state_groups_state WHERE room_id = $1 \
+                     AND state_group > COALESCE($2::bigint, -1) AND state_group <= $3::bigint)",
+            &[&room, &start, &end],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Rows per (room, group), as they are now.
+fn rows_per_group(db: &TestDb) -> BTreeMap<(String, i64), i64> {
+    db.client()
+        .query(
+            "SELECT room_id, state_group, count(*) FROM state_groups_state GROUP BY 1, 2",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect()
+}
+
+/// A role holding only the README's grants for the survey (the progress
+/// tables' line only once they exist).
+fn reader(db: &TestDb, hint: &str) -> Role {
+    let role = Role::create(db, hint);
+    let block = readme_block("auto-dry-run");
+    let tables_exist = !positions(db).is_empty();
+    for statement in block.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        if statement.contains("state_compressor") && !tables_exist {
+            continue;
+        }
+        db.client()
+            .batch_execute(&statement.replace("synapse_compressor", &role.ident()))
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    role
+}
+
+/// The fenced ```sql block after the README's `<!-- grants:NAME -->` marker.
+fn readme_block(name: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("reading README.md");
+    let marker = format!("<!-- grants:{name} -->");
+    let at = readme.find(&marker).expect("the README's marker") + marker.len();
+    let body = readme[at..]
+        .trim_start()
+        .strip_prefix("```sql\n")
+        .expect("a sql block after the marker");
+    body[..body.find("```").unwrap()].to_string()
+}
+
+fn auto(url: &str, options: &[&str], extra: &[&str]) -> ToolRun {
+    let mut args = vec!["-p", url];
+    args.extend_from_slice(options);
+    args.extend_from_slice(extra);
+    let run = tools::run_bin(AUTO, &args);
+    tools::assert_success(&run);
+    run
+}
+
+/// The survey's rooms from `--json`, by room id, and their order.
+fn survey(url: &str, options: &[&str]) -> (BTreeMap<String, Figures>, Vec<String>, Value) {
+    let run = auto(url, options, &["--dry-run", "--json"]);
+    let json: Value = serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("--dry-run --json gave no JSON ({e}): {}", run.describe()));
+    let rooms = json["rooms"].as_array().expect("rooms");
+    let order = rooms
+        .iter()
+        .map(|r| r["room_id"].as_str().unwrap().to_owned())
+        .collect();
+    // A damaged room whose first chunk is damaged has no chunk to compare.
+    let figures = rooms
+        .iter()
+        .filter(|r| r["chunks"].as_i64() > Some(0))
+        .map(|r| {
+            (
+                r["room_id"].as_str().unwrap().to_owned(),
+                (
+                    r["groups"].as_i64().unwrap(),
+                    r["rows_now"].as_i64().unwrap(),
+                    r["rows_after"].as_i64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    (figures, order, json)
+}
+
+/// Surveys as a SELECT-only role (checking it changes nothing), then runs
+/// for real with the same options and checks the survey's figures against
+/// SQL counts of what the run did. Returns the survey's JSON.
+fn survey_then_run(db: &TestDb, hint: &str, options: &[&str]) -> Value {
+    let role = reader(db, hint);
+    let before = dump(db);
+    let (figures, order, json) = survey(&role.url(), options);
+    assert!(
+        dump(db) == before,
+        "the dry run {options:?} changed the database"
+    );
+    drop(role);
+
+    let start = positions(db);
+    let rows_before = rows_per_group(db);
+    let run = auto(db.url(), options, &["--json"]);
+    let end = positions(db);
+    // The ranges the run compressed: from each room's position before to
+    // its position after.
+    let mut measured: BTreeMap<String, Figures> = BTreeMap::new();
+    for (room, &last) in &end {
+        let from = start.get(room).copied();
+        if from == Some(last) {
+            continue;
+        }
+        let (groups, rows_after) = counted(db, room, from, last);
+        let rows_now = rows_before
+            .range((room.clone(), from.unwrap_or(-1) + 1)..=(room.clone(), last))
+            .map(|(_, rows)| rows)
+            .sum();
+        measured.insert(room.clone(), (groups, rows_now, rows_after));
+    }
+    assert_eq!(
+        figures.keys().collect::<Vec<_>>(),
+        measured.keys().collect::<Vec<_>>(),
+        "the survey's rooms are not the run's ({options:?}): {}",
+        run.describe()
+    );
+    for (room, figures) in &figures {
+        assert_eq!(
+            figures, &measured[room],
+            "room {room} ({options:?}): the survey's (groups, rows now, rows after) vs the run's"
+        );
+    }
+    // Ordered by rows saved, most first.
+    let saved: Vec<i64> = order
+        .iter()
+        .map(|room| figures[room].1 - figures[room].2)
+        .collect();
+    assert!(saved.windows(2).all(|w| w[0] >= w[1]), "{saved:?}");
+    json
+}
+
+/// Rooms that compress well, and rooms of Synapse's own shape (chains of
+/// up to 100 hops) whose chunks mostly would grow, interleaved in id order
+/// within each kind.
+fn mixed_db(hint: &str, seed: u64) -> TestDb {
+    let (db, _) = check::generated_db(hint, &GenConfig::compressible(seed, 3, 260));
+    generator::generate_into(
+        &mut db.client(),
+        &GenConfig {
+            seed: seed + 100,
+            rooms: 2,
+            groups_per_room: 400,
+            first_group_id: 100_000,
+            ..GenConfig::default()
+        },
+    )
+    .expect("generating the second kind of rooms");
+    db
+}
+
+#[test]
+fn a_first_run_is_surveyed_exactly_and_the_table_says_the_same() {
+    let db = mixed_db("survey_first", 41);
+    let options = ["-c", "50", "-n", "100000"];
+
+    // The human table: header, one line per room in the JSON's order, the
+    // total, the estimate; nothing else on stdout.
+    let role = reader(&db, "table");
+    let table = auto(&role.url(), &options, &["--dry-run"]);
+    let (_, order, _) = survey(&role.url(), &options);
+    drop(role);
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert!(lines[0].starts_with("room id"), "{}", table.stdout);
+    for (i, room) in order.iter().enumerate() {
+        assert!(lines[i + 1].starts_with(room.as_str()), "{}", table.stdout);
+    }
+    assert!(
+        lines[order.len() + 1].starts_with("total"),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("This is an estimate; nothing was written"),
+        "{}",
+        table.stdout
+    );
+    assert_eq!(lines.len(), order.len() + 4, "{}", table.stdout);
+
+    let json = survey_then_run(&db, "first", &options);
+    let total = &json["total"];
+    assert_eq!(total["finished_all"], true);
+    assert_eq!(total["rooms"], 5);
+    assert!(total["chunks_skipped"].as_i64().unwrap() > 0, "{json}");
+    assert!(total["rows_saved"].as_i64().unwrap() > 0, "{json}");
+    // Everything is compressed: a survey now finds nothing to do.
+    let (figures, _, json) = survey(&reader(&db, "after").url(), &options);
+    assert!(figures.is_empty(), "{json}");
+}
+
+#[test]
+fn runs_that_stop_mid_room_and_continue_saved_progress_are_surveyed_exactly() {
+    let db = mixed_db("survey_steps", 42);
+    let steps: [&[&str]; 4] = [
+        &["-c", "40", "-n", "7", "-l", "10,5"],
+        &["-c", "60", "-n", "9", "-l", "10,5"],
+        &["-c", "33", "-n", "5", "-l", "20,10,5"],
+        &["-c", "70", "-n", "100000"],
+    ];
+    for (i, options) in steps.iter().enumerate() {
+        let json = survey_then_run(&db, &format!("step{i}"), options);
+        let finished = json["total"]["finished_all"].as_bool().unwrap();
+        assert_eq!(finished, i == steps.len() - 1, "step {i}: {json}");
+    }
+}
+
+#[test]
+fn a_survey_with_saved_levels_of_another_size_matches_the_run() {
+    // Saved progress whose levels differ from -l: rooms continue theirs.
+    let (db, _) = check::generated_db("survey_levels", &GenConfig::compressible(43, 4, 200));
+    auto(db.url(), &["-c", "25", "-n", "6", "-l", "3,3,3"], &[]);
+    survey_then_run(&db, "levels", &["-c", "45", "-n", "11", "-l", "100,50,25"]);
+}
+
+/// A room damaged part-way (an edge into another room, which a run leaves
+/// alone from that chunk on): the survey says so and its figures, those of
+/// the chunks before and of every other room, are still the run's.
+#[test]
+fn a_damaged_room_is_left_alone_as_a_run_leaves_it() {
+    let (db, generated) =
+        check::generated_db("survey_damaged", &GenConfig::compressible(44, 3, 200));
+    let (room, other) = (&generated.rooms[0].room_id, &generated.rooms[1].room_id);
+    let mut client = db.client();
+    let ids: Vec<i64> = client
+        .query(
+            "SELECT id FROM state_groups WHERE room_id = $1 ORDER BY id",
+            &[room],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let group = ids[ids.len() / 2];
+    check::edge_into_other_room(&mut client, group, other);
+    let json = survey_then_run(&db, "damaged", &["-c", "30", "-n", "100000"]);
+    let listed = json["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["room_id"] == room.as_str())
+        .expect("the damaged room is listed");
+    assert_eq!(listed["damaged"], true, "{json}");
+    assert!(listed["chunks"].as_i64() > Some(0), "{json}");
+}

@@ -1,0 +1,628 @@
+//! `--dry-run`: the survey. Runs the chunk loop of a real run over the
+//! database, in memory, and reports per room what that run would save.
+//!
+//! It starts where a real run would (the saved scan position, rooms'
+//! positions and levels, read only; from scratch when the progress tables
+//! do not exist) and carries the run's progress from chunk to chunk in
+//! memory as a real run carries it in the tables: the scan position, and
+//! each room's last group and levels, fresh after a chunk that would grow.
+//! Each chunk is loaded, compressed and verified with the run's own code
+//! (`manager::take_loaded`, `manager::would_grow`), so the
+//! decisions are the run's.
+//!
+//! One thing differs from a real run: a later chunk of a room loads its
+//! level heads and their predecessors along the edges as they are, where
+//! the run would find the edges the earlier chunk wrote. The states are the
+//! same, but the compressor, when a head cannot be a group's base, walks up
+//! the *new* edges from it. So the survey carries, per room, the groups of
+//! the new structure that the levels' heads reach (`Carried`: those a real
+//! run would load for the next chunk) and lays them over the next chunk's
+//! load. `tests/survey.rs` checks the figures against real runs.
+//!
+//! It writes nothing: the session is read-only (`default_transaction_read_only`),
+//! it needs only SELECT, creates no table and takes no lock at all (no run
+//! lock, no room locks: those only keep writers apart, and a survey running
+//! beside a real run reports the database as it read it).
+//!
+//! Per room it counts the groups of the room's chunks (in range, not the
+//! level heads and predecessors loaded with later chunks) and their rows
+//! now and after. The time estimate is the measured load, compress and
+//! verify time plus the write time estimated from the rows a run would
+//! delete and insert, at [`WRITE_ROWS_PER_SECOND`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use postgres::Client;
+use synapse_compress_state::core::group::{changed_groups, StateGroupEntry};
+use synapse_compress_state::core::state_map::{StateMap, Symbols};
+use synapse_compress_state::core::verify::verify;
+use synapse_compress_state::db::{self, schema, Prepared};
+use synapse_compress_state::{compress, Error, GroupMap, Level, Result};
+
+use crate::manager::{heads, take_loaded, would_grow, AutoConfig, Loaded};
+use crate::prefetch::{load_chunk, ChunkRequest};
+use crate::state_saving::{self, LeftRooms};
+
+/// Rows deleted or inserted per second by a real run's writes, measured on
+/// this tool's runs over generated databases (see the README's "Dry run"
+/// section): the write phase of those runs divided by the rows the chunks
+/// deleted and inserted. Real servers vary by a factor of a few either way.
+pub const WRITE_ROWS_PER_SECOND: f64 = 300_000.0;
+
+/// What the run would do to one room.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoomSurvey {
+    pub room_id: String,
+    /// Chunks of the room the run would do (skipped ones included).
+    pub chunks: usize,
+    /// Of those, chunks skipped because they would grow.
+    pub chunks_skipped: usize,
+    /// Groups in those chunks.
+    pub groups: usize,
+    /// Rows of those groups now, and after the run.
+    pub rows_now: usize,
+    pub rows_after: usize,
+    /// Rows the run would delete and insert (old and new rows of the groups
+    /// it rewrites).
+    pub rows_written: usize,
+    /// The run would reach the room's end.
+    pub finished: bool,
+    /// The room's data is damaged: a run leaves it alone.
+    pub damaged: bool,
+}
+
+impl RoomSurvey {
+    pub fn rows_saved(&self) -> i64 {
+        self.rows_now as i64 - self.rows_after as i64
+    }
+
+    fn percent_saved(&self) -> f64 {
+        percent(self.rows_saved(), self.rows_now)
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "room_id": self.room_id,
+            "chunks": self.chunks,
+            "chunks_skipped": self.chunks_skipped,
+            "groups": self.groups,
+            "rows_now": self.rows_now,
+            "rows_after": self.rows_after,
+            "rows_saved": self.rows_saved(),
+            "percent_saved": self.percent_saved(),
+            "finished": self.finished,
+            "damaged": self.damaged,
+        })
+    }
+}
+
+fn percent(part: i64, whole: usize) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
+}
+
+/// The survey of a run: its rooms, ordered by rows saved (most first).
+#[derive(Clone, Debug, Default)]
+pub struct Survey {
+    pub rooms: Vec<RoomSurvey>,
+    pub chunks: usize,
+    /// The run would stop for want of groups (not at `-n`).
+    pub finished_all: bool,
+    pub load: Duration,
+    pub compress: Duration,
+    pub verify: Duration,
+    /// The survey itself, start to end.
+    pub elapsed: Duration,
+}
+
+impl Survey {
+    fn total(&self) -> RoomSurvey {
+        let mut total = RoomSurvey::default();
+        for room in &self.rooms {
+            total.chunks += room.chunks;
+            total.chunks_skipped += room.chunks_skipped;
+            total.groups += room.groups;
+            total.rows_now += room.rows_now;
+            total.rows_after += room.rows_after;
+            total.rows_written += room.rows_written;
+        }
+        total
+    }
+
+    /// The estimated write time: rows deleted and inserted, at the
+    /// measured rate.
+    pub fn write_estimate(&self) -> Duration {
+        Duration::from_secs_f64(self.total().rows_written as f64 / WRITE_ROWS_PER_SECOND)
+    }
+
+    /// The estimated time of the real run: the measured load, compress and
+    /// verify time, plus the write estimate.
+    pub fn time_estimate(&self) -> Duration {
+        self.load + self.compress + self.verify + self.write_estimate()
+    }
+
+    /// The `--json` form: `{"dry_run": true, "rooms": [...], "total": {...}}`,
+    /// rooms in the table's order, the totals and time estimate around them.
+    pub fn to_json(&self) -> serde_json::Value {
+        let total = self.total();
+        serde_json::json!({
+            "dry_run": true,
+            "rooms": self.rooms.iter().map(RoomSurvey::to_json).collect::<Vec<_>>(),
+            "total": {
+                "rooms": self.rooms.len(),
+                "chunks": total.chunks,
+                "chunks_skipped": total.chunks_skipped,
+                "groups": total.groups,
+                "rows_now": total.rows_now,
+                "rows_after": total.rows_after,
+                "rows_saved": total.rows_saved(),
+                "percent_saved": total.percent_saved(),
+                "rows_written": total.rows_written,
+                "finished_all": self.finished_all,
+                "seconds": {
+                    "load": self.load.as_secs_f64(),
+                    "compress": self.compress.as_secs_f64(),
+                    "verify": self.verify.as_secs_f64(),
+                    "write_estimate": self.write_estimate().as_secs_f64(),
+                    "run_estimate": self.time_estimate().as_secs_f64(),
+                    "survey": self.elapsed.as_secs_f64(),
+                },
+            },
+        })
+    }
+
+    /// The human table: one line per room, the total, the time estimate.
+    pub fn to_table(&self) -> String {
+        let total = self.total();
+        let width = self
+            .rooms
+            .iter()
+            .map(|r| r.room_id.chars().count())
+            .chain(["room id".len(), "total".len()])
+            .max()
+            .unwrap_or(0);
+        let mut out = String::new();
+        let mut line = |room: &str, groups: &str, now: &str, after: &str, saved: &str| {
+            let _ = writeln!(
+                out,
+                "{room:<width$}  {groups:>9}  {now:>12}  {after:>12}  {saved:>7}"
+            );
+        };
+        line("room id", "groups", "rows now", "rows after", "saved");
+        for room in &self.rooms {
+            let id = if room.damaged {
+                format!("{} (damaged, left alone)", room.room_id)
+            } else {
+                room.room_id.clone()
+            };
+            line(
+                &id,
+                &room.groups.to_string(),
+                &room.rows_now.to_string(),
+                &room.rows_after.to_string(),
+                &format!("{:.1}%", room.percent_saved()),
+            );
+        }
+        line(
+            "total",
+            &total.groups.to_string(),
+            &total.rows_now.to_string(),
+            &total.rows_after.to_string(),
+            &format!("{:.1}%", total.percent_saved()),
+        );
+        let _ = writeln!(
+            out,
+            "{} rooms, {} chunks ({} would be skipped), {} rows saved; {}",
+            self.rooms.len(),
+            total.chunks,
+            total.chunks_skipped,
+            total.rows_saved(),
+            if self.finished_all {
+                "the run would compress everything left"
+            } else {
+                "the run would stop at its chunk count, with more left"
+            }
+        );
+        let _ = writeln!(
+            out,
+            "Estimated time of the real run: {:.1}s (measured here: load {:.1}s, compress {:.1}s, \
+             verify {:.1}s; writing estimated at {:.1}s for {} rows deleted or inserted, at {} rows/s). \
+             This is an estimate; nothing was written.",
+            self.time_estimate().as_secs_f64(),
+            self.load.as_secs_f64(),
+            self.compress.as_secs_f64(),
+            self.verify.as_secs_f64(),
+            self.write_estimate().as_secs_f64(),
+            total.rows_written,
+            WRITE_ROWS_PER_SECOND as u64,
+        );
+        out
+    }
+}
+
+/// A room's progress as the run would have saved it by now.
+#[derive(Clone, Debug)]
+struct Position {
+    last: i64,
+    levels: Vec<Level>,
+    /// The new structure the next chunk's compression may walk.
+    carried: Carried,
+}
+
+/// Groups of a room's new structure, as the run would have written them:
+/// the levels' heads and every group up their new edges. Kept as strings
+/// because each chunk is loaded with its own symbol table. Only these are
+/// kept (a few hundred groups a room at most: the levels bound the new
+/// chains, Synapse's 100 hops the old ones), not the whole room.
+#[derive(Clone, Debug, Default)]
+struct Carried(Vec<CarriedGroup>);
+
+#[derive(Clone, Debug)]
+struct CarriedGroup {
+    id: i64,
+    prev: Option<i64>,
+    rows: Vec<(String, String, String)>,
+    missing_group_row: bool,
+}
+
+impl Carried {
+    /// The groups reachable from `levels`' heads in `original` with
+    /// `changes` laid over it (the structure after the chunk).
+    fn after_chunk(
+        original: &GroupMap,
+        changes: &GroupMap,
+        symbols: &Symbols,
+        levels: &[Level],
+    ) -> Result<Carried> {
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<i64> = heads(levels);
+        let mut groups = Vec::new();
+        while let Some(id) = todo.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            let entry = changes
+                .get(&id)
+                .or_else(|| original.get(&id))
+                .ok_or_else(|| {
+                    Error::Internal(format!("the survey lost group {id} of the new structure"))
+                })?;
+            todo.extend(entry.prev);
+            groups.push(CarriedGroup {
+                id,
+                prev: entry.prev,
+                rows: entry
+                    .delta
+                    .iter()
+                    .map(|(key, value)| {
+                        let (ty, state_key) = symbols.key_str(key);
+                        (
+                            ty.to_owned(),
+                            state_key.to_owned(),
+                            symbols.value_str(value).to_owned(),
+                        )
+                    })
+                    .collect(),
+                missing_group_row: entry.missing_group_row,
+            });
+        }
+        Ok(Carried(groups))
+    }
+
+    /// Lays the carried groups over a chunk's load, as loaded predecessors.
+    fn lay_over(&self, original: &mut GroupMap, symbols: &mut Symbols) {
+        for group in &self.0 {
+            let rows = group
+                .rows
+                .iter()
+                .map(|(ty, state_key, value)| (symbols.key(ty, state_key), symbols.value(value)))
+                .collect();
+            original.insert(
+                group.id,
+                StateGroupEntry {
+                    in_range: false,
+                    prev: group.prev,
+                    delta: StateMap::from_unsorted(rows).0,
+                    missing_group_row: group.missing_group_row,
+                },
+            );
+        }
+    }
+}
+
+/// Surveys what a real run with `config` would do, writing nothing.
+pub fn run(config: &AutoConfig) -> Result<Survey> {
+    let started = Instant::now();
+    let mut client = db::connect_as(&config.db_url, "synapse_auto_compressor")?;
+    // Anything that tried to write would fail, whatever the role may do.
+    client
+        .batch_execute("SET default_transaction_read_only = on")
+        .map_err(|e| Error::db("making the session read-only", e))?;
+    schema::require_state_tables(&mut client)?;
+    let exists = schema::tables_exist(&mut client, &state_saving::PROGRESS_TABLES)?;
+    let reads: Vec<schema::Need> = state_saving::PROGRESS_TABLES
+        .iter()
+        .map(|&table| schema::Need::new("SELECT", table, "needed to read saved progress"))
+        .collect();
+    schema::require_privileges(&mut client, schema::Access::Read, &reads, &[])?;
+    // Saved positions and levels are read when both their tables exist (a
+    // real run creates missing ones empty, so their rooms start afresh).
+    let saved = exists[0] && exists[1];
+    let mut scan = state_saving::read_scan_position(&mut client, exists[2])?;
+
+    let mut prepared = Prepared::new();
+    let mut survey = Survey::default();
+    let mut rooms: HashMap<String, RoomSurvey> = HashMap::new();
+    let mut positions: HashMap<String, Position> = HashMap::new();
+    let mut left = LeftRooms::default();
+    while (survey.chunks as i64) < config.number_of_chunks.get() {
+        let known = |room: &str| positions.get(room).map(|p| p.last);
+        let Some(next) =
+            state_saving::peek_next_room(&mut client, &mut prepared, scan, &known, &left, saved)?
+        else {
+            survey.finished_all = true;
+            break;
+        };
+        // As the run saves it: never past a room it leaves.
+        scan = left.hold().map_or(next.group, |h| h.min(next.group));
+        let room = next.room_id;
+        let (after, levels, carried) = match positions.remove(&room) {
+            Some(p) => (Some(p.last), p.levels, p.carried),
+            None if saved => {
+                let progress = state_saving::read_room_progress(
+                    &mut client,
+                    &mut prepared,
+                    &room,
+                    &config.default_levels,
+                )?;
+                if let Some(reason) = &progress.reset_reason {
+                    warn!("Room {room}: {reason}");
+                }
+                (
+                    progress.last_compressed,
+                    progress.levels,
+                    Carried::default(),
+                )
+            }
+            None => (
+                None,
+                config.default_levels.empty_levels(),
+                Carried::default(),
+            ),
+        };
+        let figures = rooms.entry(room.clone()).or_insert_with(|| RoomSurvey {
+            room_id: room.clone(),
+            ..RoomSurvey::default()
+        });
+        match survey_chunk(
+            &mut client,
+            config,
+            &room,
+            after,
+            levels,
+            &carried,
+            &mut survey,
+        )? {
+            Surveyed::Gone => {
+                // The run saves fresh levels at the old position.
+                figures.finished = true;
+                if let Some(last) = after {
+                    positions.insert(
+                        room,
+                        Position {
+                            last,
+                            levels: config.default_levels.empty_levels(),
+                            carried: Carried::default(),
+                        },
+                    );
+                }
+                figures.chunks += 1;
+                survey.chunks += 1;
+            }
+            Surveyed::Damaged(why) => {
+                warn!("Room {room} is damaged ({why}); a run would leave it alone");
+                figures.damaged = true;
+                left.leave(room, next.group);
+            }
+            Surveyed::Done(done) => {
+                figures.chunks += 1;
+                figures.chunks_skipped += usize::from(done.skipped);
+                figures.groups += done.groups;
+                figures.rows_now += done.rows_now;
+                figures.rows_after += done.rows_after;
+                figures.rows_written += done.rows_written;
+                figures.finished = !done.more;
+                survey.chunks += 1;
+                positions.insert(room, done.next);
+            }
+        }
+    }
+    let mut list: Vec<RoomSurvey> = rooms.into_values().collect();
+    list.sort_by(|a, b| {
+        b.rows_saved()
+            .cmp(&a.rows_saved())
+            .then_with(|| a.room_id.cmp(&b.room_id))
+    });
+    survey.rooms = list;
+    survey.elapsed = started.elapsed();
+    info!(
+        "Dry run: {} chunks over {} rooms surveyed in {:.1}s; nothing was written",
+        survey.chunks,
+        survey.rooms.len(),
+        survey.elapsed.as_secs_f64()
+    );
+    Ok(survey)
+}
+
+/// One chunk as the survey sees it.
+enum Surveyed {
+    /// The room has no groups after its position any more.
+    Gone,
+    /// The room's data is damaged (why).
+    Damaged(String),
+    Done(ChunkFigures),
+}
+
+/// What a run would do with one chunk.
+struct ChunkFigures {
+    groups: usize,
+    rows_now: usize,
+    rows_after: usize,
+    rows_written: usize,
+    /// The chunk would grow: a run skips it.
+    skipped: bool,
+    /// Rows after of the chunk's first group.
+    first_rows_after: usize,
+    /// The room goes on after the chunk.
+    more: bool,
+    /// The room's progress after the chunk.
+    next: Position,
+}
+
+/// Loads, compresses and verifies `room`'s chunk after `after` as a run
+/// would, with `levels` and the new structure `carried` from the room's
+/// chunk before, adding the time each phase took to `times`.
+fn survey_chunk(
+    client: &mut Client,
+    config: &AutoConfig,
+    room: &str,
+    after: Option<i64>,
+    levels: Vec<Level>,
+    carried: &Carried,
+    times: &mut Survey,
+) -> Result<Surveyed> {
+    let request = ChunkRequest {
+        room_id: room.to_owned(),
+        after,
+        heads: heads(&levels),
+        chunk_size: config.chunk_size.get(),
+    };
+    let loading = Instant::now();
+    let loaded = take_loaded(load_chunk(client, &request, &mut |_| {})?, &request)?;
+    times.load += loading.elapsed();
+    let mut chunk = match loaded {
+        Loaded::Chunk(chunk) => chunk,
+        Loaded::Gone => return Ok(Surveyed::Gone),
+        Loaded::Damaged { why, .. } => return Ok(Surveyed::Damaged(why)),
+    };
+    carried.lay_over(&mut chunk.original, &mut chunk.symbols);
+    let compressing = Instant::now();
+    let compressed = match compress(&chunk.original, levels) {
+        Ok(compressed) => compressed,
+        Err(Error::Damaged(why)) => return Ok(Surveyed::Damaged(why)),
+        Err(e) => return Err(e),
+    };
+    times.compress += compressing.elapsed();
+    let rows_now = in_range_rows(&chunk.original, None);
+    let mut figures = ChunkFigures {
+        groups: chunk.report.in_range,
+        rows_now,
+        rows_after: rows_now,
+        rows_written: 0,
+        skipped: true,
+        first_rows_after: 0,
+        more: chunk.more,
+        next: Position {
+            last: chunk.last,
+            levels: config.default_levels.empty_levels(),
+            carried: Carried::default(),
+        },
+    };
+    if would_grow(&chunk.original, &compressed) {
+        return Ok(Surveyed::Done(figures));
+    }
+    let verifying = Instant::now();
+    verify(&chunk.original, &compressed.changes)?;
+    times.verify += verifying.elapsed();
+    figures.skipped = false;
+    figures.rows_after = in_range_rows(&chunk.original, Some(&compressed.changes));
+    figures.first_rows_after = chunk
+        .original
+        .iter()
+        .find(|(_, entry)| entry.in_range)
+        .map_or(0, |(id, entry)| {
+            compressed
+                .changes
+                .get(id)
+                .map_or(entry.delta.len(), |new| new.delta.len())
+        });
+    figures.rows_written = changed_groups(&chunk.original, &compressed.changes)
+        .iter()
+        .map(|id| chunk.original[id].delta.len() + compressed.changes[id].delta.len())
+        .sum();
+    figures.next.carried = Carried::after_chunk(
+        &chunk.original,
+        &compressed.changes,
+        &chunk.symbols,
+        &compressed.levels,
+    )?;
+    figures.next.levels = compressed.levels;
+    Ok(Surveyed::Done(figures))
+}
+
+/// A trial of a room's next chunk, for `--largest-rooms`' estimate.
+#[derive(Clone, Copy, Debug)]
+pub struct Trial {
+    pub groups: usize,
+    pub rows_now: usize,
+    pub rows_after: usize,
+    /// Rows after of the chunk's first group when it starts the room's new
+    /// tree (fresh levels: a snapshot, which the rest of the room does not
+    /// repeat); 0 otherwise.
+    pub start_rows: usize,
+}
+
+/// A trial of `room`'s next chunk, as a run would do it, or `None` when
+/// the room has no chunk to compress (or is damaged). Reads only; no lock.
+pub fn trial_chunk(
+    client: &mut Client,
+    config: &AutoConfig,
+    room: &str,
+    after: Option<i64>,
+    levels: Vec<Level>,
+) -> Result<Option<Trial>> {
+    let mut times = Survey::default();
+    let fresh = levels.iter().all(|l| l.head().is_none());
+    let surveyed = survey_chunk(
+        client,
+        config,
+        room,
+        after,
+        levels,
+        &Carried::default(),
+        &mut times,
+    )?;
+    Ok(match surveyed {
+        Surveyed::Done(done) => Some(Trial {
+            groups: done.groups,
+            rows_now: done.rows_now,
+            rows_after: done.rows_after,
+            start_rows: if fresh && !done.skipped {
+                done.first_rows_after
+            } else {
+                0
+            },
+        }),
+        Surveyed::Gone | Surveyed::Damaged(_) => None,
+    })
+}
+
+/// Rows of the chunk's own groups (not the heads and predecessors loaded
+/// with it): as they are, or with `changes` in place.
+fn in_range_rows(original: &GroupMap, changes: Option<&GroupMap>) -> usize {
+    original
+        .iter()
+        .filter(|(_, entry)| entry.in_range)
+        .map(|(id, entry)| {
+            changes
+                .and_then(|c| c.get(id))
+                .map_or(entry.delta.len(), |new| new.delta.len())
+        })
+        .sum()
+}

@@ -1,7 +1,8 @@
 //! The automatic tool: compresses the whole database a chunk at a time.
 //! All the work is in the library; this parses arguments, runs, and maps
 //! errors to exit codes (75, "temporary failure", when another run holds
-//! the lock, so cron wrappers can tell it apart from a real error).
+//! the lock, so cron wrappers can tell it apart from a real error; 130 or
+//! 143 when Ctrl-C or SIGTERM stopped the run between two chunks).
 
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
@@ -24,7 +25,10 @@ fn main() -> ExitCode {
             if json {
                 println!("{}", summary.to_json());
             }
-            ExitCode::SUCCESS
+            match summary.interrupted {
+                Some(signal) => ExitCode::from(signal.exit_status()),
+                None => ExitCode::SUCCESS,
+            }
         }
         Err(err) => {
             eprintln!("error: {err}");

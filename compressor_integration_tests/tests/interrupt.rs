@@ -542,3 +542,51 @@ fn a_second_signal_stops_at_once() {
         "only {at_once} runs ended at the second signal"
     );
 }
+
+/// `-o FILE`: a run stopped before it writes the file removes it (an
+/// empty file would read as one with nothing to apply); a run that was
+/// not stopped leaves the whole file, which applies cleanly. Nothing is
+/// written to the database either way.
+#[test]
+fn a_stopped_run_leaves_no_sql_file() {
+    let seed = seed("sql file");
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let (db, generated, original) = database("intr_sql", seed % 1000);
+    let room = generated.rooms[0].room_id.clone();
+    let file = tools::TempPath::new("interrupted", "sql");
+    let args = strings(&[
+        "-p",
+        db.url(),
+        "-r",
+        &room,
+        "-l",
+        LEVELS,
+        "-o",
+        file.as_str(),
+    ]);
+    let lines = run(COMPRESSOR, &args, None).stderr.lines().count();
+    let generated_tree = generated.structure();
+    let mut stopped = 0;
+    for round in 0..6 {
+        let signal = Signal::random(&mut rng);
+        let at = rng.random_range(0..lines);
+        let stop = Stop {
+            at,
+            first: signal,
+            second: None,
+        };
+        let ending = run(COMPRESSOR, &args, Some(stop));
+        let context = format!("round {round}: {signal:?} after line {at}");
+        if check_stopped(&ending, signal, false) {
+            stopped += 1;
+            assert!(!file.path().exists(), "{context}: the file was left");
+        } else {
+            check::apply_sql(db.url(), file.path());
+            assert_intact(&db, &original, &context);
+            check::restore(&db, &generated);
+        }
+        assert!(whole_tree(&db) == generated_tree, "{context}: written to");
+    }
+    eprintln!("-o: {stopped} of 6 runs stopped");
+    assert!(stopped >= 1, "no run was stopped");
+}

@@ -87,6 +87,11 @@ pub fn bar(len: u64, message: &'static str) -> ProgressBar {
     bar
 }
 
+/// `n` with thousands separators ("148,762"), as the bars show counts.
+pub fn count(n: u64) -> String {
+    indicatif::HumanCount(n).to_string()
+}
+
 /// The automatic tool's bar: chunks done of `chunks`, with the time left,
 /// and a message (rows saved so far, the current room) cut to the width
 /// of the terminal. It ticks on its own, so the clock moves during a long

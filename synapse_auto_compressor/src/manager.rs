@@ -296,7 +296,7 @@ fn chunk_loop(
         let room = next.room_id;
         bar.set_message(format!(
             "saved {} rows; room {}",
-            summary.rows_saved,
+            progress::count(summary.rows_saved.max(0) as u64),
             printable(&room)
         ));
         // The room is ours until its chunk is written: another compressor

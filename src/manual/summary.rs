@@ -214,7 +214,7 @@ impl fmt::Display for Summary {
         if let Some(signal) = self.interrupted {
             writeln!(
                 f,
-                "Interrupted by {signal} before the run was done: {} groups rewritten in the database, every group's state unchanged; run the same command again to finish.",
+                "Interrupted by {signal} before the run was done: {} groups rewritten in the database (the figures above are those of the whole compression), every group's state unchanged; run the same command again to finish.",
                 self.groups_written
             )?;
         }

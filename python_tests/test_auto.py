@@ -2,14 +2,26 @@
 generated database of several rooms: the figures match the database, runs
 continue where the last one stopped, and no group's state changes."""
 
+import signal
+
 import synapse_auto_compressor
 
 from support import GROUPS_PER_ROOM, ROOMS, DatabaseTest, changed_groups, literal, psql
 
+
+def caught_signals():
+    """This process's mask of signals with a handler (Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("SigCgt:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
 KEYS = {
     "chunks", "chunks_skipped", "rooms_finished", "groups", "rows_before", "rows_after",
     "rows_saved", "groups_changed", "forced_resets", "groups_written", "groups_skipped_live",
-    "levels_reset", "rooms_busy", "rooms_damaged", "seconds", "peak_rss_mib",
+    "levels_reset", "rooms_busy", "rooms_damaged", "seconds", "peak_rss_mib", "interrupted",
 }
 SECONDS = {"load", "compress", "verify", "write", "total"}
 CHUNK = 100
@@ -28,7 +40,13 @@ class AutoTest(DatabaseTest):
         self.assertEqual(result["groups_skipped_live"], 0)
         self.assertEqual(result["rooms_busy"], 0)
         self.assertEqual(result["rooms_damaged"], 0)
+        self.assertFalse(result["interrupted"])
         self.assertStatesUnchanged()
+        # The module leaves Ctrl-C and SIGTERM to Python: Python's own
+        # SIGINT handler, and no handler at all for SIGTERM (the kernel's
+        # mask of caught signals; Python does not catch SIGTERM).
+        self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)
+        self.assertFalse(caught_signals() & (1 << (signal.SIGTERM - 1)))
 
     def test_whole_database(self):
         rows_before, stored_before = self.db.rows(), self.db.stored()

@@ -4,6 +4,7 @@ changes."""
 
 import json
 import os
+import signal
 import subprocess
 import tempfile
 
@@ -15,7 +16,7 @@ KEYS = {
     "room_id", "groups", "groups_in_range", "last_group", "rows_before", "rows_after",
     "rows_saved", "percent_after", "groups_changed", "forced_resets", "forced_reset_rows",
     "groups_written", "groups_skipped_live", "missing_predecessors", "outcome", "verified",
-    "groups_compared", "seconds", "peak_rss_mib",
+    "groups_compared", "seconds", "peak_rss_mib", "interrupted",
 }
 SECONDS = {"load", "compress", "verify", "write", "total"}
 # Figures that depend on the run, not on the data.
@@ -33,6 +34,9 @@ class ManualTest(DatabaseTest):
         self.assertEqual(set(result), KEYS)
         self.assertEqual(set(result["seconds"]), SECONDS)
         self.assertEqual(result["outcome"], "done")
+        self.assertFalse(result["interrupted"])
+        # The module leaves Ctrl-C to Python: no handler of its own.
+        self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)
         self.assertTrue(result["verified"])
         self.assertEqual(result["room_id"], room)
         self.assertEqual(result["groups"], self.db.groups(room))

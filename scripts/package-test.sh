@@ -177,7 +177,7 @@ for path in sys.argv[1:]:
 EOF
     ok "units parse (systemd-analyze could not run)"
 fi
-for want in "Type=oneshot" "EnvironmentFile=$defaults" "SuccessExitStatus=75" "Nice=10" \
+for want in "Type=oneshot" "EnvironmentFile=$defaults" "SuccessExitStatus=75 143" "Nice=10" \
     "IOSchedulingClass=idle" "ProtectSystem=strict" "PrivateTmp=yes" "NoNewPrivileges=yes"; do
     grep -qx -- "$want" "$service" || fail "$service lacks $want"
 done

@@ -1,6 +1,8 @@
 //! The manual tool: compresses one room. All the work is in the library
 //! (`manual::run`); this parses arguments, runs, prints, and turns the
-//! outcome into the exit status.
+//! outcome into the exit status (130 or 143 when Ctrl-C or SIGTERM stopped
+//! the run, whose summary then goes to stderr: stdout keeps only what a
+//! script reads, the `--json` object or the SQL of `-o -`).
 
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
@@ -30,8 +32,20 @@ fn main() -> ExitCode {
         }
     };
     match manual::run(&args.into_config()) {
-        Ok(summary) if json => print(summary.to_json().to_string()),
-        Ok(summary) => print(summary.to_string()),
+        Ok(summary) => {
+            if let Some(signal) = summary.interrupted {
+                eprintln!("{summary}");
+                if json {
+                    print(summary.to_json().to_string());
+                }
+                return ExitCode::from(signal.exit_status());
+            }
+            print(if json {
+                summary.to_json().to_string()
+            } else {
+                summary.to_string()
+            });
+        }
         Err(err) => {
             eprintln!("error: {err}");
             return err.exit_code();

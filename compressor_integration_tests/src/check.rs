@@ -268,6 +268,23 @@ pub fn generated_db(
     (db, generated)
 }
 
+/// Puts the generated data back as it was (and forgets the automatic
+/// tool's progress).
+pub fn restore(db: &crate::pg::TestDb, generated: &crate::generator::Generated) {
+    let mut client = db.client();
+    client
+        .batch_execute(
+            "DROP TABLE IF EXISTS state_compressor_state, state_compressor_progress, \
+                 state_compressor_total_progress;
+             TRUNCATE state_groups, state_group_edges, state_groups_state, event_to_state_groups, \
+                 state_groups_pending_deletion;",
+        )
+        .expect("emptying the tables");
+    generated
+        .write(&mut client)
+        .expect("writing the groups again");
+}
+
 /// A small generated database (two rooms of `groups_per_room` groups that
 /// compress well) and its first room's id, for the bad-input tests.
 pub fn small_db(hint: &str, groups_per_room: usize) -> (crate::pg::TestDb, String) {

@@ -49,23 +49,6 @@ fn config(seed: u64) -> GenConfig {
     }
 }
 
-/// Puts the generated data back as it was (and forgets the automatic
-/// tool's progress).
-fn restore(db: &TestDb, generated: &Generated) {
-    let mut client = db.client();
-    client
-        .batch_execute(
-            "DROP TABLE IF EXISTS state_compressor_state, state_compressor_progress, \
-                 state_compressor_total_progress;
-             TRUNCATE state_groups, state_group_edges, state_groups_state, event_to_state_groups, \
-                 state_groups_pending_deletion;",
-        )
-        .expect("emptying the tables");
-    generated
-        .write(&mut client)
-        .expect("writing the groups again");
-}
-
 /// How a run ended.
 struct Ending {
     killed: bool,
@@ -353,7 +336,7 @@ fn manual_tool_killed_while_writing() {
     let generated_tree = generated.structure();
     let mut killer = Killer::new(COMPRESSOR, MANUAL_WRITE_MARKER, 71);
     for round in 0..5 {
-        restore(&db, &generated);
+        check::restore(&db, &generated);
         let which = round % rooms.len();
         let a = args(&rooms[which]);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
@@ -416,7 +399,7 @@ fn auto_tool_with_big_chunks_killed_while_writing() {
     // Rounds end early when a run finishes; seven give at least ten
     // kills with a margin.
     for round in 0..7 {
-        restore(&db, &generated);
+        check::restore(&db, &generated);
         let mut done = false;
         for attempt in 0..12 {
             let (ending, context) = killer.attempt(&args, profile, round, attempt);

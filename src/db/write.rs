@@ -92,9 +92,13 @@ struct Locked {
 impl Rewrite<'_> {
     /// Writes `groups` (ascending ids whose new entries differ from the
     /// loaded ones), one transaction per batch. `on_batch` is told how many
-    /// groups each committed batch held. `last`, if given, runs in the last
-    /// transaction (in a transaction of its own when there is nothing to
-    /// write).
+    /// groups each committed batch held, and returns whether to go on: the
+    /// write stops after any batch it says no to (the manual tool does when
+    /// asked to stop), leaving every group right, since each batch is a
+    /// whole rewrite of its groups onto bases that exist and keep their
+    /// state. `last`, if given, runs in the last transaction (in a
+    /// transaction of its own when there is nothing to write); a caller
+    /// that stops early gives it up.
     ///
     /// A batch that meets a deadlock, a serialization failure or a
     /// duplicate edge (another writer that takes no locks rewrote one of
@@ -105,7 +109,7 @@ impl Rewrite<'_> {
         &self,
         client: &mut Client,
         groups: &[i64],
-        on_batch: &mut dyn FnMut(usize),
+        on_batch: &mut dyn FnMut(usize) -> bool,
         mut last: Option<LastTransaction<'_>>,
     ) -> Result<WriteReport> {
         let mut all: Vec<&[i64]> = batches(self.new, groups).collect();
@@ -117,7 +121,9 @@ impl Rewrite<'_> {
         for (i, batch) in all.into_iter().enumerate() {
             let last = if i + 1 == count { last.as_mut() } else { None };
             report.add(self.commit_batch(client, batch, last)?);
-            on_batch(batch.len());
+            if !on_batch(batch.len()) {
+                break;
+            }
         }
         Ok(report)
     }

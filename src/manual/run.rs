@@ -1,6 +1,13 @@
 //! One manual run, in phases: connect (and lock the room when writing),
 //! load the room's range, compress, decide whether writing is worth it,
 //! verify, then write the SQL file and/or apply the changes.
+//!
+//! Ctrl-C or SIGTERM (`tool::interrupt`) is looked at between phases and
+//! between write batches, each batch being a committed transaction of its
+//! own that leaves every group's state as it was. A run stopped before its
+//! SQL file is written removes the file it had opened, so no file that
+//! looks complete (or looks like "nothing to apply") is left; once started,
+//! the file is finished first, as it is local and quick.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -16,12 +23,14 @@ use crate::core::group::{changed_groups, GroupMap};
 use crate::core::state_map::Symbols;
 use crate::core::verify::verify;
 use crate::db::load::{self, LoadReport};
+use crate::db::write::WriteReport;
 use crate::db::{self, schema, RoomLock};
 use crate::error::{Error, Result};
 use crate::manual::config::ManualConfig;
 use crate::manual::summary::{Outcome, Summary};
 use crate::output::{graph, sql};
 use crate::tool::args::{NonNegative, Positive};
+use crate::tool::interrupt;
 use crate::tool::progress;
 use crate::tool::timings::Timings;
 
@@ -34,16 +43,22 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     let damaged = |e: Error| e.in_room(room);
 
     // Open the output file first: an unwritable path fails before any work.
-    let mut sql_out = config
+    let sql_out = config
         .output_file
         .as_deref()
         .map(SqlOut::open)
         .transpose()?;
-    let (mut client, room_lock) = connect(config)?;
+    let (client, room_lock) = connect(config)?;
+    let mut held = Held {
+        client,
+        room_lock,
+        sql_out,
+        run_started,
+    };
 
     let mut timings = Timings::default();
     let started = Instant::now();
-    let loaded = load_room(&mut client, config).map_err(damaged)?;
+    let loaded = load_room(&mut held.client, config).map_err(damaged)?;
     timings.load = started.elapsed();
     info!(
         "Loaded {} groups ({} to compress, up to group {}) in {:.2}s",
@@ -52,6 +67,10 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         loaded.last_group,
         timings.load.as_secs_f64()
     );
+    let mut summary = Summary::loaded(room, &loaded, timings);
+    if held.stop_if_asked(&mut summary)? {
+        return Ok(summary);
+    }
 
     let started = Instant::now();
     let compressed =
@@ -61,10 +80,13 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     summary.dry_run = !config.commit_changes && config.output_file.is_none();
 
     if let Some(why) = reason_to_write_nothing(config, &mut summary) {
-        if let Some(out) = sql_out.as_mut() {
+        if let Some(out) = held.sql_out.as_mut() {
             out.nothing(room, &why)?;
         }
         summary.timings.total = run_started.elapsed();
+        return Ok(summary);
+    }
+    if held.stop_if_asked(&mut summary)? {
         return Ok(summary);
     }
 
@@ -79,21 +101,77 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         let written = graph::write_graphs(Path::new("."), original, &compressed.view(original))?;
         info!("Wrote graph files: {written:?}");
     }
+    if held.stop_if_asked(&mut summary)? {
+        return Ok(summary);
+    }
 
     let changed = changed_groups(original, &compressed.changes);
     let started = Instant::now();
-    if let Some(out) = sql_out.as_mut() {
+    if let Some(mut out) = held.sql_out.take() {
         out.write(config, &loaded, &compressed.changes, &changed)?;
     }
-    if let Some(lock) = room_lock {
-        summary.groups_skipped_live =
-            commit(&mut client, room, &loaded, &compressed.changes, &changed)?;
-        lock.release(&mut client)?;
+    if held.room_lock.is_none() {
+        summary.timings.write = started.elapsed();
+        summary.groups_written = changed.len();
+        summary.timings.total = run_started.elapsed();
+        return Ok(summary);
     }
+    if held.stop_if_asked(&mut summary)? {
+        return Ok(summary);
+    }
+    let report = commit(
+        &mut held.client,
+        room,
+        &loaded,
+        &compressed.changes,
+        &changed,
+    )?;
     summary.timings.write = started.elapsed();
-    summary.groups_written = changed.len() - summary.groups_skipped_live;
+    summary.groups_written = report.written;
+    summary.groups_skipped_live = report.skipped;
+    // Stopped between two batches: the groups of later batches are as
+    // they were.
+    if report.written + report.skipped < changed.len() {
+        held.stop_if_asked(&mut summary)?;
+    }
+    held.release()?;
     summary.timings.total = run_started.elapsed();
     Ok(summary)
+}
+
+/// What a run holds until it ends: its connection, the room's lock (when
+/// it writes) and the SQL output (until written).
+struct Held {
+    client: Client,
+    room_lock: Option<RoomLock>,
+    sql_out: Option<SqlOut>,
+    run_started: Instant,
+}
+
+impl Held {
+    /// At a safe point: if a signal asked the run to stop, releases the
+    /// room, removes the SQL file not written yet (it would read as a file
+    /// with nothing to apply) and marks `summary` as stopped.
+    fn stop_if_asked(&mut self, summary: &mut Summary) -> Result<bool> {
+        let Some(signal) = interrupt::requested() else {
+            return Ok(false);
+        };
+        self.release()?;
+        if let Some(out) = self.sql_out.take() {
+            out.discard()?;
+        }
+        summary.interrupted = Some(signal);
+        summary.timings.total = self.run_started.elapsed();
+        Ok(true)
+    }
+
+    /// Releases the room's lock, if held.
+    fn release(&mut self) -> Result<()> {
+        match self.room_lock.take() {
+            Some(lock) => lock.release(&mut self.client),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Connects and checks what the run needs: Synapse's tables, the
@@ -203,15 +281,15 @@ fn reason_to_write_nothing(config: &ManualConfig, summary: &mut Summary) -> Opti
     ))
 }
 
-/// Applies the changes to the database; how many groups were left alone
-/// because they changed since they were loaded.
+/// Applies the changes to the database, batch after batch until done or
+/// asked to stop.
 fn commit(
     client: &mut Client,
     room: &str,
     loaded: &LoadedRoom,
     new: &GroupMap,
     changed: &[i64],
-) -> Result<usize> {
+) -> Result<WriteReport> {
     let bar = progress::bar(changed.len() as u64, "Writing changes");
     let rewrite = db::write::Rewrite {
         room_id: room,
@@ -219,13 +297,17 @@ fn commit(
         original: &loaded.original,
         new,
     };
-    let report = rewrite.write(client, changed, &mut |n| bar.inc(n as u64), None)?;
+    let mut go_on = |n: usize| {
+        bar.inc(n as u64);
+        interrupt::requested().is_none()
+    };
+    let report = rewrite.write(client, changed, &mut go_on, None)?;
     bar.finish_and_clear();
     info!(
         "Committed changes to {} groups ({} rows deleted, {} inserted)",
         report.written, report.rows_deleted, report.rows_inserted
     );
-    Ok(report.skipped)
+    Ok(report)
 }
 
 /// Where the SQL of `-o` goes: a file, or standard output for `-o -`.
@@ -233,6 +315,8 @@ struct SqlOut {
     /// What to call it in messages.
     path: PathBuf,
     sink: Box<dyn Write>,
+    /// The file this run created (none for standard output).
+    created: Option<PathBuf>,
 }
 
 impl SqlOut {
@@ -241,13 +325,29 @@ impl SqlOut {
             return Ok(SqlOut {
                 path: PathBuf::from("standard output"),
                 sink: Box::new(BufWriter::new(io::stdout())),
+                created: None,
             });
         }
         let file = File::create(path).map_err(|e| Error::file(path, e))?;
         Ok(SqlOut {
             path: path.to_owned(),
             sink: Box::new(BufWriter::new(file)),
+            created: Some(path.to_owned()),
         })
+    }
+
+    /// Removes the file of a run that stopped before writing it (standard
+    /// output has had nothing written to it).
+    fn discard(self) -> Result<()> {
+        drop(self.sink);
+        if let Some(path) = self.created {
+            std::fs::remove_file(&path).map_err(|e| Error::file(&path, e))?;
+            info!(
+                "Removed {}: the run stopped before writing it",
+                path.display()
+            );
+        }
+        Ok(())
     }
 
     /// Writes the file of a run that changes nothing (a comment saying why).

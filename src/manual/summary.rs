@@ -7,6 +7,7 @@ use std::fmt;
 
 use crate::core::compressor::Stats;
 use crate::core::verify::Verified;
+use crate::tool::interrupt::Signal;
 use crate::tool::timings::Timings;
 
 /// What a run decided to do with its result.
@@ -53,6 +54,8 @@ pub struct Summary {
     pub outcome: Outcome,
     /// Time per phase.
     pub timings: Timings,
+    /// The signal that stopped the run before it was done.
+    pub interrupted: Option<Signal>,
 }
 
 impl Summary {
@@ -64,15 +67,30 @@ impl Summary {
         compressed: &crate::core::compressor::Compressed,
         timings: Timings,
     ) -> Summary {
-        use crate::core::group::{row_count, row_count_after};
+        use crate::core::group::row_count_after;
+        Summary {
+            rows_after: row_count_after(&loaded.original, &compressed.changes),
+            stats: compressed.stats,
+            ..Summary::loaded(room, loaded, timings)
+        }
+    }
+
+    /// The figures of a room loaded but not compressed (a run stopped
+    /// there): the rows stay as they are.
+    pub fn loaded(
+        room: &str,
+        loaded: &crate::manual::run::LoadedRoom,
+        timings: Timings,
+    ) -> Summary {
+        let rows = crate::core::group::row_count(&loaded.original);
         Summary {
             room_id: room.to_owned(),
             groups: loaded.original.len(),
             groups_in_range: loaded.report.in_range,
             last_group: loaded.last_group,
-            rows_before: row_count(&loaded.original),
-            rows_after: row_count_after(&loaded.original, &compressed.changes),
-            stats: compressed.stats,
+            rows_before: rows,
+            rows_after: rows,
+            stats: Stats::default(),
             verified: None,
             groups_written: 0,
             groups_skipped_live: 0,
@@ -80,6 +98,7 @@ impl Summary {
             dry_run: false,
             outcome: Outcome::Done,
             timings,
+            interrupted: None,
         }
     }
 
@@ -116,6 +135,7 @@ impl Summary {
                 "total": self.timings.total.as_secs_f64(),
             },
             "peak_rss_mib": crate::tool::memory::peak_rss_mib(),
+            "interrupted": self.interrupted.is_some(),
         })
     }
 
@@ -189,6 +209,13 @@ impl fmt::Display for Summary {
                 f,
                 "Predecessors without a state_groups row (read as Synapse reads them): {}",
                 self.missing_predecessors
+            )?;
+        }
+        if let Some(signal) = self.interrupted {
+            writeln!(
+                f,
+                "Interrupted by {signal} before the run was done: {} groups rewritten in the database (the figures above are those of the whole compression), every group's state unchanged; run the same command again to finish.",
+                self.groups_written
             )?;
         }
         write!(f, "{}", self.timings)

@@ -1,9 +1,11 @@
 //! What both binaries (and both Python modules) share around the library:
 //! argument types and reporting, progress bars, logging, timings, peak
-//! memory, fault injection for tests, and the Python glue.
+//! memory, stopping on a signal, fault injection for tests, and the Python
+//! glue.
 
 pub mod args;
 pub mod failpoint;
+pub mod interrupt;
 pub mod logging;
 pub mod memory;
 pub mod progress;
@@ -12,13 +14,17 @@ pub mod python;
 pub mod timings;
 
 /// What a binary sets up before its run: log output, fault injection (test
-/// builds only) and progress bars, unless `no_progress`. Keep the returned
+/// builds only), progress bars unless `no_progress`, and the handling of
+/// Ctrl-C and SIGTERM (stop at the next safe point). Keep the returned
 /// guard until the run is over.
 pub fn start(no_progress: bool) -> failpoint::Guard {
-    logging::init();
-    let guard = failpoint::setup();
     if no_progress {
         progress::disable();
+    }
+    logging::init();
+    let guard = failpoint::setup();
+    if let Err(e) = interrupt::install() {
+        log::warn!("cannot handle Ctrl-C and SIGTERM ({e}); they will stop the run at once");
     }
     guard
 }

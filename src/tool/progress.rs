@@ -1,26 +1,54 @@
-//! Progress bars on stderr while loading and writing.
+//! Progress bars on stderr: loading and writing in the manual tool, chunks
+//! in the automatic tool.
 //!
 //! Bars only draw on a terminal (indicatif hides them otherwise, so cron
 //! logs stay clean), can be switched off with a flag, and are compiled out
-//! entirely with the `no-progress-bars` feature.
+//! entirely with the `no-progress-bars` feature. Every bar belongs to one
+//! process-wide [`MultiProgress`], so the logger can lift the bars off the
+//! screen while it writes a line ([`suspend`]) and log lines never land in
+//! the middle of a bar.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 static ENABLED: AtomicBool = AtomicBool::new(!cfg!(feature = "no-progress-bars"));
+
+/// The bars on screen, created with the first bar.
+static BARS: OnceLock<MultiProgress> = OnceLock::new();
 
 /// Hides every bar created from now on.
 pub fn disable() {
     ENABLED.store(false, Ordering::Relaxed);
+    if let Some(bars) = BARS.get() {
+        bars.set_draw_target(ProgressDrawTarget::hidden());
+    }
 }
 
-fn target() -> ProgressDrawTarget {
-    if ENABLED.load(Ordering::Relaxed) {
-        ProgressDrawTarget::stderr()
+fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// A new bar of `len` units (or of unknown length), drawn on stderr with
+/// the others, or hidden.
+fn new_bar(len: Option<u64>) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(len, ProgressDrawTarget::hidden());
+    if enabled() {
+        BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+            .add(bar)
     } else {
-        ProgressDrawTarget::hidden()
+        bar
+    }
+}
+
+/// Runs `f` (writing a log line) with the bars taken off the screen, and
+/// draws them again after.
+pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
+    match BARS.get() {
+        Some(bars) if enabled() => bars.suspend(f),
+        _ => f(),
     }
 }
 
@@ -28,7 +56,7 @@ fn target() -> ProgressDrawTarget {
 /// whole number of rows per second ("690,152 rows/s", not indicatif's
 /// "690152.2844/s").
 pub fn counter(message: &'static str) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(None, target());
+    let bar = new_bar(None);
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg}: {human_pos} [{elapsed}, {rate}]")
             .expect("valid template")
@@ -50,11 +78,32 @@ pub fn counter(message: &'static str) -> ProgressBar {
 
 /// A bar for `len` units of work.
 pub fn bar(len: u64, message: &'static str) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(len), target());
+    let bar = new_bar(Some(len));
     bar.set_style(
         ProgressStyle::with_template("{msg} {wide_bar} {human_pos}/{human_len} [{elapsed}<{eta}]")
             .expect("valid template"),
     );
     bar.set_message(message);
+    bar
+}
+
+/// `n` with thousands separators ("148,762"), as the bars show counts.
+pub fn count(n: u64) -> String {
+    indicatif::HumanCount(n).to_string()
+}
+
+/// The automatic tool's bar: chunks done of `chunks`, with the time left,
+/// and a message (rows saved so far, the current room) cut to the width
+/// of the terminal. It ticks on its own, so the clock moves during a long
+/// chunk.
+pub fn chunks(chunks: u64) -> ProgressBar {
+    let bar = new_bar(Some(chunks));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "Chunks {bar:20} {human_pos}/{human_len} [{elapsed}<{eta}] {wide_msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(500));
     bar
 }

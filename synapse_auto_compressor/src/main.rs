@@ -1,7 +1,8 @@
 //! The automatic tool: compresses the whole database a chunk at a time.
 //! All the work is in the library; this parses arguments, runs, and maps
 //! errors to exit codes (75, "temporary failure", when another run holds
-//! the lock, so cron wrappers can tell it apart from a real error).
+//! the lock, so cron wrappers can tell it apart from a real error; 130 or
+//! 143 when Ctrl-C or SIGTERM stopped the run between two chunks).
 
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
@@ -20,23 +21,29 @@ fn main() -> ExitCode {
     let _started = tool::start(args.no_progress);
     let config = args.into_config();
     // What goes to stdout: the survey (table or JSON), or with --json the
-    // run's summary.
+    // run's summary; and the signal that stopped either, if one did.
     let output = if args.dry_run {
         synapse_auto_compressor::survey::run(&config).map(|survey| {
-            Some(if args.json {
+            let text = if args.json {
                 format!("{}\n", survey.to_json())
             } else {
                 survey.to_table()
-            })
+            };
+            (Some(text), survey.interrupted)
         })
     } else {
-        synapse_auto_compressor::run(&config)
-            .map(|summary| args.json.then(|| format!("{}\n", summary.to_json())))
+        synapse_auto_compressor::run(&config).map(|summary| {
+            let text = args.json.then(|| format!("{}\n", summary.to_json()));
+            (text, summary.interrupted)
+        })
     };
     match output {
-        Ok(text) => {
+        Ok((text, interrupted)) => {
             print!("{}", text.unwrap_or_default());
-            ExitCode::SUCCESS
+            match interrupted {
+                Some(signal) => ExitCode::from(signal.exit_status()),
+                None => ExitCode::SUCCESS,
+            }
         }
         Err(err) => {
             eprintln!("error: {err}");

@@ -16,6 +16,11 @@
 //! group so the next run comes back to it. A chunk loaded ahead (before its
 //! room's lock was taken) is still safe to use: the write re-checks every
 //! group under row locks, and no writer changes any group's state.
+//!
+//! Ctrl-C or SIGTERM (`tool::interrupt`) is looked at between chunks only,
+//! once the last chunk's progress has committed with it, so the saved
+//! progress of an interrupted run is exact and the next run continues from
+//! there. A bar on a terminal shows chunks done, rows saved and the room.
 
 use std::time::{Duration, Instant};
 
@@ -27,9 +32,11 @@ use synapse_compress_state::core::verify::verify;
 use synapse_compress_state::db::load::{self, LoadReport};
 use synapse_compress_state::db::write::{Rewrite, WriteReport};
 use synapse_compress_state::db::{self, schema, Prepared, RoomLock};
+use synapse_compress_state::error::printable;
 use synapse_compress_state::tool::args::Positive;
-use synapse_compress_state::tool::failpoint;
+use synapse_compress_state::tool::interrupt::{self, Signal};
 use synapse_compress_state::tool::timings::Timings;
+use synapse_compress_state::tool::{failpoint, progress};
 use synapse_compress_state::{compress, Compressed, Error, GroupMap, Level, LevelSizes, Result};
 
 use crate::prefetch::{load_chunk, ChunkRequest, LoadedChunk, Prefetcher};
@@ -158,6 +165,8 @@ pub struct RunSummary {
     /// Time per phase, summed over chunks.
     pub timings: Timings,
     pub elapsed: Duration,
+    /// The signal that stopped the run before its `-n` chunks were done.
+    pub interrupted: Option<Signal>,
 }
 
 impl RunSummary {
@@ -207,6 +216,7 @@ impl RunSummary {
                 "total": self.elapsed.as_secs_f64(),
             },
             "peak_rss_mib": synapse_compress_state::tool::memory::peak_rss_mib(),
+            "interrupted": self.interrupted.is_some(),
         })
     }
 }
@@ -284,8 +294,8 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     })?;
     lock::release(&mut client)?;
     summary.elapsed = started.elapsed();
-    info!(
-        "Finished: saved {} rows ({} -> {}), {} chunks done, {} skipped, {} rooms finished, {} groups rewritten, {} rooms busy, {} rooms damaged, in {:.1}s",
+    let figures = format!(
+        "saved {} rows ({} -> {}), {} chunks done, {} skipped, {} rooms finished, {} groups rewritten, {} rooms busy, {} rooms damaged, in {:.1}s",
         summary.rows_saved,
         summary.rows_before,
         summary.rows_after,
@@ -297,6 +307,12 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
         summary.rooms_damaged,
         summary.elapsed.as_secs_f64()
     );
+    match summary.interrupted {
+        None => info!("Finished: {figures}"),
+        Some(signal) => warn!(
+            "Interrupted by {signal}: {figures}; the progress of every chunk done is saved: run the tool again and it continues where this run stopped"
+        ),
+    }
     info!("{}", summary.timings);
     Ok(summary)
 }
@@ -310,7 +326,14 @@ fn chunk_loop(
     mut prefetcher: Option<&mut Prefetcher>,
 ) -> Result<()> {
     let mut left = LeftRooms::default();
+    let bar = progress::chunks(config.number_of_chunks.get() as u64);
     while (summary.chunks as i64) < config.number_of_chunks.get() {
+        // The safe point: every chunk before has committed with its
+        // progress, and this one has not started.
+        if let Some(signal) = interrupt::requested() {
+            summary.interrupted = Some(signal);
+            break;
+        }
         let Some(next) = state_saving::next_room_to_compress(client, prepared, &left)? else {
             if left.rooms().is_empty() {
                 info!("Every state group has been compressed; nothing left to do");
@@ -318,6 +341,11 @@ fn chunk_loop(
             break;
         };
         let room = next.room_id;
+        bar.set_message(format!(
+            "saved {} rows; room {}",
+            progress::count(summary.rows_saved.max(0) as u64),
+            printable(&room)
+        ));
         // The room is ours until its chunk is written: another compressor
         // on it (either tool, any process) means leaving it for later.
         let lock = match RoomLock::try_acquire(client, &room) {
@@ -345,7 +373,9 @@ fn chunk_loop(
             continue;
         }
         summary.add(&outcome);
+        bar.set_position(summary.chunks as u64);
     }
+    bar.finish_and_clear();
     Ok(())
 }
 
@@ -362,11 +392,22 @@ fn room_by_room(
     rooms: &[String],
 ) -> Result<()> {
     let left = LeftRooms::default();
-    for room in rooms {
+    let bar = progress::chunks(config.number_of_chunks.get() as u64);
+    'rooms: for room in rooms {
+        bar.set_message(format!(
+            "saved {} rows; room {}",
+            progress::count(summary.rows_saved.max(0) as u64),
+            printable(room)
+        ));
         loop {
             if summary.chunks as i64 >= config.number_of_chunks.get() {
                 info!("Stopping at the run's chunk count, in room {room}");
-                return Ok(());
+                break 'rooms;
+            }
+            // The same safe point as the chunk loop's.
+            if let Some(signal) = interrupt::requested() {
+                summary.interrupted = Some(signal);
+                break 'rooms;
             }
             let lock = match RoomLock::try_acquire(client, room) {
                 Ok(lock) => lock,
@@ -392,11 +433,13 @@ fn room_by_room(
                 break;
             }
             summary.add(&outcome);
+            bar.set_position(summary.chunks as u64);
             if outcome.room_finished {
                 break;
             }
         }
     }
+    bar.finish_and_clear();
     Ok(())
 }
 
@@ -665,7 +708,9 @@ fn write_chunk(
     rewrite.write(
         client,
         &changed,
-        &mut |_| {},
+        // Never stopped between batches: the chunk's progress is saved in
+        // its last transaction, and interruptions wait for it.
+        &mut |_| true,
         Some(&mut |tx| {
             failpoint::stop_here("auto::before-progress-save");
             state_saving::write_room_progress(tx, prepared, room, &compressed.levels, chunk.last)

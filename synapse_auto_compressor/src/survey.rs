@@ -40,6 +40,7 @@ use synapse_compress_state::core::group::{changed_groups, StateGroupEntry};
 use synapse_compress_state::core::state_map::{StateMap, Symbols};
 use synapse_compress_state::core::verify::verify;
 use synapse_compress_state::db::{self, schema, Prepared};
+use synapse_compress_state::tool::interrupt::{self, Signal};
 use synapse_compress_state::{compress, Error, GroupMap, Level, Result};
 
 use crate::manager::{heads, take_loaded, would_grow, AutoConfig, Loaded};
@@ -114,6 +115,9 @@ pub struct Survey {
     pub chunks: usize,
     /// The run would stop for want of groups (not at `-n`).
     pub finished_all: bool,
+    /// Ctrl-C or SIGTERM stopped the survey early: it covers the chunks
+    /// before that only.
+    pub interrupted: Option<Signal>,
     pub load: Duration,
     pub compress: Duration,
     pub verify: Duration,
@@ -165,6 +169,7 @@ impl Survey {
                 "percent_saved": total.percent_saved(),
                 "rows_written": total.rows_written,
                 "finished_all": self.finished_all,
+                "interrupted": self.interrupted.is_some(),
                 "seconds": {
                     "load": self.load.as_secs_f64(),
                     "compress": self.compress.as_secs_f64(),
@@ -223,10 +228,14 @@ impl Survey {
             total.chunks,
             total.chunks_skipped,
             total.rows_saved(),
-            if self.finished_all {
-                "the run would compress everything left"
+            if let Some(signal) = self.interrupted {
+                format!(
+                    "stopped by {signal}: these figures cover only the chunks surveyed before it"
+                )
+            } else if self.finished_all {
+                "the run would compress everything left".to_string()
             } else {
-                "the run would stop at its chunk count, with more left"
+                "the run would stop at its chunk count, with more left".to_string()
             }
         );
         let _ = writeln!(
@@ -362,6 +371,11 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
     let mut positions: HashMap<String, Position> = HashMap::new();
     let mut left = LeftRooms::default();
     while (survey.chunks as i64) < config.number_of_chunks.get() {
+        if let Some(signal) = interrupt::requested() {
+            warn!("{signal} received: the survey stops here and covers only the chunks before");
+            survey.interrupted = Some(signal);
+            break;
+        }
         let known = |room: &str| positions.get(room).map(|p| p.last);
         let Some(next) =
             state_saving::peek_next_room(&mut client, &mut prepared, scan, &known, &left, saved)?

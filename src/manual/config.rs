@@ -34,6 +34,8 @@ pub struct ManualConfig {
     pub commit_changes: bool,
     /// Check the new structure before writing anything.
     pub verify: bool,
+    /// After applying the changes, run `VACUUM (ANALYZE) state_groups_state`.
+    pub vacuum: bool,
 }
 
 impl ManualConfig {
@@ -52,6 +54,7 @@ impl ManualConfig {
             graphs: false,
             commit_changes: false,
             verify: true,
+            vacuum: false,
         }
     }
 }

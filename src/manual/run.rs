@@ -1,6 +1,8 @@
 //! One manual run, in phases: connect (and lock the room when writing),
 //! load the room's range, compress, decide whether writing is worth it,
-//! verify, then write the SQL file and/or apply the changes.
+//! verify, then write the SQL file and/or apply the changes; with `-c`,
+//! count the room's rows before and after, measure the table and VACUUM it
+//! when asked.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -11,12 +13,14 @@ use log::{info, warn};
 
 use postgres::Client;
 
+use crate::core::chains::longest_chains;
 use crate::core::compressor::compress;
 use crate::core::group::{changed_groups, GroupMap};
 use crate::core::state_map::Symbols;
 use crate::core::verify::verify;
 use crate::db::load::{self, LoadReport};
-use crate::db::{self, schema, RoomLock};
+use crate::db::write::WriteReport;
+use crate::db::{self, schema, stats, RoomLock};
 use crate::error::{Error, Result};
 use crate::manual::config::ManualConfig;
 use crate::manual::summary::{Outcome, Summary};
@@ -40,6 +44,11 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         .map(SqlOut::open)
         .transpose()?;
     let (mut client, room_lock) = connect(config)?;
+    // Counted under the room's lock: no other compressor changes them.
+    let table_rows_before = match room_lock {
+        Some(_) => Some(stats::room_rows(&mut client, room)?),
+        None => None,
+    };
 
     let mut timings = Timings::default();
     let started = Instant::now();
@@ -59,11 +68,18 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     timings.compress = started.elapsed();
     let mut summary = Summary::new(room, &loaded, &compressed, timings);
     summary.dry_run = !config.commit_changes && config.output_file.is_none();
+    summary.to_sql_file = config.output_file.is_some();
+    summary.to_database = config.commit_changes;
+    summary.table_rows_before = table_rows_before;
+    summary.table_rows_after = table_rows_before;
+    (summary.longest_chain_before, summary.longest_chain_after, _) =
+        longest_chains(&loaded.original, None, &Default::default());
 
     if let Some(why) = reason_to_write_nothing(config, &mut summary) {
         if let Some(out) = sql_out.as_mut() {
             out.nothing(room, &why)?;
         }
+        finish_database(&mut client, config, &mut summary, WriteReport::default())?;
         summary.timings.total = run_started.elapsed();
         return Ok(summary);
     }
@@ -81,19 +97,44 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     }
 
     let changed = changed_groups(original, &compressed.changes);
+    summary.longest_chain_after =
+        longest_chains(original, Some(&compressed.changes), &Default::default()).1;
     let started = Instant::now();
     if let Some(out) = sql_out.as_mut() {
         out.write(config, &loaded, &compressed.changes, &changed)?;
     }
+    let mut report = WriteReport::default();
     if let Some(lock) = room_lock {
-        summary.groups_skipped_live =
-            commit(&mut client, room, &loaded, &compressed.changes, &changed)?;
+        report = commit(&mut client, room, &loaded, &compressed.changes, &changed)?;
         lock.release(&mut client)?;
+        // Exact: a group Synapse changed meanwhile keeps its rows.
+        let saved = report.rows_deleted as i64 - report.rows_inserted as i64;
+        summary.rows_after = (summary.rows_before as i64 - saved) as usize;
     }
     summary.timings.write = started.elapsed();
+    summary.groups_skipped_live = report.skipped;
+    summary.groups_to_write = changed.len();
     summary.groups_written = changed.len() - summary.groups_skipped_live;
+    finish_database(&mut client, config, &mut summary, report)?;
     summary.timings.total = run_started.elapsed();
     Ok(summary)
+}
+
+/// With `-c`: the room's rows after the run, the table's size and the space
+/// the deleted rows left, and the VACUUM of `--vacuum`.
+fn finish_database(
+    client: &mut Client,
+    config: &ManualConfig,
+    summary: &mut Summary,
+    report: WriteReport,
+) -> Result<()> {
+    if !config.commit_changes {
+        return Ok(());
+    }
+    summary.rows_deleted = report.rows_deleted;
+    summary.table_rows_after = Some(stats::room_rows(client, &config.room_id)?);
+    summary.disk = stats::after_run(client, report.rows_deleted, config.vacuum)?;
+    Ok(())
 }
 
 /// Connects and checks what the run needs: Synapse's tables, the
@@ -108,6 +149,9 @@ fn connect(config: &ManualConfig) -> Result<(Client, Option<RoomLock>)> {
         schema::Access::Read
     };
     schema::require_privileges(&mut client, access, &[], &[])?;
+    if config.vacuum && config.commit_changes {
+        stats::require_vacuum_right(&mut client)?;
+    }
     let room_lock = if config.commit_changes {
         Some(RoomLock::try_acquire(&mut client, &config.room_id)?)
     } else {
@@ -203,15 +247,15 @@ fn reason_to_write_nothing(config: &ManualConfig, summary: &mut Summary) -> Opti
     ))
 }
 
-/// Applies the changes to the database; how many groups were left alone
-/// because they changed since they were loaded.
+/// Applies the changes to the database: what was written, and how many
+/// groups were left alone because they changed since they were loaded.
 fn commit(
     client: &mut Client,
     room: &str,
     loaded: &LoadedRoom,
     new: &GroupMap,
     changed: &[i64],
-) -> Result<usize> {
+) -> Result<WriteReport> {
     let bar = progress::bar(changed.len() as u64, "Writing changes");
     let rewrite = db::write::Rewrite {
         room_id: room,
@@ -225,7 +269,7 @@ fn commit(
         "Committed changes to {} groups ({} rows deleted, {} inserted)",
         report.written, report.rows_deleted, report.rows_inserted
     );
-    Ok(report.skipped)
+    Ok(report)
 }
 
 /// Where the SQL of `-o` goes: a file, or standard output for `-o -`.

@@ -14,14 +14,17 @@
 //! room's lock was taken) is still safe to use: the write re-checks every
 //! group under row locks, and no writer changes any group's state.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use postgres::Client;
-use synapse_compress_state::core::group::{changed_groups, row_count, row_count_after};
+use synapse_compress_state::core::chains::longest_chains;
+use synapse_compress_state::core::group::{changed_groups, in_range_row_counts};
 use synapse_compress_state::core::state_map::Symbols;
 use synapse_compress_state::core::verify::verify;
 use synapse_compress_state::db::load::{self, LoadReport};
+use synapse_compress_state::db::stats::{self, DiskSpace};
 use synapse_compress_state::db::write::{Rewrite, WriteReport};
 use synapse_compress_state::db::{self, schema, Prepared, RoomLock};
 use synapse_compress_state::tool::args::Positive;
@@ -44,6 +47,8 @@ pub struct AutoConfig {
     pub number_of_chunks: Positive,
     /// Levels for rooms without usable saved levels.
     pub default_levels: LevelSizes,
+    /// Run `VACUUM (ANALYZE) state_groups_state` at the end.
+    pub vacuum: bool,
 }
 
 /// What happened to one chunk.
@@ -55,8 +60,19 @@ pub struct ChunkOutcome {
     /// Last group of the chunk.
     pub last: i64,
     pub groups: usize,
+    /// Rows of the chunk's own groups (not of the level heads and
+    /// predecessors loaded with them), as loaded.
     pub rows_before: usize,
+    /// The same groups' rows as the compressor would leave them.
     pub rows_after: usize,
+    /// Rows the chunk's writes deleted and inserted (only groups actually
+    /// rewritten: a group Synapse changed meanwhile keeps its rows).
+    pub rows_deleted: u64,
+    pub rows_inserted: u64,
+    /// The longest chain (hops to a group with no edge) of the chunk's
+    /// groups before this run touched them, and as they are after it.
+    pub longest_chain_before: u32,
+    pub longest_chain_after: u32,
     /// Groups the compressor gave a new predecessor (or made a snapshot).
     pub groups_changed: usize,
     /// Groups that had to become snapshots for want of a usable predecessor.
@@ -86,6 +102,10 @@ impl ChunkOutcome {
             groups: 0,
             rows_before: 0,
             rows_after: 0,
+            rows_deleted: 0,
+            rows_inserted: 0,
+            longest_chain_before: 0,
+            longest_chain_after: 0,
             groups_changed: 0,
             forced_resets: 0,
             groups_written: 0,
@@ -98,8 +118,7 @@ impl ChunkOutcome {
 
     /// Takes in the compressor's figures for the chunk, and logs them.
     fn record(&mut self, original: &GroupMap, compressed: &Compressed) {
-        self.rows_before = row_count(original);
-        self.rows_after = row_count_after(original, &compressed.changes);
+        (self.rows_before, self.rows_after) = in_range_row_counts(original, &compressed.changes);
         self.groups_changed = compressed.stats.state_groups_changed;
         self.forced_resets = compressed.stats.resets_no_suitable_prev;
         info!(
@@ -132,9 +151,33 @@ pub struct RunSummary {
     pub rooms_finished: usize,
     /// Groups in the chunks processed (skipped chunks included).
     pub groups: usize,
+    /// Rows of those groups when their chunk loaded them. Each group is in
+    /// one chunk only: level heads and predecessors loaded with a chunk are
+    /// not counted again.
     pub rows_before: usize,
+    /// The same groups' rows after the run: `rows_before - rows_saved`.
     pub rows_after: usize,
+    /// Rows the run's writes deleted minus rows they inserted: exactly
+    /// what the run removed from `state_groups_state`.
     pub rows_saved: i64,
+    /// Rows the run's writes deleted (the space they held is what VACUUM
+    /// makes reusable).
+    pub rows_deleted: u64,
+    /// Rows of `state_groups_state` of the rooms the run touched, counted
+    /// (not estimated) before each room's first chunk and at the end of the
+    /// run; Synapse's own writes meanwhile are in them. None when the run
+    /// touched no room.
+    pub table_rows_before: Option<u64>,
+    pub table_rows_after: Option<u64>,
+    /// Rooms whose rows those counts cover.
+    pub rooms_touched: usize,
+    /// The longest chain (edges Synapse follows to read a group's state)
+    /// among the groups of the run's chunks, before the run and after it.
+    pub longest_chain_before: u32,
+    pub longest_chain_after: u32,
+    /// The table's size and the space freed inside it, when rows were
+    /// deleted or `--vacuum` ran.
+    pub disk: Option<DiskSpace>,
     /// Groups given a new structure in committed chunks.
     pub groups_changed: usize,
     /// Of those, groups forced to be snapshots (no usable predecessor).
@@ -157,7 +200,7 @@ pub struct RunSummary {
 impl RunSummary {
     /// The figures as one JSON object (for `--json`, scripts and monitoring).
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "chunks": self.chunks,
             "chunks_skipped": self.chunks_skipped,
             "rooms_finished": self.rooms_finished,
@@ -165,6 +208,12 @@ impl RunSummary {
             "rows_before": self.rows_before,
             "rows_after": self.rows_after,
             "rows_saved": self.rows_saved,
+            "rows_deleted": self.rows_deleted,
+            "table_rows_before": self.table_rows_before,
+            "table_rows_after": self.table_rows_after,
+            "rooms_touched": self.rooms_touched,
+            "longest_chain_before": self.longest_chain_before,
+            "longest_chain_after": self.longest_chain_after,
             "groups_changed": self.groups_changed,
             "forced_resets": self.forced_resets,
             "groups_written": self.groups_written,
@@ -180,7 +229,47 @@ impl RunSummary {
                 "total": self.elapsed.as_secs_f64(),
             },
             "peak_rss_mib": synapse_compress_state::tool::memory::peak_rss_mib(),
-        })
+        });
+        DiskSpace::add_json(self.disk.as_ref(), &mut json);
+        json
+    }
+
+    /// Logs the figures in words: what each number counts.
+    fn log(&self) {
+        info!(
+            "Finished: {} chunks done ({} skipped as not worth writing), {} rooms finished, {} rooms busy, {} rooms damaged, in {:.1}s",
+            self.chunks,
+            self.chunks_skipped,
+            self.rooms_finished,
+            self.rooms_busy,
+            self.rooms_damaged,
+            self.elapsed.as_secs_f64()
+        );
+        info!(
+            "Saved {} rows: the {} groups compressed had {} rows and now have {}; {} groups given a new structure, {} rewritten, {} left as Synapse changed them meanwhile",
+            self.rows_saved,
+            self.groups,
+            self.rows_before,
+            self.rows_after,
+            self.groups_changed,
+            self.groups_written,
+            self.groups_skipped_live
+        );
+        if let (Some(before), Some(after)) = (self.table_rows_before, self.table_rows_after) {
+            info!(
+                "state_groups_state rows of the {} rooms touched: {before} before, {after} after (counted; includes Synapse's writes meanwhile)",
+                self.rooms_touched
+            );
+        }
+        info!(
+            "Longest chain Synapse walks to read one of these groups: {} hops before, {} after",
+            self.longest_chain_before, self.longest_chain_after
+        );
+        if let Some(disk) = &self.disk {
+            for line in disk.to_string().lines() {
+                info!("{line}");
+            }
+        }
     }
 }
 
@@ -196,6 +285,9 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
         &progress_needs,
         &state_saving::PROGRESS_TABLES,
     )?;
+    if config.vacuum {
+        stats::require_vacuum_right(&mut client)?;
+    }
     lock::acquire(&mut client)?;
     state_saving::create_tables_if_needed(&mut client)?;
 
@@ -236,20 +328,10 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
         Ok::<_, Error>(())
     })?;
     lock::release(&mut client)?;
+    summary.rows_after = (summary.rows_before as i64 - summary.rows_saved) as usize;
+    summary.disk = stats::after_run(&mut client, summary.rows_deleted, config.vacuum)?;
     summary.elapsed = started.elapsed();
-    info!(
-        "Finished: saved {} rows ({} -> {}), {} chunks done, {} skipped, {} rooms finished, {} groups rewritten, {} rooms busy, {} rooms damaged, in {:.1}s",
-        summary.rows_saved,
-        summary.rows_before,
-        summary.rows_after,
-        summary.chunks,
-        summary.chunks_skipped,
-        summary.rooms_finished,
-        summary.groups_written,
-        summary.rooms_busy,
-        summary.rooms_damaged,
-        summary.elapsed.as_secs_f64()
-    );
+    summary.log();
     info!("{}", summary.timings);
     Ok(summary)
 }
@@ -263,6 +345,7 @@ fn chunk_loop(
     mut prefetcher: Option<&mut Prefetcher>,
 ) -> Result<()> {
     let mut left = LeftRooms::default();
+    let mut figures = RunFigures::default();
     while (summary.chunks as i64) < config.number_of_chunks.get() {
         let Some(next) = state_saving::next_room_to_compress(client, prepared, &left)? else {
             if left.rooms().is_empty() {
@@ -290,7 +373,16 @@ fn chunk_loop(
             same_room: false,
             left: &left,
         };
-        let outcome = compress_chunk(client, prepared, &room, config, summary, ahead)?;
+        figures.count_room_before(client, &room, summary)?;
+        let outcome = compress_chunk(
+            client,
+            prepared,
+            &room,
+            config,
+            summary,
+            &mut figures,
+            ahead,
+        )?;
         lock.release(client)?;
         if outcome.damaged {
             summary.rooms_damaged += 1;
@@ -300,22 +392,83 @@ fn chunk_loop(
         summary.chunks += 1;
         summary.groups += outcome.groups;
         summary.rows_before += outcome.rows_before;
+        summary.longest_chain_before = summary
+            .longest_chain_before
+            .max(outcome.longest_chain_before);
+        summary.longest_chain_after = summary.longest_chain_after.max(outcome.longest_chain_after);
         if outcome.committed {
             summary.groups_changed += outcome.groups_changed;
             summary.forced_resets += outcome.forced_resets;
-            summary.rows_after += outcome.rows_after;
-            summary.rows_saved += outcome.rows_before as i64 - outcome.rows_after as i64;
+            summary.rows_saved += outcome.rows_deleted as i64 - outcome.rows_inserted as i64;
+            summary.rows_deleted += outcome.rows_deleted;
             summary.groups_written += outcome.groups_written;
             summary.groups_skipped_live += outcome.groups_skipped_live;
         } else {
-            summary.rows_after += outcome.rows_before;
             summary.chunks_skipped += 1;
         }
         if outcome.room_finished {
             summary.rooms_finished += 1;
         }
     }
-    Ok(())
+    figures.count_rooms_after(client, summary)
+}
+
+/// What the run keeps between chunks for its figures.
+#[derive(Default)]
+struct RunFigures {
+    /// Rooms whose rows were counted before their first chunk.
+    rooms: BTreeSet<String>,
+    /// For each group a chunk of this run loaded in range, its chain's
+    /// length before the run: a later chunk's chains run through those
+    /// groups, which the loaded structure already shows rewritten. A few
+    /// bytes per group of the run.
+    chains_before: HashMap<i64, u32>,
+}
+
+impl RunFigures {
+    /// Counts `room`'s rows before this run's first chunk of it (under the
+    /// room's lock, so no other compressor changes them meanwhile).
+    fn count_room_before(
+        &mut self,
+        client: &mut Client,
+        room: &str,
+        summary: &mut RunSummary,
+    ) -> Result<()> {
+        if self.rooms.contains(room) {
+            return Ok(());
+        }
+        let rows = stats::room_rows(client, room)?;
+        *summary.table_rows_before.get_or_insert(0) += rows;
+        summary.rooms_touched += 1;
+        self.rooms.insert(room.to_owned());
+        Ok(())
+    }
+
+    /// Counts the rows of the rooms the run touched, after its last chunk.
+    fn count_rooms_after(&self, client: &mut Client, summary: &mut RunSummary) -> Result<()> {
+        if self.rooms.is_empty() {
+            return Ok(());
+        }
+        let mut rows = 0;
+        for room in &self.rooms {
+            rows += stats::room_rows(client, room)?;
+        }
+        summary.table_rows_after = Some(rows);
+        Ok(())
+    }
+
+    /// The longest chains of `chunk`'s groups before and after: before
+    /// along their loaded edges, continuing through earlier chunks' groups
+    /// with those groups' lengths before the run; after along the new
+    /// structure (`new`, when the chunk is written) as it is in the
+    /// database. Every chain ends inside the chunk's loaded groups: every
+    /// predecessor is loaded with it.
+    fn chains(&mut self, chunk: &GroupMap, new: Option<&Compressed>) -> (u32, u32) {
+        let changes = new.map(|c| &c.changes);
+        let (before, after, lengths) = longest_chains(chunk, changes, &self.chains_before);
+        self.chains_before.extend(lengths);
+        (before, after)
+    }
 }
 
 /// Reader connections loading ahead (besides the main one).
@@ -444,6 +597,7 @@ fn compress_chunk(
     room: &str,
     config: &AutoConfig,
     summary: &mut RunSummary,
+    figures: &mut RunFigures,
     mut ahead: Ahead<'_>,
 ) -> Result<ChunkOutcome> {
     let progress =
@@ -493,6 +647,8 @@ fn compress_chunk(
     outcome.record(&chunk.original, &compressed);
 
     if outcome.rows_after > outcome.rows_before {
+        (outcome.longest_chain_before, outcome.longest_chain_after) =
+            figures.chains(&chunk.original, None);
         warn!(
             "Room {room}: compressing groups up to {last} would increase the rows ({} -> {}); skipping the chunk",
             outcome.rows_before, outcome.rows_after
@@ -512,7 +668,11 @@ fn compress_chunk(
     summary.timings.write += started.elapsed();
     outcome.groups_written = report.written;
     outcome.groups_skipped_live = report.skipped;
+    outcome.rows_deleted = report.rows_deleted;
+    outcome.rows_inserted = report.rows_inserted;
     outcome.committed = true;
+    (outcome.longest_chain_before, outcome.longest_chain_after) =
+        figures.chains(&chunk.original, Some(&compressed));
     Ok(outcome)
 }
 

@@ -28,13 +28,14 @@ pyo3::create_exception!(
 /// `ValueError` for an argument the command line would refuse, and
 /// `CompressionError` when the run fails.
 #[pyfunction]
-#[pyo3(signature = (db_url, chunk_size, number_of_chunks, default_levels = "100,50,25"))]
+#[pyo3(signature = (db_url, chunk_size, number_of_chunks, default_levels = "100,50,25", vacuum = false))]
 fn run_compression<'py>(
     py: Python<'py>,
     db_url: String,
     chunk_size: i64,
     number_of_chunks: i64,
     default_levels: &str,
+    vacuum: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     run_job::<CompressionError>(py, move || {
         // The command line's checks, then one run.
@@ -43,6 +44,7 @@ fn run_compression<'py>(
             chunk_size: Positive::named("chunk_size", chunk_size)?,
             number_of_chunks: Positive::named("number_of_chunks", number_of_chunks)?,
             default_levels: default_levels.parse()?,
+            vacuum,
         };
         crate::run(&config).map(|summary| summary.to_json())
     })
@@ -59,7 +61,14 @@ fn compress_largest_rooms<'py>(
     default_levels: &str,
     number_of_chunks: i64,
 ) -> PyResult<Bound<'py, PyAny>> {
-    run_compression(py, db_url, chunk_size, number_of_chunks, default_levels)
+    run_compression(
+        py,
+        db_url,
+        chunk_size,
+        number_of_chunks,
+        default_levels,
+        false,
+    )
 }
 
 /// Compresses the state tables of a whole Synapse database, a chunk at a

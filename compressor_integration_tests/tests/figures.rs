@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use compressor_integration_tests::check::{self, assert_same_states, snapshot};
 use compressor_integration_tests::generator::GenConfig;
 use compressor_integration_tests::pg::TestDb;
-use compressor_integration_tests::tools::{self, ToolRun};
+use compressor_integration_tests::tools;
 use postgres::Client;
 use serde_json::Value;
 
@@ -25,16 +25,6 @@ fn config(seed: u64) -> GenConfig {
         max_delta_hops: 30,
         ..GenConfig::default()
     }
-}
-
-fn parse(run: &ToolRun) -> Value {
-    tools::assert_success(run);
-    let line = run
-        .stdout
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON line\n{}", run.describe()));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON ({e}): {line}"))
 }
 
 fn int(json: &Value, key: &str) -> i64 {
@@ -155,7 +145,7 @@ fn auto_run_matches_sql(db: &TestDb, args: &[&str]) -> Value {
     let was = before(&mut client);
     let mut full_args = vec!["-p", db.url(), "--json"];
     full_args.extend_from_slice(args);
-    let json = parse(&tools::run_bin(AUTO, &full_args));
+    let json = tools::json_summary(&tools::run_bin(AUTO, &full_args));
     let now = before(&mut client);
 
     // The rooms this run touched: those whose position moved.
@@ -264,7 +254,7 @@ fn manual_figures_match_sql() {
     let ids: Vec<i64> = generated.rooms[1].group_ids.clone();
 
     // A dry run says what the chains would become, and counts nothing.
-    let dry = parse(&tools::run_bin(
+    let dry = tools::json_summary(&tools::run_bin(
         "synapse_compress_state",
         &["-p", db.url(), "-r", &room, "-l", "10,5", "--json"],
     ));
@@ -272,7 +262,7 @@ fn manual_figures_match_sql() {
     assert_eq!(dry["table_bytes"], Value::Null, "{dry}");
     assert_eq!(int(&dry, "longest_chain_before"), longest(&was.hops, &ids));
 
-    let json = parse(&tools::run_bin(
+    let json = tools::json_summary(&tools::run_bin(
         "synapse_compress_state",
         &["-p", db.url(), "-r", &room, "-l", "10,5", "-c", "--json"],
     ));

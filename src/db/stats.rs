@@ -18,11 +18,12 @@ pub const TABLE: &str = "state_groups_state";
 /// listed in `state_groups` for the room).
 ///
 /// Why this query: the table has no index on `room_id`, so counting by it
-/// reads the whole table (hours on a table of 10^9 rows). Going through
-/// `state_groups_room_id_idx` and the `(state_group, type, state_key)` index
-/// reads only the room's own index entries and rows, about what loading the
-/// room reads; rows of a group that lost its `state_groups` row (a damaged
-/// database) are not counted. This is an exact count, unlike
+/// always reads the whole table (hours on a table of 10^9 rows). Going
+/// through the room's groups (`state_groups_room_id_idx`) lets PostgreSQL
+/// count a small room with the `(state_group, type, state_key)` index
+/// alone, and read the whole table only when the room is a large share of
+/// it and that is cheaper. Rows of a group that lost its `state_groups` row
+/// (a damaged database) are not counted. This is an exact count, unlike
 /// `pg_class.reltuples`, which is an estimate as of the last ANALYZE.
 pub fn room_rows(client: &mut impl GenericClient, room: &str) -> Result<u64> {
     let n: i64 = client
@@ -77,7 +78,7 @@ impl fmt::Display for DiskSpace {
         match self.vacuum.map(|d| d.as_secs_f64()) {
             Some(seconds) => writeln!(
                 f,
-                "VACUUM (ANALYZE) {TABLE} took {seconds:.1}s: that space is now reused for new rows. \
+                "VACUUM (ANALYZE) {TABLE} took {seconds:.2}s: that space is now reused for new rows. \
                  To return it to the operating system, stop Synapse and run VACUUM FULL {TABLE} \
                  (locks the table exclusively; see the README, \"Getting the disk space back\")."
             ),
@@ -110,13 +111,9 @@ pub fn human_bytes(bytes: u64) -> String {
 /// What a run does at its end about the table's space: measure it when rows
 /// were deleted, and VACUUM it when asked (`--vacuum`, whether or not this
 /// run deleted rows: an earlier run may have). None when neither applies.
-///
-/// The estimate of the space the deleted rows held is `rows_deleted` times
-/// the table's bytes per row (its size with indexes over the rows that
-/// occupy it, live and dead, as `pg_stat_user_tables` counts them), taken
-/// before the VACUUM, which does not shrink the table but makes the space
-/// reusable. It is an estimate: rows differ in width, and space already
-/// free before the run spreads over every row.
+/// The size and the estimate are taken before the VACUUM, which does not
+/// shrink the table but makes the space reusable; the size again after it,
+/// as it may cut empty pages off the table's end.
 pub fn after_run(
     client: &mut Client,
     rows_deleted: u64,
@@ -125,39 +122,86 @@ pub fn after_run(
     if rows_deleted == 0 && !vacuum {
         return Ok(None);
     }
-    let (bytes, rows) = size_and_rows(client)?;
-    let per_row = bytes as f64 / rows.max(rows_deleted).max(1) as f64;
+    let size = measure(client)?;
     let mut space = DiskSpace {
-        table_bytes: bytes,
-        estimated_free_bytes: ((rows_deleted as f64 * per_row) as u64).min(bytes),
+        table_bytes: size.total,
+        estimated_free_bytes: size.estimate_for(rows_deleted),
         vacuum: None,
     };
     if vacuum {
         let started = Instant::now();
         run_vacuum(client)?;
         space.vacuum = Some(started.elapsed());
-        // VACUUM may give back empty pages at the table's end.
-        space.table_bytes = size_and_rows(client)?.0;
+        space.table_bytes = measure(client)?.total;
     }
     Ok(Some(space))
 }
 
-/// The table's total size in bytes, and the rows that occupy it (live and
-/// not yet vacuumed dead ones; `reltuples` when statistics have none).
-fn size_and_rows(client: &mut Client) -> Result<(u64, u64)> {
+/// The table's sizes, and the average width of its live rows.
+struct Size {
+    /// With indexes and TOAST (`pg_total_relation_size`).
+    total: u64,
+    /// The table's own pages (`pg_relation_size`).
+    heap: u64,
+    /// Average bytes of a live row as stored (`pg_column_size` of the whole
+    /// row), over a sample of pages; None for an empty sample.
+    row_width: Option<f64>,
+}
+
+impl Size {
+    /// An estimate of the bytes `rows` deleted rows hold: each row's heap
+    /// tuple (its width rounded up to 8 bytes, plus its 4-byte line pointer),
+    /// scaled by the table's total size over its heap's for the rows'
+    /// index entries. It leaves out page headers and the gaps at page ends,
+    /// and rows differ in width: an estimate, capped at the table's size.
+    fn estimate_for(&self, rows: u64) -> u64 {
+        let Some(width) = self.row_width else {
+            return 0;
+        };
+        let tuple = (width / 8.0).ceil() * 8.0 + 4.0;
+        let with_indexes = tuple * self.total as f64 / self.heap.max(1) as f64;
+        ((rows as f64 * with_indexes) as u64).min(self.total)
+    }
+}
+
+/// Pages a width sample reads at most (8 MiB with 8 KiB pages): the
+/// sample's cost stays the same on a table of any size.
+const SAMPLE_PAGES: f64 = 1000.0;
+
+/// The table's sizes and a sample of its rows' widths.
+///
+/// Why a sample: counting the rows that occupy the table needs either a
+/// full scan or `pg_stat_user_tables`, whose counters lag and drift (a
+/// session's counts reach them up to a second after, or when it ends, and
+/// an ANALYZE resets them to its own estimate), so bytes over rows can be
+/// off by a factor of two on a freshly loaded table. The widths of the live
+/// rows in a few random pages are a steadier measure of what a deleted row
+/// held.
+fn measure(client: &mut Client) -> Result<Size> {
+    let context = "measuring state_groups_state";
     let row = client
         .query_one(
-            "SELECT pg_total_relation_size(c.oid), \
-                    COALESCE(s.n_live_tup + s.n_dead_tup, 0), \
-                    greatest(c.reltuples, 0)::bigint \
-             FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid \
-             WHERE c.oid = to_regclass($1)",
+            "SELECT pg_total_relation_size(to_regclass($1)), pg_relation_size(to_regclass($1)), \
+                    current_setting('block_size')::bigint",
             &[&TABLE],
         )
-        .map_err(|e| Error::db("measuring state_groups_state", e))?;
-    let (bytes, counted, estimated): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-    let rows = if counted > 0 { counted } else { estimated };
-    Ok((bytes as u64, rows as u64))
+        .map_err(|e| Error::db(context, e))?;
+    let (total, heap, block): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let pages = (heap / block.max(1)).max(1) as f64;
+    let percent = (100.0 * SAMPLE_PAGES / pages).min(100.0);
+    let row_width: Option<f64> = client
+        .query_one(
+            "SELECT avg(pg_column_size(s.*))::float8 \
+             FROM state_groups_state s TABLESAMPLE SYSTEM ($1)",
+            &[&(percent as f32)],
+        )
+        .map_err(|e| Error::db(context, e))?
+        .get(0);
+    Ok(Size {
+        total: total as u64,
+        heap: heap as u64,
+        row_width,
+    })
 }
 
 /// `VACUUM (ANALYZE) state_groups_state`: marks the space of deleted rows
@@ -189,9 +233,9 @@ fn run_vacuum(client: &mut Client) -> Result<()> {
 /// Fails with [`Error::PermissionDenied`] unless this session may VACUUM
 /// the table. PostgreSQL does not fail a VACUUM it may not do: it warns
 /// and skips the table, which would look like a success; so `--vacuum`
-/// checks before any work. Up to PostgreSQL 16 the table's owner, the
-/// database's owner (or a member of either) and superusers may; from 17,
-/// whoever holds MAINTAIN on it (owners, superusers, `pg_maintain`).
+/// checks before any work. The table's owner, the database's owner (or a
+/// member of either) and superusers may; from PostgreSQL 17 also whoever
+/// holds MAINTAIN on the table (directly or through `pg_maintain`).
 pub fn require_vacuum_right(client: &mut Client) -> Result<()> {
     let context = "checking the right to VACUUM state_groups_state";
     let row = client
@@ -208,25 +252,22 @@ pub fn require_vacuum_right(client: &mut Client) -> Result<()> {
         .map_err(|e| Error::db(context, e))?;
     let (version, owner, owner_or_super): (i32, String, bool) =
         (row.get(0), row.get(1), row.get(2));
-    let allowed = if version >= 170000 {
-        client
-            .query_one(
-                "SELECT has_table_privilege(to_regclass($1), 'MAINTAIN')",
-                &[&TABLE],
-            )
-            .map_err(|e| Error::db(context, e))?
-            .get(0)
-    } else {
-        owner_or_super
-    };
+    let allowed = owner_or_super
+        || (version >= 170000
+            && client
+                .query_one(
+                    "SELECT has_table_privilege(to_regclass($1), 'MAINTAIN')",
+                    &[&TABLE],
+                )
+                .map_err(|e| Error::db(context, e))?
+                .get::<_, bool>(0));
     if allowed {
         return Ok(());
     }
-    let who = if version >= 170000 {
-        format!("the MAINTAIN privilege on it (GRANT MAINTAIN ON {TABLE} TO ...), or being its owner ({owner})")
-    } else {
-        format!("being its owner ({owner}), the database's owner or a superuser")
-    };
+    let mut who = format!("being its owner ({owner}), the database's owner or a superuser");
+    if version >= 170000 {
+        who += &format!(", or the MAINTAIN privilege on it (GRANT MAINTAIN ON {TABLE} TO ...)");
+    }
     Err(Error::PermissionDenied(format!(
         "--vacuum: this user may not VACUUM {TABLE}: that needs {who}; run without --vacuum \
          (autovacuum will reclaim the space) or as the table's owner"

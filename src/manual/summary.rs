@@ -235,8 +235,12 @@ impl Summary {
         if self.dry_run {
             writeln!(
                 f,
-                "Nothing was written (a dry run): {} groups would be rewritten; add -c to apply the changes, or -o FILE to write them as SQL.",
+                "Groups that would be rewritten: {}",
                 self.groups_to_write
+            )?;
+            writeln!(
+                f,
+                "Nothing was written (a dry run): add -c to apply the changes, or -o FILE to write them as SQL."
             )?;
         }
         if self.to_sql_file {

@@ -237,7 +237,8 @@ impl RunSummary {
     /// Logs the figures in words: what each number counts.
     fn log(&self) {
         info!(
-            "Finished: {} chunks done ({} skipped as not worth writing), {} rooms finished, {} rooms busy, {} rooms damaged, in {:.1}s",
+            "Finished: saved {} rows, {} chunks done ({} skipped as not worth writing), {} rooms finished, {} rooms busy, {} rooms damaged, in {:.1}s",
+            self.rows_saved,
             self.chunks,
             self.chunks_skipped,
             self.rooms_finished,
@@ -246,8 +247,7 @@ impl RunSummary {
             self.elapsed.as_secs_f64()
         );
         info!(
-            "Saved {} rows: the {} groups compressed had {} rows and now have {}; {} groups given a new structure, {} rewritten, {} left as Synapse changed them meanwhile",
-            self.rows_saved,
+            "The {} groups compressed had {} rows and now have {}; {} groups given a new structure, {} rewritten, {} left as Synapse changed them meanwhile",
             self.groups,
             self.rows_before,
             self.rows_after,

@@ -34,7 +34,8 @@ pub struct ManualConfig {
     pub commit_changes: bool,
     /// Check the new structure before writing anything.
     pub verify: bool,
-    /// After applying the changes, run `VACUUM (ANALYZE) state_groups_state`.
+    /// After applying the changes, run `VACUUM (ANALYZE) state_groups_state`
+    /// (only with `commit_changes`; checked before any work).
     pub vacuum: bool,
 }
 

@@ -462,7 +462,9 @@ impl RunFigures {
     /// with those groups' lengths before the run; after along the new
     /// structure (`new`, when the chunk is written) as it is in the
     /// database. Every chain ends inside the chunk's loaded groups: every
-    /// predecessor is loaded with it.
+    /// predecessor is loaded with it. A group Synapse rewrote meanwhile
+    /// (`groups_skipped_live`) counts as the compressor would have left it,
+    /// not as Synapse did: a figure for the run's own work.
     fn chains(&mut self, chunk: &GroupMap, new: Option<&Compressed>) -> (u32, u32) {
         let changes = new.map(|c| &c.changes);
         let (before, after, lengths) = longest_chains(chunk, changes, &self.chains_before);

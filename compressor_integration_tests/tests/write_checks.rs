@@ -61,6 +61,12 @@ fn a_group_whose_rows_changed_but_not_its_edge_is_left_alone() {
         .map(|r| r.get(0))
     };
     let edge_before = victim_edge(&mut db.client());
+    let table_rows = |c: &mut postgres::Client| -> i64 {
+        c.query_one("SELECT count(*) FROM state_groups_state", &[])
+            .unwrap()
+            .get(0)
+    };
+    let rows_before_write = table_rows(&mut db.client());
 
     let rewrite = write::Rewrite {
         room_id: &room,
@@ -84,5 +90,12 @@ fn a_group_whose_rows_changed_but_not_its_edge_is_left_alone() {
         .unwrap()
         .get(0);
     assert_eq!(rows as usize, full.len(), "the victim's rows were touched");
+    // The report's row counts (the tools' rows_saved) leave out the group
+    // left alone: exactly what the table lost.
+    assert_eq!(
+        rows_before_write - table_rows(&mut c),
+        report.rows_deleted as i64 - report.rows_inserted as i64,
+        "{report:?}"
+    );
     assert_same_states(&before.states, &snapshot(&mut c).states, "after the write");
 }

@@ -288,3 +288,98 @@ fn manual_figures_match_sql() {
     );
     assert!(int(&json, "estimated_free_bytes") > 0, "{json}");
 }
+
+/// A group Synapse rewrites while the automatic tool waits to write it (the
+/// test holds the group's row lock, changes its rows to its full state and
+/// commits once the tool waits): the group keeps Synapse's rows, and
+/// `rows_saved` is exactly what the tool's own writes removed, while the
+/// table's counts include Synapse's rows.
+#[test]
+fn auto_rows_saved_leaves_out_a_group_synapse_changed() {
+    use compressor_integration_tests::level_model;
+    use compressor_integration_tests::synapse_state::state_of_group;
+    use std::collections::BTreeSet;
+
+    let config = GenConfig {
+        rooms: 1,
+        max_delta_hops: 8,
+        nasty_strings: true,
+        ..config(5)
+    };
+    let (db, generated) = check::generated_db("figures_live", &config);
+    let room = generated.rooms[0].room_id.clone();
+    let states = snapshot(&mut db.client()).states;
+    let structure = generated.structure();
+    let in_range: BTreeSet<i64> = generated.rooms[0].group_ids.iter().copied().collect();
+    let outcome = level_model::compress(&structure, &in_range, &[10, 5]);
+    let victim = *outcome
+        .new
+        .iter()
+        .filter(|(id, e)| {
+            structure[id].prev().is_some()
+                && (structure[id].prev() != e.prev || structure[id].delta() != e.delta)
+        })
+        .map(|(id, _)| id)
+        .next_back()
+        .expect("a group the tool rewrites");
+    let count = |c: &mut Client| -> i64 {
+        c.query_one("SELECT count(*) FROM state_groups_state", &[])
+            .unwrap()
+            .get(0)
+    };
+    let mut watcher = db.client();
+    let rows_before = count(&mut watcher);
+
+    // Synapse's de-delta of the victim, held open on the group's lock.
+    let full = state_of_group(&mut db.client(), victim).unwrap();
+    let mut synapse = db.client();
+    let mut tx = synapse.transaction().unwrap();
+    tx.execute(
+        "SELECT id FROM state_groups WHERE id = $1 FOR UPDATE",
+        &[&victim],
+    )
+    .unwrap();
+    check::replace_rows(&mut tx, victim, &room, &full);
+    let added = full.len() as i64 - structure[&victim].delta().len() as i64;
+
+    let name = format!("figures_live_{}", std::process::id());
+    let url = format!("{}?application_name={name}", db.url());
+    let tool = tools::start_bin(
+        AUTO,
+        &["-p", &url, "-c", "1000", "-n", "1", "-l", "10,5", "--json"],
+    );
+    // Bounded polling of the server until the tool waits for the lock.
+    let mut waited = 0;
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                &[&name],
+            )
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 200_000, "the tool never waited for the group");
+    }
+    tx.commit().unwrap();
+    let json = tools::json_summary(&tool.wait());
+    let rows_after = count(&mut watcher);
+
+    assert_eq!(int(&json, "groups_skipped_live"), 1, "{json}");
+    assert_eq!(
+        int(&json, "rows_saved"),
+        rows_before + added - rows_after,
+        "{json}"
+    );
+    assert_eq!(
+        int(&json, "rows_before") - int(&json, "rows_after"),
+        int(&json, "rows_saved")
+    );
+    assert_eq!(int(&json, "table_rows_before"), rows_before, "{json}");
+    assert_eq!(int(&json, "table_rows_after"), rows_after, "{json}");
+    assert_same_states(&states, &snapshot(&mut watcher).states, "live change");
+}

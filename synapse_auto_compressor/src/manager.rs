@@ -13,6 +13,12 @@
 //! group so the next run comes back to it. A chunk loaded ahead (before its
 //! room's lock was taken) is still safe to use: the write re-checks every
 //! group under row locks, and no writer changes any group's state.
+//!
+//! The run's figures (`RunSummary`) count each group once, in its own
+//! chunk; rows saved come from what the writes actually deleted and
+//! inserted; the rows of the rooms touched are counted in the table before
+//! each room's first chunk and at the end (`RunFigures`), and the table's
+//! size and the optional VACUUM come last (`db::stats`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};

@@ -21,7 +21,9 @@ def caught_signals():
 KEYS = {
     "chunks", "chunks_skipped", "rooms_finished", "groups", "rows_before", "rows_after",
     "rows_saved", "groups_changed", "forced_resets", "groups_written", "groups_skipped_live",
-    "levels_reset", "rooms_busy", "rooms_damaged", "seconds", "peak_rss_mib", "interrupted",
+    "levels_reset", "rooms_busy", "rooms_damaged", "seconds", "peak_rss_mib", "rows_deleted",
+    "table_rows_before", "table_rows_after", "rooms_touched", "longest_chain_before",
+    "longest_chain_after", "table_bytes", "estimated_free_bytes", "vacuum_seconds", "interrupted",
 }
 SECONDS = {"load", "compress", "verify", "write", "total"}
 CHUNK = 100
@@ -35,6 +37,8 @@ class AutoTest(DatabaseTest):
         self.assertEqual(set(result["seconds"]), SECONDS)
         self.assertEqual(result["rows_saved"], rows_before - self.db.rows())
         self.assertEqual(result["rows_before"] - result["rows_after"], result["rows_saved"])
+        self.assertEqual(result["table_rows_before"] - result["table_rows_after"],
+                         result["rows_saved"])
         self.assertEqual(result["groups_written"],
                          len(changed_groups(stored_before, self.db.stored())))
         self.assertEqual(result["groups_skipped_live"], 0)
@@ -61,10 +65,13 @@ class AutoTest(DatabaseTest):
         self.assertGreater(result["groups_written"], 0)
         self.assertMatchesDatabase(result, rows_before, stored_before)
 
-        # A second run finds nothing left to do.
+        # A second run finds nothing left to do, and vacuums the table.
         again = synapse_auto_compressor.run_compression(
-            db_url=self.db.url, chunk_size=CHUNK, number_of_chunks=5, default_levels="100,50,25")
+            db_url=self.db.url, chunk_size=CHUNK, number_of_chunks=5, default_levels="100,50,25",
+            vacuum=True)
         self.assertEqual((again["chunks"], again["rows_saved"]), (0, 0))
+        self.assertIsNone(again["table_rows_before"])
+        self.assertGreaterEqual(again["vacuum_seconds"], 0)
 
     def test_older_name_and_resuming(self):
         rows_before, stored_before = self.db.rows(), self.db.stored()

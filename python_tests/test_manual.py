@@ -16,7 +16,9 @@ KEYS = {
     "room_id", "groups", "groups_in_range", "last_group", "rows_before", "rows_after",
     "rows_saved", "percent_after", "groups_changed", "forced_resets", "forced_reset_rows",
     "groups_written", "groups_skipped_live", "missing_predecessors", "outcome", "verified",
-    "groups_compared", "seconds", "peak_rss_mib", "interrupted",
+    "groups_compared", "seconds", "peak_rss_mib", "groups_to_write", "rows_deleted",
+    "table_rows_before", "table_rows_after", "longest_chain_before", "longest_chain_after",
+    "table_bytes", "estimated_free_bytes", "vacuum_seconds", "interrupted",
 }
 SECONDS = {"load", "compress", "verify", "write", "total"}
 # Figures that depend on the run, not on the data.
@@ -44,6 +46,9 @@ class ManualTest(DatabaseTest):
         self.assertEqual(result["rows_after"], self.db.rows(room))
         self.assertEqual(result["rows_saved"], rows_before - self.db.rows(room))
         self.assertGreater(result["rows_saved"], 0)
+        self.assertEqual(result["table_rows_before"], rows_before)
+        self.assertEqual(result["table_rows_after"], self.db.rows(room))
+        self.assertIsNone(result["vacuum_seconds"])
         changed = changed_groups(stored_before, self.db.stored())
         self.assertEqual(result["groups_written"], len(changed))
         self.assertGreater(result["groups_written"], 0)

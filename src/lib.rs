@@ -8,11 +8,11 @@
 //!
 //! The layers, each a folder:
 //! - [`core`]: the algorithm and its data (state maps, groups, levels,
-//!   resolution, the compressor, verification); no I/O;
+//!   resolution, the compressor, verification, chain lengths); no I/O;
 //! - [`db`]: PostgreSQL access: connecting as libpq does (environment,
 //!   password file, TLS), checking tables and
 //!   privileges, loading, the per-room lock, writing safely beside Synapse
-//!   (`docs/safety.md`);
+//!   (`docs/safety.md`), the table's row counts, size and VACUUM;
 //! - [`output`]: the SQL file and graph files;
 //! - [`tool`]: what both binaries share (argument types, progress, logging,
 //!   timings, memory, fault injection, the Python glue);

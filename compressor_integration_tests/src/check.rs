@@ -303,6 +303,31 @@ pub fn small_db(hint: &str, groups_per_room: usize) -> (crate::pg::TestDb, Strin
     (db, room)
 }
 
+/// Replaces `group`'s rows with `rows` (of `room`), leaving its edge: what
+/// Synapse's de-delta does to a group's rows when given its full state.
+pub fn replace_rows(
+    client: &mut impl postgres::GenericClient,
+    group: i64,
+    room: &str,
+    rows: &StateMap,
+) {
+    client
+        .execute(
+            "DELETE FROM state_groups_state WHERE state_group = $1",
+            &[&group],
+        )
+        .unwrap();
+    for ((ty, state_key), event_id) in rows {
+        client
+            .execute(
+                "INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&group, &room, ty, state_key, event_id],
+            )
+            .unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The checks must be able to fail.

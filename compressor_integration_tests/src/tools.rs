@@ -282,6 +282,18 @@ pub fn assert_success(run: &ToolRun) {
     assert!(run.success(), "expected success\n{}", run.describe());
 }
 
+/// The JSON object of a successful `--json` run: its one line of stdout
+/// that starts with `{`.
+pub fn json_summary(run: &ToolRun) -> serde_json::Value {
+    assert_success(run);
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON line\n{}", run.describe()));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON ({e}): {line}"))
+}
+
 /// Asserts that an automatic run succeeded and reported that no room has
 /// work left.
 pub fn assert_finished_all(run: &ToolRun) {

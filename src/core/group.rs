@@ -73,6 +73,20 @@ pub fn row_count_after(original: &GroupMap, changes: &GroupMap) -> usize {
     row_count(original) - replaced + row_count(changes)
 }
 
+/// Rows of the in-range groups (those a run may rewrite) before and after
+/// the changes: the figures of what a run compressed, leaving out the level
+/// heads and predecessors that were loaded only to resolve states (an
+/// earlier chunk's groups, counted there).
+pub fn in_range_row_counts(original: &GroupMap, changes: &GroupMap) -> (usize, usize) {
+    let before: usize = original
+        .values()
+        .filter(|e| e.in_range)
+        .map(|e| e.delta.len())
+        .sum();
+    let replaced: usize = changes.keys().map(|id| original[id].delta.len()).sum();
+    (before, before - replaced + row_count(changes))
+}
+
 /// The groups whose new edge or rows really differ from the original,
 /// ascending. These are the only groups a run writes.
 pub fn changed_groups(original: &GroupMap, changes: &GroupMap) -> Vec<i64> {

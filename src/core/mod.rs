@@ -3,6 +3,7 @@
 //! the verification that no group's state changes. `docs/algorithm.md`
 //! explains the level tree.
 
+pub mod chains;
 pub mod compressor;
 pub mod group;
 pub mod levels;

@@ -1,6 +1,6 @@
 //! Synchronous PostgreSQL access: connecting, checking Synapse's tables,
 //! loading a room's groups with everything they need, one compressor per
-//! room, and writing changes.
+//! room, writing changes, and the table's figures (rows, size, VACUUM).
 
 pub mod connect;
 pub mod load;
@@ -8,6 +8,7 @@ pub mod pgpass;
 pub mod prepared;
 pub mod room_lock;
 pub mod schema;
+pub mod stats;
 pub mod write;
 
 pub use connect::{connect, connect_as, ConnectionSettings};

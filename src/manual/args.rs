@@ -114,6 +114,13 @@ pub struct ManualArgs {
     #[arg(short = 'N', long = "no-verify", alias = "no_verify")]
     pub no_verify: bool,
 
+    /// After applying the changes (needs -c), run `VACUUM (ANALYZE)
+    /// state_groups_state` so the space of the deleted rows is reused for new
+    /// rows (it does not block Synapse; it needs the right to vacuum the
+    /// table, checked before any work).
+    #[arg(long = "vacuum", requires = "commit_changes")]
+    pub vacuum: bool,
+
     /// Never draw progress bars (they are only drawn on a terminal anyway).
     #[arg(long = "no-progress")]
     pub no_progress: bool,
@@ -140,6 +147,7 @@ impl ManualArgs {
             graphs: self.graphs,
             commit_changes: self.commit_changes,
             verify: !self.no_verify,
+            vacuum: self.vacuum,
         }
     }
 }

@@ -34,6 +34,9 @@ pub struct ManualConfig {
     pub commit_changes: bool,
     /// Check the new structure before writing anything.
     pub verify: bool,
+    /// After applying the changes, run `VACUUM (ANALYZE) state_groups_state`
+    /// (only with `commit_changes`; checked before any work).
+    pub vacuum: bool,
 }
 
 impl ManualConfig {
@@ -52,6 +55,7 @@ impl ManualConfig {
             graphs: false,
             commit_changes: false,
             verify: true,
+            vacuum: false,
         }
     }
 }

@@ -44,6 +44,7 @@ fn check_optional<const MIN: i64>(name: &str, value: Option<i64>) -> Result<Opti
     graphs = false,
     commit_changes = false,
     verify = true,
+    vacuum = false,
 ))]
 #[allow(clippy::too_many_arguments)] // the reference module's signature
 fn run_compression<'py>(
@@ -60,6 +61,7 @@ fn run_compression<'py>(
     graphs: bool,
     commit_changes: bool,
     verify: bool,
+    vacuum: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     run_job::<CompressionError>(py, move || {
         // The command line's checks, in its order.
@@ -76,6 +78,7 @@ fn run_compression<'py>(
             graphs,
             commit_changes,
             verify,
+            vacuum,
         };
         crate::manual::run(&config).map(|summary| summary.to_json())
     })

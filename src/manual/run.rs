@@ -8,6 +8,9 @@
 //! SQL file is written removes the file it had opened, so no file that
 //! looks complete (or looks like "nothing to apply") is left; once started,
 //! the file is finished first, as it is local and quick.
+//!
+//! With `-c` it also counts the room's rows before and after, measures the
+//! table and VACUUMs it when asked.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -18,13 +21,14 @@ use log::{info, warn};
 
 use postgres::Client;
 
+use crate::core::chains::longest_chains;
 use crate::core::compressor::compress;
 use crate::core::group::{changed_groups, GroupMap};
 use crate::core::state_map::Symbols;
 use crate::core::verify::verify;
 use crate::db::load::{self, LoadReport};
 use crate::db::write::WriteReport;
-use crate::db::{self, schema, RoomLock};
+use crate::db::{self, schema, stats, RoomLock};
 use crate::error::{Error, Result};
 use crate::manual::config::ManualConfig;
 use crate::manual::summary::{Outcome, Summary};
@@ -48,7 +52,12 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         .as_deref()
         .map(SqlOut::open)
         .transpose()?;
-    let (client, room_lock) = connect(config)?;
+    let (mut client, room_lock) = connect(config)?;
+    // Counted under the room's lock: no other compressor changes them.
+    let table_rows_before = match room_lock {
+        Some(_) => Some(stats::room_rows(&mut client, room)?),
+        None => None,
+    };
     let mut held = Held {
         client,
         room_lock,
@@ -78,11 +87,23 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     timings.compress = started.elapsed();
     let mut summary = Summary::new(room, &loaded, &compressed, timings);
     summary.dry_run = !config.commit_changes && config.output_file.is_none();
+    summary.to_sql_file = config.output_file.is_some();
+    summary.to_database = config.commit_changes;
+    summary.table_rows_before = table_rows_before;
+    summary.table_rows_after = table_rows_before;
+    (summary.longest_chain_before, summary.longest_chain_after, _) =
+        longest_chains(&loaded.original, None, &Default::default());
 
     if let Some(why) = reason_to_write_nothing(config, &mut summary) {
         if let Some(out) = held.sql_out.as_mut() {
             out.nothing(room, &why)?;
         }
+        finish_database(
+            &mut held.client,
+            config,
+            &mut summary,
+            WriteReport::default(),
+        )?;
         summary.timings.total = run_started.elapsed();
         return Ok(summary);
     }
@@ -106,12 +127,15 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     }
 
     let changed = changed_groups(original, &compressed.changes);
+    summary.longest_chain_after =
+        longest_chains(original, Some(&compressed.changes), &Default::default()).1;
     let started = Instant::now();
     if let Some(mut out) = held.sql_out.take() {
         out.write(config, &loaded, &compressed.changes, &changed)?;
     }
     if held.room_lock.is_none() {
         summary.timings.write = started.elapsed();
+        summary.groups_to_write = changed.len();
         summary.groups_written = changed.len();
         summary.timings.total = run_started.elapsed();
         return Ok(summary);
@@ -127,6 +151,11 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         &changed,
     )?;
     summary.timings.write = started.elapsed();
+    // Exact: a group Synapse changed meanwhile keeps its rows, and so do
+    // the groups of batches a stop left undone.
+    let saved = report.rows_deleted as i64 - report.rows_inserted as i64;
+    summary.rows_after = (summary.rows_before as i64 - saved) as usize;
+    summary.groups_to_write = changed.len();
     summary.groups_written = report.written;
     summary.groups_skipped_live = report.skipped;
     // Stopped between two batches: the groups of later batches are as
@@ -135,6 +164,7 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         held.stop_if_asked(&mut summary)?;
     }
     held.release()?;
+    finish_database(&mut held.client, config, &mut summary, report)?;
     summary.timings.total = run_started.elapsed();
     Ok(summary)
 }
@@ -174,6 +204,23 @@ impl Held {
     }
 }
 
+/// With `-c`: the room's rows after the run, the table's size and the space
+/// the deleted rows left, and the VACUUM of `--vacuum`.
+fn finish_database(
+    client: &mut Client,
+    config: &ManualConfig,
+    summary: &mut Summary,
+    report: WriteReport,
+) -> Result<()> {
+    if !config.commit_changes {
+        return Ok(());
+    }
+    summary.rows_deleted = report.rows_deleted;
+    summary.table_rows_after = Some(stats::room_rows(client, &config.room_id)?);
+    summary.disk = stats::after_run(client, report.rows_deleted, config.vacuum)?;
+    Ok(())
+}
+
 /// Connects and checks what the run needs: Synapse's tables, the
 /// privileges of this mode and, for a run that writes, the room to itself
 /// (its lock is kept from before the load until the last write commits).
@@ -186,6 +233,9 @@ fn connect(config: &ManualConfig) -> Result<(Client, Option<RoomLock>)> {
         schema::Access::Read
     };
     schema::require_privileges(&mut client, access, &[], &[])?;
+    if config.vacuum && config.commit_changes {
+        stats::require_vacuum_right(&mut client)?;
+    }
     let room_lock = if config.commit_changes {
         Some(RoomLock::try_acquire(&mut client, &config.room_id)?)
     } else {
@@ -282,7 +332,8 @@ fn reason_to_write_nothing(config: &ManualConfig, summary: &mut Summary) -> Opti
 }
 
 /// Applies the changes to the database, batch after batch until done or
-/// asked to stop.
+/// asked to stop: what was written, and how many groups were left alone
+/// because they changed since they were loaded.
 fn commit(
     client: &mut Client,
     room: &str,

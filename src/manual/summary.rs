@@ -1,12 +1,15 @@
 //! The figures of a manual run and how they are printed.
 //!
 //! The first lines keep the reference tool's wording, so scripts that read
-//! its output keep working.
+//! its output keep working; the lines after them say in plain words what
+//! was decided, what was written where, the room's rows counted in the
+//! table, the longest chain and, after `-c`, the table's disk space.
 
 use std::fmt;
 
 use crate::core::compressor::Stats;
 use crate::core::verify::Verified;
+use crate::db::stats::DiskSpace;
 use crate::tool::interrupt::Signal;
 use crate::tool::timings::Timings;
 
@@ -41,6 +44,9 @@ pub struct Summary {
     pub stats: Stats,
     /// What verification covered (None when skipped or not reached).
     pub verified: Option<Verified>,
+    /// Groups whose new rows or edge differ from their old ones: what the
+    /// SQL file holds, or what a dry run would write.
+    pub groups_to_write: usize,
     /// Groups whose rows and edge were (or, with -o, would be) rewritten.
     pub groups_written: usize,
     /// Groups left alone because another writer (Synapse, another
@@ -50,6 +56,22 @@ pub struct Summary {
     pub missing_predecessors: usize,
     /// Neither `-c` nor `-o` was given: nothing was to be written.
     pub dry_run: bool,
+    /// `-o`: the changes went to an SQL file.
+    pub to_sql_file: bool,
+    /// `-c`: the changes were applied to the database.
+    pub to_database: bool,
+    /// Rows the writes deleted (with `-c`).
+    pub rows_deleted: u64,
+    /// With `-c`: the room's rows in `state_groups_state`, counted before
+    /// the load and after the writes (Synapse's writes meanwhile included).
+    pub table_rows_before: Option<u64>,
+    pub table_rows_after: Option<u64>,
+    /// The longest chain (edges Synapse follows to read a group's state)
+    /// among the range's groups, before and after (or as it would be).
+    pub longest_chain_before: u32,
+    pub longest_chain_after: u32,
+    /// With `-c`: the table's size and the space freed inside it.
+    pub disk: Option<DiskSpace>,
     /// The decision taken.
     pub outcome: Outcome,
     /// Time per phase.
@@ -92,10 +114,19 @@ impl Summary {
             rows_after: rows,
             stats: Stats::default(),
             verified: None,
+            groups_to_write: 0,
             groups_written: 0,
             groups_skipped_live: 0,
             missing_predecessors: loaded.report.missing_predecessors.len(),
             dry_run: false,
+            to_sql_file: false,
+            to_database: false,
+            rows_deleted: 0,
+            table_rows_before: None,
+            table_rows_after: None,
+            longest_chain_before: 0,
+            longest_chain_after: 0,
+            disk: None,
             outcome: Outcome::Done,
             timings,
             interrupted: None,
@@ -109,7 +140,7 @@ impl Summary {
             Outcome::TooFewSaved { .. } => "too_few_saved",
             Outcome::Done => "done",
         };
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "room_id": self.room_id,
             "groups": self.groups,
             "groups_in_range": self.groups_in_range,
@@ -121,8 +152,14 @@ impl Summary {
             "groups_changed": self.stats.state_groups_changed,
             "forced_resets": self.stats.resets_no_suitable_prev,
             "forced_reset_rows": self.stats.resets_no_suitable_prev_size,
+            "groups_to_write": self.groups_to_write,
             "groups_written": self.groups_written,
             "groups_skipped_live": self.groups_skipped_live,
+            "rows_deleted": self.rows_deleted,
+            "table_rows_before": self.table_rows_before,
+            "table_rows_after": self.table_rows_after,
+            "longest_chain_before": self.longest_chain_before,
+            "longest_chain_after": self.longest_chain_after,
             "missing_predecessors": self.missing_predecessors,
             "outcome": outcome,
             "verified": self.verified.is_some(),
@@ -136,7 +173,9 @@ impl Summary {
             },
             "peak_rss_mib": crate::tool::memory::peak_rss_mib(),
             "interrupted": self.interrupted.is_some(),
-        })
+        });
+        DiskSpace::add_json(self.disk.as_ref(), &mut json);
+        json
     }
 
     /// Rows after as a percentage of rows before.
@@ -189,20 +228,8 @@ impl fmt::Display for Summary {
                         v.groups, v.compared
                     )?;
                 }
-                if self.dry_run {
-                    writeln!(
-                        f,
-                        "Nothing was written (a dry run): add -c to apply the changes, or -o FILE to write them as SQL."
-                    )?;
-                }
+                self.fmt_writes(f)?;
             }
-        }
-        if self.groups_skipped_live > 0 {
-            writeln!(
-                f,
-                "Groups left as they were because they changed since they were loaded: {}",
-                self.groups_skipped_live
-            )?;
         }
         if self.missing_predecessors > 0 {
             writeln!(
@@ -211,13 +238,87 @@ impl fmt::Display for Summary {
                 self.missing_predecessors
             )?;
         }
+        self.fmt_table(f)?;
         if let Some(signal) = self.interrupted {
             writeln!(
                 f,
-                "Interrupted by {signal} before the run was done: {} groups rewritten in the database (the figures above are those of the whole compression), every group's state unchanged; run the same command again to finish.",
-                self.groups_written
+                "Interrupted by {signal} before the run was done: {} of {} groups rewritten in the database, every group's state unchanged; run the same command again to finish.",
+                self.groups_written,
+                self.groups_to_write
             )?;
         }
         write!(f, "{}", self.timings)
+    }
+}
+
+impl Summary {
+    /// What was decided and what was written where, in plain words.
+    fn fmt_writes(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let decided = self.stats.state_groups_changed;
+        writeln!(
+            f,
+            "Groups given a new structure by the compressor: {decided}; of them, {} end up with different rows or edge",
+            self.groups_to_write
+        )?;
+        if self.dry_run {
+            writeln!(
+                f,
+                "Groups that would be rewritten: {}",
+                self.groups_to_write
+            )?;
+            writeln!(
+                f,
+                "Nothing was written (a dry run): add -c to apply the changes, or -o FILE to write them as SQL."
+            )?;
+        }
+        if self.to_sql_file {
+            writeln!(
+                f,
+                "Groups written to the SQL file: {} (applying it rewrites each one that is still as it was loaded)",
+                self.groups_to_write
+            )?;
+        }
+        if self.to_database {
+            writeln!(
+                f,
+                "Groups rewritten in the database: {} ({} rows deleted, {} saved)",
+                self.groups_written,
+                self.rows_deleted,
+                self.rows_before as i64 - self.rows_after as i64
+            )?;
+        }
+        if self.groups_skipped_live > 0 {
+            writeln!(
+                f,
+                "Groups left as they were because they changed since they were loaded: {}",
+                self.groups_skipped_live
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The room's rows counted in the table, the longest chain, and the
+    /// table's disk space.
+    fn fmt_table(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let (Some(before), Some(after)) = (self.table_rows_before, self.table_rows_after) {
+            writeln!(
+                f,
+                "Rows of this room in state_groups_state: {before} before, {after} after (counted; includes Synapse's writes meanwhile)"
+            )?;
+        }
+        let after = if self.to_database || self.outcome != Outcome::Done {
+            "after"
+        } else {
+            "once written"
+        };
+        writeln!(
+            f,
+            "Longest chain Synapse walks to read one of these groups: {} hops before, {} {after}",
+            self.longest_chain_before, self.longest_chain_after
+        )?;
+        if let Some(disk) = &self.disk {
+            write!(f, "{disk}")?;
+        }
+        Ok(())
     }
 }

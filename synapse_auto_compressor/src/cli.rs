@@ -55,6 +55,12 @@ pub struct AutoArgs {
     #[arg(long = "no-progress")]
     pub no_progress: bool,
 
+    /// At the end, run `VACUUM (ANALYZE) state_groups_state`, so the space of
+    /// the deleted rows is reused for new rows (it does not block Synapse;
+    /// it needs the right to vacuum the table, checked before any work).
+    #[arg(long = "vacuum")]
+    pub vacuum: bool,
+
     /// Print the run's summary as one JSON object on stdout (logs stay on
     /// stderr).
     #[arg(long = "json")]
@@ -86,6 +92,7 @@ impl AutoArgs {
             number_of_chunks: self.chunks_to_compress,
             default_levels: self.default_levels.clone(),
             largest_rooms: self.largest_rooms,
+            vacuum: self.vacuum,
         }
     }
 }

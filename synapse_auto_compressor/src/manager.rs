@@ -21,15 +21,26 @@
 //! once the last chunk's progress has committed with it, so the saved
 //! progress of an interrupted run is exact and the next run continues from
 //! there. A bar on a terminal shows chunks done, rows saved and the room.
+//!
+//! The run's figures (`RunSummary`) count each group once, in its own
+//! chunk; rows saved come from what the writes actually deleted and
+//! inserted; the rows of the rooms touched are counted in the table before
+//! each room's first chunk and at the end (`RunFigures`), and the table's
+//! size and the optional VACUUM come last (`db::stats`).
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use postgres::Client;
-use synapse_compress_state::core::group::{changed_groups, row_count, row_count_after};
+use synapse_compress_state::core::chains::longest_chains;
+use synapse_compress_state::core::group::{
+    changed_groups, in_range_row_counts, row_count, row_count_after,
+};
 use synapse_compress_state::core::state_map::Symbols;
 use synapse_compress_state::core::verify::verify;
 use synapse_compress_state::db::load::{self, LoadReport};
+use synapse_compress_state::db::stats::{self, DiskSpace};
 use synapse_compress_state::db::write::{Rewrite, WriteReport};
 use synapse_compress_state::db::{self, schema, Prepared, RoomLock};
 use synapse_compress_state::error::printable;
@@ -57,6 +68,8 @@ pub struct AutoConfig {
     /// Compress this many rooms, those estimated to save the most, each to
     /// its end, instead of scanning by group id (`--largest-rooms`).
     pub largest_rooms: Option<Positive>,
+    /// Run `VACUUM (ANALYZE) state_groups_state` at the end.
+    pub vacuum: bool,
 }
 
 /// What happened to one chunk.
@@ -68,8 +81,19 @@ pub struct ChunkOutcome {
     /// Last group of the chunk.
     pub last: i64,
     pub groups: usize,
+    /// Rows of the chunk's own groups (not of the level heads and
+    /// predecessors loaded with them), as loaded.
     pub rows_before: usize,
+    /// The same groups' rows as the compressor would leave them.
     pub rows_after: usize,
+    /// Rows the chunk's writes deleted and inserted (only groups actually
+    /// rewritten: a group Synapse changed meanwhile keeps its rows).
+    pub rows_deleted: u64,
+    pub rows_inserted: u64,
+    /// The longest chain (hops to a group with no edge) of the chunk's
+    /// groups before this run touched them, and as they are after it.
+    pub longest_chain_before: u32,
+    pub longest_chain_after: u32,
     /// Groups the compressor gave a new predecessor (or made a snapshot).
     pub groups_changed: usize,
     /// Groups that had to become snapshots for want of a usable predecessor.
@@ -99,6 +123,10 @@ impl ChunkOutcome {
             groups: 0,
             rows_before: 0,
             rows_after: 0,
+            rows_deleted: 0,
+            rows_inserted: 0,
+            longest_chain_before: 0,
+            longest_chain_after: 0,
             groups_changed: 0,
             forced_resets: 0,
             groups_written: 0,
@@ -111,8 +139,7 @@ impl ChunkOutcome {
 
     /// Takes in the compressor's figures for the chunk, and logs them.
     fn record(&mut self, original: &GroupMap, compressed: &Compressed) {
-        self.rows_before = row_count(original);
-        self.rows_after = row_count_after(original, &compressed.changes);
+        (self.rows_before, self.rows_after) = in_range_row_counts(original, &compressed.changes);
         self.groups_changed = compressed.stats.state_groups_changed;
         self.forced_resets = compressed.stats.resets_no_suitable_prev;
         info!(
@@ -145,9 +172,33 @@ pub struct RunSummary {
     pub rooms_finished: usize,
     /// Groups in the chunks processed (skipped chunks included).
     pub groups: usize,
+    /// Rows of those groups when their chunk loaded them. Each group is in
+    /// one chunk only: level heads and predecessors loaded with a chunk are
+    /// not counted again.
     pub rows_before: usize,
+    /// The same groups' rows after the run: `rows_before - rows_saved`.
     pub rows_after: usize,
+    /// Rows the run's writes deleted minus rows they inserted: exactly
+    /// what the run removed from `state_groups_state`.
     pub rows_saved: i64,
+    /// Rows the run's writes deleted (the space they held is what VACUUM
+    /// makes reusable).
+    pub rows_deleted: u64,
+    /// Rows of `state_groups_state` of the rooms the run touched, counted
+    /// (not estimated) before each room's first chunk and at the end of the
+    /// run; Synapse's own writes meanwhile are in them. None when the run
+    /// touched no room.
+    pub table_rows_before: Option<u64>,
+    pub table_rows_after: Option<u64>,
+    /// Rooms whose rows those counts cover.
+    pub rooms_touched: usize,
+    /// The longest chain (edges Synapse follows to read a group's state)
+    /// among the groups of the run's chunks, before the run and after it.
+    pub longest_chain_before: u32,
+    pub longest_chain_after: u32,
+    /// The table's size and the space freed inside it, when rows were
+    /// deleted or `--vacuum` ran.
+    pub disk: Option<DiskSpace>,
     /// Groups given a new structure in committed chunks.
     pub groups_changed: usize,
     /// Of those, groups forced to be snapshots (no usable predecessor).
@@ -170,20 +221,22 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    /// Counts a chunk that was done (committed or skipped).
+    /// Counts a chunk that was done (committed or skipped): each group in
+    /// its own chunk only, rows saved from what the writes did.
     fn add(&mut self, outcome: &ChunkOutcome) {
         self.chunks += 1;
         self.groups += outcome.groups;
         self.rows_before += outcome.rows_before;
+        self.longest_chain_before = self.longest_chain_before.max(outcome.longest_chain_before);
+        self.longest_chain_after = self.longest_chain_after.max(outcome.longest_chain_after);
         if outcome.committed {
             self.groups_changed += outcome.groups_changed;
             self.forced_resets += outcome.forced_resets;
-            self.rows_after += outcome.rows_after;
-            self.rows_saved += outcome.rows_before as i64 - outcome.rows_after as i64;
+            self.rows_saved += outcome.rows_deleted as i64 - outcome.rows_inserted as i64;
+            self.rows_deleted += outcome.rows_deleted;
             self.groups_written += outcome.groups_written;
             self.groups_skipped_live += outcome.groups_skipped_live;
         } else {
-            self.rows_after += outcome.rows_before;
             self.chunks_skipped += 1;
         }
         if outcome.room_finished {
@@ -193,7 +246,7 @@ impl RunSummary {
 
     /// The figures as one JSON object (for `--json`, scripts and monitoring).
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "chunks": self.chunks,
             "chunks_skipped": self.chunks_skipped,
             "rooms_finished": self.rooms_finished,
@@ -201,6 +254,12 @@ impl RunSummary {
             "rows_before": self.rows_before,
             "rows_after": self.rows_after,
             "rows_saved": self.rows_saved,
+            "rows_deleted": self.rows_deleted,
+            "table_rows_before": self.table_rows_before,
+            "table_rows_after": self.table_rows_after,
+            "rooms_touched": self.rooms_touched,
+            "longest_chain_before": self.longest_chain_before,
+            "longest_chain_after": self.longest_chain_after,
             "groups_changed": self.groups_changed,
             "forced_resets": self.forced_resets,
             "groups_written": self.groups_written,
@@ -217,7 +276,53 @@ impl RunSummary {
             },
             "peak_rss_mib": synapse_compress_state::tool::memory::peak_rss_mib(),
             "interrupted": self.interrupted.is_some(),
-        })
+        });
+        DiskSpace::add_json(self.disk.as_ref(), &mut json);
+        json
+    }
+
+    /// Logs the figures in words: what each number counts.
+    fn log(&self) {
+        let head = format!(
+            "saved {} rows, {} chunks done ({} skipped as not worth writing), {} rooms finished, {} rooms busy, {} rooms damaged, in {:.1}s",
+            self.rows_saved,
+            self.chunks,
+            self.chunks_skipped,
+            self.rooms_finished,
+            self.rooms_busy,
+            self.rooms_damaged,
+            self.elapsed.as_secs_f64()
+        );
+        match self.interrupted {
+            None => info!("Finished: {head}"),
+            Some(signal) => warn!(
+                "Interrupted by {signal}: {head}; the progress of every chunk done is saved: run the tool again and it continues where this run stopped"
+            ),
+        }
+        info!(
+            "The {} groups compressed had {} rows and now have {}; {} groups given a new structure, {} rewritten, {} left as Synapse changed them meanwhile",
+            self.groups,
+            self.rows_before,
+            self.rows_after,
+            self.groups_changed,
+            self.groups_written,
+            self.groups_skipped_live
+        );
+        if let (Some(before), Some(after)) = (self.table_rows_before, self.table_rows_after) {
+            info!(
+                "state_groups_state rows of the {} rooms touched: {before} before, {after} after (counted; includes Synapse's writes meanwhile)",
+                self.rooms_touched
+            );
+        }
+        info!(
+            "Longest chain Synapse walks to read one of these groups: {} hops before, {} after",
+            self.longest_chain_before, self.longest_chain_after
+        );
+        if let Some(disk) = &self.disk {
+            for line in disk.to_string().lines() {
+                info!("{line}");
+            }
+        }
     }
 }
 
@@ -233,6 +338,9 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
         &progress_needs,
         &state_saving::PROGRESS_TABLES,
     )?;
+    if config.vacuum {
+        stats::require_vacuum_right(&mut client)?;
+    }
     lock::acquire(&mut client)?;
     state_saving::create_tables_if_needed(&mut client)?;
 
@@ -293,26 +401,10 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
         Ok::<_, Error>(())
     })?;
     lock::release(&mut client)?;
+    summary.rows_after = (summary.rows_before as i64 - summary.rows_saved) as usize;
+    summary.disk = stats::after_run(&mut client, summary.rows_deleted, config.vacuum)?;
     summary.elapsed = started.elapsed();
-    let figures = format!(
-        "saved {} rows ({} -> {}), {} chunks done, {} skipped, {} rooms finished, {} groups rewritten, {} rooms busy, {} rooms damaged, in {:.1}s",
-        summary.rows_saved,
-        summary.rows_before,
-        summary.rows_after,
-        summary.chunks,
-        summary.chunks_skipped,
-        summary.rooms_finished,
-        summary.groups_written,
-        summary.rooms_busy,
-        summary.rooms_damaged,
-        summary.elapsed.as_secs_f64()
-    );
-    match summary.interrupted {
-        None => info!("Finished: {figures}"),
-        Some(signal) => warn!(
-            "Interrupted by {signal}: {figures}; the progress of every chunk done is saved: run the tool again and it continues where this run stopped"
-        ),
-    }
+    summary.log();
     info!("{}", summary.timings);
     Ok(summary)
 }
@@ -327,6 +419,7 @@ fn chunk_loop(
 ) -> Result<()> {
     let mut left = LeftRooms::default();
     let bar = progress::chunks(config.number_of_chunks.get() as u64);
+    let mut figures = RunFigures::default();
     while (summary.chunks as i64) < config.number_of_chunks.get() {
         // The safe point: every chunk before has committed with its
         // progress, and this one has not started.
@@ -365,7 +458,16 @@ fn chunk_loop(
             same_room: false,
             left: &left,
         };
-        let outcome = compress_chunk(client, prepared, &room, config, summary, ahead)?;
+        figures.count_room_before(client, &room, summary)?;
+        let outcome = compress_chunk(
+            client,
+            prepared,
+            &room,
+            config,
+            summary,
+            &mut figures,
+            ahead,
+        )?;
         lock.release(client)?;
         if outcome.damaged {
             summary.rooms_damaged += 1;
@@ -376,7 +478,7 @@ fn chunk_loop(
         bar.set_position(summary.chunks as u64);
     }
     bar.finish_and_clear();
-    Ok(())
+    figures.count_rooms_after(client, summary)
 }
 
 /// `--largest-rooms`: compresses each of `rooms` to its end, chunk after
@@ -392,6 +494,7 @@ fn room_by_room(
     rooms: &[String],
 ) -> Result<()> {
     let left = LeftRooms::default();
+    let mut figures = RunFigures::default();
     let bar = progress::chunks(config.number_of_chunks.get() as u64);
     'rooms: for room in rooms {
         bar.set_message(format!(
@@ -426,7 +529,9 @@ fn room_by_room(
                 same_room: false,
                 left: &left,
             };
-            let outcome = compress_chunk(client, prepared, room, config, summary, ahead)?;
+            figures.count_room_before(client, room, summary)?;
+            let outcome =
+                compress_chunk(client, prepared, room, config, summary, &mut figures, ahead)?;
             lock.release(client)?;
             if outcome.damaged {
                 summary.rooms_damaged += 1;
@@ -440,7 +545,67 @@ fn room_by_room(
         }
     }
     bar.finish_and_clear();
-    Ok(())
+    figures.count_rooms_after(client, summary)
+}
+
+/// What the run keeps between chunks for its figures.
+#[derive(Default)]
+struct RunFigures {
+    /// Rooms whose rows were counted before their first chunk.
+    rooms: BTreeSet<String>,
+    /// For each group a chunk of this run loaded in range, its chain's
+    /// length before the run: a later chunk's chains run through those
+    /// groups, which the loaded structure already shows rewritten. A few
+    /// bytes per group of the run.
+    chains_before: HashMap<i64, u32>,
+}
+
+impl RunFigures {
+    /// Counts `room`'s rows before this run's first chunk of it (under the
+    /// room's lock, so no other compressor changes them meanwhile).
+    fn count_room_before(
+        &mut self,
+        client: &mut Client,
+        room: &str,
+        summary: &mut RunSummary,
+    ) -> Result<()> {
+        if self.rooms.contains(room) {
+            return Ok(());
+        }
+        let rows = stats::room_rows(client, room)?;
+        *summary.table_rows_before.get_or_insert(0) += rows;
+        summary.rooms_touched += 1;
+        self.rooms.insert(room.to_owned());
+        Ok(())
+    }
+
+    /// Counts the rows of the rooms the run touched, after its last chunk.
+    fn count_rooms_after(&self, client: &mut Client, summary: &mut RunSummary) -> Result<()> {
+        if self.rooms.is_empty() {
+            return Ok(());
+        }
+        let mut rows = 0;
+        for room in &self.rooms {
+            rows += stats::room_rows(client, room)?;
+        }
+        summary.table_rows_after = Some(rows);
+        Ok(())
+    }
+
+    /// The longest chains of `chunk`'s groups before and after: before
+    /// along their loaded edges, continuing through earlier chunks' groups
+    /// with those groups' lengths before the run; after along the new
+    /// structure (`new`, when the chunk is written) as it is in the
+    /// database. Every chain ends inside the chunk's loaded groups: every
+    /// predecessor is loaded with it. A group Synapse rewrote meanwhile
+    /// (`groups_skipped_live`) counts as the compressor would have left it,
+    /// not as Synapse did: a figure for the run's own work.
+    fn chains(&mut self, chunk: &GroupMap, new: Option<&Compressed>) -> (u32, u32) {
+        let changes = new.map(|c| &c.changes);
+        let (before, after, lengths) = longest_chains(chunk, changes, &self.chains_before);
+        self.chains_before.extend(lengths);
+        (before, after)
+    }
 }
 
 /// Reader connections loading ahead (besides the main one).
@@ -576,6 +741,7 @@ fn compress_chunk(
     room: &str,
     config: &AutoConfig,
     summary: &mut RunSummary,
+    figures: &mut RunFigures,
     mut ahead: Ahead<'_>,
 ) -> Result<ChunkOutcome> {
     let progress =
@@ -625,6 +791,8 @@ fn compress_chunk(
     outcome.record(&chunk.original, &compressed);
 
     if would_grow(&chunk.original, &compressed) {
+        (outcome.longest_chain_before, outcome.longest_chain_after) =
+            figures.chains(&chunk.original, None);
         warn!(
             "Room {room}: compressing groups up to {last} would increase the rows ({} -> {}); skipping the chunk",
             outcome.rows_before, outcome.rows_after
@@ -644,7 +812,11 @@ fn compress_chunk(
     summary.timings.write += started.elapsed();
     outcome.groups_written = report.written;
     outcome.groups_skipped_live = report.skipped;
+    outcome.rows_deleted = report.rows_deleted;
+    outcome.rows_inserted = report.rows_inserted;
     outcome.committed = true;
+    (outcome.longest_chain_before, outcome.longest_chain_after) =
+        figures.chains(&chunk.original, Some(&compressed));
     Ok(outcome)
 }
 

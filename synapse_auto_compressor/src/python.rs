@@ -28,13 +28,14 @@ pyo3::create_exception!(
 /// `ValueError` for an argument the command line would refuse, and
 /// `CompressionError` when the run fails.
 #[pyfunction]
-#[pyo3(signature = (db_url, chunk_size, number_of_chunks, default_levels = "100,50,25"))]
+#[pyo3(signature = (db_url, chunk_size, number_of_chunks, default_levels = "100,50,25", vacuum = false))]
 fn run_compression<'py>(
     py: Python<'py>,
     db_url: String,
     chunk_size: i64,
     number_of_chunks: i64,
     default_levels: &str,
+    vacuum: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     run(
         py,
@@ -43,6 +44,7 @@ fn run_compression<'py>(
         Some(number_of_chunks),
         default_levels,
         None,
+        vacuum,
     )
 }
 
@@ -75,6 +77,7 @@ fn compress_largest_rooms<'py>(
         number_of_chunks,
         default_levels,
         number_of_rooms,
+        false,
     )
 }
 
@@ -87,6 +90,7 @@ fn run<'py>(
     number_of_chunks: Option<i64>,
     default_levels: &str,
     number_of_rooms: Option<i64>,
+    vacuum: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     run_job::<CompressionError>(py, move || {
         let config = AutoConfig {
@@ -100,6 +104,7 @@ fn run<'py>(
             largest_rooms: number_of_rooms
                 .map(|n| Positive::named("number_of_rooms", n))
                 .transpose()?,
+            vacuum,
         };
         crate::run(&config).map(|summary| summary.to_json())
     })

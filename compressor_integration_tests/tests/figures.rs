@@ -1,0 +1,385 @@
+//! The summaries' figures against SQL counts taken by the test: the rows
+//! of the rooms touched in `state_groups_state` before and after, rows
+//! saved, the longest chain (a recursive walk of `state_group_edges`) before
+//! and after, and the table's size; for the automatic tool over a whole
+//! database and over runs that stop part-way (and continue), and for the
+//! manual tool.
+
+use std::collections::BTreeMap;
+
+use compressor_integration_tests::check::{self, assert_same_states, snapshot};
+use compressor_integration_tests::generator::GenConfig;
+use compressor_integration_tests::pg::TestDb;
+use compressor_integration_tests::tools;
+use postgres::Client;
+use serde_json::Value;
+
+const AUTO: &str = "synapse_auto_compressor";
+
+fn config(seed: u64) -> GenConfig {
+    GenConfig {
+        seed,
+        rooms: 3,
+        groups_per_room: 300,
+        members: 40,
+        max_delta_hops: 30,
+        ..GenConfig::default()
+    }
+}
+
+fn int(json: &Value, key: &str) -> i64 {
+    json[key]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {json}"))
+}
+
+/// The two columns of `sql`'s rows, as a map.
+fn pairs<K, V>(client: &mut Client, sql: &str) -> BTreeMap<K, V>
+where
+    K: Ord + for<'a> postgres::types::FromSql<'a>,
+    V: for<'a> postgres::types::FromSql<'a>,
+{
+    client
+        .query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Rows of `state_groups_state` per room, counted by the rows' own room_id.
+fn rows_per_room(client: &mut Client) -> BTreeMap<String, i64> {
+    pairs(
+        client,
+        "SELECT room_id, count(*) FROM state_groups_state GROUP BY room_id",
+    )
+}
+
+/// Rows per group.
+fn rows_per_group(client: &mut Client) -> BTreeMap<i64, i64> {
+    pairs(
+        client,
+        "SELECT state_group, count(*) FROM state_groups_state GROUP BY state_group",
+    )
+}
+
+/// Every group's chain length: the edges a walk of `state_group_edges`
+/// follows from it until a group with no edge, as Synapse's read does.
+fn hops_per_group(client: &mut Client) -> BTreeMap<i64, i64> {
+    pairs(
+        client,
+        "WITH RECURSIVE walk(start, current, hops) AS ( \
+             SELECT id, id, 0 FROM state_groups \
+             UNION ALL \
+             SELECT w.start, e.prev_state_group, w.hops + 1 \
+             FROM walk w JOIN state_group_edges e ON e.state_group = w.current \
+         ) SELECT start, max(hops)::bigint FROM walk GROUP BY start",
+    )
+}
+
+/// Each room's saved position (the last group compressed so far; none
+/// before the first run creates the table).
+fn positions(client: &mut Client) -> BTreeMap<String, i64> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('state_compressor_progress') IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    if !exists {
+        return BTreeMap::new();
+    }
+    pairs(
+        client,
+        "SELECT room_id, last_compressed FROM state_compressor_progress",
+    )
+}
+
+/// The groups of each room with `after < id <= until`.
+fn groups_between(
+    client: &mut Client,
+    after: &BTreeMap<String, i64>,
+    until: &BTreeMap<String, i64>,
+) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for (room, &last) in until {
+        let first = after.get(room).copied().unwrap_or(-1);
+        for row in client
+            .query(
+                "SELECT id FROM state_groups WHERE room_id = $1 AND id > $2 AND id <= $3",
+                &[room, &first, &last],
+            )
+            .unwrap()
+        {
+            ids.push(row.get(0));
+        }
+    }
+    ids
+}
+
+struct Before {
+    rooms: BTreeMap<String, i64>,
+    groups: BTreeMap<i64, i64>,
+    hops: BTreeMap<i64, i64>,
+    positions: BTreeMap<String, i64>,
+}
+
+fn before(client: &mut Client) -> Before {
+    Before {
+        rooms: rows_per_room(client),
+        groups: rows_per_group(client),
+        hops: hops_per_group(client),
+        positions: positions(client),
+    }
+}
+
+fn longest(hops: &BTreeMap<i64, i64>, ids: &[i64]) -> i64 {
+    ids.iter().map(|id| hops[id]).max().unwrap_or(0)
+}
+
+/// Runs the automatic tool once and checks every figure against the
+/// counts taken before and after it.
+fn auto_run_matches_sql(db: &TestDb, args: &[&str]) -> Value {
+    let mut client = db.client();
+    let was = before(&mut client);
+    let mut full_args = vec!["-p", db.url(), "--json"];
+    full_args.extend_from_slice(args);
+    let json = tools::json_summary(&tools::run_bin(AUTO, &full_args));
+    let now = before(&mut client);
+
+    // The rooms this run touched: those whose position moved.
+    let touched: Vec<&String> = now
+        .positions
+        .iter()
+        .filter(|(room, last)| was.positions.get(*room) != Some(last))
+        .map(|(room, _)| room)
+        .collect();
+    assert_eq!(int(&json, "rooms_touched"), touched.len() as i64, "{json}");
+    let sum = |rooms: &BTreeMap<String, i64>| -> i64 {
+        touched
+            .iter()
+            .map(|r| rooms.get(*r).copied().unwrap_or(0))
+            .sum()
+    };
+    assert_eq!(int(&json, "table_rows_before"), sum(&was.rooms), "{json}");
+    assert_eq!(int(&json, "table_rows_after"), sum(&now.rooms), "{json}");
+    let total = |rooms: &BTreeMap<String, i64>| rooms.values().sum::<i64>();
+    assert_eq!(
+        int(&json, "rows_saved"),
+        total(&was.rooms) - total(&now.rooms),
+        "{json}"
+    );
+    assert!(int(&json, "rows_saved") > 0, "{json}");
+
+    // The groups of this run's chunks, and their rows and chains.
+    let touched_positions: BTreeMap<String, i64> = touched
+        .iter()
+        .map(|r| ((*r).clone(), now.positions[*r]))
+        .collect();
+    let ids = groups_between(&mut client, &was.positions, &touched_positions);
+    assert_eq!(int(&json, "groups"), ids.len() as i64, "{json}");
+    let rows = |groups: &BTreeMap<i64, i64>| -> i64 {
+        ids.iter()
+            .map(|id| groups.get(id).copied().unwrap_or(0))
+            .sum()
+    };
+    assert_eq!(int(&json, "rows_before"), rows(&was.groups), "{json}");
+    assert_eq!(int(&json, "rows_after"), rows(&now.groups), "{json}");
+    assert_eq!(
+        int(&json, "longest_chain_before"),
+        longest(&was.hops, &ids),
+        "{json}"
+    );
+    assert_eq!(
+        int(&json, "longest_chain_after"),
+        longest(&now.hops, &ids),
+        "{json}"
+    );
+
+    // The table's size, and an estimate of the space freed within it.
+    let bytes: i64 = client
+        .query_one("SELECT pg_total_relation_size('state_groups_state')", &[])
+        .unwrap()
+        .get(0);
+    // Autovacuum may have added the free-space map or cut empty pages
+    // since: a few pages either way.
+    let reported = int(&json, "table_bytes");
+    assert!(
+        (reported - bytes).abs() <= bytes / 10,
+        "{bytes} bytes; {json}"
+    );
+    let free = int(&json, "estimated_free_bytes");
+    assert!(free > 0 && free < bytes, "{json}");
+    assert_eq!(json["vacuum_seconds"], Value::Null, "{json}");
+    json
+}
+
+#[test]
+fn auto_figures_over_a_whole_database_match_sql() {
+    let (db, _) = check::generated_db("figures_whole", &config(31));
+    let states = snapshot(&mut db.client()).states;
+    let rows_before: i64 = rows_per_room(&mut db.client()).values().sum();
+    let json = auto_run_matches_sql(&db, &["-c", "100", "-n", "1000"]);
+    // Every group was compressed: the rows of the groups compressed are
+    // the whole table's.
+    assert_eq!(int(&json, "table_rows_before"), rows_before, "{json}");
+    assert_eq!(int(&json, "rows_before"), rows_before, "{json}");
+    assert_eq!(int(&json, "rooms_finished"), 3, "{json}");
+    assert_same_states(&states, &snapshot(&mut db.client()).states, "whole run");
+}
+
+#[test]
+fn auto_figures_of_runs_that_stop_part_way_match_sql() {
+    let (db, _) = check::generated_db("figures_part", &config(32));
+    let states = snapshot(&mut db.client()).states;
+    // Small chunks, so a room's chains run through earlier chunks' groups
+    // (rewritten by this run, then by the run before).
+    auto_run_matches_sql(&db, &["-c", "40", "-n", "5"]);
+    auto_run_matches_sql(&db, &["-c", "40", "-n", "7"]);
+    assert_same_states(&states, &snapshot(&mut db.client()).states, "two runs");
+}
+
+#[test]
+fn manual_figures_match_sql() {
+    let compressible = GenConfig {
+        max_delta_hops: 8,
+        nasty_strings: true,
+        ..config(5)
+    };
+    let (db, generated) = check::generated_db("figures_manual", &compressible);
+    let room = generated.rooms[1].room_id.clone();
+    let mut client = db.client();
+    let was = before(&mut client);
+    let ids: Vec<i64> = generated.rooms[1].group_ids.clone();
+
+    // A dry run says what the chains would become, and counts nothing.
+    let dry = tools::json_summary(&tools::run_bin(
+        "synapse_compress_state",
+        &["-p", db.url(), "-r", &room, "-l", "10,5", "--json"],
+    ));
+    assert_eq!(dry["table_rows_before"], Value::Null, "{dry}");
+    assert_eq!(dry["table_bytes"], Value::Null, "{dry}");
+    assert_eq!(int(&dry, "longest_chain_before"), longest(&was.hops, &ids));
+
+    let json = tools::json_summary(&tools::run_bin(
+        "synapse_compress_state",
+        &["-p", db.url(), "-r", &room, "-l", "10,5", "-c", "--json"],
+    ));
+    let now = before(&mut client);
+    assert_eq!(int(&json, "table_rows_before"), was.rooms[&room], "{json}");
+    assert_eq!(int(&json, "table_rows_after"), now.rooms[&room], "{json}");
+    assert_eq!(
+        int(&json, "rows_saved"),
+        was.rooms[&room] - now.rooms[&room],
+        "{json}"
+    );
+    assert_eq!(int(&json, "longest_chain_before"), longest(&was.hops, &ids));
+    assert_eq!(int(&json, "longest_chain_after"), longest(&now.hops, &ids));
+    assert_eq!(
+        int(&dry, "longest_chain_after"),
+        int(&json, "longest_chain_after")
+    );
+    assert!(int(&json, "groups_written") > 0, "{json}");
+    assert_eq!(
+        int(&json, "groups_written"),
+        int(&dry, "groups_to_write"),
+        "{json}"
+    );
+    assert!(int(&json, "estimated_free_bytes") > 0, "{json}");
+}
+
+/// A group Synapse rewrites while the automatic tool waits to write it (the
+/// test holds the group's row lock, changes its rows to its full state and
+/// commits once the tool waits): the group keeps Synapse's rows, and
+/// `rows_saved` is exactly what the tool's own writes removed, while the
+/// table's counts include Synapse's rows.
+#[test]
+fn auto_rows_saved_leaves_out_a_group_synapse_changed() {
+    use compressor_integration_tests::level_model;
+    use compressor_integration_tests::synapse_state::state_of_group;
+    use std::collections::BTreeSet;
+
+    let config = GenConfig {
+        rooms: 1,
+        max_delta_hops: 8,
+        nasty_strings: true,
+        ..config(5)
+    };
+    let (db, generated) = check::generated_db("figures_live", &config);
+    let room = generated.rooms[0].room_id.clone();
+    let states = snapshot(&mut db.client()).states;
+    let structure = generated.structure();
+    let in_range: BTreeSet<i64> = generated.rooms[0].group_ids.iter().copied().collect();
+    let outcome = level_model::compress(&structure, &in_range, &[10, 5]);
+    let victim = *outcome
+        .new
+        .iter()
+        .filter(|(id, e)| {
+            structure[id].prev().is_some()
+                && (structure[id].prev() != e.prev || structure[id].delta() != e.delta)
+        })
+        .map(|(id, _)| id)
+        .next_back()
+        .expect("a group the tool rewrites");
+    let count = |c: &mut Client| -> i64 {
+        c.query_one("SELECT count(*) FROM state_groups_state", &[])
+            .unwrap()
+            .get(0)
+    };
+    let mut watcher = db.client();
+    let rows_before = count(&mut watcher);
+
+    // Synapse's de-delta of the victim, held open on the group's lock.
+    let full = state_of_group(&mut db.client(), victim).unwrap();
+    let mut synapse = db.client();
+    let mut tx = synapse.transaction().unwrap();
+    tx.execute(
+        "SELECT id FROM state_groups WHERE id = $1 FOR UPDATE",
+        &[&victim],
+    )
+    .unwrap();
+    check::replace_rows(&mut tx, victim, &room, &full);
+    let added = full.len() as i64 - structure[&victim].delta().len() as i64;
+
+    let name = format!("figures_live_{}", std::process::id());
+    let url = format!("{}?application_name={name}", db.url());
+    let tool = tools::start_bin(
+        AUTO,
+        &["-p", &url, "-c", "1000", "-n", "1", "-l", "10,5", "--json"],
+    );
+    // Bounded polling of the server until the tool waits for the lock.
+    let mut waited = 0;
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                &[&name],
+            )
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 200_000, "the tool never waited for the group");
+    }
+    tx.commit().unwrap();
+    let json = tools::json_summary(&tool.wait());
+    let rows_after = count(&mut watcher);
+
+    assert_eq!(int(&json, "groups_skipped_live"), 1, "{json}");
+    assert_eq!(
+        int(&json, "rows_saved"),
+        rows_before + added - rows_after,
+        "{json}"
+    );
+    assert_eq!(
+        int(&json, "rows_before") - int(&json, "rows_after"),
+        int(&json, "rows_saved")
+    );
+    assert_eq!(int(&json, "table_rows_before"), rows_before, "{json}");
+    assert_eq!(int(&json, "table_rows_after"), rows_after, "{json}");
+    assert_same_states(&states, &snapshot(&mut watcher).states, "live change");
+}

@@ -339,7 +339,7 @@ fn manual_tool_stopped_at_random_moments() {
                     ending.describe()
                 );
             }
-            let summary = format!("before the run was done: {written} groups rewritten in");
+            let summary = format!("before the run was done: {written} of ");
             assert!(ending.stderr.contains(&summary), "{}", ending.describe());
             if written > 0 && now != reference {
                 mid_write += 1;

@@ -37,6 +37,20 @@ pub fn room_rows(client: &mut impl GenericClient, room: &str) -> Result<u64> {
     Ok(n as u64)
 }
 
+/// The rows of `rooms` in `state_groups_state`, counted in one query (the
+/// same way as [`room_rows`]).
+pub fn rooms_rows(client: &mut impl GenericClient, rooms: &[&str]) -> Result<u64> {
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM state_groups_state \
+             WHERE state_group IN (SELECT id FROM state_groups WHERE room_id = ANY($1))",
+            &[&rooms],
+        )
+        .map_err(|e| Error::db("counting the rooms' rows", e))?
+        .get(0);
+    Ok(n as u64)
+}
+
 /// The table's size on disk and what a run's deletions left free in it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DiskSpace {

@@ -24,9 +24,9 @@
 //!
 //! The run's figures (`RunSummary`) count each group once, in its own
 //! chunk; rows saved come from what the writes actually deleted and
-//! inserted; the rows of the rooms touched are counted in the table before
-//! each room's first chunk and at the end (`RunFigures`), and the table's
-//! size and the optional VACUUM come last (`db::stats`).
+//! inserted; the rows of the rooms touched are counted in the table once,
+//! at the end (`RunFigures`), and the table's size and the optional VACUUM
+//! come last (`db::stats`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -184,10 +184,13 @@ pub struct RunSummary {
     /// Rows the run's writes deleted (the space they held is what VACUUM
     /// makes reusable).
     pub rows_deleted: u64,
-    /// Rows of `state_groups_state` of the rooms the run touched, counted
-    /// (not estimated) before each room's first chunk and at the end of the
-    /// run; Synapse's own writes meanwhile are in them. None when the run
-    /// touched no room.
+    /// Rows of `state_groups_state` of the rooms the run touched: after is
+    /// counted (not estimated) at the end of the run, in one query; before
+    /// is that count plus the rows the run removed (`rows_saved`), so
+    /// Synapse's own writes meanwhile are in both. One count instead of one
+    /// per room before its first chunk: that cost as much server time as
+    /// loading the chunks (9.9 s against 8.9 s over the benchmark's 3m
+    /// database). None when the run touched no room.
     pub table_rows_before: Option<u64>,
     pub table_rows_after: Option<u64>,
     /// Rooms whose rows those counts cover.
@@ -310,7 +313,7 @@ impl RunSummary {
         );
         if let (Some(before), Some(after)) = (self.table_rows_before, self.table_rows_after) {
             info!(
-                "state_groups_state rows of the {} rooms touched: {before} before, {after} after (counted; includes Synapse's writes meanwhile)",
+                "state_groups_state rows of the {} rooms touched: {after} now (counted), {before} before the run (that plus the rows the run removed)",
                 self.rooms_touched
             );
         }
@@ -458,7 +461,7 @@ fn chunk_loop(
             same_room: false,
             left: &left,
         };
-        figures.count_room_before(client, &room, summary)?;
+        figures.touch(&room, summary);
         let outcome = compress_chunk(
             client,
             prepared,
@@ -529,7 +532,7 @@ fn room_by_room(
                 same_room: false,
                 left: &left,
             };
-            figures.count_room_before(client, room, summary)?;
+            figures.touch(room, summary);
             let outcome =
                 compress_chunk(client, prepared, room, config, summary, &mut figures, ahead)?;
             lock.release(client)?;
@@ -561,34 +564,24 @@ struct RunFigures {
 }
 
 impl RunFigures {
-    /// Counts `room`'s rows before this run's first chunk of it (under the
-    /// room's lock, so no other compressor changes them meanwhile).
-    fn count_room_before(
-        &mut self,
-        client: &mut Client,
-        room: &str,
-        summary: &mut RunSummary,
-    ) -> Result<()> {
-        if self.rooms.contains(room) {
-            return Ok(());
+    /// Notes that the run touches `room` (for the rows counted at the end).
+    fn touch(&mut self, room: &str, summary: &mut RunSummary) {
+        if !self.rooms.contains(room) {
+            self.rooms.insert(room.to_owned());
+            summary.rooms_touched += 1;
         }
-        let rows = stats::room_rows(client, room)?;
-        *summary.table_rows_before.get_or_insert(0) += rows;
-        summary.rooms_touched += 1;
-        self.rooms.insert(room.to_owned());
-        Ok(())
     }
 
-    /// Counts the rows of the rooms the run touched, after its last chunk.
+    /// Counts the rows of the rooms the run touched, after its last chunk,
+    /// and derives the count before from what the run removed.
     fn count_rooms_after(&self, client: &mut Client, summary: &mut RunSummary) -> Result<()> {
         if self.rooms.is_empty() {
             return Ok(());
         }
-        let mut rows = 0;
-        for room in &self.rooms {
-            rows += stats::room_rows(client, room)?;
-        }
-        summary.table_rows_after = Some(rows);
+        let rooms: Vec<&str> = self.rooms.iter().map(String::as_str).collect();
+        let after = stats::rooms_rows(client, &rooms)?;
+        summary.table_rows_after = Some(after);
+        summary.table_rows_before = Some((after as i64 + summary.rows_saved).max(0) as u64);
         Ok(())
     }
 

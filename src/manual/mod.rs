@@ -8,6 +8,7 @@ pub mod config;
 mod python;
 pub mod run;
 pub mod summary;
+pub mod window;
 
 pub use args::ManualArgs;
 pub use config::ManualConfig;

@@ -20,12 +20,17 @@ use crate::db::{self, schema, RoomLock};
 use crate::error::{Error, Result};
 use crate::manual::config::ManualConfig;
 use crate::manual::summary::{Outcome, Summary};
+use crate::manual::window::{self, Windowed};
 use crate::output::{graph, sql};
 use crate::tool::args::{NonNegative, Positive};
 use crate::tool::progress;
 use crate::tool::timings::Timings;
 
 /// Runs the manual tool with `config` and returns its figures.
+///
+/// The room is read in windows of groups (see [`window`]) unless graphs
+/// are asked for (they draw every group) or the test knob
+/// [`window::WINDOW_ENV`] is `0`: then it is read whole.
 pub fn run(config: &ManualConfig) -> Result<Summary> {
     let run_started = Instant::now();
     let room = config.room_id.as_str();
@@ -40,6 +45,32 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         .map(SqlOut::open)
         .transpose()?;
     let (mut client, room_lock) = connect(config)?;
+
+    let window_size = window::window_size();
+    if window_size > 0 && !config.graphs {
+        let windowed = window::compress_room(&mut client, config, window_size).map_err(damaged)?;
+        if let Windowed::Done(done) = windowed {
+            let mut summary = Summary::of_room(room, done.figures, done.stats, done.timings);
+            if nothing_to_write(config, &mut summary, &mut sql_out)? {
+                summary.timings.total = run_started.elapsed();
+                return Ok(summary);
+            }
+            if let Some(verified) = done.verified {
+                info!("Checked that state maps match, window by window");
+                summary.verified = Some(verified.map_err(damaged)?);
+            }
+            let changed: Vec<i64> = done.changes.keys().copied().collect();
+            let new = NewStructure {
+                symbols: &done.symbols,
+                original: &done.kept,
+                new: &done.changes,
+                changed: &changed,
+            };
+            write(config, new, &mut summary, sql_out, client, room_lock)?;
+            summary.timings.total = run_started.elapsed();
+            return Ok(summary);
+        }
+    }
 
     let mut timings = Timings::default();
     let started = Instant::now();
@@ -58,12 +89,7 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         compress(&loaded.original, config.level_sizes.empty_levels()).map_err(damaged)?;
     timings.compress = started.elapsed();
     let mut summary = Summary::new(room, &loaded, &compressed, timings);
-    summary.dry_run = !config.commit_changes && config.output_file.is_none();
-
-    if let Some(why) = reason_to_write_nothing(config, &mut summary) {
-        if let Some(out) = sql_out.as_mut() {
-            out.nothing(room, &why)?;
-        }
+    if nothing_to_write(config, &mut summary, &mut sql_out)? {
         summary.timings.total = run_started.elapsed();
         return Ok(summary);
     }
@@ -81,19 +107,67 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     }
 
     let changed = changed_groups(original, &compressed.changes);
+    let new = NewStructure {
+        symbols: &loaded.symbols,
+        original,
+        new: &compressed.changes,
+        changed: &changed,
+    };
+    write(config, new, &mut summary, sql_out, client, room_lock)?;
+    summary.timings.total = run_started.elapsed();
+    Ok(summary)
+}
+
+/// What the writers need of a compressed room.
+#[derive(Clone, Copy)]
+struct NewStructure<'a> {
+    symbols: &'a Symbols,
+    /// The original entries of (at least) the changed groups and of the
+    /// groups loaded without a `state_groups` row.
+    original: &'a GroupMap,
+    /// The new entries of (at least) the changed groups.
+    new: &'a GroupMap,
+    /// The groups that change, ascending.
+    changed: &'a [i64],
+}
+
+/// Records whether the run is a dry run and whether it writes nothing
+/// (saying why in the SQL file, if any); true when it writes nothing.
+fn nothing_to_write(
+    config: &ManualConfig,
+    summary: &mut Summary,
+    sql_out: &mut Option<SqlOut>,
+) -> Result<bool> {
+    summary.dry_run = !config.commit_changes && config.output_file.is_none();
+    let Some(why) = reason_to_write_nothing(config, summary) else {
+        return Ok(false);
+    };
+    if let Some(out) = sql_out.as_mut() {
+        out.nothing(&config.room_id, &why)?;
+    }
+    Ok(true)
+}
+
+/// Writes the SQL file and/or applies the changes, as asked.
+fn write(
+    config: &ManualConfig,
+    new: NewStructure<'_>,
+    summary: &mut Summary,
+    mut sql_out: Option<SqlOut>,
+    mut client: Client,
+    room_lock: Option<RoomLock>,
+) -> Result<()> {
     let started = Instant::now();
     if let Some(out) = sql_out.as_mut() {
-        out.write(config, &loaded, &compressed.changes, &changed)?;
+        out.write(config, new)?;
     }
     if let Some(lock) = room_lock {
-        summary.groups_skipped_live =
-            commit(&mut client, room, &loaded, &compressed.changes, &changed)?;
+        summary.groups_skipped_live = commit(&mut client, &config.room_id, new)?;
         lock.release(&mut client)?;
     }
     summary.timings.write = started.elapsed();
-    summary.groups_written = changed.len() - summary.groups_skipped_live;
-    summary.timings.total = run_started.elapsed();
-    Ok(summary)
+    summary.groups_written = new.changed.len() - summary.groups_skipped_live;
+    Ok(())
 }
 
 /// Connects and checks what the run needs: Synapse's tables, the
@@ -125,25 +199,33 @@ pub struct LoadedRoom {
     pub last_group: i64,
 }
 
-/// Loads the range of groups `config` asks for, in one consistent read.
-fn load_room(client: &mut Client, config: &ManualConfig) -> Result<LoadedRoom> {
+/// The ids of the range `config` asks for, ascending, and the last one;
+/// an error naming the room when there are none.
+pub(crate) fn range_ids(
+    snapshot: &mut postgres::Transaction<'_>,
+    config: &ManualConfig,
+) -> Result<(Vec<i64>, i64)> {
     let room = config.room_id.as_str();
-    info!("Fetching state from DB for room '{room}'...");
-    let mut snapshot = load::snapshot(client)?;
     let ids = load::range_ids(
-        &mut snapshot,
+        snapshot,
         room,
         config.min_state_group.map(NonNegative::get),
         config.max_state_group.map(NonNegative::get),
         config.groups_to_compress.map(Positive::get),
     )?;
-    let Some(&last_group) = ids.last() else {
-        return Err(if load::room_has_groups(&mut snapshot, room)? {
-            Error::EmptyRange(room.to_owned())
-        } else {
-            Error::UnknownRoom(room.to_owned())
-        });
-    };
+    match ids.last() {
+        Some(&last) => Ok((ids, last)),
+        None if load::room_has_groups(snapshot, room)? => Err(Error::EmptyRange(room.to_owned())),
+        None => Err(Error::UnknownRoom(room.to_owned())),
+    }
+}
+
+/// Loads the range of groups `config` asks for, in one consistent read.
+fn load_room(client: &mut Client, config: &ManualConfig) -> Result<LoadedRoom> {
+    let room = config.room_id.as_str();
+    info!("Fetching state from DB for room '{room}'...");
+    let mut snapshot = load::snapshot(client)?;
+    let (ids, last_group) = range_ids(&mut snapshot, config)?;
     let rows_bar = progress::counter("Rows read");
     let mut symbols = Symbols::new();
     let loaded = load::load_groups(&mut snapshot, &mut symbols, room, &ids, &[], &mut |n| {
@@ -205,21 +287,15 @@ fn reason_to_write_nothing(config: &ManualConfig, summary: &mut Summary) -> Opti
 
 /// Applies the changes to the database; how many groups were left alone
 /// because they changed since they were loaded.
-fn commit(
-    client: &mut Client,
-    room: &str,
-    loaded: &LoadedRoom,
-    new: &GroupMap,
-    changed: &[i64],
-) -> Result<usize> {
-    let bar = progress::bar(changed.len() as u64, "Writing changes");
+fn commit(client: &mut Client, room: &str, new: NewStructure<'_>) -> Result<usize> {
+    let bar = progress::bar(new.changed.len() as u64, "Writing changes");
     let rewrite = db::write::Rewrite {
         room_id: room,
-        symbols: &loaded.symbols,
-        original: &loaded.original,
-        new,
+        symbols: new.symbols,
+        original: new.original,
+        new: new.new,
     };
-    let report = rewrite.write(client, changed, &mut |n| bar.inc(n as u64), None)?;
+    let report = rewrite.write(client, new.changed, &mut |n| bar.inc(n as u64), None)?;
     bar.finish_and_clear();
     info!(
         "Committed changes to {} groups ({} rows deleted, {} inserted)",
@@ -255,32 +331,26 @@ impl SqlOut {
         sql::write_nothing(&mut self.sink, room, why).map_err(|e| Error::file(&self.path, e))
     }
 
-    /// Writes the guarded changes of `changed` (or, with none, a file
-    /// that says so).
-    fn write(
-        &mut self,
-        config: &ManualConfig,
-        loaded: &LoadedRoom,
-        new: &GroupMap,
-        changed: &[i64],
-    ) -> Result<()> {
+    /// Writes the guarded changes of `new` (or, with none, a file that
+    /// says so).
+    fn write(&mut self, config: &ManualConfig, new: NewStructure<'_>) -> Result<()> {
         let room = config.room_id.as_str();
-        if changed.is_empty() {
+        if new.changed.is_empty() {
             return self.nothing(room, "no state group needs changing");
         }
         sql::write_changes(
             &mut self.sink,
             room,
-            &loaded.symbols,
-            &loaded.original,
-            new,
-            changed,
+            new.symbols,
+            new.original,
+            new.new,
+            new.changed,
             config.transactions,
         )
         .map_err(|e| Error::file(&self.path, e))?;
         info!(
             "Wrote SQL for {} groups to {}",
-            changed.len(),
+            new.changed.len(),
             self.path.display()
         );
         Ok(())

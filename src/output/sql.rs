@@ -63,15 +63,7 @@ ORDER BY type COLLATE \"C\", state_key COLLATE \"C\", event_id COLLATE \"C\"), '
 /// The md5 (hex) the server computes with [`SQL_ROWS_DIGEST`] over the rows
 /// of a group whose delta is `delta`.
 pub fn rows_digest(symbols: &Symbols, delta: &StateMap) -> String {
-    let mut rows: Vec<[&str; 3]> = delta
-        .iter()
-        .map(|(key, value)| {
-            let (ty, state_key) = symbols.key_str(key);
-            [ty, state_key, symbols.value_str(value)]
-        })
-        .collect();
-    // `COLLATE "C"` orders by bytes, as `str`'s `Ord` does.
-    rows.sort_unstable();
+    let rows = rows_in_byte_order(symbols, delta);
     let mut hasher = Md5::new();
     for row in &rows {
         for column in row {
@@ -84,6 +76,20 @@ pub fn rows_digest(symbols: &Symbols, delta: &StateMap) -> String {
         let _ = write!(hex, "{b:02x}");
         hex
     })
+}
+
+/// The rows of `delta` as (type, state_key, event_id), in byte order (as
+/// `COLLATE "C"` orders them, and as `str`'s `Ord` does).
+fn rows_in_byte_order<'s>(symbols: &'s Symbols, delta: &StateMap) -> Vec<[&'s str; 3]> {
+    let mut rows: Vec<[&str; 3]> = delta
+        .iter()
+        .map(|(key, value)| {
+            let (ty, state_key) = symbols.key_str(key);
+            [ty, state_key, symbols.value_str(value)]
+        })
+        .collect();
+    rows.sort_unstable();
+    rows
 }
 
 /// Writes the file's opening comment and settings.
@@ -353,15 +359,18 @@ impl Block {
         b.push_str(
             "    INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id) VALUES\n",
         );
-        let last = new.delta.len() - 1;
-        for (i, (key, value)) in new.delta.iter().enumerate() {
-            let (ty, state_key) = symbols.key_str(key);
+        // In (type, state_key) byte order, not in key-id order: ids follow
+        // the order rows were first read, which depends on how the room was
+        // read (whole or in windows, and the server's plan).
+        let rows = rows_in_byte_order(symbols, &new.delta);
+        let last = rows.len() - 1;
+        for (i, [ty, state_key, event_id]) in rows.into_iter().enumerate() {
             let _ = writeln!(
                 b,
                 "        ({group}, {room}, {}, {}, {}){}",
                 quote_literal(ty),
                 quote_literal(state_key),
-                quote_literal(symbols.value_str(value)),
+                quote_literal(event_id),
                 if i == last { ";" } else { "," }
             );
         }

@@ -1,0 +1,353 @@
+//! The manual tool's windowed load, compression and verification, so that
+//! its memory follows its output (the changes) rather than the room.
+//!
+//! The room's range is read in windows of consecutive group ids, all in
+//! the one consistent read of the run. Each window is loaded with the
+//! predecessor chains its groups need, compressed by the same
+//! [`Compressor`] continuing its levels, verified against its original
+//! groups, and dropped. What crosses a window boundary:
+//!
+//! - the changes (new entries of the groups that really change: they are
+//!   the output, kept until the room-wide decision), with the original
+//!   entries the writers check them against;
+//! - stand-ins for the groups the levels can still reach as bases (the
+//!   level heads and their ancestors in the new structure, at most the sum
+//!   of the level sizes): each one's full original state as a delta with no
+//!   predecessor but its new one, so it resolves to that state and a base
+//!   walk goes on from it as through the whole room;
+//! - the figures (rows before and after, groups, predecessors without a
+//!   `state_groups` row), counted once per group however often a group is
+//!   read again as a predecessor.
+//!
+//! Verification per window is the whole-room check restricted to the
+//! window's changes: a change's new base is an earlier group, whose new
+//! state was checked (or is its own, unchanged) before, so by induction on
+//! ids every group keeps its state.
+//!
+//! One case is left to the whole-room path ([`Windowed::NeedsWholeRoom`]):
+//! with a lower bound (`-b`), a predecessor without a `state_groups` row is
+//! compressed in id order among the range's groups, so one found only by a
+//! later window would come too late.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use log::{info, warn};
+use postgres::Client;
+
+use crate::core::compressor::{plant_wrong_delta_if_asked, Compressor, Stats};
+use crate::core::group::{changed_groups, GroupMap, StateGroupEntry};
+use crate::core::resolve::Resolver;
+use crate::core::state_map::{StateMap, Symbols};
+use crate::core::verify::{verify, Verified};
+use crate::db::load;
+use crate::error::{Error, Result};
+use crate::manual::config::ManualConfig;
+use crate::manual::summary::RoomFigures;
+use crate::tool::args::NonNegative;
+use crate::tool::progress;
+use crate::tool::timings::Timings;
+
+/// The test knob: groups per window (`0`: the whole room at once, the
+/// path that keeps every group in memory).
+pub const WINDOW_ENV: &str = "SYNAPSE_COMPRESS_STATE_WINDOW";
+
+/// Groups per window unless [`WINDOW_ENV`] says otherwise.
+pub const DEFAULT_WINDOW: usize = 50_000;
+
+/// Groups per window for this run: [`WINDOW_ENV`] if set to a number,
+/// else [`DEFAULT_WINDOW`]; `0` means the whole room at once.
+pub fn window_size() -> usize {
+    std::env::var(WINDOW_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_WINDOW)
+}
+
+/// The outcome of a windowed run.
+pub enum Windowed {
+    /// The room, compressed and (unless disabled) verified.
+    Done(Box<WindowedRoom>),
+    /// The range needs the whole-room path (see the module doc).
+    NeedsWholeRoom,
+}
+
+/// A room compressed window by window: what the decision and the writers
+/// need.
+pub struct WindowedRoom {
+    pub symbols: Symbols,
+    /// Original entries of the changed groups and of the groups without a
+    /// `state_groups` row (possible bases), as the writers check them.
+    pub kept: GroupMap,
+    /// New entries of the groups that really change, by id.
+    pub changes: GroupMap,
+    pub figures: RoomFigures,
+    pub stats: Stats,
+    /// The verification's result, raised only if the run goes on to
+    /// write (as the whole-room path verifies only then); `None` when
+    /// disabled.
+    pub verified: Option<Result<Verified>>,
+    pub timings: Timings,
+}
+
+/// Loads, compresses and verifies the range of `config` in windows of
+/// `window` groups.
+pub fn compress_room(
+    client: &mut Client,
+    config: &ManualConfig,
+    window: usize,
+) -> Result<Windowed> {
+    let room = config.room_id.as_str();
+    let min = config.min_state_group.map(NonNegative::get);
+    info!("Fetching state from DB for room '{room}' (in windows of {window} groups)...");
+    let started = Instant::now();
+    let mut snapshot = load::snapshot(client)?;
+    let (ids, last_group) = crate::manual::run::range_ids(&mut snapshot, config)?;
+    let mut timings = Timings {
+        load: started.elapsed(),
+        ..Timings::default()
+    };
+
+    let rows_bar = progress::counter("Rows read");
+    let mut run = Run {
+        ids: &ids,
+        min,
+        verify: config.verify,
+        symbols: Symbols::new(),
+        compressor: Compressor::new(config.level_sizes.empty_levels()),
+        changes: GroupMap::new(),
+        kept: GroupMap::new(),
+        carried: GroupMap::new(),
+        included: BTreeSet::new(),
+        outside: BTreeSet::new(),
+        missing: BTreeSet::new(),
+        in_range: 0,
+        rows_before: 0,
+        rows_after_less_before: 0,
+        duplicate_rows: 0,
+        compared: 0,
+        verify_error: None,
+        planted: false,
+        timings: &mut timings,
+    };
+    let mut previous_last: Option<i64> = None;
+    for chunk in ids.chunks(window.max(1)) {
+        let started = Instant::now();
+        let loaded = load::load_groups(
+            &mut snapshot,
+            &mut run.symbols,
+            room,
+            chunk,
+            &[],
+            &mut |n| rows_bar.inc(n),
+        );
+        run.timings.load += started.elapsed();
+        let (map, report) = loaded?;
+        if !run.window(map, report, previous_last, chunk)? {
+            rows_bar.finish_and_clear();
+            return Ok(Windowed::NeedsWholeRoom);
+        }
+        previous_last = chunk.last().copied();
+    }
+    rows_bar.finish_and_clear();
+    snapshot
+        .commit()
+        .map_err(|e| Error::db("finishing the read", e))?;
+
+    let missing: Vec<i64> = run.missing.iter().copied().collect();
+    if !missing.is_empty() {
+        warn!(
+            "{} predecessor group(s) have no state_groups row (purged?); reading them as Synapse does: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+    }
+    if run.duplicate_rows > 0 {
+        // Counted per read: a group read again as a predecessor of a later
+        // window counts again.
+        warn!(
+            "ignored {} duplicate (type, state_key) rows",
+            run.duplicate_rows
+        );
+    }
+    let groups = run.in_range + run.outside.len();
+    info!(
+        "Loaded {groups} groups ({} to compress, up to group {last_group}) in {:.2}s",
+        run.in_range,
+        run.timings.load.as_secs_f64()
+    );
+    let figures = RoomFigures {
+        groups,
+        groups_in_range: run.in_range,
+        last_group,
+        rows_before: run.rows_before,
+        rows_after: (run.rows_before as i64 + run.rows_after_less_before) as usize,
+        missing_predecessors: missing.len(),
+    };
+    let verified = config.verify.then(|| match run.verify_error.take() {
+        Some(e) => Err(e),
+        None => Ok(Verified {
+            groups,
+            compared: run.compared,
+        }),
+    });
+    let stats = run.compressor.stats();
+    let (symbols, kept, changes) = (run.symbols, run.kept, run.changes);
+    Ok(Windowed::Done(Box::new(WindowedRoom {
+        symbols,
+        kept,
+        changes,
+        figures,
+        stats,
+        verified,
+        timings,
+    })))
+}
+
+/// What a windowed run carries from one window to the next.
+struct Run<'a> {
+    /// The range's group ids, ascending.
+    ids: &'a [i64],
+    /// The range's lower bound (`-b`), exclusive.
+    min: Option<i64>,
+    verify: bool,
+    symbols: Symbols,
+    compressor: Compressor,
+    /// New entries of the groups that really change (and, while a window
+    /// is compressed, all of that window's new entries).
+    changes: GroupMap,
+    kept: GroupMap,
+    /// Stand-ins for the groups the levels can reach (see the module doc).
+    carried: GroupMap,
+    /// Groups without a `state_groups` row put in range (with `-b`).
+    included: BTreeSet<i64>,
+    /// Groups loaded only as predecessors that are outside the range.
+    outside: BTreeSet<i64>,
+    /// Predecessors without a `state_groups` row.
+    missing: BTreeSet<i64>,
+    in_range: usize,
+    rows_before: usize,
+    rows_after_less_before: i64,
+    duplicate_rows: usize,
+    compared: usize,
+    verify_error: Option<Error>,
+    /// The fault point was evaluated (once per run, as the whole room does).
+    planted: bool,
+    timings: &'a mut Timings,
+}
+
+impl Run<'_> {
+    /// Compresses and verifies one window: the groups `chunk` loaded as
+    /// `map`, after the window that ended at `previous_last`. False when
+    /// the range needs the whole-room path.
+    fn window(
+        &mut self,
+        mut map: GroupMap,
+        mut report: load::LoadReport,
+        previous_last: Option<i64>,
+        chunk: &[i64],
+    ) -> Result<bool> {
+        let last = *chunk.last().expect("windows are not empty");
+        // Groups without a row in (previous window, this one] are in range,
+        // as the whole-room load puts those of (min, last] in range.
+        let lower = self
+            .min
+            .map(|min| previous_last.map_or(min, |p| p.max(min)));
+        load::include_groups_without_row(&mut map, &mut report, lower, last);
+        if let (Some(min), Some(previous)) = (self.min, previous_last) {
+            let late = report
+                .missing_predecessors
+                .iter()
+                .any(|&id| min < id && id <= previous && !self.included.contains(&id));
+            if late {
+                info!("a predecessor without a state_groups row is in an earlier window: compressing the room at once");
+                return Ok(false);
+            }
+        }
+        self.missing.extend(&report.missing_predecessors);
+        self.duplicate_rows += report.duplicate_rows;
+        for (&id, entry) in &map {
+            if entry.in_range {
+                self.in_range += 1;
+                self.rows_before += entry.delta.len();
+                if chunk.binary_search(&id).is_err() {
+                    self.included.insert(id);
+                }
+            } else if self.ids.binary_search(&id).is_err()
+                && !self.included.contains(&id)
+                && self.outside.insert(id)
+            {
+                self.rows_before += entry.delta.len();
+            }
+            if entry.missing_group_row && !self.kept.contains_key(&id) {
+                self.kept.insert(id, entry.clone());
+            }
+        }
+        for (id, stand_in) in std::mem::take(&mut self.carried) {
+            map.entry(id).or_insert(stand_in);
+        }
+
+        let started = Instant::now();
+        self.compressor.add(&map, &mut self.changes)?;
+        let first_new = previous_last.map_or(i64::MIN, |p| p + 1);
+        let mut new = self.changes.split_off(&first_new);
+        if !self.planted && new.values().any(|e| !e.delta.is_empty()) {
+            plant_wrong_delta_if_asked(&mut new);
+            self.planted = true;
+        }
+        for (id, entry) in &new {
+            self.rows_after_less_before += entry.delta.len() as i64 - map[id].delta.len() as i64;
+        }
+        self.timings.compress += started.elapsed();
+
+        if self.verify && self.verify_error.is_none() {
+            let started = Instant::now();
+            match verify(&map, &new) {
+                Ok(v) => self.compared += v.compared,
+                Err(e) => self.verify_error = Some(e),
+            }
+            self.timings.verify += started.elapsed();
+        }
+
+        let started = Instant::now();
+        for id in changed_groups(&map, &new) {
+            self.kept.insert(id, map[&id].clone());
+            let entry = new.remove(&id).expect("a changed group has a new entry");
+            self.changes.insert(id, entry);
+        }
+        self.carried = self.stand_ins(&map)?;
+        self.timings.compress += started.elapsed();
+        Ok(true)
+    }
+
+    /// Stand-ins for the level heads and their ancestors in the new
+    /// structure, resolved in `map`, the window just compressed.
+    fn stand_ins(&self, map: &GroupMap) -> Result<GroupMap> {
+        let mut resolver = Resolver::new(map);
+        let mut carried = GroupMap::new();
+        for head in self.compressor.levels().iter().filter_map(|l| l.head()) {
+            let mut next = Some(head);
+            while let Some(id) = next {
+                if carried.contains_key(&id) {
+                    break;
+                }
+                let entry = map
+                    .get(&id)
+                    .ok_or_else(|| Error::Damaged(format!("level group {id} was not loaded")))?;
+                let prev = self.changes.get(&id).map_or(entry.prev, |c| c.prev);
+                let state = resolver.state(id)?;
+                carried.insert(
+                    id,
+                    StateGroupEntry {
+                        in_range: false,
+                        prev,
+                        delta: StateMap::from_full(&state),
+                        missing_group_row: false,
+                    },
+                );
+                next = prev;
+            }
+        }
+        Ok(carried)
+    }
+}

@@ -12,7 +12,7 @@ use log::{info, warn};
 use postgres::Client;
 
 use crate::core::compressor::compress;
-use crate::core::group::{changed_groups, GroupMap};
+use crate::core::group::{changed_groups, GroupMap, LoadedGroups};
 use crate::core::state_map::Symbols;
 use crate::core::verify::verify;
 use crate::db::load::{self, LoadReport};
@@ -124,7 +124,7 @@ struct NewStructure<'a> {
     symbols: &'a Symbols,
     /// The original entries of (at least) the changed groups and of the
     /// groups loaded without a `state_groups` row.
-    original: &'a GroupMap,
+    original: &'a dyn LoadedGroups,
     /// The new entries of (at least) the changed groups.
     new: &'a GroupMap,
     /// The groups that change, ascending.

@@ -8,37 +8,42 @@
 //! groups, and dropped. What crosses a window boundary:
 //!
 //! - the changes (new entries of the groups that really change: they are
-//!   the output, kept until the room-wide decision), with the original
-//!   entries the writers check them against;
+//!   the output, kept until the room-wide decision), with what the writers
+//!   check them against ([`Kept`]: each one's edge, row count and rows'
+//!   digest as loaded, not its rows);
 //! - stand-ins for the groups the levels can still reach as bases (the
 //!   level heads and their ancestors in the new structure, at most the sum
-//!   of the level sizes): each one's full original state as a delta with no
-//!   predecessor but its new one, so it resolves to that state and a base
-//!   walk goes on from it as through the whole room;
+//!   of the level sizes): their entries in the new structure, so a base
+//!   walk goes on from them as through the whole room, and they resolve to
+//!   their new states, which verification found equal to the original ones
+//!   (the compressor takes a base's state to be its original one);
 //! - the figures (rows before and after, groups, predecessors without a
 //!   `state_groups` row), counted once per group however often a group is
 //!   read again as a predecessor.
 //!
 //! Verification per window is the whole-room check restricted to the
-//! window's changes: a change's new base is an earlier group, whose new
-//! state was checked (or is its own, unchanged) before, so by induction on
-//! ids every group keeps its state.
+//! window's changes: each one's original state is resolved along its
+//! original chain, its new state through the new structure as far as the
+//! window holds it; an earlier group reached there, by its original entry
+//! or a stand-in, had its new state checked before, so by induction on ids
+//! every group keeps its state. (Should a window fail, the error is raised
+//! only if the run goes on to write, as the whole-room path verifies only
+//! then.)
 //!
 //! One case is left to the whole-room path ([`Windowed::NeedsWholeRoom`]):
 //! with a lower bound (`-b`), a predecessor without a `state_groups` row is
 //! compressed in id order among the range's groups, so one found only by a
 //! later window would come too late.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use log::{info, warn};
 use postgres::Client;
 
 use crate::core::compressor::{plant_wrong_delta_if_asked, Compressor, Stats};
-use crate::core::group::{changed_groups, GroupMap, StateGroupEntry};
-use crate::core::resolve::Resolver;
-use crate::core::state_map::{StateMap, Symbols};
+use crate::core::group::{changed_groups, GroupMap, Loaded, LoadedGroups, StateGroupEntry};
+use crate::core::state_map::Symbols;
 use crate::core::verify::{verify, Verified};
 use crate::db::load;
 use crate::error::{Error, Result};
@@ -76,9 +81,9 @@ pub enum Windowed {
 /// need.
 pub struct WindowedRoom {
     pub symbols: Symbols,
-    /// Original entries of the changed groups and of the groups without a
-    /// `state_groups` row (possible bases), as the writers check them.
-    pub kept: GroupMap,
+    /// How the changed groups and the groups without a `state_groups` row
+    /// (possible bases) were loaded, as the writers check them.
+    pub kept: Kept,
     /// New entries of the groups that really change, by id.
     pub changes: GroupMap,
     pub figures: RoomFigures,
@@ -88,6 +93,22 @@ pub struct WindowedRoom {
     /// disabled.
     pub verified: Option<Result<Verified>>,
     pub timings: Timings,
+}
+
+/// What the writers check a windowed run's changes against (the loaded
+/// entries themselves are gone): how each changed group and each group
+/// without a `state_groups` row was loaded, and, when an SQL file is
+/// written, the digest of a changed group's rows.
+#[derive(Default)]
+pub struct Kept(BTreeMap<i64, (Loaded, Option<String>)>);
+
+impl LoadedGroups for Kept {
+    fn loaded(&self, id: i64) -> Option<Loaded> {
+        self.0.get(&id).map(|(loaded, _)| *loaded)
+    }
+    fn rows_digest(&self, id: i64, _symbols: &Symbols) -> Option<String> {
+        self.0.get(&id).and_then(|(_, digest)| digest.clone())
+    }
 }
 
 /// Loads, compresses and verifies the range of `config` in windows of
@@ -116,7 +137,8 @@ pub fn compress_room(
         symbols: Symbols::new(),
         compressor: Compressor::new(config.level_sizes.empty_levels()),
         changes: GroupMap::new(),
-        kept: GroupMap::new(),
+        kept: Kept::default(),
+        digests: config.output_file.is_some(),
         carried: GroupMap::new(),
         included: BTreeSet::new(),
         outside: BTreeSet::new(),
@@ -216,7 +238,9 @@ struct Run<'a> {
     /// New entries of the groups that really change (and, while a window
     /// is compressed, all of that window's new entries).
     changes: GroupMap,
-    kept: GroupMap,
+    kept: Kept,
+    /// Whether to keep the changed groups' digests (for the SQL file).
+    digests: bool,
     /// Stand-ins for the groups the levels can reach (see the module doc).
     carried: GroupMap,
     /// Groups without a `state_groups` row put in range (with `-b`).
@@ -279,8 +303,8 @@ impl Run<'_> {
             {
                 self.rows_before += entry.delta.len();
             }
-            if entry.missing_group_row && !self.kept.contains_key(&id) {
-                self.kept.insert(id, entry.clone());
+            if entry.missing_group_row {
+                self.kept.0.entry(id).or_insert((entry.loaded(), None));
             }
         }
         for (id, stand_in) in std::mem::take(&mut self.carried) {
@@ -311,7 +335,11 @@ impl Run<'_> {
 
         let started = Instant::now();
         for id in changed_groups(&map, &new) {
-            self.kept.insert(id, map[&id].clone());
+            let original = &map[&id];
+            let digest = self
+                .digests
+                .then(|| crate::output::sql::rows_digest(&self.symbols, &original.delta));
+            self.kept.0.insert(id, (original.loaded(), digest));
             let entry = new.remove(&id).expect("a changed group has a new entry");
             self.changes.insert(id, entry);
         }
@@ -321,9 +349,9 @@ impl Run<'_> {
     }
 
     /// Stand-ins for the level heads and their ancestors in the new
-    /// structure, resolved in `map`, the window just compressed.
+    /// structure: their entries in it, from `map` (the window just
+    /// compressed) with the changes laid over it.
     fn stand_ins(&self, map: &GroupMap) -> Result<GroupMap> {
-        let mut resolver = Resolver::new(map);
         let mut carried = GroupMap::new();
         for head in self.compressor.levels().iter().filter_map(|l| l.head()) {
             let mut next = Some(head);
@@ -331,21 +359,19 @@ impl Run<'_> {
                 if carried.contains_key(&id) {
                     break;
                 }
-                let entry = map
+                let entry = self
+                    .changes
                     .get(&id)
+                    .or_else(|| map.get(&id))
                     .ok_or_else(|| Error::Damaged(format!("level group {id} was not loaded")))?;
-                let prev = self.changes.get(&id).map_or(entry.prev, |c| c.prev);
-                let state = resolver.state(id)?;
+                next = entry.prev;
                 carried.insert(
                     id,
                     StateGroupEntry {
                         in_range: false,
-                        prev,
-                        delta: StateMap::from_full(&state),
-                        missing_group_row: false,
+                        ..entry.clone()
                     },
                 );
-                next = prev;
             }
         }
         Ok(carried)

@@ -126,19 +126,46 @@ fn ranges_and_predecessors_without_a_row() {
             assert_same_for_all_windows(&db, &room.room_id, &args, &context);
         }
 
-        // Drop the state_groups rows of a few groups that are predecessors.
-        let gone: Vec<i64> = client
+        // Drop the state_groups rows of a few predecessors: one with another
+        // group of the room before its first successor (so a window after
+        // its own finds it), and some whose successor is the room's next
+        // group.
+        let far: Vec<(i64, i64)> = client
             .query(
-                "SELECT DISTINCT prev_state_group FROM state_group_edges AS e \
+                "SELECT e.prev_state_group, e.state_group FROM state_group_edges AS e \
                  JOIN state_groups AS g ON g.id = e.state_group WHERE g.room_id = $1 \
-                 ORDER BY 1 LIMIT 6",
+                 AND EXISTS (SELECT 1 FROM state_groups AS o WHERE o.room_id = $1 \
+                             AND o.id > e.prev_state_group AND o.id < e.state_group) \
+                 AND e.state_group = (SELECT min(f.state_group) FROM state_group_edges AS f \
+                                      WHERE f.prev_state_group = e.prev_state_group) \
+                 ORDER BY 1 LIMIT 1",
                 &[&room.room_id],
             )
             .unwrap()
             .iter()
-            .map(|r| r.get(0))
-            .skip(2)
+            .map(|r| (r.get(0), r.get(1)))
             .collect();
+        assert!(
+            !far.is_empty(),
+            "{context}: no predecessor far from its successor"
+        );
+        // Past the far one's successor, so none of these is between them.
+        let near: Vec<i64> = client
+            .query(
+                "SELECT e.prev_state_group FROM state_group_edges AS e \
+                 JOIN state_groups AS g ON g.id = e.state_group WHERE g.room_id = $1 \
+                 AND e.prev_state_group > $2 \
+                 AND NOT EXISTS (SELECT 1 FROM state_groups AS o WHERE o.room_id = $1 \
+                                 AND o.id > e.prev_state_group AND o.id < e.state_group) \
+                 ORDER BY 1 LIMIT 3",
+                &[&room.room_id, &far[0].1],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut gone: Vec<i64> = far.iter().map(|f| f.0).chain(near).collect();
+        gone.sort_unstable();
         client
             .execute("DELETE FROM state_groups WHERE id = ANY($1)", &[&gone])
             .unwrap();
@@ -151,5 +178,14 @@ fn ranges_and_predecessors_without_a_row() {
         ] {
             assert_same_for_all_windows(&db, &room.room_id, &args, &context);
         }
+        // The case the windows hand to the whole-room path was met.
+        let args = ["-p", db.url(), "-r", &room.room_id, "-b", &before_first];
+        let run = run_bin_with_env(COMPRESSOR, &args, &[(WINDOW_ENV, "1")]);
+        assert_success(&run);
+        assert!(
+            run.stderr.contains("compressing the room at once"),
+            "{context}: the windows did not hand over to the whole-room path\n{}",
+            run.describe()
+        );
     }
 }

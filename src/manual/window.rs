@@ -57,8 +57,12 @@ use crate::tool::timings::Timings;
 /// path that keeps every group in memory).
 pub const WINDOW_ENV: &str = "SYNAPSE_COMPRESS_STATE_WINDOW";
 
-/// Groups per window unless [`WINDOW_ENV`] says otherwise.
-pub const DEFAULT_WINDOW: usize = 50_000;
+/// Groups per window unless [`WINDOW_ENV`] says otherwise. A window of a
+/// thousand groups of the benchmark's biggest rooms (150 to 300 rows each)
+/// holds a few MB of rows, less than what the run keeps anyway (symbols,
+/// changes, resolved states); smaller windows pay more per-window queries
+/// and verification starts for little less memory.
+pub const DEFAULT_WINDOW: usize = 1_000;
 
 /// Groups per window for this run: [`WINDOW_ENV`] if set to a number,
 /// else [`DEFAULT_WINDOW`]; `0` means the whole room at once.
@@ -68,6 +72,12 @@ pub fn window_size() -> usize {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(DEFAULT_WINDOW)
 }
+
+/// The last groups of a window whose original chains the next window gets
+/// without reading them again: new groups mostly build on recent ones, so
+/// their chains (up to a snapshot, at most about 100 groups in Synapse) are
+/// what the next window's groups reach back into.
+const RECENT_CHAINS: usize = 100;
 
 /// The outcome of a windowed run.
 pub enum Windowed {
@@ -140,6 +150,7 @@ pub fn compress_room(
         kept: Kept::default(),
         digests: config.output_file.is_some(),
         carried: GroupMap::new(),
+        recent: GroupMap::new(),
         included: BTreeSet::new(),
         outside: BTreeSet::new(),
         missing: BTreeSet::new(),
@@ -243,6 +254,9 @@ struct Run<'a> {
     digests: bool,
     /// Stand-ins for the groups the levels can reach (see the module doc).
     carried: GroupMap,
+    /// The original chains of the last window's last groups (see
+    /// [`RECENT_CHAINS`]).
+    recent: GroupMap,
     /// Groups without a `state_groups` row put in range (with `-b`).
     included: BTreeSet<i64>,
     /// Groups loaded only as predecessors that are outside the range.
@@ -344,6 +358,7 @@ impl Run<'_> {
             self.changes.insert(id, entry);
         }
         self.carried = self.stand_ins(&map)?;
+        self.recent = recent_chains(map, chunk);
         self.timings.compress += started.elapsed();
         Ok(true)
     }
@@ -376,4 +391,23 @@ impl Run<'_> {
         }
         Ok(carried)
     }
+}
+
+/// The original entries of the last [`RECENT_CHAINS`] groups of `chunk`
+/// and of their predecessors, taken from `map` (the window's groups as
+/// loaded, whose chains never reach a stand-in: those are only added for
+/// groups the load did not hold).
+fn recent_chains(mut map: GroupMap, chunk: &[i64]) -> GroupMap {
+    let mut recent = GroupMap::new();
+    for &last in chunk.iter().rev().take(RECENT_CHAINS) {
+        let mut next = Some(last);
+        while let Some(id) = next.filter(|id| !recent.contains_key(id)) {
+            let Some(entry) = map.remove(&id) else {
+                break;
+            };
+            next = entry.prev;
+            recent.insert(id, entry);
+        }
+    }
+    recent
 }

@@ -1,6 +1,8 @@
 //! One manual run, in phases: connect (and lock the room when writing),
 //! load the room's range, compress, decide whether writing is worth it,
-//! verify, then write the SQL file and/or apply the changes.
+//! verify, then write the SQL file and/or apply the changes. Loading,
+//! compressing and verifying run window by window ([`window`]), or on the
+//! whole range at once (with `-g`, or the test knob).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};

@@ -17,6 +17,8 @@
 //!   walk goes on from them as through the whole room, and they resolve to
 //!   their new states, which verification found equal to the original ones
 //!   (the compressor takes a base's state to be its original one);
+//! - the original chains of the window's last groups, which the next
+//!   window's groups mostly build on, so they are not read again;
 //! - the figures (rows before and after, groups, predecessors without a
 //!   `state_groups` row), counted once per group however often a group is
 //!   read again as a predecessor.
@@ -134,6 +136,14 @@ pub fn compress_room(
     let started = Instant::now();
     let mut snapshot = load::snapshot(client)?;
     let (ids, last_group) = crate::manual::run::range_ids(&mut snapshot, config)?;
+    // A window's rows are read ordered by group. For a thousand ids the
+    // planner prefers a bitmap scan and a sort, which sends nothing until
+    // the window is sorted; the index gives them in order as it reads, so
+    // the client interns while the server reads (measured: a window of
+    // 155,000 rows 48 ms instead of 194 ms before its first row).
+    snapshot
+        .batch_execute("SET LOCAL enable_sort = off")
+        .map_err(|e| Error::db("preparing the read", e))?;
     let mut timings = Timings {
         load: started.elapsed(),
         ..Timings::default()
@@ -164,18 +174,31 @@ pub fn compress_room(
         timings: &mut timings,
     };
     let mut previous_last: Option<i64> = None;
+    let mut rows_read = 0u64;
     for chunk in ids.chunks(window.max(1)) {
         let started = Instant::now();
-        let loaded = load::load_groups(
+        let known = std::mem::take(&mut run.recent);
+        let loaded = load::load_groups_after(
             &mut snapshot,
             &mut run.symbols,
             room,
             chunk,
             &[],
-            &mut |n| rows_bar.inc(n),
+            known,
+            &mut |n| {
+                rows_bar.inc(n);
+                rows_read += n;
+            },
         );
         run.timings.load += started.elapsed();
         let (map, report) = loaded?;
+        log::debug!(
+            "window up to group {}: {} groups loaded ({} in range, {} predecessors and recent)",
+            chunk.last().copied().unwrap_or_default(),
+            map.len(),
+            report.in_range,
+            report.out_of_range
+        );
         if !run.window(map, report, previous_last, chunk)? {
             rows_bar.finish_and_clear();
             return Ok(Windowed::NeedsWholeRoom);
@@ -204,6 +227,10 @@ pub fn compress_room(
         );
     }
     let groups = run.in_range + run.outside.len();
+    log::debug!(
+        "read {rows_read} rows for the {} rows of the groups loaded",
+        run.rows_before
+    );
     info!(
         "Loaded {groups} groups ({} to compress, up to group {last_group}) in {:.2}s",
         run.in_range,

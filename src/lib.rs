@@ -16,7 +16,8 @@
 //! - [`output`]: the SQL file and graph files;
 //! - [`tool`]: what both binaries share (argument types, progress, logging,
 //!   timings, memory, fault injection, the Python glue);
-//! - [`manual`]: the manual tool (arguments, settings, run, summary);
+//! - [`manual`]: the manual tool (arguments, settings, run, the windowed
+//!   load and compression, summary);
 //! - [`error`]: the one error type, with one-line messages.
 //!
 //! The automatic tool is the `synapse_auto_compressor` crate, built on

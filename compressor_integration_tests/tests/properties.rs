@@ -18,11 +18,10 @@ use compressor_integration_tests::generator::{generate_into, GenConfig};
 use compressor_integration_tests::level_model::{self, Outcome};
 use compressor_integration_tests::pg::TestDb;
 use compressor_integration_tests::tools::TempPath;
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use property_rooms::{config, levels_of};
 use std::collections::BTreeSet;
 
-const LEVELS: &[&str] = &["3,3", "10,5", "100,50,25", "2", "7,7,7,7", "5,20", "4,4,4"];
+mod property_rooms;
 
 #[derive(Clone, Copy, Debug)]
 enum Apply {
@@ -30,28 +29,6 @@ enum Apply {
     Commit,
     /// `-o FILE` (with `-t` when true), then `psql -v ON_ERROR_STOP=1`.
     SqlFile(bool),
-}
-
-fn config(seed: u64) -> GenConfig {
-    let mut rng = SmallRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xC0FFEE);
-    GenConfig {
-        seed,
-        rooms: rng.random_range(1..=3),
-        groups_per_room: rng.random_range(50..=400),
-        members: rng.random_range(5..=80),
-        join_rate: rng.random_range(2.0..4.0),
-        fork_probability: rng.random_range(0.0..0.1),
-        fork_continue_share: 0.5,
-        resolve_probability: rng.random_range(0.0..0.06),
-        resolve_drop_probability: 0.4,
-        empty_delta_probability: 0.03,
-        reset_probability: rng.random_range(0.0..0.02),
-        // Short chains (many snapshots) make compressing worth it, long ones
-        // make the compressor refuse (it would add rows): both get tested.
-        max_delta_hops: [2, 3, 5, 8, 13, 30, 100][rng.random_range(0..7)],
-        nasty_strings: seed % 2 == 0,
-        first_group_id: rng.random_range(1..5_000),
-    }
 }
 
 fn parse_levels(text: &str) -> Vec<usize> {
@@ -82,7 +59,7 @@ fn run_tool(db: &TestDb, room: &str, args: &[&str], apply: Apply) {
 /// One seed, whole room. Returns the model's outcome.
 fn run_seed(seed: u64, apply: Apply) -> Outcome {
     let cfg = config(seed);
-    let levels_text = LEVELS[seed as usize % LEVELS.len()];
+    let levels_text = levels_of(seed);
     eprintln!("seed {seed}: {apply:?}, levels {levels_text}, {cfg:?}");
     let db = TestDb::create(&format!("prop{seed}"));
     let mut client = db.client();

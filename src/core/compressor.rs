@@ -57,52 +57,100 @@ impl Compressed {
 ///
 /// Groups with `in_range == false` are left as they are; they are only there
 /// so states can be resolved (predecessors) or used as bases (level heads).
-pub fn compress(original: &GroupMap, mut levels: Vec<Level>) -> Result<Compressed> {
+pub fn compress(original: &GroupMap, levels: Vec<Level>) -> Result<Compressed> {
+    let mut compressor = Compressor::new(levels);
     let mut changes = GroupMap::new();
-    let mut stats = Stats::default();
-    let mut resolver = Resolver::new(original);
+    compressor.add(original, &mut changes)?;
+    plant_wrong_delta_if_asked(&mut changes);
+    Ok(Compressed {
+        changes,
+        levels: compressor.levels,
+        stats: compressor.stats,
+    })
+}
 
-    for (&group, entry) in original {
-        if !entry.in_range {
-            continue;
+/// The compressor's running position: its levels and counters. One
+/// [`Compressor::add`] over a whole range is [`compress`]; several over
+/// consecutive id ranges (windows) give the same result, as long as each
+/// map holds what the levels can reach (see [`Compressor::add`]).
+#[derive(Clone, Debug)]
+pub struct Compressor {
+    levels: Vec<Level>,
+    stats: Stats,
+}
+
+impl Compressor {
+    /// A compressor starting from `levels`.
+    pub fn new(levels: Vec<Level>) -> Self {
+        Self {
+            levels,
+            stats: Stats::default(),
         }
-        let candidate = choose_candidate(&mut levels, group);
-        if candidate == entry.prev {
-            continue;
-        }
-        stats.state_groups_changed += 1;
-        let (prev, delta) = rebase(
-            original,
-            &changes,
-            &mut resolver,
-            group,
-            candidate,
-            &mut stats,
-        )?;
-        changes.insert(
-            group,
-            StateGroupEntry {
-                in_range: true,
-                prev,
-                delta,
-                missing_group_row: entry.missing_group_row,
-            },
-        );
     }
 
+    /// The levels after the groups added so far.
+    pub fn levels(&self) -> &[Level] {
+        &self.levels
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Compresses the in-range groups of `original`, in id order, all of
+    /// them above the groups added before, putting their new entries in
+    /// `changes`.
+    ///
+    /// A base is looked up in `changes` first (its new predecessor), then in
+    /// `original`, whose entry must then carry its predecessor in the new
+    /// structure and resolve to its original state. So `changes` must still
+    /// hold the new entries of earlier groups the levels can reach, and
+    /// `original` must hold those groups (their original entries, or
+    /// stand-ins with their full state).
+    pub fn add(&mut self, original: &GroupMap, changes: &mut GroupMap) -> Result<()> {
+        let mut resolver = Resolver::new(original);
+        for (&group, entry) in original {
+            if !entry.in_range {
+                continue;
+            }
+            let candidate = choose_candidate(&mut self.levels, group);
+            if candidate == entry.prev {
+                continue;
+            }
+            self.stats.state_groups_changed += 1;
+            let (prev, delta) = rebase(
+                original,
+                changes,
+                &mut resolver,
+                group,
+                candidate,
+                &mut self.stats,
+            )?;
+            changes.insert(
+                group,
+                StateGroupEntry {
+                    in_range: true,
+                    prev,
+                    delta,
+                    missing_group_row: entry.missing_group_row,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The `compress::wrong-delta` fault point, evaluated once per call: a
+/// planted bug for the tests, which verification must refuse. Drops a row
+/// of the first change with rows.
+pub fn plant_wrong_delta_if_asked(changes: &mut GroupMap) {
     if crate::tool::failpoint::triggered("compress::wrong-delta") {
-        // A planted bug for the tests: verification must refuse this.
         if let Some(entry) = changes.values_mut().find(|e| !e.delta.is_empty()) {
             let rest: Vec<_> = entry.delta.iter().skip(1).collect();
             entry.delta = StateMap::from_unsorted(rest).0;
         }
     }
-
-    Ok(Compressed {
-        changes,
-        levels,
-        stats,
-    })
 }
 
 /// Climbs the levels from the lowest: the first level with space gives the

@@ -1,9 +1,10 @@
-//! State groups as the compressor sees them: a predecessor and a delta, and
-//! views over a whole run's groups.
+//! State groups as the compressor sees them: a predecessor and a delta,
+//! views over a whole run's groups, and what the writers check a group
+//! against before rewriting it ([`LoadedGroups`]).
 
 use std::collections::BTreeMap;
 
-use crate::core::state_map::StateMap;
+use crate::core::state_map::{StateMap, Symbols};
 
 /// One state group: its predecessor (edge) and its own rows (delta).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -58,6 +59,50 @@ impl Groups for Overlay<'_> {
     }
     fn count(&self) -> usize {
         self.original.len()
+    }
+}
+
+/// A group as it was loaded, as far as a writer checks it: a group is
+/// rewritten only while its edge and rows are still these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    pub prev: Option<i64>,
+    /// How many rows it had.
+    pub rows: usize,
+    /// It had no `state_groups` row (see [`StateGroupEntry`]).
+    pub missing_group_row: bool,
+}
+
+/// The loaded groups a writer checks changes against: the whole map of a
+/// run, or what a windowed run kept of it (the changed groups and the
+/// groups without a `state_groups` row).
+pub trait LoadedGroups: Sync {
+    /// How group `id` was loaded, if it was (and was kept).
+    fn loaded(&self, id: i64) -> Option<Loaded>;
+    /// The digest of the rows of `id` as loaded, as
+    /// [`crate::output::sql::rows_digest`] computes it; `None` when not
+    /// kept.
+    fn rows_digest(&self, id: i64, symbols: &Symbols) -> Option<String>;
+}
+
+impl LoadedGroups for GroupMap {
+    fn loaded(&self, id: i64) -> Option<Loaded> {
+        self.get(&id).map(StateGroupEntry::loaded)
+    }
+    fn rows_digest(&self, id: i64, symbols: &Symbols) -> Option<String> {
+        let entry = self.get(&id)?;
+        Some(crate::output::sql::rows_digest(symbols, &entry.delta))
+    }
+}
+
+impl StateGroupEntry {
+    /// This entry, as a writer checks it.
+    pub fn loaded(&self) -> Loaded {
+        Loaded {
+            prev: self.prev,
+            rows: self.delta.len(),
+            missing_group_row: self.missing_group_row,
+        }
     }
 }
 

@@ -19,14 +19,25 @@ const CACHE_SIZE: usize = 8;
 pub struct Resolver<'a, G: Groups> {
     groups: &'a G,
     cache: VecDeque<(i64, Arc<FullState>)>,
+    /// How many states `cache` keeps.
+    keep: usize,
 }
 
 impl<'a, G: Groups> Resolver<'a, G> {
     /// A resolver over `groups` with an empty cache.
     pub fn new(groups: &'a G) -> Self {
+        Self::keeping(groups, CACHE_SIZE)
+    }
+
+    /// A resolver that keeps only the last `keep` states (at least one):
+    /// each costs memory in proportion to the room's state, which a
+    /// caller resolving mostly consecutive groups need not pay for.
+    pub fn keeping(groups: &'a G, keep: usize) -> Self {
+        let keep = keep.max(1);
         Self {
             groups,
-            cache: VecDeque::with_capacity(CACHE_SIZE),
+            cache: VecDeque::with_capacity(keep),
+            keep,
         }
     }
 
@@ -71,7 +82,7 @@ impl<'a, G: Groups> Resolver<'a, G> {
             entry.delta.apply_to(&mut state);
         }
         let state = Arc::new(state);
-        if self.cache.len() == CACHE_SIZE {
+        if self.cache.len() >= self.keep {
             self.cache.pop_front();
         }
         self.cache.push_back((group, Arc::clone(&state)));

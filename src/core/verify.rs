@@ -13,6 +13,11 @@ use crate::core::group::{changed_groups, GroupMap, Overlay};
 use crate::core::resolve::Resolver;
 use crate::error::{Error, Result};
 
+/// States each verifying resolver keeps. The rewritten groups are compared
+/// in id order, so the last state or two is what the next one reuses; the
+/// resolvers run on every core, two each, and a state can be large.
+const VERIFY_CACHE: usize = 2;
+
 /// What a verification looked at.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Verified {
@@ -44,7 +49,7 @@ pub fn verify(original: &GroupMap, changes: &GroupMap) -> Result<Verified> {
     let to_compare = changed_groups(original, changes);
     let new = Overlay { original, changes };
     to_compare.par_iter().try_for_each_init(
-        || (Resolver::new(original), Resolver::new(&new)),
+        || (Resolver::keeping(original, VERIFY_CACHE), Resolver::keeping(&new, VERIFY_CACHE)),
         |(before_resolver, after_resolver), &group| {
             let before = before_resolver.state(group)?;
             let after = after_resolver.state(group)?;

@@ -107,7 +107,45 @@ pub fn load_groups(
     extra: &[i64],
     on_rows: &mut dyn FnMut(u64),
 ) -> Result<(GroupMap, LoadReport)> {
+    load_groups_after(
+        client,
+        symbols,
+        room_id,
+        ids,
+        extra,
+        GroupMap::new(),
+        on_rows,
+    )
+}
+
+/// [`load_groups`], given groups already loaded (in the same read, with
+/// the same `symbols`) that are not read again: `known`, which must hold
+/// the predecessors of each of its groups, and comes back with the others,
+/// not in range. A windowed load passes the chains the next window's
+/// groups will most likely build on.
+pub fn load_groups_after(
+    client: &mut impl GenericClient,
+    symbols: &mut Symbols,
+    room_id: &str,
+    ids: &[i64],
+    extra: &[i64],
+    known: GroupMap,
+    on_rows: &mut dyn FnMut(u64),
+) -> Result<(GroupMap, LoadReport)> {
     let mut builder = Builder::new(symbols);
+    for (id, entry) in known {
+        if let Some(prev) = entry.prev {
+            builder.edges.insert(id, prev);
+        }
+        builder.deltas.insert(id, entry.delta);
+        builder.groups.insert(
+            id,
+            crate::core::group::StateGroupEntry {
+                missing_group_row: entry.missing_group_row,
+                ..Default::default()
+            },
+        );
+    }
     for &id in ids {
         builder.groups.entry(id).or_default().in_range = true;
     }

@@ -29,7 +29,7 @@ use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;
 use postgres::{Client, Transaction};
 
-use crate::core::group::GroupMap;
+use crate::core::group::{GroupMap, Loaded, LoadedGroups};
 use crate::core::state_map::Symbols;
 use crate::error::{Error, Result};
 
@@ -76,7 +76,7 @@ const MAX_ATTEMPTS: usize = 5;
 pub struct Rewrite<'a> {
     pub room_id: &'a str,
     pub symbols: &'a Symbols,
-    pub original: &'a GroupMap,
+    pub original: &'a dyn LoadedGroups,
     pub new: &'a GroupMap,
 }
 
@@ -90,6 +90,13 @@ struct Locked {
 }
 
 impl Rewrite<'_> {
+    /// How `group`, one this rewrite writes or builds on, was loaded.
+    fn loaded(&self, group: i64) -> Loaded {
+        self.original
+            .loaded(group)
+            .expect("the groups written were loaded")
+    }
+
     /// Writes `groups` (ascending ids whose new entries differ from the
     /// loaded ones), one transaction per batch. `on_batch` is told how many
     /// groups each committed batch held, and returns whether to go on: the
@@ -205,7 +212,7 @@ impl Rewrite<'_> {
         let shared: Vec<i64> = bases
             .iter()
             .copied()
-            .chain(batch.iter().filter_map(|g| self.original[g].prev))
+            .chain(batch.iter().filter_map(|&g| self.loaded(g).prev))
             .filter(|g| !rewritten.contains(g))
             .collect::<BTreeSet<i64>>()
             .into_iter()
@@ -265,7 +272,7 @@ impl Rewrite<'_> {
             .iter()
             .filter(|b| !batch.contains(b) && !locked.existing.contains(b))
             .copied()
-            .filter(|b| original.get(b).is_some_and(|e| e.missing_group_row))
+            .filter(|&b| original.loaded(b).is_some_and(|e| e.missing_group_row))
             .collect();
         let checked: Vec<i64> = batch.iter().chain(&unlockable).copied().collect();
         // Each group's edges and row count, in one round trip.
@@ -281,16 +288,16 @@ impl Rewrite<'_> {
             now.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
         }
         let existing = &mut locked.existing;
-        existing.extend(batch.iter().filter(|g| original[g].missing_group_row));
+        existing.extend(batch.iter().filter(|&&g| self.loaded(g).missing_group_row));
         existing.extend(unlockable.iter().copied().filter(|b| {
-            let loaded = &original[b];
+            let loaded = self.loaded(*b);
             let (edges, rows) = &now[b];
-            !edges.is_empty() || *rows > 0 || (loaded.prev.is_none() && loaded.delta.is_empty())
+            !edges.is_empty() || *rows > 0 || (loaded.prev.is_none() && loaded.rows == 0)
         }));
 
         let mut ready = Vec::with_capacity(batch.len());
         for &group in batch {
-            let loaded = &original[&group];
+            let loaded = self.loaded(group);
             let (edges, rows) = now.get(&group).cloned().unwrap_or_default();
             let conflict = if !existing.contains(&group) {
                 Some(Conflict::Gone)
@@ -299,9 +306,9 @@ impl Rewrite<'_> {
                     loaded: loaded.prev,
                     now: edges,
                 })
-            } else if rows != loaded.delta.len() as i64 {
+            } else if rows != loaded.rows as i64 {
                 Some(Conflict::RowsChanged {
-                    loaded: loaded.delta.len(),
+                    loaded: loaded.rows,
                     now: rows,
                 })
             } else {

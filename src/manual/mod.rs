@@ -1,6 +1,7 @@
 //! The manual tool (one room, on demand): its command line, its validated
-//! settings, the run itself, and the summary it prints. The binary in
-//! `src/main.rs` only parses, calls [`run`] and prints.
+//! settings, the run itself (whole, or in windows of groups), and the
+//! summary it prints. The binary in `src/main.rs` only parses, calls
+//! [`run`] and prints.
 
 pub mod args;
 pub mod config;
@@ -8,6 +9,7 @@ pub mod config;
 mod python;
 pub mod run;
 pub mod summary;
+pub mod window;
 
 pub use args::ManualArgs;
 pub use config::ManualConfig;

@@ -1,6 +1,8 @@
 //! One manual run, in phases: connect (and lock the room when writing),
 //! load the room's range, compress, decide whether writing is worth it,
-//! verify, then write the SQL file and/or apply the changes.
+//! verify, then write the SQL file and/or apply the changes. Loading,
+//! compressing and verifying run window by window ([`window`]), or on the
+//! whole range at once (with `-g`, or the test knob).
 //!
 //! Ctrl-C or SIGTERM (`tool::interrupt`) is looked at between phases and
 //! between write batches, each batch being a committed transaction of its
@@ -23,7 +25,7 @@ use postgres::Client;
 
 use crate::core::chains::longest_chains;
 use crate::core::compressor::compress;
-use crate::core::group::{changed_groups, GroupMap};
+use crate::core::group::{changed_groups, GroupMap, LoadedGroups};
 use crate::core::state_map::Symbols;
 use crate::core::verify::verify;
 use crate::db::load::{self, LoadReport};
@@ -32,6 +34,7 @@ use crate::db::{self, schema, stats, RoomLock};
 use crate::error::{Error, Result};
 use crate::manual::config::ManualConfig;
 use crate::manual::summary::{Outcome, Summary};
+use crate::manual::window::{self, Windowed};
 use crate::output::{graph, sql};
 use crate::tool::args::{NonNegative, Positive};
 use crate::tool::interrupt;
@@ -39,6 +42,10 @@ use crate::tool::progress;
 use crate::tool::timings::Timings;
 
 /// Runs the manual tool with `config` and returns its figures.
+///
+/// The room is read in windows of groups (see [`window`]) unless graphs
+/// are asked for (they draw every group) or the test knob
+/// [`window::WINDOW_ENV`] is `0`: then it is read whole.
 pub fn run(config: &ManualConfig) -> Result<Summary> {
     let run_started = Instant::now();
     let room = config.room_id.as_str();
@@ -65,6 +72,32 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         run_started,
     };
 
+    let window_size = window::window_size();
+    if window_size > 0 && !config.graphs {
+        let windowed =
+            window::compress_room(&mut held.client, config, window_size).map_err(damaged)?;
+        if let Windowed::Done(done) = windowed {
+            let mut summary = Summary::of_room(room, done.figures, done.stats, done.timings);
+            (summary.longest_chain_before, summary.longest_chain_after) = done.longest_chains;
+            if ends_before_writing(config, &mut held, &mut summary, table_rows_before)? {
+                return Ok(summary);
+            }
+            if let Some(verified) = done.verified {
+                info!("Checked that state maps match, window by window");
+                summary.verified = Some(verified.map_err(damaged)?);
+            }
+            let changed: Vec<i64> = done.changes.keys().copied().collect();
+            let new = NewStructure {
+                symbols: &done.symbols,
+                original: &done.kept,
+                new: &done.changes,
+                changed: &changed,
+            };
+            write(config, new, &mut summary, held)?;
+            return Ok(summary);
+        }
+    }
+
     let mut timings = Timings::default();
     let started = Instant::now();
     let loaded = load_room(&mut held.client, config).map_err(damaged)?;
@@ -86,32 +119,14 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         compress(&loaded.original, config.level_sizes.empty_levels()).map_err(damaged)?;
     timings.compress = started.elapsed();
     let mut summary = Summary::new(room, &loaded, &compressed, timings);
-    summary.dry_run = !config.commit_changes && config.output_file.is_none();
-    summary.to_sql_file = config.output_file.is_some();
-    summary.to_database = config.commit_changes;
-    summary.table_rows_before = table_rows_before;
-    summary.table_rows_after = table_rows_before;
-    (summary.longest_chain_before, summary.longest_chain_after, _) =
-        longest_chains(&loaded.original, None, &Default::default());
-
-    if let Some(why) = reason_to_write_nothing(config, &mut summary) {
-        if let Some(out) = held.sql_out.as_mut() {
-            out.nothing(room, &why)?;
-        }
-        finish_database(
-            &mut held.client,
-            config,
-            &mut summary,
-            WriteReport::default(),
-        )?;
-        summary.timings.total = run_started.elapsed();
-        return Ok(summary);
-    }
-    if held.stop_if_asked(&mut summary)? {
-        return Ok(summary);
-    }
-
     let original = &loaded.original;
+    summary.longest_chain_before = longest_chains(original, None, &Default::default()).0;
+    summary.longest_chain_after =
+        longest_chains(original, Some(&compressed.changes), &Default::default()).1;
+    if ends_before_writing(config, &mut held, &mut summary, table_rows_before)? {
+        return Ok(summary);
+    }
+
     if config.verify {
         let started = Instant::now();
         info!("Checking that state maps match...");
@@ -127,46 +142,95 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     }
 
     let changed = changed_groups(original, &compressed.changes);
-    summary.longest_chain_after =
-        longest_chains(original, Some(&compressed.changes), &Default::default()).1;
+    let new = NewStructure {
+        symbols: &loaded.symbols,
+        original,
+        new: &compressed.changes,
+        changed: &changed,
+    };
+    write(config, new, &mut summary, held)?;
+    Ok(summary)
+}
+
+/// What the writers need of a compressed room.
+#[derive(Clone, Copy)]
+struct NewStructure<'a> {
+    symbols: &'a Symbols,
+    /// The original entries of (at least) the changed groups and of the
+    /// groups loaded without a `state_groups` row.
+    original: &'a dyn LoadedGroups,
+    /// The new entries of (at least) the changed groups.
+    new: &'a GroupMap,
+    /// The groups that change, ascending.
+    changed: &'a [i64],
+}
+
+/// Records what kind of run this is and the room's counted rows, then
+/// whether it ends before writing (true): when writing is not worth it
+/// (saying why in the SQL file, if any), or a signal asked it to stop.
+fn ends_before_writing(
+    config: &ManualConfig,
+    held: &mut Held,
+    summary: &mut Summary,
+    table_rows_before: Option<u64>,
+) -> Result<bool> {
+    summary.dry_run = !config.commit_changes && config.output_file.is_none();
+    summary.to_sql_file = config.output_file.is_some();
+    summary.to_database = config.commit_changes;
+    summary.table_rows_before = table_rows_before;
+    summary.table_rows_after = table_rows_before;
+    if let Some(why) = reason_to_write_nothing(config, summary) {
+        // Nothing is written: the chains stay as they are.
+        summary.longest_chain_after = summary.longest_chain_before;
+        if let Some(out) = held.sql_out.as_mut() {
+            out.nothing(&config.room_id, &why)?;
+        }
+        finish_database(&mut held.client, config, summary, WriteReport::default())?;
+        summary.timings.total = held.run_started.elapsed();
+        return Ok(true);
+    }
+    held.stop_if_asked(summary)
+}
+
+/// Writes the SQL file and/or applies the changes, as asked, and finishes
+/// the run's figures.
+fn write(
+    config: &ManualConfig,
+    new: NewStructure<'_>,
+    summary: &mut Summary,
+    mut held: Held,
+) -> Result<()> {
     let started = Instant::now();
     if let Some(mut out) = held.sql_out.take() {
-        out.write(config, &loaded, &compressed.changes, &changed)?;
+        out.write(config, new)?;
     }
+    summary.groups_to_write = new.changed.len();
     if held.room_lock.is_none() {
         summary.timings.write = started.elapsed();
-        summary.groups_to_write = changed.len();
-        summary.groups_written = changed.len();
-        summary.timings.total = run_started.elapsed();
-        return Ok(summary);
+        summary.groups_written = new.changed.len();
+        summary.timings.total = held.run_started.elapsed();
+        return Ok(());
     }
-    if held.stop_if_asked(&mut summary)? {
-        return Ok(summary);
+    if held.stop_if_asked(summary)? {
+        return Ok(());
     }
-    let report = commit(
-        &mut held.client,
-        room,
-        &loaded,
-        &compressed.changes,
-        &changed,
-    )?;
+    let report = commit(&mut held.client, &config.room_id, new)?;
     summary.timings.write = started.elapsed();
     // Exact: a group Synapse changed meanwhile keeps its rows, and so do
     // the groups of batches a stop left undone.
     let saved = report.rows_deleted as i64 - report.rows_inserted as i64;
     summary.rows_after = (summary.rows_before as i64 - saved) as usize;
-    summary.groups_to_write = changed.len();
     summary.groups_written = report.written;
     summary.groups_skipped_live = report.skipped;
     // Stopped between two batches: the groups of later batches are as
     // they were.
-    if report.written + report.skipped < changed.len() {
-        held.stop_if_asked(&mut summary)?;
+    if report.written + report.skipped < new.changed.len() {
+        held.stop_if_asked(summary)?;
     }
     held.release()?;
-    finish_database(&mut held.client, config, &mut summary, report)?;
-    summary.timings.total = run_started.elapsed();
-    Ok(summary)
+    finish_database(&mut held.client, config, summary, report)?;
+    summary.timings.total = held.run_started.elapsed();
+    Ok(())
 }
 
 /// What a run holds until it ends: its connection, the room's lock (when
@@ -253,25 +317,33 @@ pub struct LoadedRoom {
     pub last_group: i64,
 }
 
-/// Loads the range of groups `config` asks for, in one consistent read.
-fn load_room(client: &mut Client, config: &ManualConfig) -> Result<LoadedRoom> {
+/// The ids of the range `config` asks for, ascending, and the last one;
+/// an error naming the room when there are none.
+pub(crate) fn range_ids(
+    snapshot: &mut postgres::Transaction<'_>,
+    config: &ManualConfig,
+) -> Result<(Vec<i64>, i64)> {
     let room = config.room_id.as_str();
-    info!("Fetching state from DB for room '{room}'...");
-    let mut snapshot = load::snapshot(client)?;
     let ids = load::range_ids(
-        &mut snapshot,
+        snapshot,
         room,
         config.min_state_group.map(NonNegative::get),
         config.max_state_group.map(NonNegative::get),
         config.groups_to_compress.map(Positive::get),
     )?;
-    let Some(&last_group) = ids.last() else {
-        return Err(if load::room_has_groups(&mut snapshot, room)? {
-            Error::EmptyRange(room.to_owned())
-        } else {
-            Error::UnknownRoom(room.to_owned())
-        });
-    };
+    match ids.last() {
+        Some(&last) => Ok((ids, last)),
+        None if load::room_has_groups(snapshot, room)? => Err(Error::EmptyRange(room.to_owned())),
+        None => Err(Error::UnknownRoom(room.to_owned())),
+    }
+}
+
+/// Loads the range of groups `config` asks for, in one consistent read.
+fn load_room(client: &mut Client, config: &ManualConfig) -> Result<LoadedRoom> {
+    let room = config.room_id.as_str();
+    info!("Fetching state from DB for room '{room}'...");
+    let mut snapshot = load::snapshot(client)?;
+    let (ids, last_group) = range_ids(&mut snapshot, config)?;
     let rows_bar = progress::counter("Rows read");
     let mut symbols = Symbols::new();
     let loaded = load::load_groups(&mut snapshot, &mut symbols, room, &ids, &[], &mut |n| {
@@ -334,25 +406,19 @@ fn reason_to_write_nothing(config: &ManualConfig, summary: &mut Summary) -> Opti
 /// Applies the changes to the database, batch after batch until done or
 /// asked to stop: what was written, and how many groups were left alone
 /// because they changed since they were loaded.
-fn commit(
-    client: &mut Client,
-    room: &str,
-    loaded: &LoadedRoom,
-    new: &GroupMap,
-    changed: &[i64],
-) -> Result<WriteReport> {
-    let bar = progress::bar(changed.len() as u64, "Writing changes");
+fn commit(client: &mut Client, room: &str, new: NewStructure<'_>) -> Result<WriteReport> {
+    let bar = progress::bar(new.changed.len() as u64, "Writing changes");
     let rewrite = db::write::Rewrite {
         room_id: room,
-        symbols: &loaded.symbols,
-        original: &loaded.original,
-        new,
+        symbols: new.symbols,
+        original: new.original,
+        new: new.new,
     };
     let mut go_on = |n: usize| {
         bar.inc(n as u64);
         interrupt::requested().is_none()
     };
-    let report = rewrite.write(client, changed, &mut go_on, None)?;
+    let report = rewrite.write(client, new.changed, &mut go_on, None)?;
     bar.finish_and_clear();
     info!(
         "Committed changes to {} groups ({} rows deleted, {} inserted)",
@@ -406,32 +472,26 @@ impl SqlOut {
         sql::write_nothing(&mut self.sink, room, why).map_err(|e| Error::file(&self.path, e))
     }
 
-    /// Writes the guarded changes of `changed` (or, with none, a file
-    /// that says so).
-    fn write(
-        &mut self,
-        config: &ManualConfig,
-        loaded: &LoadedRoom,
-        new: &GroupMap,
-        changed: &[i64],
-    ) -> Result<()> {
+    /// Writes the guarded changes of `new` (or, with none, a file that
+    /// says so).
+    fn write(&mut self, config: &ManualConfig, new: NewStructure<'_>) -> Result<()> {
         let room = config.room_id.as_str();
-        if changed.is_empty() {
+        if new.changed.is_empty() {
             return self.nothing(room, "no state group needs changing");
         }
         sql::write_changes(
             &mut self.sink,
             room,
-            &loaded.symbols,
-            &loaded.original,
-            new,
-            changed,
+            new.symbols,
+            new.original,
+            new.new,
+            new.changed,
             config.transactions,
         )
         .map_err(|e| Error::file(&self.path, e))?;
         info!(
             "Wrote SQL for {} groups to {}",
-            changed.len(),
+            new.changed.len(),
             self.path.display()
         );
         Ok(())

@@ -80,6 +80,17 @@ pub struct Summary {
     pub interrupted: Option<Signal>,
 }
 
+/// A compressed room's own figures, however it was loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomFigures {
+    pub groups: usize,
+    pub groups_in_range: usize,
+    pub last_group: i64,
+    pub rows_before: usize,
+    pub rows_after: usize,
+    pub missing_predecessors: usize,
+}
+
 impl Summary {
     /// The figures of a compressed room, before anything is decided or
     /// written.
@@ -89,12 +100,16 @@ impl Summary {
         compressed: &crate::core::compressor::Compressed,
         timings: Timings,
     ) -> Summary {
-        use crate::core::group::row_count_after;
-        Summary {
+        use crate::core::group::{row_count, row_count_after};
+        let figures = RoomFigures {
+            groups: loaded.original.len(),
+            groups_in_range: loaded.report.in_range,
+            last_group: loaded.last_group,
+            rows_before: row_count(&loaded.original),
             rows_after: row_count_after(&loaded.original, &compressed.changes),
-            stats: compressed.stats,
-            ..Summary::loaded(room, loaded, timings)
-        }
+            missing_predecessors: loaded.report.missing_predecessors.len(),
+        };
+        Summary::of_room(room, figures, compressed.stats, timings)
     }
 
     /// The figures of a room loaded but not compressed (a run stopped
@@ -105,19 +120,32 @@ impl Summary {
         timings: Timings,
     ) -> Summary {
         let rows = crate::core::group::row_count(&loaded.original);
-        Summary {
-            room_id: room.to_owned(),
+        let figures = RoomFigures {
             groups: loaded.original.len(),
             groups_in_range: loaded.report.in_range,
             last_group: loaded.last_group,
             rows_before: rows,
             rows_after: rows,
-            stats: Stats::default(),
+            missing_predecessors: loaded.report.missing_predecessors.len(),
+        };
+        Summary::of_room(room, figures, Stats::default(), timings)
+    }
+
+    /// The same from the figures themselves (a room compressed in windows).
+    pub fn of_room(room: &str, figures: RoomFigures, stats: Stats, timings: Timings) -> Summary {
+        Summary {
+            room_id: room.to_owned(),
+            groups: figures.groups,
+            groups_in_range: figures.groups_in_range,
+            last_group: figures.last_group,
+            rows_before: figures.rows_before,
+            rows_after: figures.rows_after,
+            stats,
             verified: None,
             groups_to_write: 0,
             groups_written: 0,
             groups_skipped_live: 0,
-            missing_predecessors: loaded.report.missing_predecessors.len(),
+            missing_predecessors: figures.missing_predecessors,
             dry_run: false,
             to_sql_file: false,
             to_database: false,

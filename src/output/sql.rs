@@ -17,7 +17,7 @@ use std::path::Path;
 
 use md5::{Digest, Md5};
 
-use crate::core::group::{GroupMap, StateGroupEntry};
+use crate::core::group::{GroupMap, Loaded, LoadedGroups, StateGroupEntry};
 use crate::core::state_map::{StateMap, Symbols};
 
 /// The `-o` value that means standard output.
@@ -63,15 +63,7 @@ ORDER BY type COLLATE \"C\", state_key COLLATE \"C\", event_id COLLATE \"C\"), '
 /// The md5 (hex) the server computes with [`SQL_ROWS_DIGEST`] over the rows
 /// of a group whose delta is `delta`.
 pub fn rows_digest(symbols: &Symbols, delta: &StateMap) -> String {
-    let mut rows: Vec<[&str; 3]> = delta
-        .iter()
-        .map(|(key, value)| {
-            let (ty, state_key) = symbols.key_str(key);
-            [ty, state_key, symbols.value_str(value)]
-        })
-        .collect();
-    // `COLLATE "C"` orders by bytes, as `str`'s `Ord` does.
-    rows.sort_unstable();
+    let rows = rows_in_byte_order(symbols, delta);
     let mut hasher = Md5::new();
     for row in &rows {
         for column in row {
@@ -84,6 +76,20 @@ pub fn rows_digest(symbols: &Symbols, delta: &StateMap) -> String {
         let _ = write!(hex, "{b:02x}");
         hex
     })
+}
+
+/// The rows of `delta` as (type, state_key, event_id), in byte order (as
+/// `COLLATE "C"` orders them, and as `str`'s `Ord` does).
+fn rows_in_byte_order<'s>(symbols: &'s Symbols, delta: &StateMap) -> Vec<[&'s str; 3]> {
+    let mut rows: Vec<[&str; 3]> = delta
+        .iter()
+        .map(|(key, value)| {
+            let (ty, state_key) = symbols.key_str(key);
+            [ty, state_key, symbols.value_str(value)]
+        })
+        .collect();
+    rows.sort_unstable();
+    rows
 }
 
 /// Writes the file's opening comment and settings.
@@ -129,7 +135,7 @@ pub fn write_changes(
     out: &mut dyn Write,
     room_id: &str,
     symbols: &Symbols,
-    original: &GroupMap,
+    original: &dyn LoadedGroups,
     new: &GroupMap,
     groups: &[i64],
     transactions: bool,
@@ -140,13 +146,17 @@ pub fn write_changes(
         let new_entry = &new[&group];
         let base_without_row = new_entry
             .prev
-            .and_then(|b| original.get(&b))
+            .and_then(|b| original.loaded(b))
             .filter(|b| b.missing_group_row);
+        let old = original.loaded(group).expect("a changed group was loaded");
+        let digest = original
+            .rows_digest(group, symbols)
+            .expect("a changed group was loaded");
         let body = guarded_block(
             &room,
             symbols,
             group,
-            &original[&group],
+            (old, &digest),
             new_entry,
             base_without_row,
         );
@@ -187,9 +197,9 @@ fn guarded_block(
     room: &str,
     symbols: &Symbols,
     group: i64,
-    old: &StateGroupEntry,
+    (old, old_digest): (Loaded, &str),
     new: &StateGroupEntry,
-    base_without_row: Option<&StateGroupEntry>,
+    base_without_row: Option<Loaded>,
 ) -> String {
     let mut block = Block {
         b: String::with_capacity(1024 + new.delta.len() * 120),
@@ -203,7 +213,7 @@ fn guarded_block(
         .push_str("    row_total bigint;\n    digest text;\nBEGIN\n");
     block.lock_and_find(old, new, base_without_row);
     block.check_edge(old.prev);
-    block.check_rows(symbols, old);
+    block.check_rows(old.rows, old_digest);
     if let Some(base) = new.prev {
         block.bump_pending_deletion(base);
     }
@@ -238,9 +248,9 @@ impl Block {
     /// a time); skips the group when it or its new base is gone.
     fn lock_and_find(
         &mut self,
-        old: &StateGroupEntry,
+        old: Loaded,
         new: &StateGroupEntry,
-        base_without_row: Option<&StateGroupEntry>,
+        base_without_row: Option<Loaded>,
     ) {
         let mut shared: Vec<i64> = old.prev.into_iter().chain(new.prev).collect();
         shared.sort_unstable();
@@ -253,7 +263,7 @@ impl Block {
             if Some(id) == new.prev {
                 match base_without_row {
                     None => self.b.push_str("    base_found := FOUND;\n"),
-                    Some(loaded) if loaded.prev.is_none() && loaded.delta.is_empty() => {}
+                    Some(loaded) if loaded.prev.is_none() && loaded.rows == 0 => {}
                     Some(_) => {
                         let _ = writeln!(
                             self.b,
@@ -300,14 +310,13 @@ impl Block {
 
     /// Skips the group unless its rows still have the loaded count and
     /// digest.
-    fn check_rows(&mut self, symbols: &Symbols, old: &StateGroupEntry) {
+    fn check_rows(&mut self, rows: usize, digest: &str) {
         let _ = writeln!(
             self.b,
             "    SELECT count(*), {SQL_ROWS_DIGEST} INTO row_total, digest\n        \
              FROM state_groups_state WHERE state_group = {};",
             self.group
         );
-        let (rows, digest) = (old.delta.len(), rows_digest(symbols, &old.delta));
         self.skip_if(
             &format!("row_total <> {rows} OR digest <> '{digest}'"),
             &format!("rows changed (expected {rows} rows, md5 {digest}; found % rows, md5 %)"),
@@ -353,15 +362,18 @@ impl Block {
         b.push_str(
             "    INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id) VALUES\n",
         );
-        let last = new.delta.len() - 1;
-        for (i, (key, value)) in new.delta.iter().enumerate() {
-            let (ty, state_key) = symbols.key_str(key);
+        // In (type, state_key) byte order, not in key-id order: ids follow
+        // the order rows were first read, which depends on how the room was
+        // read (whole or in windows, and the server's plan).
+        let rows = rows_in_byte_order(symbols, &new.delta);
+        let last = rows.len() - 1;
+        for (i, [ty, state_key, event_id]) in rows.into_iter().enumerate() {
             let _ = writeln!(
                 b,
                 "        ({group}, {room}, {}, {}, {}){}",
                 quote_literal(ty),
                 quote_literal(state_key),
-                quote_literal(symbols.value_str(value)),
+                quote_literal(event_id),
                 if i == last { ";" } else { "," }
             );
         }

@@ -6,6 +6,7 @@
 //!   tool so either can continue the other's work;
 //! - [`lock`]: one run per database;
 //! - [`manager`]: the chunk loop (and `--largest-rooms`' room by room);
+//! - [`summary`]: the figures of each chunk and of the run;
 //! - [`largest`]: which rooms `--largest-rooms` picks;
 //! - [`prefetch`]: loading the next chunks while the current one is written;
 //! - [`survey`]: `--dry-run`, what a run would save per room, writing nothing.
@@ -19,6 +20,7 @@ pub mod lock;
 pub mod manager;
 pub mod prefetch;
 pub mod state_saving;
+pub mod summary;
 pub mod survey;
 
 #[cfg(feature = "pyo3")]

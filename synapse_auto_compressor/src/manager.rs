@@ -22,36 +22,29 @@
 //! progress of an interrupted run is exact and the next run continues from
 //! there. A bar on a terminal shows chunks done, rows saved and the room.
 //!
-//! The run's figures (`RunSummary`) count each group once, in its own
-//! chunk; rows saved come from what the writes actually deleted and
-//! inserted; the rows of the rooms touched are counted in the table once,
-//! at the end (`RunFigures`), and the table's size and the optional VACUUM
-//! come last (`db::stats`).
+//! The run's figures are counted in [`crate::summary`].
 
-use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{debug, info, warn};
 use postgres::Client;
-use synapse_compress_state::core::chains::longest_chains;
-use synapse_compress_state::core::group::{
-    changed_groups, in_range_row_counts, row_count, row_count_after,
-};
+use synapse_compress_state::core::group::{changed_groups, row_count, row_count_after};
 use synapse_compress_state::core::state_map::Symbols;
 use synapse_compress_state::core::verify::verify;
 use synapse_compress_state::db::load::{self, LoadReport};
-use synapse_compress_state::db::stats::{self, DiskSpace};
+use synapse_compress_state::db::stats;
 use synapse_compress_state::db::write::{Rewrite, WriteReport};
 use synapse_compress_state::db::{self, schema, Prepared, RoomLock};
 use synapse_compress_state::error::printable;
 use synapse_compress_state::tool::args::Positive;
-use synapse_compress_state::tool::interrupt::{self, Signal};
-use synapse_compress_state::tool::timings::Timings;
+use synapse_compress_state::tool::interrupt;
 use synapse_compress_state::tool::{failpoint, progress};
 use synapse_compress_state::{compress, Compressed, Error, GroupMap, Level, LevelSizes, Result};
 
 use crate::prefetch::{load_chunk, ChunkRequest, LoadedChunk, Prefetcher};
 use crate::state_saving::LeftRooms;
+use crate::summary::RunFigures;
+pub use crate::summary::{ChunkOutcome, RunSummary};
 use crate::{largest, lock, state_saving};
 
 /// The settings of one automatic run.
@@ -70,263 +63,6 @@ pub struct AutoConfig {
     pub largest_rooms: Option<Positive>,
     /// Run `VACUUM (ANALYZE) state_groups_state` at the end.
     pub vacuum: bool,
-}
-
-/// What happened to one chunk.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChunkOutcome {
-    pub room_id: String,
-    /// Exclusive start of the chunk.
-    pub after: Option<i64>,
-    /// Last group of the chunk.
-    pub last: i64,
-    pub groups: usize,
-    /// Rows of the chunk's own groups (not of the level heads and
-    /// predecessors loaded with them), as loaded.
-    pub rows_before: usize,
-    /// The same groups' rows as the compressor would leave them.
-    pub rows_after: usize,
-    /// Rows the chunk's writes deleted and inserted (only groups actually
-    /// rewritten: a group Synapse changed meanwhile keeps its rows).
-    pub rows_deleted: u64,
-    pub rows_inserted: u64,
-    /// The longest chain (hops to a group with no edge) of the chunk's
-    /// groups before this run touched them, and as they are after it.
-    pub longest_chain_before: u32,
-    pub longest_chain_after: u32,
-    /// Groups the compressor gave a new predecessor (or made a snapshot).
-    pub groups_changed: usize,
-    /// Groups that had to become snapshots for want of a usable predecessor.
-    pub forced_resets: usize,
-    /// Groups whose rows or edge were rewritten.
-    pub groups_written: usize,
-    /// Groups left alone because another writer (Synapse, another
-    /// compressor) changed them meanwhile.
-    pub groups_skipped_live: usize,
-    /// False when the chunk was skipped (it would not have saved rows, or
-    /// its structure could not be read safely).
-    pub committed: bool,
-    /// The room's rows or edges are damaged: nothing was written or saved
-    /// for it, and the run leaves it alone.
-    pub damaged: bool,
-    /// The room has no groups after this chunk.
-    pub room_finished: bool,
-}
-
-impl ChunkOutcome {
-    /// A chunk of `room` after `after` that nothing has happened to yet.
-    fn new(room: &str, after: Option<i64>) -> Self {
-        ChunkOutcome {
-            room_id: room.to_owned(),
-            after,
-            last: after.unwrap_or(0),
-            groups: 0,
-            rows_before: 0,
-            rows_after: 0,
-            rows_deleted: 0,
-            rows_inserted: 0,
-            longest_chain_before: 0,
-            longest_chain_after: 0,
-            groups_changed: 0,
-            forced_resets: 0,
-            groups_written: 0,
-            groups_skipped_live: 0,
-            committed: false,
-            damaged: false,
-            room_finished: false,
-        }
-    }
-
-    /// Takes in the compressor's figures for the chunk, and logs them.
-    fn record(&mut self, original: &GroupMap, compressed: &Compressed) {
-        (self.rows_before, self.rows_after) = in_range_row_counts(original, &compressed.changes);
-        self.groups_changed = compressed.stats.state_groups_changed;
-        self.forced_resets = compressed.stats.resets_no_suitable_prev;
-        info!(
-            "Room {}: groups {}..={} ({} groups): rows {} -> {}",
-            self.room_id,
-            self.after.map_or(0, |a| a + 1),
-            self.last,
-            self.groups,
-            self.rows_before,
-            self.rows_after
-        );
-    }
-
-    /// This chunk's room is damaged: say so, and leave it alone.
-    fn leave_damaged(mut self, why: &str) -> Self {
-        warn!(
-            "Room {} is damaged ({why}); leaving it alone: nothing written, no progress saved",
-            self.room_id
-        );
-        self.damaged = true;
-        self
-    }
-}
-
-/// The figures of a whole run.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RunSummary {
-    pub chunks: usize,
-    pub chunks_skipped: usize,
-    pub rooms_finished: usize,
-    /// Groups in the chunks processed (skipped chunks included).
-    pub groups: usize,
-    /// Rows of those groups when their chunk loaded them. Each group is in
-    /// one chunk only: level heads and predecessors loaded with a chunk are
-    /// not counted again.
-    pub rows_before: usize,
-    /// The same groups' rows after the run: `rows_before - rows_saved`.
-    pub rows_after: usize,
-    /// Rows the run's writes deleted minus rows they inserted: exactly
-    /// what the run removed from `state_groups_state`.
-    pub rows_saved: i64,
-    /// Rows the run's writes deleted (the space they held is what VACUUM
-    /// makes reusable).
-    pub rows_deleted: u64,
-    /// Rows of `state_groups_state` of the rooms the run touched: after is
-    /// counted (not estimated) at the end of the run, in one query; before
-    /// is that count plus the rows the run removed (`rows_saved`), so
-    /// Synapse's own writes meanwhile are in both. One count instead of one
-    /// per room before its first chunk: that cost as much server time as
-    /// loading the chunks (9.9 s against 8.9 s over the benchmark's 3m
-    /// database). None when the run touched no room.
-    pub table_rows_before: Option<u64>,
-    pub table_rows_after: Option<u64>,
-    /// Rooms whose rows those counts cover.
-    pub rooms_touched: usize,
-    /// The longest chain (edges Synapse follows to read a group's state)
-    /// among the groups of the run's chunks, before the run and after it.
-    pub longest_chain_before: u32,
-    pub longest_chain_after: u32,
-    /// The table's size and the space freed inside it, when rows were
-    /// deleted or `--vacuum` ran.
-    pub disk: Option<DiskSpace>,
-    /// Groups given a new structure in committed chunks.
-    pub groups_changed: usize,
-    /// Of those, groups forced to be snapshots (no usable predecessor).
-    pub forced_resets: usize,
-    pub groups_written: usize,
-    /// Groups left alone because another writer (Synapse, another
-    /// compressor) changed them meanwhile.
-    pub groups_skipped_live: usize,
-    /// Rooms whose saved levels were unusable and were reset.
-    pub levels_reset: usize,
-    /// Rooms left for a later run because another compressor had them.
-    pub rooms_busy: usize,
-    /// Rooms left alone because their rows or edges are damaged.
-    pub rooms_damaged: usize,
-    /// Time per phase, summed over chunks.
-    pub timings: Timings,
-    pub elapsed: Duration,
-    /// The signal that stopped the run before its `-n` chunks were done.
-    pub interrupted: Option<Signal>,
-}
-
-impl RunSummary {
-    /// Counts a chunk that was done (committed or skipped): each group in
-    /// its own chunk only, rows saved from what the writes did.
-    fn add(&mut self, outcome: &ChunkOutcome) {
-        self.chunks += 1;
-        self.groups += outcome.groups;
-        self.rows_before += outcome.rows_before;
-        self.longest_chain_before = self.longest_chain_before.max(outcome.longest_chain_before);
-        self.longest_chain_after = self.longest_chain_after.max(outcome.longest_chain_after);
-        if outcome.committed {
-            self.groups_changed += outcome.groups_changed;
-            self.forced_resets += outcome.forced_resets;
-            self.rows_saved += outcome.rows_deleted as i64 - outcome.rows_inserted as i64;
-            self.rows_deleted += outcome.rows_deleted;
-            self.groups_written += outcome.groups_written;
-            self.groups_skipped_live += outcome.groups_skipped_live;
-        } else {
-            self.chunks_skipped += 1;
-        }
-        if outcome.room_finished {
-            self.rooms_finished += 1;
-        }
-    }
-
-    /// The figures as one JSON object (for `--json`, scripts and monitoring).
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut json = serde_json::json!({
-            "chunks": self.chunks,
-            "chunks_skipped": self.chunks_skipped,
-            "rooms_finished": self.rooms_finished,
-            "groups": self.groups,
-            "rows_before": self.rows_before,
-            "rows_after": self.rows_after,
-            "rows_saved": self.rows_saved,
-            "rows_deleted": self.rows_deleted,
-            "table_rows_before": self.table_rows_before,
-            "table_rows_after": self.table_rows_after,
-            "rooms_touched": self.rooms_touched,
-            "longest_chain_before": self.longest_chain_before,
-            "longest_chain_after": self.longest_chain_after,
-            "groups_changed": self.groups_changed,
-            "forced_resets": self.forced_resets,
-            "groups_written": self.groups_written,
-            "groups_skipped_live": self.groups_skipped_live,
-            "levels_reset": self.levels_reset,
-            "rooms_busy": self.rooms_busy,
-            "rooms_damaged": self.rooms_damaged,
-            "seconds": {
-                "load": self.timings.load.as_secs_f64(),
-                "compress": self.timings.compress.as_secs_f64(),
-                "verify": self.timings.verify.as_secs_f64(),
-                "write": self.timings.write.as_secs_f64(),
-                "total": self.elapsed.as_secs_f64(),
-            },
-            "peak_rss_mib": synapse_compress_state::tool::memory::peak_rss_mib(),
-            "interrupted": self.interrupted.is_some(),
-        });
-        DiskSpace::add_json(self.disk.as_ref(), &mut json);
-        json
-    }
-
-    /// Logs the figures in words: what each number counts.
-    fn log(&self) {
-        let head = format!(
-            "saved {} rows, {} chunks done ({} skipped as not worth writing), {} rooms finished, {} rooms busy, {} rooms damaged, in {:.1}s",
-            self.rows_saved,
-            self.chunks,
-            self.chunks_skipped,
-            self.rooms_finished,
-            self.rooms_busy,
-            self.rooms_damaged,
-            self.elapsed.as_secs_f64()
-        );
-        match self.interrupted {
-            None => info!("Finished: {head}"),
-            Some(signal) => warn!(
-                "Interrupted by {signal}: {head}; the progress of every chunk done is saved: run the tool again and it continues where this run stopped"
-            ),
-        }
-        info!(
-            "The {} groups compressed had {} rows and now have {}; {} groups given a new structure, {} rewritten, {} left as Synapse changed them meanwhile",
-            self.groups,
-            self.rows_before,
-            self.rows_after,
-            self.groups_changed,
-            self.groups_written,
-            self.groups_skipped_live
-        );
-        if let (Some(before), Some(after)) = (self.table_rows_before, self.table_rows_after) {
-            info!(
-                "state_groups_state rows of the {} rooms touched: {after} now (counted), {before} before the run (that plus the rows the run removed)",
-                self.rooms_touched
-            );
-        }
-        info!(
-            "Longest chain Synapse walks to read one of these groups: {} hops before, {} after",
-            self.longest_chain_before, self.longest_chain_after
-        );
-        if let Some(disk) = &self.disk {
-            for line in disk.to_string().lines() {
-                info!("{line}");
-            }
-        }
-    }
 }
 
 /// Runs up to `number_of_chunks` chunks over the database.
@@ -549,56 +285,6 @@ fn room_by_room(
     }
     bar.finish_and_clear();
     figures.count_rooms_after(client, summary)
-}
-
-/// What the run keeps between chunks for its figures.
-#[derive(Default)]
-struct RunFigures {
-    /// Rooms whose rows were counted before their first chunk.
-    rooms: BTreeSet<String>,
-    /// For each group a chunk of this run loaded in range, its chain's
-    /// length before the run: a later chunk's chains run through those
-    /// groups, which the loaded structure already shows rewritten. A few
-    /// bytes per group of the run.
-    chains_before: HashMap<i64, u32>,
-}
-
-impl RunFigures {
-    /// Notes that the run touches `room` (for the rows counted at the end).
-    fn touch(&mut self, room: &str, summary: &mut RunSummary) {
-        if !self.rooms.contains(room) {
-            self.rooms.insert(room.to_owned());
-            summary.rooms_touched += 1;
-        }
-    }
-
-    /// Counts the rows of the rooms the run touched, after its last chunk,
-    /// and derives the count before from what the run removed.
-    fn count_rooms_after(&self, client: &mut Client, summary: &mut RunSummary) -> Result<()> {
-        if self.rooms.is_empty() {
-            return Ok(());
-        }
-        let rooms: Vec<&str> = self.rooms.iter().map(String::as_str).collect();
-        let after = stats::rooms_rows(client, &rooms)?;
-        summary.table_rows_after = Some(after);
-        summary.table_rows_before = Some((after as i64 + summary.rows_saved).max(0) as u64);
-        Ok(())
-    }
-
-    /// The longest chains of `chunk`'s groups before and after: before
-    /// along their loaded edges, continuing through earlier chunks' groups
-    /// with those groups' lengths before the run; after along the new
-    /// structure (`new`, when the chunk is written) as it is in the
-    /// database. Every chain ends inside the chunk's loaded groups: every
-    /// predecessor is loaded with it. A group Synapse rewrote meanwhile
-    /// (`groups_skipped_live`) counts as the compressor would have left it,
-    /// not as Synapse did: a figure for the run's own work.
-    fn chains(&mut self, chunk: &GroupMap, new: Option<&Compressed>) -> (u32, u32) {
-        let changes = new.map(|c| &c.changes);
-        let (before, after, lengths) = longest_chains(chunk, changes, &self.chains_before);
-        self.chains_before.extend(lengths);
-        (before, after)
-    }
 }
 
 /// Reader connections loading ahead (besides the main one).

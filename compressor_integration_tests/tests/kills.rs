@@ -60,8 +60,10 @@ struct Ending {
     stderr_tail: String,
 }
 
-/// The log line after which each tool's write phase starts.
-const MANUAL_WRITE_MARKER: &str = "Checking that state maps match";
+/// The log line after which each tool's write phase starts (the manual
+/// tool's "Checking that state maps match..." when it reads the room
+/// whole, "Checked that state maps match, window by window" in windows).
+const MANUAL_WRITE_MARKER: &str = "that state maps match";
 const AUTO_WRITE_MARKER: &str = "write batch of";
 
 /// When to kill a run: `after` stderr lines counted from the first line

@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// The bar type, for code that passes bars around without naming indicatif.
+pub use indicatif::ProgressBar as Bar;
+
 static ENABLED: AtomicBool = AtomicBool::new(!cfg!(feature = "no-progress-bars"));
 
 /// The bars on screen, created with the first bar.

@@ -81,6 +81,20 @@ pub struct AutoArgs {
         allow_negative_numbers = true
     )]
     pub largest_rooms: Option<Positive>,
+
+    /// How many rooms to compress at the same time, each by its own worker
+    /// on its own connection (the chunks of one room stay in order, so a
+    /// run to completion gives the same result whatever N). Helps when the
+    /// database server has cores and I/O to spare.
+    #[arg(
+        short = 'j',
+        long = "jobs",
+        value_name = "N",
+        default_value = "1",
+        allow_negative_numbers = true,
+        conflicts_with_all = ["dry_run", "largest_rooms"]
+    )]
+    pub jobs: Positive,
 }
 
 impl AutoArgs {
@@ -93,6 +107,7 @@ impl AutoArgs {
             default_levels: self.default_levels.clone(),
             largest_rooms: self.largest_rooms,
             vacuum: self.vacuum,
+            jobs: self.jobs,
         }
     }
 }

@@ -9,7 +9,8 @@
 //! - [`summary`]: the figures of each chunk and of the run;
 //! - [`largest`]: which rooms `--largest-rooms` picks;
 //! - [`prefetch`]: loading the next chunks while the current one is written;
-//! - [`survey`]: `--dry-run`, what a run would save per room, writing nothing.
+//! - [`survey`]: `--dry-run`, what a run would save per room, writing nothing;
+//! - [`workers`]: `--jobs N`, several rooms compressed at the same time.
 //!
 //! With the `pyo3` feature, the private `python` module is the Python module
 //! of the same name (built by maturin, see `pyproject.toml`).
@@ -22,6 +23,7 @@ pub mod prefetch;
 pub mod state_saving;
 pub mod summary;
 pub mod survey;
+pub mod workers;
 
 #[cfg(feature = "pyo3")]
 mod python;

@@ -45,7 +45,7 @@ use crate::prefetch::{load_chunk, ChunkRequest, LoadedChunk, Prefetcher};
 use crate::state_saving::LeftRooms;
 use crate::summary::RunFigures;
 pub use crate::summary::{ChunkOutcome, RunSummary};
-use crate::{largest, lock, state_saving};
+use crate::{largest, lock, state_saving, workers};
 
 /// The settings of one automatic run.
 #[derive(Clone, Debug)]
@@ -63,6 +63,8 @@ pub struct AutoConfig {
     pub largest_rooms: Option<Positive>,
     /// Run `VACUUM (ANALYZE) state_groups_state` at the end.
     pub vacuum: bool,
+    /// Workers compressing different rooms at the same time (`--jobs`).
+    pub jobs: Positive,
 }
 
 /// Runs up to `number_of_chunks` chunks over the database.
@@ -83,9 +85,6 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     lock::acquire(&mut client)?;
     state_saving::create_tables_if_needed(&mut client)?;
 
-    // Up to two more connections load the next chunks while this one
-    // writes; a run without them (one chunk, or no connection to spare)
-    // just loads in turn.
     let largest = match config.largest_rooms {
         Some(n) => Some(largest::largest_rooms(
             &mut client,
@@ -95,9 +94,38 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
         )?),
         None => None,
     };
-    // (Room by room, each chunk continues the one before: nothing to load
-    // ahead.)
-    let wanted = match largest {
+    let mut summary = RunSummary {
+        workers: 1,
+        ..RunSummary::default()
+    };
+    if config.jobs.get() > 1 && largest.is_none() {
+        workers::run(&mut client, config, &mut summary)?;
+    } else {
+        let rooms: Option<Vec<String>> =
+            largest.map(|rooms| rooms.into_iter().map(|r| r.room_id).collect());
+        one_worker(&mut client, config, rooms.as_deref(), &mut summary)?;
+    }
+    lock::release(&mut client)?;
+    summary.rows_after = (summary.rows_before as i64 - summary.rows_saved) as usize;
+    summary.disk = stats::after_run(&mut client, summary.rows_deleted, config.vacuum)?;
+    summary.elapsed = started.elapsed();
+    summary.log();
+    info!("{}", summary.timings);
+    Ok(summary)
+}
+
+/// The run with one worker (the default): the chunk loop, or `rooms` one
+/// after the other (`--largest-rooms`). Up to two more connections load
+/// the next chunks while this one writes; a run without them (one chunk,
+/// or no connection to spare) just loads in turn. Room by room, each chunk
+/// continues the one before: nothing to load ahead.
+fn one_worker(
+    client: &mut Client,
+    config: &AutoConfig,
+    rooms: Option<&[String]>,
+    summary: &mut RunSummary,
+) -> Result<()> {
+    let wanted = match rooms {
         Some(_) => 0,
         None => (config.number_of_chunks.get() - 1).clamp(0, READERS as i64) as usize,
     };
@@ -114,22 +142,12 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
             }
         }
     }
-    let mut summary = RunSummary::default();
     std::thread::scope(|scope| {
         let mut prefetcher = (!readers.is_empty()).then(|| Prefetcher::spawn(scope, readers));
         let mut prepared = Prepared::new();
-        match &largest {
-            Some(rooms) => {
-                let rooms: Vec<String> = rooms.iter().map(|r| r.room_id.clone()).collect();
-                room_by_room(&mut client, &mut prepared, config, &mut summary, &rooms)?;
-            }
-            None => chunk_loop(
-                &mut client,
-                &mut prepared,
-                config,
-                &mut summary,
-                prefetcher.as_mut(),
-            )?,
+        match rooms {
+            Some(rooms) => room_by_room(client, &mut prepared, config, summary, rooms)?,
+            None => chunk_loop(client, &mut prepared, config, summary, prefetcher.as_mut())?,
         }
         if let Some(p) = &prefetcher {
             debug!(
@@ -138,14 +156,7 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
             );
         }
         Ok::<_, Error>(())
-    })?;
-    lock::release(&mut client)?;
-    summary.rows_after = (summary.rows_before as i64 - summary.rows_saved) as usize;
-    summary.disk = stats::after_run(&mut client, summary.rows_deleted, config.vacuum)?;
-    summary.elapsed = started.elapsed();
-    summary.log();
-    info!("{}", summary.timings);
-    Ok(summary)
+    })
 }
 
 /// Runs chunks until the run's count is reached or nothing is left.
@@ -262,12 +273,7 @@ fn room_by_room(
                 }
                 Err(e) => return Err(e),
             };
-            let ahead = Ahead {
-                prefetcher: None,
-                chunks_after: 0,
-                same_room: false,
-                left: &left,
-            };
+            let ahead = Ahead::none(&left);
             figures.touch(room, summary);
             let outcome =
                 compress_chunk(client, prepared, room, config, summary, &mut figures, ahead)?;
@@ -291,7 +297,7 @@ fn room_by_room(
 const READERS: usize = 2;
 
 /// The background loaders, as one chunk sees them.
-struct Ahead<'p> {
+pub(crate) struct Ahead<'p> {
     prefetcher: Option<&'p mut Prefetcher>,
     /// How many chunks this run does after this one.
     chunks_after: i64,
@@ -299,6 +305,18 @@ struct Ahead<'p> {
     same_room: bool,
     /// Rooms this run leaves alone (never worth loading).
     left: &'p LeftRooms,
+}
+
+impl<'p> Ahead<'p> {
+    /// No loading ahead: each chunk loads when it starts.
+    pub(crate) fn none(left: &'p LeftRooms) -> Self {
+        Ahead {
+            prefetcher: None,
+            chunks_after: 0,
+            same_room: false,
+            left,
+        }
+    }
 }
 
 impl Ahead<'_> {
@@ -414,7 +432,7 @@ pub(crate) struct Chunk {
 
 /// Compresses the next chunk of `room`: read its progress, load, compress,
 /// decide, verify, write (with the new progress in the last transaction).
-fn compress_chunk(
+pub(crate) fn compress_chunk(
     client: &mut Client,
     prepared: &mut Prepared,
     room: &str,

@@ -105,6 +105,7 @@ fn run<'py>(
                 .map(|n| Positive::named("number_of_rooms", n))
                 .transpose()?,
             vacuum,
+            jobs: Positive::named("jobs", 1)?,
         };
         crate::run(&config).map(|summary| summary.to_json())
     })

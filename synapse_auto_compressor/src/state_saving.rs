@@ -430,6 +430,17 @@ impl LeftRooms {
     pub fn hold(&self) -> Option<i64> {
         self.hold
     }
+
+    /// These rooms and `busy` ones (room, next group): rooms other workers
+    /// of this run are compressing (`--jobs`) are left out of the scan,
+    /// and hold it back, just as left rooms do.
+    pub fn with<'a>(&self, busy: impl IntoIterator<Item = (&'a String, &'a i64)>) -> LeftRooms {
+        let mut all = self.clone();
+        for (room, next) in busy {
+            all.leave(room.clone(), *next);
+        }
+        all
+    }
 }
 
 /// The next chunk's room, and the group that made it next.

@@ -169,6 +169,8 @@ pub struct RunSummary {
     pub elapsed: Duration,
     /// The signal that stopped the run before its `-n` chunks were done.
     pub interrupted: Option<Signal>,
+    /// Workers that compressed rooms at the same time (`--jobs`).
+    pub workers: usize,
 }
 
 impl RunSummary {
@@ -227,6 +229,7 @@ impl RunSummary {
             },
             "peak_rss_mib": synapse_compress_state::tool::memory::peak_rss_mib(),
             "interrupted": self.interrupted.is_some(),
+            "workers": self.workers,
         });
         DiskSpace::add_json(self.disk.as_ref(), &mut json);
         json
@@ -235,14 +238,16 @@ impl RunSummary {
     /// Logs the figures in words: what each number counts.
     pub(crate) fn log(&self) {
         let head = format!(
-            "saved {} rows, {} chunks done ({} skipped as not worth writing), {} rooms finished, {} rooms busy, {} rooms damaged, in {:.1}s",
+            "saved {} rows, {} chunks done ({} skipped as not worth writing), {} rooms finished, {} rooms busy, {} rooms damaged, in {:.1}s by {} worker{}",
             self.rows_saved,
             self.chunks,
             self.chunks_skipped,
             self.rooms_finished,
             self.rooms_busy,
             self.rooms_damaged,
-            self.elapsed.as_secs_f64()
+            self.elapsed.as_secs_f64(),
+            self.workers,
+            if self.workers == 1 { "" } else { "s" }
         );
         match self.interrupted {
             None => info!("Finished: {head}"),
@@ -290,6 +295,21 @@ pub(crate) struct RunFigures {
 }
 
 impl RunFigures {
+    /// Figures for one chunk of a worker (`--jobs`): the chain lengths
+    /// recorded by the room's earlier chunks, given back with
+    /// [`RunFigures::into_chains`] when it is done.
+    pub(crate) fn with_chains(chains_before: HashMap<i64, u32>) -> RunFigures {
+        RunFigures {
+            rooms: BTreeSet::new(),
+            chains_before,
+        }
+    }
+
+    /// The chain lengths recorded so far.
+    pub(crate) fn into_chains(self) -> HashMap<i64, u32> {
+        self.chains_before
+    }
+
     /// Notes that the run touches `room` (for the rows counted at the end).
     pub(crate) fn touch(&mut self, room: &str, summary: &mut RunSummary) {
         if !self.rooms.contains(room) {

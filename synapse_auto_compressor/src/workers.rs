@@ -1,0 +1,231 @@
+//! `--jobs N`: N workers compress different rooms at the same time, each
+//! on its own connection.
+//!
+//! Each worker does what the one-worker chunk loop does, a chunk at a time:
+//! pick the room of the lowest group not yet compressed, take the room's
+//! lock, compress the room's next chunk and write it with its progress.
+//! What they share sits behind one mutex, held only while picking and
+//! while counting a finished chunk:
+//! - the rooms in flight: another worker leaves them out of its pick, and
+//!   the saved scan position never passes their next group (as for rooms
+//!   left to a later run), so a run killed at any instant resumes with
+//!   nothing skipped;
+//! - the chunk count (`-n` counts chunks for the whole run), the figures,
+//!   and the first error (the others stop at their next pick).
+//!
+//! A room is in one worker's hands at a time and its chunks keep their
+//! order, so a run to completion leaves the same edges, rows and progress
+//! as one worker does. There is no loading ahead; memory grows with
+//! N × chunk. The database server does the heavy part of the work (reads,
+//! deletes, index updates): more workers help only while its cores and
+//! disks have room.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use log::{info, warn};
+use postgres::Client;
+use synapse_compress_state::db::{self, Prepared, RoomLock};
+use synapse_compress_state::error::printable;
+use synapse_compress_state::tool::{interrupt, progress};
+use synapse_compress_state::{Error, Result};
+
+use crate::manager::{compress_chunk, Ahead, AutoConfig};
+use crate::state_saving::{self, LeftRooms};
+use crate::summary::{RunFigures, RunSummary};
+
+/// What the workers share.
+struct Shared {
+    /// Rooms left to a later run (busy elsewhere, or damaged).
+    left: LeftRooms,
+    /// Rooms a worker is compressing, with the group that made each next.
+    in_flight: BTreeMap<String, i64>,
+    /// Chunks claimed so far (returned when a room turns out busy or
+    /// damaged, as those are not counted).
+    claimed: i64,
+    summary: RunSummary,
+    figures: RunFigures,
+    /// Chain lengths recorded by each room's earlier chunks.
+    chains: HashMap<String, HashMap<i64, u32>>,
+    /// No more picks: the work is done, a signal came, or a worker failed.
+    stop: bool,
+    error: Option<Error>,
+}
+
+/// A room a worker picked.
+struct Picked {
+    room: String,
+    next_group: i64,
+    chains: HashMap<i64, u32>,
+}
+
+/// Runs the chunks of this run with `config.jobs` workers; `client` (the
+/// run's own connection) counts the rooms' rows at the end.
+pub fn run(client: &mut Client, config: &AutoConfig, summary: &mut RunSummary) -> Result<()> {
+    let mut connections = Vec::new();
+    for _ in 0..config.jobs.get() {
+        match db::connect_as(&config.db_url, "synapse_auto_compressor") {
+            Ok(c) => connections.push(c),
+            Err(e) if !connections.is_empty() => {
+                warn!(
+                    "Compressing with {} workers, not {} (no more connections: {e})",
+                    connections.len(),
+                    config.jobs.get()
+                );
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let workers = connections.len();
+    info!("Compressing with {workers} workers, one room each at a time");
+    let shared = Mutex::new(Shared {
+        left: LeftRooms::default(),
+        in_flight: BTreeMap::new(),
+        claimed: 0,
+        summary: std::mem::take(summary),
+        figures: RunFigures::default(),
+        chains: HashMap::new(),
+        stop: false,
+        error: None,
+    });
+    let bar = progress::chunks(config.number_of_chunks.get() as u64);
+    std::thread::scope(|scope| {
+        for connection in connections {
+            let (shared, bar) = (&shared, &bar);
+            scope.spawn(move || worker(connection, config, shared, bar));
+        }
+    });
+    bar.finish_and_clear();
+    let shared = shared.into_inner().unwrap_or_else(|e| e.into_inner());
+    *summary = shared.summary;
+    summary.workers = workers;
+    if let Some(e) = shared.error {
+        return Err(e);
+    }
+    shared.figures.count_rooms_after(client, summary)
+}
+
+/// One worker: chunks until there is nothing left it may take.
+fn worker(mut client: Client, config: &AutoConfig, shared: &Mutex<Shared>, bar: &progress::Bar) {
+    let mut prepared = Prepared::new();
+    let no_rooms = LeftRooms::default();
+    loop {
+        let picked = match pick(&mut client, &mut prepared, config, shared) {
+            Ok(Some(picked)) => picked,
+            Ok(None) => return,
+            Err(e) => return fail(shared, e),
+        };
+        let room = picked.room.clone();
+        bar.set_message(format!("room {}", printable(&room)));
+        // Another process (the other tool, a manual run) may hold the room.
+        let lock = match RoomLock::try_acquire(&mut client, &room) {
+            Ok(lock) => lock,
+            Err(Error::RoomBusy { holder, .. }) => {
+                warn!("Room {room} is being compressed by {holder}; leaving it for a later run");
+                let mut s = lock_shared(shared);
+                s.in_flight.remove(&room);
+                s.claimed -= 1;
+                s.summary.rooms_busy += 1;
+                s.left.leave(room, picked.next_group);
+                continue;
+            }
+            Err(e) => return fail(shared, e),
+        };
+        let mut figures = RunFigures::with_chains(picked.chains);
+        let mut own = RunSummary::default();
+        let outcome = compress_chunk(
+            &mut client,
+            &mut prepared,
+            &room,
+            config,
+            &mut own,
+            &mut figures,
+            Ahead::none(&no_rooms),
+        )
+        .and_then(|outcome| lock.release(&mut client).map(|()| outcome));
+        let mut s = lock_shared(shared);
+        s.in_flight.remove(&room);
+        s.summary.levels_reset += own.levels_reset;
+        s.summary.timings.load += own.timings.load;
+        s.summary.timings.compress += own.timings.compress;
+        s.summary.timings.verify += own.timings.verify;
+        s.summary.timings.write += own.timings.write;
+        s.chains.insert(room.clone(), figures.into_chains());
+        match outcome {
+            Ok(outcome) if outcome.damaged => {
+                s.claimed -= 1;
+                s.summary.rooms_damaged += 1;
+                s.left.leave(room, picked.next_group);
+            }
+            Ok(outcome) => {
+                s.summary.add(&outcome);
+                bar.set_position(s.summary.chunks as u64);
+            }
+            Err(e) => {
+                drop(s);
+                return fail(shared, e);
+            }
+        }
+    }
+}
+
+/// Picks the next room for a worker, or `None` when it should stop: the
+/// run's count is reached, a signal came, another worker failed, or no
+/// room is left that no other worker has.
+fn pick(
+    client: &mut Client,
+    prepared: &mut Prepared,
+    config: &AutoConfig,
+    shared: &Mutex<Shared>,
+) -> Result<Option<Picked>> {
+    let mut s = lock_shared(shared);
+    if s.stop || s.claimed >= config.number_of_chunks.get() {
+        return Ok(None);
+    }
+    // The safe point: this worker's chunks before have committed with
+    // their progress, and the next one has not started.
+    if let Some(signal) = interrupt::requested() {
+        s.summary.interrupted = Some(signal);
+        s.stop = true;
+        return Ok(None);
+    }
+    let skip = s.left.with(&s.in_flight);
+    let Some(next) = state_saving::next_room_to_compress(client, prepared, &skip)? else {
+        // Rooms in flight may have more chunks, for their own workers.
+        if s.in_flight.is_empty() {
+            s.stop = true;
+            if s.left.rooms().is_empty() {
+                info!("Every state group has been compressed; nothing left to do");
+            }
+        }
+        return Ok(None);
+    };
+    let room = next.room_id;
+    s.in_flight.insert(room.clone(), next.group);
+    s.claimed += 1;
+    let Shared {
+        figures, summary, ..
+    } = &mut *s;
+    figures.touch(&room, summary);
+    let chains = s.chains.remove(&room).unwrap_or_default();
+    Ok(Some(Picked {
+        room,
+        next_group: next.group,
+        chains,
+    }))
+}
+
+/// Records a worker's error (the first one wins) and stops the others at
+/// their next pick.
+fn fail(shared: &Mutex<Shared>, error: Error) {
+    let mut s = lock_shared(shared);
+    s.stop = true;
+    s.error.get_or_insert(error);
+}
+
+/// The shared state, even if a worker panicked while holding it (its
+/// figures are still the run's).
+fn lock_shared(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -117,7 +117,6 @@ fn worker(mut client: Client, config: &AutoConfig, shared: &Mutex<Shared>, bar: 
             Err(e) => return fail(shared, e),
         };
         let room = picked.room.clone();
-        bar.set_message(format!("room {}", printable(&room)));
         // Another process (the other tool, a manual run) may hold the room.
         let lock = match RoomLock::try_acquire(&mut client, &room) {
             Ok(lock) => lock,
@@ -161,6 +160,11 @@ fn worker(mut client: Client, config: &AutoConfig, shared: &Mutex<Shared>, bar: 
             Ok(outcome) => {
                 s.summary.add(&outcome);
                 bar.set_position(s.summary.chunks as u64);
+                bar.set_message(format!(
+                    "saved {} rows; room {}",
+                    progress::count(s.summary.rows_saved.max(0) as u64),
+                    printable(&room)
+                ));
             }
             Err(e) => {
                 drop(s);

@@ -24,7 +24,8 @@
 # the data set twice (its source and one copy): about 12 GB for 20m.
 #
 # Environment: BENCH_SHARED_BUFFERS (default 512MB), BENCH_ARGS (extra
-# arguments for the bench binary, e.g. "--runs manual" or "--samples 0"),
+# arguments for the bench binary, e.g. "--runs manual", "--samples 0", or
+# "--jobs 1,2,4" for one automatic run per worker count),
 # PG_BIN (PostgreSQL's binaries), CARGO_TARGET_DIR.
 set -euo pipefail
 

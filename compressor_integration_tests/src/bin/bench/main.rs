@@ -46,7 +46,7 @@ use compressor_integration_tests::pg::db_url;
 use launcher::{Launcher, LAUNCHER_ARG};
 use postgres::{Client, NoTls};
 use report::thousands;
-use run::{do_run, RunSettings, Tool};
+use run::{do_run, Job, RunSettings, Tool};
 use source::{prepare_source, Source};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -73,6 +73,10 @@ struct Args {
     /// (default: the directory of this program, i.e. target/release)
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Worker counts for the automatic tool (--jobs), comma-separated: one
+    /// `auto` run each
+    #[arg(long, default_value = "1", value_delimiter = ',')]
+    jobs: Vec<u32>,
     /// Chunk size for the automatic tool (-c)
     #[arg(long, default_value_t = 500)]
     chunk_size: u64,
@@ -175,9 +179,19 @@ fn run(args: Args) -> Res<()> {
         let source = prepare_source(&settings.base, short, cfg, args.reuse, args.samples)?;
         let _ = writeln!(header, "{}", describe(&source));
         for &tool in &args.runs {
-            let result = do_run(&settings, &mut launcher, &source, tool)?;
-            eprintln!("{}", report::table(std::slice::from_ref(&result)));
-            results.push(result);
+            let jobs = match tool {
+                Tool::Manual => vec![1],
+                Tool::Auto => args.jobs.clone(),
+            };
+            for jobs in jobs {
+                let job = Job {
+                    tool,
+                    jobs: jobs.max(1),
+                };
+                let result = do_run(&settings, &mut launcher, &source, job)?;
+                eprintln!("{}", report::table(std::slice::from_ref(&result)));
+                results.push(result);
+            }
         }
     }
 
@@ -190,7 +204,7 @@ fn run(args: Args) -> Res<()> {
     println!();
     for r in &results {
         for note in &r.notes {
-            println!("{} {}: {note}", r.preset, r.tool);
+            println!("{} {}: {note}", r.preset, r.job);
         }
     }
     println!("{}", report::LEGEND);

@@ -115,7 +115,7 @@ pub fn table(results: &[RunResult]) -> String {
         let floor = r.read_floor + r.delete_floor + r.insert_floor;
         rows.push(vec![
             r.preset.clone(),
-            r.tool.to_string(),
+            r.job.to_string(),
             thousands(r.rows_before),
             thousands(r.rows_after),
             format!(

@@ -45,6 +45,22 @@ impl fmt::Display for Tool {
     }
 }
 
+/// A run of the table: a tool, and for the automatic one its `--jobs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Job {
+    pub tool: Tool,
+    pub jobs: u32,
+}
+
+impl fmt::Display for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.jobs {
+            1 => write!(f, "{}", self.tool),
+            n => write!(f, "{} -j{n}", self.tool),
+        }
+    }
+}
+
 /// What every run shares.
 pub struct RunSettings {
     /// The server's base URL (no database).
@@ -62,7 +78,7 @@ pub struct RunSettings {
 /// One row of the table.
 pub struct RunResult {
     pub preset: String,
-    pub tool: Tool,
+    pub job: Job,
     pub rows_before: i64,
     pub rows_after: i64,
     pub wall: f64,
@@ -75,14 +91,15 @@ pub struct RunResult {
     pub notes: Vec<String>,
 }
 
-/// Runs `tool` on a fresh clone of `source` and measures it.
+/// Runs `job` on a fresh clone of `source` and measures it.
 pub fn do_run(
     settings: &RunSettings,
     launcher: &mut Launcher,
     source: &Source,
-    tool: Tool,
+    job: Job,
 ) -> Res<RunResult> {
-    let label = format!("{}/{tool}", source.preset);
+    let tool = job.tool;
+    let label = format!("{}/{job}", source.preset);
     say(&format!("{label}: cloning {SRC_DB}"));
     clone_source(&settings.base, RUN_DB)?;
     let url = db_url(&settings.base, RUN_DB);
@@ -90,7 +107,12 @@ pub fn do_run(
     pg("CHECKPOINT", c.batch_execute("CHECKPOINT"))?;
 
     let where_clause = covered_rows(tool, source);
-    let invocation = invocation(tool, &url, source, settings.chunk_size, &mut c)?;
+    let mut invocation = invocation(tool, &url, source, settings.chunk_size, &mut c)?;
+    if job.jobs > 1 {
+        invocation
+            .args
+            .extend(["--jobs".to_string(), job.jobs.to_string()]);
+    }
     let rows_before = count_rows(&mut c, &where_clause)?;
     record_before(&mut c)?;
     pg("CHECKPOINT", c.batch_execute("CHECKPOINT"))?;
@@ -104,7 +126,8 @@ pub fn do_run(
         2,
     )?;
 
-    let (child, command_note) = run_tool(settings, launcher, &source.preset, &invocation)?;
+    let name = format!("{}-{job}", source.preset).replace(' ', "");
+    let (child, command_note) = run_tool(settings, launcher, &name, &invocation)?;
     let all_output = format!("{}\n{}", child.stdout, child.stderr);
     let phases = parse_phases(&all_output);
     let mut notes = vec![command_note];
@@ -126,7 +149,7 @@ pub fn do_run(
     drop_db(&settings.base, FLOOR_DB)?;
     Ok(RunResult {
         preset: source.preset.clone(),
-        tool,
+        job,
         rows_before,
         rows_after,
         wall: child.wall,
@@ -213,14 +236,14 @@ fn invocation(
     })
 }
 
-/// Runs the tool through the launcher, its output logged as
-/// `<preset>-<tool>`; an error unless it exits with 0. Returns what it did
+/// Runs the tool through the launcher, its output logged as `name`
+/// (`<preset>-<run>`); an error unless it exits with 0. Returns what it did
 /// and a note: its command line (the URL hidden) and the load average
 /// around it.
 fn run_tool(
     settings: &RunSettings,
     launcher: &mut Launcher,
-    preset: &str,
+    name: &str,
     invocation: &Invocation,
 ) -> Res<(ChildRun, String)> {
     let Invocation { tool, args, url } = invocation;
@@ -234,12 +257,12 @@ fn run_tool(
             program_path.display()
         ));
     }
-    say(&format!("{preset}/{tool}: running {program}"));
+    say(&format!("{name}: running {program}"));
     let load_before = load_average();
     let child = run_measured(
         launcher,
         settings.log_dir.as_deref(),
-        &format!("{preset}-{tool}"),
+        name,
         &program_path,
         args,
     )?;

@@ -357,10 +357,23 @@ fn manual_tool_stopped_at_random_moments() {
         let rerun = run(COMPRESSOR, &args(room, false), None);
         assert_eq!(rerun.code, Some(0), "{context}\n{}", rerun.describe());
         let now = assert_intact(&db, &original, &context);
-        assert!(
-            room_part(&now, room) == room_part(&reference, room),
-            "{context}: a stopped run and a rerun gave another tree than one run"
-        );
+        if rerun.stdout.contains("This compression would not remove any rows") {
+            // What was left of the plan would add rows on its own (its
+            // groups become snapshots): the rerun leaves it, and the room
+            // ends with no more rows than one run leaves.
+            assert!(
+                structure::row_count(&room_part(&now, room))
+                    <= structure::row_count(&room_part(&reference, room)),
+                "{context}: the rerun declined, yet the room has more rows than after one run"
+            );
+        } else {
+            assert!(
+                room_part(&now, room) == room_part(&reference, room),
+                "{context}: a stopped run and a rerun gave another tree than one run\n{}\n{}",
+                ending.describe(),
+                rerun.describe()
+            );
+        }
         let other = &rooms[1 - which];
         assert!(room_part(&now, other) == room_part(&generated_tree, other));
     }
@@ -482,7 +495,9 @@ fn auto_tool_stopped_at_random_moments() {
         let now = assert_intact(&db, &original, &context);
         assert!(
             now == reference,
-            "{context}: a stopped run and a rerun gave another tree than one run"
+            "{context}: a stopped run and a rerun gave another tree than one run\n{}\n{}",
+            ending.describe(),
+            rerun.describe()
         );
     }
     eprintln!("automatic tool: {stopped} of 6 runs stopped");

@@ -357,7 +357,10 @@ fn manual_tool_stopped_at_random_moments() {
         let rerun = run(COMPRESSOR, &args(room, false), None);
         assert_eq!(rerun.code, Some(0), "{context}\n{}", rerun.describe());
         let now = assert_intact(&db, &original, &context);
-        if rerun.stdout.contains("This compression would not remove any rows") {
+        if rerun
+            .stdout
+            .contains("This compression would not remove any rows")
+        {
             // What was left of the plan would add rows on its own (its
             // groups become snapshots): the rerun leaves it, and the room
             // ends with no more rows than one run leaves.

@@ -24,6 +24,7 @@ KEYS = {
     "levels_reset", "rooms_busy", "rooms_damaged", "seconds", "peak_rss_mib", "rows_deleted",
     "table_rows_before", "table_rows_after", "rooms_touched", "longest_chain_before",
     "longest_chain_after", "table_bytes", "estimated_free_bytes", "vacuum_seconds", "interrupted",
+    "workers",
 }
 SECONDS = {"load", "compress", "verify", "write", "total"}
 CHUNK = 100

@@ -26,15 +26,7 @@ pub const TABLE: &str = "state_groups_state";
 /// (a damaged database) are not counted. This is an exact count, unlike
 /// `pg_class.reltuples`, which is an estimate as of the last ANALYZE.
 pub fn room_rows(client: &mut impl GenericClient, room: &str) -> Result<u64> {
-    let n: i64 = client
-        .query_one(
-            "SELECT count(*) FROM state_groups_state \
-             WHERE state_group IN (SELECT id FROM state_groups WHERE room_id = $1)",
-            &[&room],
-        )
-        .map_err(|e| Error::db("counting the room's rows", e))?
-        .get(0);
-    Ok(n as u64)
+    rooms_rows(client, &[room])
 }
 
 /// The rows of `rooms` in `state_groups_state`, counted in one query (the

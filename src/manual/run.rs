@@ -120,9 +120,8 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     timings.compress = started.elapsed();
     let mut summary = Summary::new(room, &loaded, &compressed, timings);
     let original = &loaded.original;
-    summary.longest_chain_before = longest_chains(original, None, &Default::default()).0;
-    summary.longest_chain_after =
-        longest_chains(original, Some(&compressed.changes), &Default::default()).1;
+    (summary.longest_chain_before, summary.longest_chain_after, _) =
+        longest_chains(original, Some(&compressed.changes), &Default::default());
     if ends_before_writing(config, &mut held, &mut summary, table_rows_before)? {
         return Ok(summary);
     }

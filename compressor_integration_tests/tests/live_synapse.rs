@@ -71,7 +71,13 @@ fn run_tool(db: &TestDb, tool: Tool, rooms: &[String], turn: usize) -> ToolRun {
             // then exits 75. Reported; tolerated here, a bounded number of
             // times.
             for _ in 0..50 {
-                let run = tools::run_bin(AUTO, &["-p", db.url(), "-c", chunk, "-n", chunks]);
+                // Debug lines say when a chunk continues from its room's
+                // carried groups (counted in `carried_chunks`).
+                let run = tools::run_bin_with_env(
+                    AUTO,
+                    &["-p", db.url(), "-c", chunk, "-n", chunks],
+                    &[("RUST_LOG", "synapse_auto_compressor=debug")],
+                );
                 if run.status.code() == Some(75) {
                     eprintln!(
                         "exit 75 right after the previous run: {}",
@@ -107,8 +113,16 @@ struct Outcome {
     stats: ImitatorStats,
     runs: usize,
     skipped_by_tool: usize,
+    /// Chunks the automatic tool loaded with their room's carried groups
+    /// (the new structure its chunk before left, kept in memory).
+    carried_chunks: usize,
     groups_checked: usize,
     orphans: usize,
+}
+
+/// Chunks of `run` that continued from carried groups.
+fn carried_chunks(run: &ToolRun) -> usize {
+    run.stderr.matches("continues from the carried").count()
 }
 
 /// Runs `tool` beside the imitator (`de_delta`: whether it deletes groups
@@ -131,9 +145,11 @@ fn beside_synapse(seed: u64, tool: Tool, de_delta: bool) -> Outcome {
     let synapse = thread::spawn(move || imitator.run(MAX_OPS, stopped));
     let mut runs = 0;
     let mut skipped_by_tool = 0;
+    let mut carried = 0;
     while runs < RUNS_BESIDE && !synapse.is_finished() {
         let run = run_tool(&db, tool, &rooms, runs);
         skipped_by_tool += live_skips(&run);
+        carried += carried_chunks(&run);
         runs += 1;
     }
     let _ = stop.send(());
@@ -147,6 +163,7 @@ fn beside_synapse(seed: u64, tool: Tool, de_delta: bool) -> Outcome {
     for turn in 0..300 {
         let run = run_tool(&db, tool, &rooms, runs + turn);
         skipped_by_tool += live_skips(&run);
+        carried += carried_chunks(&run);
         runs += 1;
         finished = match tool {
             Tool::Auto { .. } => run.finished_all(),
@@ -190,13 +207,14 @@ fn beside_synapse(seed: u64, tool: Tool, de_delta: bool) -> Outcome {
     assert_eq!(stats.de_deltas > 0, de_delta, "seed {seed}: {stats:?}");
     eprintln!(
         "seed {seed} {tool:?}: {runs} tool runs, {skipped_by_tool} groups left alone by the tool, \
-         {} groups checked; imitator: {stats:?}",
+         {carried} chunks continued from carried groups, {} groups checked; imitator: {stats:?}",
         verification.groups_checked
     );
     Outcome {
         stats,
         runs,
         skipped_by_tool,
+        carried_chunks: carried,
         groups_checked: verification.groups_checked,
         orphans: verification.orphaned_groups.len(),
     }
@@ -207,7 +225,8 @@ fn report(name: &str, outcomes: &[Outcome]) {
     eprintln!(
         "{name}: {} seeds, {} tool runs, {} groups checked, {} appended, {} deleted, \
          {} de-deltas, {} deletions called off by a bump, {} purged groups, {} reads, \
-         {} groups left alone by the tool, {} orphaned purged groups",
+         {} groups left alone by the tool, {} chunks continued from carried groups, \
+         {} orphaned purged groups",
         outcomes.len(),
         sum(&|o| o.runs),
         sum(&|o| o.groups_checked),
@@ -218,6 +237,7 @@ fn report(name: &str, outcomes: &[Outcome]) {
         sum(&|o| o.stats.purged_groups),
         sum(&|o| o.stats.reads),
         sum(&|o| o.skipped_by_tool),
+        sum(&|o| o.carried_chunks),
         sum(&|o| o.orphans),
     );
 }
@@ -225,6 +245,10 @@ fn report(name: &str, outcomes: &[Outcome]) {
 const AUTO_SMALL_CHUNKS: Tool = Tool::Auto {
     chunk: "30",
     chunks: "2",
+};
+const AUTO_LONG_RUNS: Tool = Tool::Auto {
+    chunk: "30",
+    chunks: "12",
 };
 const MANUAL: Tool = Tool::Manual { levels: "10,10" };
 
@@ -235,11 +259,12 @@ fn beside_synapse_for(
     tool: Tool,
     de_delta: bool,
     title: &str,
-) {
+) -> Vec<Outcome> {
     let outcomes: Vec<Outcome> = seeds
         .map(|seed| beside_synapse(seed, tool, de_delta))
         .collect();
     report(title, &outcomes);
+    outcomes
 }
 
 #[test]
@@ -250,6 +275,21 @@ fn auto_tool_beside_a_live_synapse() {
         false,
         "auto tool beside Synapse (deleting leaves)",
     );
+}
+
+/// Runs of many chunks: a room's later chunks in a run continue from the
+/// groups its chunk before left (`carry`), while Synapse deletes and
+/// de-deltas groups, those carried included, between them.
+#[test]
+fn auto_tool_beside_a_live_synapse_over_long_runs() {
+    let outcomes = beside_synapse_for(
+        5..=7,
+        AUTO_LONG_RUNS,
+        true,
+        "auto tool beside Synapse (de-deltaing), 12 chunks a run",
+    );
+    let carried: usize = outcomes.iter().map(|o| o.carried_chunks).sum();
+    assert!(carried > 0, "no chunk continued from carried groups");
 }
 
 #[test]

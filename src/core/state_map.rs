@@ -52,7 +52,7 @@ pub type FullState = HashMap<KeyId, ValueId, IdBuildHasher>;
 /// string seen before. Interning runs three times per row read, so this
 /// table is the hottest code of a load: it measured about twice as fast as
 /// a `HashMap<Box<str>, u32>` with SipHash in front of a global atom set.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Symbols {
     hasher: hashbrown::DefaultHashBuilder,
     string_ids: hashbrown::HashTable<u32>,
@@ -110,6 +110,16 @@ impl Symbols {
     /// The id of an event id, interning it if new.
     pub fn value(&mut self, event_id: &str) -> ValueId {
         ValueId(self.string(event_id))
+    }
+
+    /// Gives back the tables' spare capacity (for a table kept long).
+    pub fn shrink_to_fit(&mut self) {
+        let (strings, hasher) = (&self.strings, &self.hasher);
+        self.string_ids
+            .shrink_to_fit(|&id| hasher.hash_one(&*strings[id as usize]));
+        self.strings.shrink_to_fit();
+        self.key_ids.shrink_to_fit();
+        self.keys.shrink_to_fit();
     }
 
     /// The (type, state_key) strings of a key.

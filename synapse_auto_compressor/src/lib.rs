@@ -9,17 +9,21 @@
 //! - [`summary`]: the figures of each chunk and of the run;
 //! - [`largest`]: which rooms `--largest-rooms` picks;
 //! - [`prefetch`]: loading the next chunks while the current one is written;
+//! - [`carry`]: a room's new structure kept in memory for its next chunk;
+//! - [`room_ids`]: rooms' group ids read once for many chunks;
 //! - [`survey`]: `--dry-run`, what a run would save per room, writing nothing;
 //! - [`workers`]: `--jobs N`, several rooms compressed at the same time.
 //!
 //! With the `pyo3` feature, the private `python` module is the Python module
 //! of the same name (built by maturin, see `pyproject.toml`).
 
+pub mod carry;
 pub mod cli;
 pub mod largest;
 pub mod lock;
 pub mod manager;
 pub mod prefetch;
+pub mod room_ids;
 pub mod state_saving;
 pub mod summary;
 pub mod survey;

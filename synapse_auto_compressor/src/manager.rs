@@ -41,7 +41,9 @@ use synapse_compress_state::tool::interrupt;
 use synapse_compress_state::tool::{failpoint, progress};
 use synapse_compress_state::{compress, Compressed, Error, GroupMap, Level, LevelSizes, Result};
 
+use crate::carry::{Carries, Carry};
 use crate::prefetch::{load_chunk, ChunkRequest, LoadedChunk, Prefetcher};
+use crate::room_ids::RoomIds;
 use crate::state_saving::LeftRooms;
 use crate::summary::RunFigures;
 pub use crate::summary::{ChunkOutcome, RunSummary};
@@ -142,12 +144,21 @@ fn one_worker(
             }
         }
     }
+    let room_ids = RoomIds::default();
     std::thread::scope(|scope| {
-        let mut prefetcher = (!readers.is_empty()).then(|| Prefetcher::spawn(scope, readers));
+        let mut prefetcher =
+            (!readers.is_empty()).then(|| Prefetcher::spawn(scope, readers, &room_ids));
         let mut prepared = Prepared::new();
         match rooms {
-            Some(rooms) => room_by_room(client, &mut prepared, config, summary, rooms)?,
-            None => chunk_loop(client, &mut prepared, config, summary, prefetcher.as_mut())?,
+            Some(rooms) => room_by_room(client, &mut prepared, config, summary, rooms, &room_ids)?,
+            None => chunk_loop(
+                client,
+                &mut prepared,
+                config,
+                summary,
+                prefetcher.as_mut(),
+                &room_ids,
+            )?,
         }
         if let Some(p) = &prefetcher {
             debug!(
@@ -166,10 +177,12 @@ fn chunk_loop(
     config: &AutoConfig,
     summary: &mut RunSummary,
     mut prefetcher: Option<&mut Prefetcher>,
+    room_ids: &RoomIds,
 ) -> Result<()> {
     let mut left = LeftRooms::default();
     let bar = progress::chunks(config.number_of_chunks.get() as u64);
     let mut figures = RunFigures::default();
+    let mut carries = Carries::default();
     while (summary.chunks as i64) < config.number_of_chunks.get() {
         // The safe point: every chunk before has committed with its
         // progress, and this one has not started.
@@ -207,6 +220,7 @@ fn chunk_loop(
             chunks_after: config.number_of_chunks.get() - summary.chunks as i64 - 1,
             same_room: false,
             left: &left,
+            room_ids,
         };
         figures.touch(&room, summary);
         let outcome = compress_chunk(
@@ -216,6 +230,7 @@ fn chunk_loop(
             config,
             summary,
             &mut figures,
+            &mut carries,
             ahead,
         )?;
         lock.release(client)?;
@@ -242,9 +257,11 @@ fn room_by_room(
     config: &AutoConfig,
     summary: &mut RunSummary,
     rooms: &[String],
+    room_ids: &RoomIds,
 ) -> Result<()> {
     let left = LeftRooms::default();
     let mut figures = RunFigures::default();
+    let mut carries = Carries::default();
     let bar = progress::chunks(config.number_of_chunks.get() as u64);
     'rooms: for room in rooms {
         bar.set_message(format!(
@@ -273,10 +290,18 @@ fn room_by_room(
                 }
                 Err(e) => return Err(e),
             };
-            let ahead = Ahead::none(&left);
+            let ahead = Ahead::none(&left, room_ids);
             figures.touch(room, summary);
-            let outcome =
-                compress_chunk(client, prepared, room, config, summary, &mut figures, ahead)?;
+            let outcome = compress_chunk(
+                client,
+                prepared,
+                room,
+                config,
+                summary,
+                &mut figures,
+                &mut carries,
+                ahead,
+            )?;
             lock.release(client)?;
             if outcome.damaged {
                 summary.rooms_damaged += 1;
@@ -305,16 +330,19 @@ pub(crate) struct Ahead<'p> {
     same_room: bool,
     /// Rooms this run leaves alone (never worth loading).
     left: &'p LeftRooms,
+    /// Rooms' ids read ahead (shared with the loaders).
+    room_ids: &'p RoomIds,
 }
 
 impl<'p> Ahead<'p> {
     /// No loading ahead: each chunk loads when it starts.
-    pub(crate) fn none(left: &'p LeftRooms) -> Self {
+    pub(crate) fn none(left: &'p LeftRooms, room_ids: &'p RoomIds) -> Self {
         Ahead {
             prefetcher: None,
             chunks_after: 0,
             same_room: false,
             left,
+            room_ids,
         }
     }
 }
@@ -324,7 +352,7 @@ impl Ahead<'_> {
     fn load(&mut self, client: &mut Client, request: &ChunkRequest) -> Result<LoadedChunk> {
         match self.prefetcher.as_deref_mut().and_then(|p| p.take(request)) {
             Some(chunk) => Ok(chunk),
-            None => load_chunk(client, request, &mut |_| {}),
+            None => load_chunk(client, request, self.room_ids, &mut |_| {}),
         }
     }
 
@@ -346,6 +374,7 @@ impl Ahead<'_> {
         client: &mut Client,
         prepared: &mut Prepared,
         config: &AutoConfig,
+        carries: &Carries,
         room: &str,
         last: i64,
     ) -> Result<()> {
@@ -373,10 +402,12 @@ impl Ahead<'_> {
             }
             let progress =
                 state_saving::read_room_progress(client, prepared, &next, &config.default_levels)?;
+            let heads = heads(&progress.levels);
             prefetcher.start(ChunkRequest {
+                carried: carries.get(&next, progress.last_compressed, &heads),
                 room_id: next,
                 after: progress.last_compressed,
-                heads: heads(&progress.levels),
+                heads,
                 chunk_size: config.chunk_size.get(),
             });
         }
@@ -392,6 +423,7 @@ impl Ahead<'_> {
                 after: Some(last),
                 heads: heads(levels),
                 chunk_size: config.chunk_size.get(),
+                carried: None,
             });
         }
     }
@@ -432,6 +464,9 @@ pub(crate) struct Chunk {
 
 /// Compresses the next chunk of `room`: read its progress, load, compress,
 /// decide, verify, write (with the new progress in the last transaction).
+/// The room's carry (`crate::carry`) is used if it continues the progress,
+/// and replaced by the new structure's after a clean write.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn compress_chunk(
     client: &mut Client,
     prepared: &mut Prepared,
@@ -439,6 +474,7 @@ pub(crate) fn compress_chunk(
     config: &AutoConfig,
     summary: &mut RunSummary,
     figures: &mut RunFigures,
+    carries: &mut Carries,
     mut ahead: Ahead<'_>,
 ) -> Result<ChunkOutcome> {
     let progress =
@@ -451,12 +487,17 @@ pub(crate) fn compress_chunk(
     let mut outcome = ChunkOutcome::new(room, after);
 
     let started = Instant::now();
+    let heads = heads(&progress.levels);
     let request = ChunkRequest {
+        carried: carries.take(room, after, &heads),
         room_id: room.to_owned(),
         after,
-        heads: heads(&progress.levels),
+        heads,
         chunk_size: config.chunk_size.get(),
     };
+    if let Some(carry) = &request.carried {
+        debug!("Room {room}: the chunk after {after:?} continues from the carried {carry:?}");
+    }
     let chunk = match load(client, &mut ahead, &request)? {
         Loaded::Chunk(chunk) => chunk,
         Loaded::Gone => {
@@ -476,7 +517,7 @@ pub(crate) fn compress_chunk(
     let last = chunk.last;
     (outcome.last, outcome.room_finished) = (last, !chunk.more);
     outcome.groups = chunk.report.in_range;
-    ahead.start_next(client, prepared, config, room, last)?;
+    ahead.start_next(client, prepared, config, carries, room, last)?;
 
     let started = Instant::now();
     let compressed = match compress(&chunk.original, progress.levels) {
@@ -512,6 +553,20 @@ pub(crate) fn compress_chunk(
     outcome.rows_deleted = report.rows_deleted;
     outcome.rows_inserted = report.rows_inserted;
     outcome.committed = true;
+    // What the next chunk of the room would read back, unless Synapse left
+    // some group otherwise than this chunk wrote it.
+    if chunk.more && report.skipped == 0 {
+        carries.keep(
+            room,
+            Carry::after_chunk(
+                &chunk.original,
+                &compressed.changes,
+                &chunk.symbols,
+                &compressed.levels,
+                last,
+            )?,
+        );
+    }
     (outcome.longest_chain_before, outcome.longest_chain_after) =
         figures.chains(&chunk.original, Some(&compressed));
     Ok(outcome)

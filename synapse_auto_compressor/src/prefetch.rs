@@ -22,7 +22,8 @@
 //! is one consistent snapshot; a chunk only rewrites groups of its own room,
 //! and every load under way is of another room than the chunks before it;
 //! and no chunk changes any group's state, which is all the compressor
-//! takes from predecessors. Groups that Synapse changes meanwhile are
+//! takes from predecessors. A load may take its room's carried groups
+//! (`crate::carry`): those of a chunk that has committed. Groups that Synapse changes meanwhile are
 //! caught by the write's re-check, as for any load.
 
 use std::collections::{HashMap, VecDeque};
@@ -37,6 +38,9 @@ use synapse_compress_state::core::state_map::Symbols;
 use synapse_compress_state::db::load::{self, LoadReport};
 use synapse_compress_state::{Error, GroupMap, Result};
 
+use crate::carry::CarryRef;
+use crate::room_ids::RoomIds;
+
 /// Which chunk to load.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChunkRequest {
@@ -46,6 +50,9 @@ pub struct ChunkRequest {
     /// Heads of the saved levels (loaded, never rewritten).
     pub heads: Vec<i64>,
     pub chunk_size: i64,
+    /// The heads' groups as the room's chunk before left them, if this run
+    /// wrote it: taken as loaded instead of read again.
+    pub carried: Option<CarryRef>,
 }
 
 /// A loaded chunk.
@@ -66,28 +73,34 @@ pub struct LoadedChunk {
 pub fn load_chunk(
     client: &mut Client,
     request: &ChunkRequest,
+    room_ids: &RoomIds,
     on_end: &mut dyn FnMut(i64),
 ) -> Result<LoadedChunk> {
-    let mut symbols = Symbols::new();
+    // A carry comes with the strings of its rows: the load goes on from
+    // them, so the carried groups need no translating.
+    let (mut symbols, known) = match &request.carried {
+        Some(carry) => carry.lay_out(),
+        None => (Symbols::new(), GroupMap::new()),
+    };
     let mut snapshot = load::snapshot(client)?;
     // One id more than the chunk tells whether the room goes on.
-    let mut ids = load::range_ids(
+    let mut ids = room_ids.chunk_ids(
         &mut snapshot,
         &request.room_id,
         request.after,
-        None,
-        Some(request.chunk_size.saturating_add(1)),
+        request.chunk_size,
     )?;
     let more = ids.len() as i64 > request.chunk_size;
     ids.truncate(request.chunk_size as usize);
     on_end(end_position(request, &ids));
     let groups = (!ids.is_empty()).then(|| {
-        load::load_groups(
+        load::load_groups_after(
             &mut snapshot,
             &mut symbols,
             &request.room_id,
             &ids,
             &request.heads,
+            known,
             &mut |_| {},
         )
     });
@@ -150,7 +163,11 @@ pub struct Prefetcher {
 impl Prefetcher {
     /// Starts one reader thread per client in `scope`. The threads end when
     /// the prefetcher is dropped (after finishing the loads under way).
-    pub fn spawn<'scope>(scope: &'scope Scope<'scope, '_>, clients: Vec<Client>) -> Self {
+    pub fn spawn<'scope>(
+        scope: &'scope Scope<'scope, '_>,
+        clients: Vec<Client>,
+        room_ids: &'scope RoomIds,
+    ) -> Self {
         let (requests, inbox) = channel::<(u64, ChunkRequest)>();
         let inbox = Arc::new(Mutex::new(inbox));
         let (outbox, results) = channel::<Report>();
@@ -166,7 +183,8 @@ impl Prefetcher {
                         Err(_) => break,
                     };
                     let Ok((ticket, request)) = next else { break };
-                    let (loaded, usable) = load_caught(&mut client, &request, ticket, &outbox);
+                    let (loaded, usable) =
+                        load_caught(&mut client, &request, room_ids, ticket, &outbox);
                     if outbox.send(Report::Done(ticket, Box::new(loaded))).is_err() || !usable {
                         break;
                     }
@@ -325,11 +343,12 @@ impl Prefetcher {
 fn load_caught(
     client: &mut Client,
     request: &ChunkRequest,
+    room_ids: &RoomIds,
     ticket: u64,
     outbox: &Sender<Report>,
 ) -> (Result<LoadedChunk>, bool) {
     let loaded = catch_unwind(AssertUnwindSafe(|| {
-        load_chunk(client, request, &mut |end| {
+        load_chunk(client, request, room_ids, &mut |end| {
             let _ = outbox.send(Report::End(ticket, end));
         })
     }));

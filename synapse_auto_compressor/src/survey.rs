@@ -10,14 +10,16 @@
 //! (`manager::take_loaded`, `manager::would_grow`), so the
 //! decisions are the run's.
 //!
-//! One thing differs from a real run: a later chunk of a room loads its
-//! level heads and their predecessors along the edges as they are, where
-//! the run would find the edges the earlier chunk wrote. The states are the
-//! same, but the compressor, when a head cannot be a group's base, walks up
-//! the *new* edges from it. So the survey carries, per room, the groups of
-//! the new structure that the levels' heads reach (`Carried`: those a real
-//! run would load for the next chunk) and lays them over the next chunk's
-//! load. `tests/survey.rs` checks the figures against real runs.
+//! One thing differs from a real run: a later chunk of a room would find
+//! its level heads and their predecessors along the edges as they are,
+//! where the run would find the edges the earlier chunk wrote. The states
+//! are the same, but the compressor, when a head cannot be a group's base,
+//! walks up the *new* edges from it. So the survey carries, per room, the
+//! groups of the new structure that the levels' heads reach (a
+//! [`crate::carry::Carry`], as a real run keeps them for the next chunk)
+//! and loads the next chunk with them. Unlike a run, it keeps every room's
+//! carry, whatever their size: without it, its figures would be wrong.
+//! `tests/survey.rs` checks the figures against real runs.
 //!
 //! It writes nothing: the session is read-only (`default_transaction_read_only`),
 //! it needs only SELECT, creates no table and takes no lock at all (no run
@@ -30,21 +32,22 @@
 //! verify time plus the write time estimated from the rows a run would
 //! delete and insert, at [`WRITE_ROWS_PER_SECOND`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use postgres::Client;
-use synapse_compress_state::core::group::{changed_groups, StateGroupEntry};
-use synapse_compress_state::core::state_map::{StateMap, Symbols};
+use synapse_compress_state::core::group::changed_groups;
 use synapse_compress_state::core::verify::verify;
 use synapse_compress_state::db::{self, schema, Prepared};
 use synapse_compress_state::tool::interrupt::{self, Signal};
 use synapse_compress_state::{compress, Error, GroupMap, Level, Result};
 
+use crate::carry::{Carry, CarryRef};
 use crate::manager::{heads, take_loaded, would_grow, AutoConfig, Loaded};
 use crate::prefetch::{load_chunk, ChunkRequest};
+use crate::room_ids::RoomIds;
 use crate::state_saving::{self, LeftRooms};
 
 /// Rows deleted or inserted per second by a real run's writes, measured on
@@ -261,88 +264,7 @@ struct Position {
     last: i64,
     levels: Vec<Level>,
     /// The new structure the next chunk's compression may walk.
-    carried: Carried,
-}
-
-/// Groups of a room's new structure, as the run would have written them:
-/// the levels' heads and every group up their new edges. Kept as strings
-/// because each chunk is loaded with its own symbol table. Only these are
-/// kept (a few hundred groups a room at most: the levels bound the new
-/// chains, Synapse's 100 hops the old ones), not the whole room.
-#[derive(Clone, Debug, Default)]
-struct Carried(Vec<CarriedGroup>);
-
-#[derive(Clone, Debug)]
-struct CarriedGroup {
-    id: i64,
-    prev: Option<i64>,
-    rows: Vec<(String, String, String)>,
-    missing_group_row: bool,
-}
-
-impl Carried {
-    /// The groups reachable from `levels`' heads in `original` with
-    /// `changes` laid over it (the structure after the chunk).
-    fn after_chunk(
-        original: &GroupMap,
-        changes: &GroupMap,
-        symbols: &Symbols,
-        levels: &[Level],
-    ) -> Result<Carried> {
-        let mut seen = BTreeSet::new();
-        let mut todo: Vec<i64> = heads(levels);
-        let mut groups = Vec::new();
-        while let Some(id) = todo.pop() {
-            if !seen.insert(id) {
-                continue;
-            }
-            let entry = changes
-                .get(&id)
-                .or_else(|| original.get(&id))
-                .ok_or_else(|| {
-                    Error::Internal(format!("the survey lost group {id} of the new structure"))
-                })?;
-            todo.extend(entry.prev);
-            groups.push(CarriedGroup {
-                id,
-                prev: entry.prev,
-                rows: entry
-                    .delta
-                    .iter()
-                    .map(|(key, value)| {
-                        let (ty, state_key) = symbols.key_str(key);
-                        (
-                            ty.to_owned(),
-                            state_key.to_owned(),
-                            symbols.value_str(value).to_owned(),
-                        )
-                    })
-                    .collect(),
-                missing_group_row: entry.missing_group_row,
-            });
-        }
-        Ok(Carried(groups))
-    }
-
-    /// Lays the carried groups over a chunk's load, as loaded predecessors.
-    fn lay_over(&self, original: &mut GroupMap, symbols: &mut Symbols) {
-        for group in &self.0 {
-            let rows = group
-                .rows
-                .iter()
-                .map(|(ty, state_key, value)| (symbols.key(ty, state_key), symbols.value(value)))
-                .collect();
-            original.insert(
-                group.id,
-                StateGroupEntry {
-                    in_range: false,
-                    prev: group.prev,
-                    delta: StateMap::from_unsorted(rows).0,
-                    missing_group_row: group.missing_group_row,
-                },
-            );
-        }
-    }
+    carried: Option<CarryRef>,
 }
 
 /// Surveys what a real run with `config` would do, writing nothing.
@@ -369,6 +291,7 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
     let mut survey = Survey::default();
     let mut rooms: HashMap<String, RoomSurvey> = HashMap::new();
     let mut positions: HashMap<String, Position> = HashMap::new();
+    let room_ids = RoomIds::default();
     let mut left = LeftRooms::default();
     while (survey.chunks as i64) < config.number_of_chunks.get() {
         if let Some(signal) = interrupt::requested() {
@@ -398,31 +321,20 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
                 if let Some(reason) = &progress.reset_reason {
                     warn!("Room {room}: {reason}");
                 }
-                (
-                    progress.last_compressed,
-                    progress.levels,
-                    Carried::default(),
-                )
+                (progress.last_compressed, progress.levels, None)
             }
-            None => (
-                None,
-                config.default_levels.empty_levels(),
-                Carried::default(),
-            ),
+            None => (None, config.default_levels.empty_levels(), None),
         };
         let figures = rooms.entry(room.clone()).or_insert_with(|| RoomSurvey {
             room_id: room.clone(),
             ..RoomSurvey::default()
         });
-        match survey_chunk(
-            &mut client,
-            config,
-            &room,
+        let start = Start {
             after,
             levels,
-            &carried,
-            &mut survey,
-        )? {
+            carried,
+        };
+        match survey_chunk(&mut client, config, &room, start, &room_ids, &mut survey)? {
             Surveyed::Gone => {
                 // The run saves fresh levels at the old position.
                 figures.finished = true;
@@ -432,7 +344,7 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
                         Position {
                             last,
                             levels: config.default_levels.empty_levels(),
-                            carried: Carried::default(),
+                            carried: None,
                         },
                     );
                 }
@@ -499,33 +411,47 @@ struct ChunkFigures {
     next: Position,
 }
 
-/// Loads, compresses and verifies `room`'s chunk after `after` as a run
-/// would, with `levels` and the new structure `carried` from the room's
-/// chunk before, adding the time each phase took to `times`.
+/// Where a room's next chunk starts: after `after`, with `levels` and the
+/// new structure `carried` from the room's chunk before.
+struct Start {
+    after: Option<i64>,
+    levels: Vec<Level>,
+    carried: Option<CarryRef>,
+}
+
+/// Loads, compresses and verifies `room`'s chunk from `start` as a run
+/// would, adding the time each phase took to `times`.
 fn survey_chunk(
     client: &mut Client,
     config: &AutoConfig,
     room: &str,
-    after: Option<i64>,
-    levels: Vec<Level>,
-    carried: &Carried,
+    start: Start,
+    room_ids: &RoomIds,
     times: &mut Survey,
 ) -> Result<Surveyed> {
+    let Start {
+        after,
+        levels,
+        carried,
+    } = start;
     let request = ChunkRequest {
         room_id: room.to_owned(),
         after,
         heads: heads(&levels),
         chunk_size: config.chunk_size.get(),
+        carried,
     };
     let loading = Instant::now();
-    let loaded = take_loaded(load_chunk(client, &request, &mut |_| {})?, &request)?;
+    let loaded = take_loaded(
+        load_chunk(client, &request, room_ids, &mut |_| {})?,
+        &request,
+    )?;
     times.load += loading.elapsed();
-    let mut chunk = match loaded {
+    let chunk = match loaded {
         Loaded::Chunk(chunk) => chunk,
         Loaded::Gone => return Ok(Surveyed::Gone),
         Loaded::Damaged { why, .. } => return Ok(Surveyed::Damaged(why)),
     };
-    carried.lay_over(&mut chunk.original, &mut chunk.symbols);
     let compressing = Instant::now();
     let compressed = match compress(&chunk.original, levels) {
         Ok(compressed) => compressed,
@@ -545,7 +471,7 @@ fn survey_chunk(
         next: Position {
             last: chunk.last,
             levels: config.default_levels.empty_levels(),
-            carried: Carried::default(),
+            carried: None,
         },
     };
     if would_grow(&chunk.original, &compressed) {
@@ -570,12 +496,13 @@ fn survey_chunk(
         .iter()
         .map(|id| chunk.original[id].delta.len() + compressed.changes[id].delta.len())
         .sum();
-    figures.next.carried = Carried::after_chunk(
+    figures.next.carried = Some(CarryRef::new(Carry::after_chunk(
         &chunk.original,
         &compressed.changes,
         &chunk.symbols,
         &compressed.levels,
-    )?;
+        chunk.last,
+    )?));
     figures.next.levels = compressed.levels;
     Ok(Surveyed::Done(figures))
 }
@@ -603,15 +530,12 @@ pub fn trial_chunk(
 ) -> Result<Option<Trial>> {
     let mut times = Survey::default();
     let fresh = levels.iter().all(|l| l.head().is_none());
-    let surveyed = survey_chunk(
-        client,
-        config,
-        room,
+    let start = Start {
         after,
         levels,
-        &Carried::default(),
-        &mut times,
-    )?;
+        carried: None,
+    };
+    let surveyed = survey_chunk(client, config, room, start, &RoomIds::default(), &mut times)?;
     Ok(match surveyed {
         Surveyed::Done(done) => Some(Trial {
             groups: done.groups,

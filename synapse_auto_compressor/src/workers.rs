@@ -16,7 +16,7 @@
 //! A room is in one worker's hands at a time and its chunks keep their
 //! order, so a run to completion leaves the same edges, rows and progress
 //! as one worker does. There is no loading ahead; memory grows with
-//! N × chunk. The database server does the heavy part of the work (reads,
+//! N × chunk (and the rooms' carries, within one budget for the run). The database server does the heavy part of the work (reads,
 //! deletes, index updates): more workers help only while its cores and
 //! disks have room.
 
@@ -30,7 +30,9 @@ use synapse_compress_state::error::printable;
 use synapse_compress_state::tool::{interrupt, progress};
 use synapse_compress_state::{Error, Result};
 
+use crate::carry::Carries;
 use crate::manager::{compress_chunk, Ahead, AutoConfig};
+use crate::room_ids::RoomIds;
 use crate::state_saving::{self, LeftRooms};
 use crate::summary::{RunFigures, RunSummary};
 
@@ -47,6 +49,8 @@ struct Shared {
     figures: RunFigures,
     /// Chain lengths recorded by each room's earlier chunks.
     chains: HashMap<String, HashMap<i64, u32>>,
+    /// Rooms' new structures, for their next chunks (`crate::carry`).
+    carries: Carries,
     /// No more picks: the work is done, a signal came, or a worker failed.
     stop: bool,
     error: Option<Error>,
@@ -57,6 +61,7 @@ struct Picked {
     room: String,
     next_group: i64,
     chains: HashMap<i64, u32>,
+    carries: Carries,
 }
 
 /// Runs the chunks of this run with `config.jobs` workers; `client` (the
@@ -86,14 +91,16 @@ pub fn run(client: &mut Client, config: &AutoConfig, summary: &mut RunSummary) -
         summary: std::mem::take(summary),
         figures: RunFigures::default(),
         chains: HashMap::new(),
+        carries: Carries::default(),
         stop: false,
         error: None,
     });
     let bar = progress::chunks(config.number_of_chunks.get() as u64);
+    let room_ids = RoomIds::default();
     std::thread::scope(|scope| {
         for connection in connections {
-            let (shared, bar) = (&shared, &bar);
-            scope.spawn(move || worker(connection, config, shared, bar));
+            let (shared, bar, room_ids) = (&shared, &bar, &room_ids);
+            scope.spawn(move || worker(connection, config, shared, bar, room_ids));
         }
     });
     bar.finish_and_clear();
@@ -107,7 +114,13 @@ pub fn run(client: &mut Client, config: &AutoConfig, summary: &mut RunSummary) -
 }
 
 /// One worker: chunks until there is nothing left it may take.
-fn worker(mut client: Client, config: &AutoConfig, shared: &Mutex<Shared>, bar: &progress::Bar) {
+fn worker(
+    mut client: Client,
+    config: &AutoConfig,
+    shared: &Mutex<Shared>,
+    bar: &progress::Bar,
+    room_ids: &RoomIds,
+) {
     let mut prepared = Prepared::new();
     let no_rooms = LeftRooms::default();
     loop {
@@ -132,6 +145,7 @@ fn worker(mut client: Client, config: &AutoConfig, shared: &Mutex<Shared>, bar: 
             Err(e) => return fail(shared, e),
         };
         let mut figures = RunFigures::with_chains(picked.chains);
+        let mut carries = picked.carries;
         let mut own = RunSummary::default();
         let outcome = compress_chunk(
             &mut client,
@@ -140,7 +154,8 @@ fn worker(mut client: Client, config: &AutoConfig, shared: &Mutex<Shared>, bar: 
             config,
             &mut own,
             &mut figures,
-            Ahead::none(&no_rooms),
+            &mut carries,
+            Ahead::none(&no_rooms, room_ids),
         )
         .and_then(|outcome| lock.release(&mut client).map(|()| outcome));
         let mut s = lock_shared(shared);
@@ -151,6 +166,7 @@ fn worker(mut client: Client, config: &AutoConfig, shared: &Mutex<Shared>, bar: 
         s.summary.timings.verify += own.timings.verify;
         s.summary.timings.write += own.timings.write;
         s.chains.insert(room.clone(), figures.into_chains());
+        s.carries.merge(carries);
         match outcome {
             Ok(outcome) if outcome.damaged => {
                 s.claimed -= 1;
@@ -213,10 +229,12 @@ fn pick(
     } = &mut *s;
     figures.touch(&room, summary);
     let chains = s.chains.remove(&room).unwrap_or_default();
+    let carries = s.carries.split_off(&room);
     Ok(Some(Picked {
         room,
         next_group: next.group,
         chains,
+        carries,
     }))
 }
 

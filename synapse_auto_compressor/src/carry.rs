@@ -1,0 +1,409 @@
+//! Carrying a room's new structure from one of its chunks to the next.
+//!
+//! A chunk continues from its room's saved levels: their heads, and every
+//! group up the heads' edges, are loaded with it, never rewritten, so the
+//! compressor can build on their states (and, when a head cannot be a
+//! group's base, walk up its edges). After a chunk is written, those groups
+//! are in memory already, exactly as the write left them: the heads' new
+//! chains are a few hundred groups, but reading them again for every chunk
+//! of a room was a fifth of all the rows the automatic tool read.
+//!
+//! So a run keeps, per room, a [`Carry`]: the groups the new levels' heads
+//! reach, as the chunk just written left them. The room's next chunk is
+//! loaded with them as known groups (`db::load::load_groups_after`), which
+//! loads only what they do not cover. A carry is used only when the room's
+//! progress, read under its lock, is still the one the carry was made with
+//! (another compressor may have worked on the room in between), and only
+//! after a write that Synapse did not interfere with (a group left as
+//! Synapse rewrote it would differ from the carried one).
+//!
+//! Why the groups can be taken from memory at all: no writer ever changes
+//! the state of a group, so the carried states stay right; a carried group
+//! Synapse deletes meanwhile is caught by the write, which locks every new
+//! base and leaves a group alone when its base is gone, as it does for a
+//! group deleted between any load and write.
+//!
+//! The survey (`--dry-run`) carries the same groups, where they stand in
+//! for the edges a real run would have written.
+//!
+//! Memory: the carries of a run hold at most [`CARRY_ROWS`] rows in all;
+//! the oldest are dropped first (their rooms' next chunks read the groups
+//! from the database, as before).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use synapse_compress_state::core::group::StateGroupEntry;
+use synapse_compress_state::core::state_map::{StateMap, Symbols};
+use synapse_compress_state::{Error, GroupMap, Level, Result};
+
+use crate::manager::heads;
+
+/// Most rows the carries of one run keep in memory, whatever the database:
+/// about 15 MiB measured at the limit (strings included). On the benchmark's
+/// 3-million-row database this much spares over 90% of the re-reading.
+pub const CARRY_ROWS: usize = 100_000;
+
+/// Groups of a room's new structure: the levels' heads and every group up
+/// their new edges, with the strings of their rows (each chunk is loaded
+/// with its own symbol table).
+#[derive(Debug)]
+pub struct Carry {
+    /// The room position and level heads the chunk saved: the carry
+    /// continues exactly that progress.
+    last: i64,
+    heads: Vec<i64>,
+    symbols: Symbols,
+    groups: Vec<(i64, StateGroupEntry)>,
+    rows: usize,
+}
+
+impl Carry {
+    /// The groups reachable from `levels`' heads in `original` with
+    /// `changes` laid over it (the structure a chunk ending at `last`
+    /// leaves).
+    pub fn after_chunk(
+        original: &GroupMap,
+        changes: &GroupMap,
+        symbols: &Symbols,
+        levels: &[Level],
+        last: i64,
+    ) -> Result<Carry> {
+        let mut own = Symbols::new();
+        let mut seen = BTreeSet::new();
+        let mut todo = heads(levels);
+        let mut groups = Vec::new();
+        let mut rows = 0;
+        while let Some(id) = todo.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            let entry = changes
+                .get(&id)
+                .or_else(|| original.get(&id))
+                .ok_or_else(|| {
+                    Error::Internal(format!("group {id} of the new structure was not loaded"))
+                })?;
+            todo.extend(entry.prev);
+            rows += entry.delta.len();
+            groups.push((
+                id,
+                StateGroupEntry {
+                    in_range: false,
+                    prev: entry.prev,
+                    delta: translate(&entry.delta, symbols, &mut own),
+                    missing_group_row: entry.missing_group_row,
+                },
+            ));
+        }
+        own.shrink_to_fit();
+        Ok(Carry {
+            last,
+            heads: heads(levels),
+            symbols: own,
+            groups,
+            rows,
+        })
+    }
+
+    /// Whether this carry continues a room whose saved progress is
+    /// position `last` with level heads `heads`.
+    pub fn continues(&self, last: Option<i64>, heads: &[i64]) -> bool {
+        last == Some(self.last) && heads == self.heads
+    }
+
+    /// The start of the next chunk's load: a symbol table holding the
+    /// carried rows' strings (the load adds its own), and the carried
+    /// groups in its ids, as loaded groups out of range. A copy, not a
+    /// translation: the carry is kept in the ids of its own table.
+    pub fn lay_out(&self) -> (Symbols, GroupMap) {
+        (self.symbols.clone(), self.groups.iter().cloned().collect())
+    }
+
+    /// Rows carried.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+/// `delta` (in `from`'s ids) in `to`'s ids.
+fn translate(delta: &StateMap, from: &Symbols, to: &mut Symbols) -> StateMap {
+    let entries = delta
+        .iter()
+        .map(|(key, value)| {
+            let (ty, state_key) = from.key_str(key);
+            (to.key(ty, state_key), to.value(from.value_str(value)))
+        })
+        .collect();
+    StateMap::from_unsorted(entries).0
+}
+
+/// A carry as a load request holds it. Two requests are the same only with
+/// the very same carry (a load made ahead is used only on an exact match).
+#[derive(Clone)]
+pub struct CarryRef(Arc<Carry>);
+
+impl CarryRef {
+    pub fn new(carry: Carry) -> Self {
+        Self(Arc::new(carry))
+    }
+}
+
+impl std::ops::Deref for CarryRef {
+    type Target = Carry;
+    fn deref(&self) -> &Carry {
+        &self.0
+    }
+}
+
+impl PartialEq for CarryRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for CarryRef {}
+
+impl std::fmt::Debug for CarryRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Carry({} groups, {} rows, after {})",
+            self.groups.len(),
+            self.rows,
+            self.last
+        )
+    }
+}
+
+/// The carries of a run, by room, within [`CARRY_ROWS`] rows.
+#[derive(Debug)]
+pub struct Carries {
+    rooms: HashMap<String, (u64, CarryRef)>,
+    /// Rooms by when their carry was kept, oldest first.
+    order: BTreeMap<u64, String>,
+    next: u64,
+    rows: usize,
+    budget: usize,
+}
+
+impl Default for Carries {
+    fn default() -> Self {
+        Self::with_budget(CARRY_ROWS)
+    }
+}
+
+impl Carries {
+    /// Carries within `budget` rows.
+    pub fn with_budget(budget: usize) -> Self {
+        Self {
+            rooms: HashMap::new(),
+            order: BTreeMap::new(),
+            next: 0,
+            rows: 0,
+            budget,
+        }
+    }
+
+    /// The carry of `room`, if it continues the progress `last`/`heads`.
+    pub fn get(&self, room: &str, last: Option<i64>, heads: &[i64]) -> Option<CarryRef> {
+        self.rooms
+            .get(room)
+            .filter(|(_, carry)| carry.continues(last, heads))
+            .map(|(_, carry)| carry.clone())
+    }
+
+    /// Takes `room`'s carry out (whether or not it still continues the
+    /// room's progress: a chunk of the room is about to change it),
+    /// returning it if it continues `last`/`heads`.
+    pub fn take(&mut self, room: &str, last: Option<i64>, heads: &[i64]) -> Option<CarryRef> {
+        let (serial, carry) = self.rooms.remove(room)?;
+        self.order.remove(&serial);
+        self.rows -= carry.rows;
+        carry.continues(last, heads).then_some(carry)
+    }
+
+    /// Keeps `carry` for `room`'s next chunk, dropping the oldest carries
+    /// beyond the budget (a carry larger than the whole budget is not kept).
+    pub fn keep(&mut self, room: &str, carry: Carry) {
+        self.keep_ref(room, CarryRef::new(carry));
+    }
+
+    fn keep_ref(&mut self, room: &str, carry: CarryRef) {
+        self.take(room, None, &[]);
+        if carry.rows > self.budget {
+            return;
+        }
+        while self.rows + carry.rows > self.budget {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some((_, dropped)) = self.rooms.remove(&oldest) {
+                self.rows -= dropped.rows;
+            }
+        }
+        let serial = self.next;
+        self.next += 1;
+        self.rows += carry.rows;
+        self.order.insert(serial, room.to_owned());
+        self.rooms.insert(room.to_owned(), (serial, carry));
+    }
+
+    /// Moves `room`'s carry, if any, into carries of its own (for a worker
+    /// compressing the room), within the same budget.
+    pub fn split_off(&mut self, room: &str) -> Carries {
+        let mut own = Carries::with_budget(self.budget);
+        if let Some((serial, carry)) = self.rooms.remove(room) {
+            self.order.remove(&serial);
+            self.rows -= carry.rows;
+            own.keep_ref(room, carry);
+        }
+        own
+    }
+
+    /// Moves `other`'s carries into this one (a worker's, back into the
+    /// run's), within this one's budget.
+    pub fn merge(&mut self, other: Carries) {
+        let mut carries: Vec<_> = other.rooms.into_iter().collect();
+        carries.sort_by_key(|(_, (serial, _))| *serial);
+        for (room, (_, carry)) in carries {
+            self.keep_ref(&room, carry);
+        }
+    }
+
+    /// Rows carried now.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A test group: id, predecessor, rows (type, state_key, event_id).
+    type Group<'a> = (i64, Option<i64>, &'a [(&'a str, &'a str, &'a str)]);
+
+    fn map(entries: &[Group<'_>], symbols: &mut Symbols) -> GroupMap {
+        entries
+            .iter()
+            .map(|&(id, prev, rows)| {
+                let delta = rows
+                    .iter()
+                    .map(|(t, k, v)| (symbols.key(t, k), symbols.value(v)))
+                    .collect();
+                (
+                    id,
+                    StateGroupEntry {
+                        in_range: true,
+                        prev,
+                        delta: StateMap::from_unsorted(delta).0,
+                        missing_group_row: false,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn levels_with_head(head: i64) -> Vec<Level> {
+        vec![Level::restore(3, 1, Some(head))]
+    }
+
+    /// A carry of `rows` rows (one group) continuing position `last`.
+    fn carry(last: i64, rows: usize) -> Carry {
+        let mut symbols = Symbols::new();
+        let names: Vec<String> = (0..rows).map(|i| format!("k{i}")).collect();
+        let entries: Vec<(&str, &str, &str)> =
+            names.iter().map(|k| ("m.t", k.as_str(), "$e")).collect();
+        let original = map(&[(last, None, &entries)], &mut symbols);
+        Carry::after_chunk(
+            &original,
+            &GroupMap::new(),
+            &symbols,
+            &levels_with_head(last),
+            last,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn carries_the_heads_chain_of_the_new_structure_in_new_symbols() {
+        let mut symbols = Symbols::new();
+        let original = map(
+            &[
+                (1, None, &[("m.a", "", "$1"), ("m.b", "", "$2")]),
+                (2, Some(1), &[("m.a", "", "$3")]),
+                (3, Some(2), &[("m.b", "", "$4")]),
+                (4, Some(3), &[("m.c", "", "$5")]),
+            ],
+            &mut symbols,
+        );
+        // The chunk rewrote 3 onto 1; 4 is the head.
+        let changes = map(
+            &[(3, Some(1), &[("m.a", "", "$3"), ("m.b", "", "$4")])],
+            &mut symbols,
+        );
+        let carry =
+            Carry::after_chunk(&original, &changes, &symbols, &levels_with_head(4), 4).unwrap();
+        assert_eq!(carry.rows(), 5);
+        assert!(carry.continues(Some(4), &[4]));
+        assert!(!carry.continues(Some(5), &[4]));
+        assert!(!carry.continues(Some(4), &[3]));
+
+        let (other, laid) = carry.lay_out();
+        assert_eq!(laid.keys().copied().collect::<Vec<_>>(), vec![1, 3, 4]);
+        assert_eq!(laid[&3].prev, Some(1));
+        assert!(laid.values().all(|e| !e.in_range));
+        let rows: BTreeSet<_> = laid[&3]
+            .delta
+            .iter()
+            .map(|(k, v)| (other.key_str(k), other.value_str(v).to_owned()))
+            .collect();
+        assert_eq!(
+            rows,
+            BTreeSet::from([
+                (("m.a", ""), "$3".to_owned()),
+                (("m.b", ""), "$4".to_owned())
+            ])
+        );
+    }
+
+    #[test]
+    fn a_carry_is_used_only_for_the_progress_it_continues_and_only_once() {
+        let mut carries = Carries::with_budget(100);
+        carries.keep("!a", carry(10, 5));
+        assert!(carries.get("!a", Some(10), &[10]).is_some());
+        assert!(carries.get("!a", Some(11), &[10]).is_none());
+        assert!(carries.take("!a", Some(9), &[10]).is_none());
+        // Taken out even when it no longer fits: the room has moved on.
+        assert!(carries.get("!a", Some(10), &[10]).is_none());
+        assert_eq!(carries.rows(), 0);
+        carries.keep("!a", carry(10, 5));
+        assert!(carries.take("!a", Some(10), &[10]).is_some());
+        assert!(carries.take("!a", Some(10), &[10]).is_none());
+    }
+
+    #[test]
+    fn the_oldest_carries_go_first_beyond_the_budget() {
+        let mut carries = Carries::with_budget(100);
+        carries.keep("!a", carry(1, 40));
+        carries.keep("!b", carry(2, 40));
+        carries.keep("!a", carry(3, 30));
+        assert_eq!(carries.rows(), 70);
+        carries.keep("!c", carry(4, 50));
+        // !b was kept before !a's newer carry: it goes.
+        assert!(carries.get("!b", Some(2), &[2]).is_none());
+        assert!(carries.get("!a", Some(3), &[3]).is_some());
+        assert!(carries.get("!c", Some(4), &[4]).is_some());
+        assert_eq!(carries.rows(), 80);
+        carries.keep("!d", carry(5, 101));
+        assert!(carries.get("!d", Some(5), &[5]).is_none());
+        assert_eq!(carries.rows(), 80);
+
+        let mut run = Carries::with_budget(60);
+        run.merge(carries);
+        assert!(run.get("!c", Some(4), &[4]).is_some());
+        assert!(run.get("!a", Some(3), &[3]).is_none());
+        assert_eq!(run.rows(), 50);
+    }
+}

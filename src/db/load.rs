@@ -83,24 +83,6 @@ pub fn range_ids(
         .collect()
 }
 
-/// Those of `ids` that are groups of `room_id`, ascending (one index
-/// lookup each): checks ids found earlier against the current snapshot.
-pub fn existing_ids(
-    client: &mut impl GenericClient,
-    room_id: &str,
-    ids: &[i64],
-) -> Result<Vec<i64>> {
-    let rows = client
-        .query_typed(
-            "SELECT id FROM state_groups WHERE id = ANY($1) AND room_id = $2 ORDER BY id",
-            &[(&ids, Type::INT8_ARRAY), (&room_id, Type::TEXT)],
-        )
-        .map_err(|e| Error::db("finding the state groups to compress", e))?;
-    rows.iter()
-        .map(|r| column(r, 0, "state_groups", "id"))
-        .collect()
-}
-
 /// True when the room has at least one state group.
 pub fn room_has_groups(client: &mut impl GenericClient, room_id: &str) -> Result<bool> {
     client

@@ -27,8 +27,8 @@
 //! for the edges a real run would have written.
 //!
 //! Memory: the carries of a run hold at most [`CARRY_ROWS`] rows in all;
-//! the oldest are dropped first (their rooms' next chunks read the groups
-//! from the database, as before).
+//! beyond that, those of the rooms needed last are dropped (their rooms'
+//! next chunks read the groups from the database, as before).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -176,12 +176,16 @@ impl std::fmt::Debug for CarryRef {
     }
 }
 
+/// Where a carry stands among the others: the group its chunk ended at,
+/// then a serial number. The run scans by group id, so the room whose chunk
+/// ended at the highest group is, roughly, the one needed last.
+type Place = (i64, u64);
+
 /// The carries of a run, by room, within [`CARRY_ROWS`] rows.
 #[derive(Debug)]
 pub struct Carries {
-    rooms: HashMap<String, (u64, CarryRef)>,
-    /// Rooms by when their carry was kept, oldest first.
-    order: BTreeMap<u64, String>,
+    rooms: HashMap<String, (Place, CarryRef)>,
+    order: BTreeMap<Place, String>,
     next: u64,
     rows: usize,
     budget: usize,
@@ -217,14 +221,14 @@ impl Carries {
     /// room's progress: a chunk of the room is about to change it),
     /// returning it if it continues `last`/`heads`.
     pub fn take(&mut self, room: &str, last: Option<i64>, heads: &[i64]) -> Option<CarryRef> {
-        let (serial, carry) = self.rooms.remove(room)?;
-        self.order.remove(&serial);
+        let (place, carry) = self.rooms.remove(room)?;
+        self.order.remove(&place);
         self.rows -= carry.rows;
         carry.continues(last, heads).then_some(carry)
     }
 
-    /// Keeps `carry` for `room`'s next chunk, dropping the oldest carries
-    /// beyond the budget (a carry larger than the whole budget is not kept).
+    /// Keeps `carry` for `room`'s next chunk, dropping the carries needed
+    /// last beyond the budget (this one too, if it is).
     pub fn keep(&mut self, room: &str, carry: Carry) {
         self.keep_ref(room, CarryRef::new(carry));
     }
@@ -234,27 +238,27 @@ impl Carries {
         if carry.rows > self.budget {
             return;
         }
-        while self.rows + carry.rows > self.budget {
-            let Some((_, oldest)) = self.order.pop_first() else {
+        let place = (carry.last, self.next);
+        self.next += 1;
+        self.rows += carry.rows;
+        self.order.insert(place, room.to_owned());
+        self.rooms.insert(room.to_owned(), (place, carry));
+        while self.rows > self.budget {
+            let Some((_, last)) = self.order.pop_last() else {
                 break;
             };
-            if let Some((_, dropped)) = self.rooms.remove(&oldest) {
+            if let Some((_, dropped)) = self.rooms.remove(&last) {
                 self.rows -= dropped.rows;
             }
         }
-        let serial = self.next;
-        self.next += 1;
-        self.rows += carry.rows;
-        self.order.insert(serial, room.to_owned());
-        self.rooms.insert(room.to_owned(), (serial, carry));
     }
 
     /// Moves `room`'s carry, if any, into carries of its own (for a worker
     /// compressing the room), within the same budget.
     pub fn split_off(&mut self, room: &str) -> Carries {
         let mut own = Carries::with_budget(self.budget);
-        if let Some((serial, carry)) = self.rooms.remove(room) {
-            self.order.remove(&serial);
+        if let Some((place, carry)) = self.rooms.remove(room) {
+            self.order.remove(&place);
             self.rows -= carry.rows;
             own.keep_ref(room, carry);
         }
@@ -265,7 +269,7 @@ impl Carries {
     /// run's), within this one's budget.
     pub fn merge(&mut self, other: Carries) {
         let mut carries: Vec<_> = other.rooms.into_iter().collect();
-        carries.sort_by_key(|(_, (serial, _))| *serial);
+        carries.sort_by_key(|(_, (place, _))| *place);
         for (room, (_, carry)) in carries {
             self.keep_ref(&room, carry);
         }
@@ -384,26 +388,29 @@ mod tests {
     }
 
     #[test]
-    fn the_oldest_carries_go_first_beyond_the_budget() {
+    fn the_carries_needed_last_go_first_beyond_the_budget() {
         let mut carries = Carries::with_budget(100);
-        carries.keep("!a", carry(1, 40));
-        carries.keep("!b", carry(2, 40));
-        carries.keep("!a", carry(3, 30));
+        carries.keep("!a", carry(10, 40));
+        carries.keep("!b", carry(20, 40));
+        carries.keep("!a", carry(30, 30));
         assert_eq!(carries.rows(), 70);
-        carries.keep("!c", carry(4, 50));
-        // !b was kept before !a's newer carry: it goes.
-        assert!(carries.get("!b", Some(2), &[2]).is_none());
-        assert!(carries.get("!a", Some(3), &[3]).is_some());
-        assert!(carries.get("!c", Some(4), &[4]).is_some());
-        assert_eq!(carries.rows(), 80);
-        carries.keep("!d", carry(5, 101));
-        assert!(carries.get("!d", Some(5), &[5]).is_none());
-        assert_eq!(carries.rows(), 80);
+        carries.keep("!c", carry(5, 50));
+        // !a's chunk ended at the highest group: it goes.
+        assert!(carries.get("!a", Some(30), &[30]).is_none());
+        assert!(carries.get("!b", Some(20), &[20]).is_some());
+        assert!(carries.get("!c", Some(5), &[5]).is_some());
+        assert_eq!(carries.rows(), 90);
+        // Needed last itself: not kept.
+        carries.keep("!d", carry(40, 20));
+        assert!(carries.get("!d", Some(40), &[40]).is_none());
+        carries.keep("!e", carry(1, 101));
+        assert!(carries.get("!e", Some(1), &[1]).is_none());
+        assert_eq!(carries.rows(), 90);
 
         let mut run = Carries::with_budget(60);
         run.merge(carries);
-        assert!(run.get("!c", Some(4), &[4]).is_some());
-        assert!(run.get("!a", Some(3), &[3]).is_none());
+        assert!(run.get("!c", Some(5), &[5]).is_some());
+        assert!(run.get("!b", Some(20), &[20]).is_none());
         assert_eq!(run.rows(), 50);
     }
 }

@@ -84,26 +84,40 @@ pub fn load_chunk(
     };
     let mut snapshot = load::snapshot(client)?;
     // One id more than the chunk tells whether the room goes on.
-    let mut ids = room_ids.chunk_ids(
+    let (mut ids, read_ahead) = room_ids.chunk_ids(
         &mut snapshot,
         &request.room_id,
         request.after,
         request.chunk_size,
     )?;
-    let more = ids.len() as i64 > request.chunk_size;
+    let mut more = ids.len() as i64 > request.chunk_size;
     ids.truncate(request.chunk_size as usize);
     on_end(end_position(request, &ids));
-    let groups = (!ids.is_empty()).then(|| {
-        load::load_groups_after(
+    let load = |snapshot: &mut postgres::Transaction<'_>, symbols: &mut Symbols, ids: &[i64]| {
+        (!ids.is_empty()).then(|| {
+            load::load_groups_after(
+                snapshot,
+                symbols,
+                &request.room_id,
+                ids,
+                &request.heads,
+                known.clone(),
+                &mut |_| {},
+            )
+        })
+    };
+    let mut groups = load(&mut snapshot, &mut symbols, &ids);
+    if read_ahead && has_vanished_group(&groups) {
+        ids = room_ids.read_again(
             &mut snapshot,
-            &mut symbols,
             &request.room_id,
-            &ids,
-            &request.heads,
-            known,
-            &mut |_| {},
-        )
-    });
+            request.after,
+            request.chunk_size,
+        )?;
+        more = ids.len() as i64 > request.chunk_size;
+        ids.truncate(request.chunk_size as usize);
+        groups = load(&mut snapshot, &mut symbols, &ids);
+    }
     if !matches!(groups, Some(Err(_))) {
         snapshot
             .commit()
@@ -115,6 +129,18 @@ pub fn load_chunk(
         symbols,
         groups,
     })
+}
+
+/// Whether a loaded chunk holds a group with neither rows nor an edge: one
+/// Synapse deleted after its id was read ahead (or, rarely, a group of
+/// empty state, which reading the ids again keeps).
+fn has_vanished_group(groups: &Option<Result<(GroupMap, LoadReport)>>) -> bool {
+    let Some(Ok((groups, _))) = groups else {
+        return false;
+    };
+    groups
+        .values()
+        .any(|g| g.in_range && g.prev.is_none() && g.delta.is_empty())
 }
 
 /// The room position a chunk leaves behind: its last group, or (no groups

@@ -12,6 +12,7 @@ Environment (scripts/python-test.sh sets both):
 import itertools
 import logging
 import os
+import signal
 import subprocess
 import tempfile
 import unittest
@@ -26,6 +27,31 @@ ROOMS = 3
 GROUPS_PER_ROOM = 300
 GENERATOR_ARGS = ["--preset", "small", "--rooms", str(ROOMS), "--groups", str(GROUPS_PER_ROOM),
                   "--max-hops", "10", "--seed", "7"]
+
+# Python's own SIGINT handler, or SIG_IGN when this process started with
+# SIGINT ignored (as a background job of a non-interactive shell does): the
+# modules under test must leave it as it was.
+SIGINT_AT_START = signal.getsignal(signal.SIGINT)
+
+
+def caught_signals():
+    """This process's mask of signals with a handler (Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("SigCgt:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def assert_signals_left_to_python(test):
+    """The modules leave Ctrl-C and SIGTERM to Python: SIGINT's handler is
+    the one the process started with, and caught by the kernel's account
+    only if that is Python's; SIGTERM has no handler (Python catches none)."""
+    test.assertIs(signal.getsignal(signal.SIGINT), SIGINT_AT_START)
+    sigint_caught = bool(caught_signals() & (1 << (signal.SIGINT - 1)))
+    test.assertEqual(sigint_caught, SIGINT_AT_START is signal.default_int_handler)
+    test.assertFalse(caught_signals() & (1 << (signal.SIGTERM - 1)))
+
 
 _names = itertools.count()
 

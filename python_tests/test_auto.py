@@ -2,20 +2,11 @@
 generated database of several rooms: the figures match the database, runs
 continue where the last one stopped, and no group's state changes."""
 
-import signal
 
 import synapse_auto_compressor
 
-from support import GROUPS_PER_ROOM, ROOMS, DatabaseTest, changed_groups, literal, psql
-
-
-def caught_signals():
-    """This process's mask of signals with a handler (Linux)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("SigCgt:"):
-                return int(line.split()[1], 16)
-    return 0
+from support import (GROUPS_PER_ROOM, ROOMS, DatabaseTest, assert_signals_left_to_python,
+                     changed_groups, literal, psql)
 
 
 KEYS = {
@@ -47,11 +38,7 @@ class AutoTest(DatabaseTest):
         self.assertEqual(result["rooms_damaged"], 0)
         self.assertFalse(result["interrupted"])
         self.assertStatesUnchanged()
-        # The module leaves Ctrl-C and SIGTERM to Python: Python's own
-        # SIGINT handler, and no handler at all for SIGTERM (the kernel's
-        # mask of caught signals; Python does not catch SIGTERM).
-        self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)
-        self.assertFalse(caught_signals() & (1 << (signal.SIGTERM - 1)))
+        assert_signals_left_to_python(self)
 
     def test_whole_database(self):
         rows_before, stored_before = self.db.rows(), self.db.stored()

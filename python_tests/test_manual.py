@@ -4,13 +4,12 @@ changes."""
 
 import json
 import os
-import signal
 import subprocess
 import tempfile
 
 import synapse_compress_state
 
-from support import DatabaseTest, binary, changed_groups, literal, psql
+from support import DatabaseTest, assert_signals_left_to_python, binary, changed_groups, literal, psql
 
 KEYS = {
     "room_id", "groups", "groups_in_range", "last_group", "rows_before", "rows_after",
@@ -37,8 +36,7 @@ class ManualTest(DatabaseTest):
         self.assertEqual(set(result["seconds"]), SECONDS)
         self.assertEqual(result["outcome"], "done")
         self.assertFalse(result["interrupted"])
-        # The module leaves Ctrl-C to Python: no handler of its own.
-        self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)
+        assert_signals_left_to_python(self)
         self.assertTrue(result["verified"])
         self.assertEqual(result["room_id"], room)
         self.assertEqual(result["groups"], self.db.groups(room))

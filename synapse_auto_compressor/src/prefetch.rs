@@ -23,8 +23,9 @@
 //! and every load under way is of another room than the chunks before it;
 //! and no chunk changes any group's state, which is all the compressor
 //! takes from predecessors. A load may take its room's carried groups
-//! (`crate::carry`): those of a chunk that has committed. Groups that Synapse changes meanwhile are
-//! caught by the write's re-check, as for any load.
+//! (`crate::carry`): those of a chunk that has committed. Groups that
+//! Synapse changes meanwhile are caught by the write's re-check, as for any
+//! load.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -5,7 +5,7 @@
 //! the primary key from the position, filtering out other rooms' groups
 //! (a long walk for a room with few groups among many), or every group of
 //! the room through the `room_id` index, a table page each, then sorts.
-//! Done for every chunk, that was a third of the server's time on the
+//! Done for every chunk, that was over a quarter of the server's time on the
 //! benchmark's 20-million-row database.
 //!
 //! So a room's ids are read once for many chunks: up to [`IDS_PER_READ`]
@@ -13,14 +13,17 @@
 //! chunks) within [`CACHED_IDS`] ids in all. Beyond that, the rooms whose
 //! next chunk starts at the highest group go first: the run scans by group
 //! id, so those are needed last.
-//! A chunk taken from here is checked inside its load's snapshot: a group
-//! Synapse deleted has neither rows nor an edge there, and a chunk with
-//! such a group is read afresh (checking each id by primary key cost as
-//! much as reading them). The spare id that says the room goes on is not
-//! checked: if it is gone, the room's next chunk finds nothing and the
-//! room's position is saved as it is, as for a room purged meanwhile. Only whole chunks come from here: the room's last chunk is
-//! always read afresh, so groups Synapse added since are found, as before.
-//! (A group committed later than groups with higher ids, which Synapse's
+//!
+//! Only whole chunks come from here: the room's last chunk is always read
+//! afresh, so groups Synapse added since are found, as before. A chunk
+//! taken from here is checked by its load (`prefetch::load_chunk`), inside
+//! the load's snapshot: a group Synapse deleted has neither rows nor an
+//! edge there, and a chunk with such a group is read afresh
+//! ([`RoomIds::read_again`]; checking each id by primary key instead cost
+//! as much as reading them). The spare id that says the room goes on is
+//! not checked: if it is gone, the room's next chunk finds nothing, and the
+//! room's position is saved as it is, as for a room purged meanwhile. (A
+//! group committed later than groups with higher ids, which Synapse's
 //! sequence allows, is not seen by a chunk already past it either way.)
 
 use std::collections::{BTreeMap, HashMap};

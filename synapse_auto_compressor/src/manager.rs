@@ -221,6 +221,7 @@ fn chunk_loop(
             same_room: false,
             left: &left,
             room_ids,
+            carries: &mut carries,
         };
         figures.touch(&room, summary);
         let outcome = compress_chunk(
@@ -230,7 +231,6 @@ fn chunk_loop(
             config,
             summary,
             &mut figures,
-            &mut carries,
             ahead,
         )?;
         lock.release(client)?;
@@ -290,18 +290,10 @@ fn room_by_room(
                 }
                 Err(e) => return Err(e),
             };
-            let ahead = Ahead::none(&left, room_ids);
+            let ahead = Ahead::none(&left, room_ids, &mut carries);
             figures.touch(room, summary);
-            let outcome = compress_chunk(
-                client,
-                prepared,
-                room,
-                config,
-                summary,
-                &mut figures,
-                &mut carries,
-                ahead,
-            )?;
+            let outcome =
+                compress_chunk(client, prepared, room, config, summary, &mut figures, ahead)?;
             lock.release(client)?;
             if outcome.damaged {
                 summary.rooms_damaged += 1;
@@ -321,7 +313,8 @@ fn room_by_room(
 /// Reader connections loading ahead (besides the main one).
 const READERS: usize = 2;
 
-/// The background loaders, as one chunk sees them.
+/// What a chunk's load draws on, as one chunk sees it: the background
+/// loaders, the rooms' ids read ahead and their carried structures.
 pub(crate) struct Ahead<'p> {
     prefetcher: Option<&'p mut Prefetcher>,
     /// How many chunks this run does after this one.
@@ -332,17 +325,24 @@ pub(crate) struct Ahead<'p> {
     left: &'p LeftRooms,
     /// Rooms' ids read ahead (shared with the loaders).
     room_ids: &'p RoomIds,
+    /// Rooms' new structures kept for their next chunks.
+    carries: &'p mut Carries,
 }
 
 impl<'p> Ahead<'p> {
     /// No loading ahead: each chunk loads when it starts.
-    pub(crate) fn none(left: &'p LeftRooms, room_ids: &'p RoomIds) -> Self {
+    pub(crate) fn none(
+        left: &'p LeftRooms,
+        room_ids: &'p RoomIds,
+        carries: &'p mut Carries,
+    ) -> Self {
         Ahead {
             prefetcher: None,
             chunks_after: 0,
             same_room: false,
             left,
             room_ids,
+            carries,
         }
     }
 }
@@ -374,7 +374,6 @@ impl Ahead<'_> {
         client: &mut Client,
         prepared: &mut Prepared,
         config: &AutoConfig,
-        carries: &Carries,
         room: &str,
         last: i64,
     ) -> Result<()> {
@@ -404,7 +403,7 @@ impl Ahead<'_> {
                 state_saving::read_room_progress(client, prepared, &next, &config.default_levels)?;
             let heads = heads(&progress.levels);
             prefetcher.start(ChunkRequest {
-                carried: carries.get(&next, progress.last_compressed, &heads),
+                carried: self.carries.get(&next, progress.last_compressed, &heads),
                 room_id: next,
                 after: progress.last_compressed,
                 heads,
@@ -464,9 +463,8 @@ pub(crate) struct Chunk {
 
 /// Compresses the next chunk of `room`: read its progress, load, compress,
 /// decide, verify, write (with the new progress in the last transaction).
-/// The room's carry (`crate::carry`) is used if it continues the progress,
-/// and replaced by the new structure's after a clean write.
-#[allow(clippy::too_many_arguments)]
+/// The room's carry (`crate::carry`, in `ahead`) is used if it continues
+/// the progress, and replaced by the new structure's after a clean write.
 pub(crate) fn compress_chunk(
     client: &mut Client,
     prepared: &mut Prepared,
@@ -474,7 +472,6 @@ pub(crate) fn compress_chunk(
     config: &AutoConfig,
     summary: &mut RunSummary,
     figures: &mut RunFigures,
-    carries: &mut Carries,
     mut ahead: Ahead<'_>,
 ) -> Result<ChunkOutcome> {
     let progress =
@@ -489,7 +486,7 @@ pub(crate) fn compress_chunk(
     let started = Instant::now();
     let heads = heads(&progress.levels);
     let request = ChunkRequest {
-        carried: carries.take(room, after, &heads),
+        carried: ahead.carries.take(room, after, &heads),
         room_id: room.to_owned(),
         after,
         heads,
@@ -517,7 +514,7 @@ pub(crate) fn compress_chunk(
     let last = chunk.last;
     (outcome.last, outcome.room_finished) = (last, !chunk.more);
     outcome.groups = chunk.report.in_range;
-    ahead.start_next(client, prepared, config, carries, room, last)?;
+    ahead.start_next(client, prepared, config, room, last)?;
 
     let started = Instant::now();
     let compressed = match compress(&chunk.original, progress.levels) {
@@ -556,7 +553,7 @@ pub(crate) fn compress_chunk(
     // What the next chunk of the room would read back, unless Synapse left
     // some group otherwise than this chunk wrote it.
     if chunk.more && report.skipped == 0 {
-        carries.keep(
+        ahead.carries.keep(
             room,
             Carry::after_chunk(
                 &chunk.original,

@@ -16,9 +16,9 @@
 //! A room is in one worker's hands at a time and its chunks keep their
 //! order, so a run to completion leaves the same edges, rows and progress
 //! as one worker does. There is no loading ahead; memory grows with
-//! N × chunk (and the rooms' carries, within one budget for the run). The database server does the heavy part of the work (reads,
-//! deletes, index updates): more workers help only while its cores and
-//! disks have room.
+//! N × chunk (and the rooms' carries, within one budget for the run). The
+//! database server does the heavy part of the work (reads, deletes, index
+//! updates): more workers help only while its cores and disks have room.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -154,8 +154,7 @@ fn worker(
             config,
             &mut own,
             &mut figures,
-            &mut carries,
-            Ahead::none(&no_rooms, room_ids),
+            Ahead::none(&no_rooms, room_ids, &mut carries),
         )
         .and_then(|outcome| lock.release(&mut client).map(|()| outcome));
         let mut s = lock_shared(shared);

@@ -50,10 +50,18 @@ fn config(seed: u64) -> GenConfig {
 }
 
 /// Groups Synapse changed under the tool, as the tool reports them. A
-/// conflict must never surface as a raw database error.
+/// conflict must never surface as a raw database error; the only place it
+/// may be named is the warning of a write batch rolled back and tried
+/// again, which is how the tool handles it.
 fn live_skips(run: &ToolRun) -> usize {
-    for bad in ["duplicate key", "constraint", "deadlock"] {
-        assert!(!run.stderr.contains(bad), "{}", run.describe());
+    for line in run.stderr.lines() {
+        for bad in ["duplicate key", "constraint", "deadlock"] {
+            assert!(
+                !line.contains(bad) || line.ends_with("; trying the batch again"),
+                "{}",
+                run.describe()
+            );
+        }
     }
     run.stderr
         .matches("since it was loaded; leaving it as it is")

@@ -324,8 +324,8 @@ const EDGES: &str = "state_group_edges";
 const ROWS: &str = "state_groups_state";
 
 /// Collects what the queries return. The rows are asked for in no order:
-/// an `ORDER BY state_group` made the automatic tool's runs about 8% slower
-/// on the benchmark although the plan stayed the same. A group's rows are
+/// an `ORDER BY state_group` made the automatic tool about 7% slower on the
+/// benchmark's `3m` data (docs/performance.md). A group's rows are
 /// stored together and so mostly come together: one scratch vector is
 /// filled per group and turned into an exactly-sized delta when another
 /// group's row comes; a group whose rows come in several parts (stored

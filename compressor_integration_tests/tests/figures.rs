@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use compressor_integration_tests::check::{self, assert_same_states, snapshot};
-use compressor_integration_tests::generator::GenConfig;
+use compressor_integration_tests::generator::{self, GenConfig};
 use compressor_integration_tests::pg::TestDb;
 use compressor_integration_tests::tools;
 use postgres::Client;
@@ -238,6 +238,36 @@ fn auto_figures_of_runs_that_stop_part_way_match_sql() {
     auto_run_matches_sql(&db, &["-c", "40", "-n", "5"]);
     auto_run_matches_sql(&db, &["-c", "40", "-n", "7"]);
     assert_same_states(&states, &snapshot(&mut db.client()).states, "two runs");
+}
+
+/// A room whose chains are longer than a chunk: the longest chain before
+/// the run belongs to a late chunk's group and runs back through groups of
+/// earlier chunks, which the run has rewritten by then (their lengths are
+/// kept for it, `chain_lengths`). Each group restates the same 20 rows on
+/// its predecessor (redundant, as Synapse may write them), so every chunk
+/// compresses and is written.
+#[test]
+fn auto_longest_chain_before_runs_through_earlier_chunks() {
+    let db = TestDb::create("figures_deep");
+    let room = "!deep:example.org";
+    let members: Vec<(String, String)> = (0..20)
+        .map(|m| (format!("@u{m}:example.org"), format!("$join{m}")))
+        .collect();
+    let groups: Vec<_> = (1..=300)
+        .map(|id: i64| {
+            let topic = format!("$topic{id}");
+            let mut rows: Vec<(&str, &str, &str)> = members
+                .iter()
+                .map(|(user, event)| ("m.room.member", user.as_str(), event.as_str()))
+                .collect();
+            rows.push(("m.room.topic", "", &topic));
+            generator::group(id, room, (id > 1).then_some(id - 1), &rows)
+        })
+        .collect();
+    generator::write_groups(&mut db.client(), &groups).unwrap();
+    let json = auto_run_matches_sql(&db, &["-c", "50", "-n", "100", "-l", "10,10"]);
+    assert_eq!(int(&json, "longest_chain_before"), 299, "{json}");
+    assert_eq!(int(&json, "chunks_skipped"), 0, "{json}");
 }
 
 #[test]

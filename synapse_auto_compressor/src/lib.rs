@@ -10,6 +10,8 @@
 //! - [`largest`]: which rooms `--largest-rooms` picks;
 //! - [`prefetch`]: loading the next chunks while the current one is written;
 //! - [`carry`]: a room's new structure kept in memory for its next chunk;
+//! - [`chain_lengths`]: chain lengths before the run, for the figures of
+//!   rooms' next chunks;
 //! - [`room_ids`]: rooms' group ids read once for many chunks;
 //! - [`survey`]: `--dry-run`, what a run would save per room, writing nothing;
 //! - [`workers`]: `--jobs N`, several rooms compressed at the same time.
@@ -18,6 +20,7 @@
 //! of the same name (built by maturin, see `pyproject.toml`).
 
 pub mod carry;
+pub mod chain_lengths;
 pub mod cli;
 pub mod largest;
 pub mod lock;

@@ -527,7 +527,7 @@ pub(crate) fn compress_chunk(
 
     if would_grow(&chunk.original, &compressed) {
         (outcome.longest_chain_before, outcome.longest_chain_after) =
-            figures.chains(&chunk.original, None);
+            figures.chains(room, &chunk.original, None, last, chunk.more);
         warn!(
             "Room {room}: compressing groups up to {last} would increase the rows ({} -> {}); skipping the chunk",
             outcome.rows_before, outcome.rows_after
@@ -565,7 +565,7 @@ pub(crate) fn compress_chunk(
         );
     }
     (outcome.longest_chain_before, outcome.longest_chain_after) =
-        figures.chains(&chunk.original, Some(&compressed));
+        figures.chains(room, &chunk.original, Some(&compressed), last, chunk.more);
     Ok(outcome)
 }
 

@@ -8,7 +8,7 @@
 //! are counted in the table once, at the end, and the table's size and the
 //! optional VACUUM come last (`db::stats`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use log::{info, warn};
@@ -19,6 +19,8 @@ use synapse_compress_state::db::stats::{self, DiskSpace};
 use synapse_compress_state::tool::interrupt::Signal;
 use synapse_compress_state::tool::timings::Timings;
 use synapse_compress_state::{Compressed, GroupMap, Result};
+
+use crate::chain_lengths::ChainLengths;
 
 /// What happened to one chunk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -287,27 +289,27 @@ impl RunSummary {
 pub(crate) struct RunFigures {
     /// Rooms whose rows were counted before their first chunk.
     rooms: BTreeSet<String>,
-    /// For each group a chunk of this run loaded in range, its chain's
-    /// length before the run: a later chunk's chains run through those
-    /// groups, which the loaded structure already shows rewritten. A few
-    /// bytes per group of the run.
-    chains_before: HashMap<i64, u32>,
+    /// For groups of earlier chunks, their chain's length before the run: a
+    /// later chunk's chains run through those groups, which the loaded
+    /// structure already shows rewritten (within a budget, see
+    /// [`crate::chain_lengths`]).
+    lengths: ChainLengths,
 }
 
 impl RunFigures {
     /// Figures for one chunk of a worker (`--jobs`): the chain lengths
     /// recorded by the room's earlier chunks, given back with
-    /// [`RunFigures::into_chains`] when it is done.
-    pub(crate) fn with_chains(chains_before: HashMap<i64, u32>) -> RunFigures {
+    /// [`RunFigures::into_lengths`] when it is done.
+    pub(crate) fn with_lengths(lengths: ChainLengths) -> RunFigures {
         RunFigures {
             rooms: BTreeSet::new(),
-            chains_before,
+            lengths,
         }
     }
 
-    /// The chain lengths recorded so far.
-    pub(crate) fn into_chains(self) -> HashMap<i64, u32> {
-        self.chains_before
+    /// The chain lengths kept for the rooms' next chunks.
+    pub(crate) fn into_lengths(self) -> ChainLengths {
+        self.lengths
     }
 
     /// Notes that the run touches `room` (for the rows counted at the end).
@@ -343,10 +345,23 @@ impl RunFigures {
     /// predecessor is loaded with it. A group Synapse rewrote meanwhile
     /// (`groups_skipped_live`) counts as the compressor would have left it,
     /// not as Synapse did: a figure for the run's own work.
-    pub(crate) fn chains(&mut self, chunk: &GroupMap, new: Option<&Compressed>) -> (u32, u32) {
+    /// The lengths of the chunk's groups are kept for the room's next
+    /// chunk (the chunk ending at `last`) if `more` says it has one.
+    pub(crate) fn chains(
+        &mut self,
+        room: &str,
+        chunk: &GroupMap,
+        new: Option<&Compressed>,
+        last: i64,
+        more: bool,
+    ) -> (u32, u32) {
         let changes = new.map(|c| &c.changes);
-        let (before, after, lengths) = longest_chains(chunk, changes, &self.chains_before);
-        self.chains_before.extend(lengths);
+        let mut known = self.lengths.take(room);
+        let (before, after, lengths) = longest_chains(chunk, changes, &known);
+        if more {
+            known.extend(lengths);
+            self.lengths.keep(room, last, known);
+        }
         (before, after)
     }
 }

@@ -20,7 +20,7 @@
 //! database server does the heavy part of the work (reads, deletes, index
 //! updates): more workers help only while its cores and disks have room.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use log::{info, warn};
@@ -31,6 +31,7 @@ use synapse_compress_state::tool::{interrupt, progress};
 use synapse_compress_state::{Error, Result};
 
 use crate::carry::Carries;
+use crate::chain_lengths::ChainLengths;
 use crate::manager::{compress_chunk, Ahead, AutoConfig};
 use crate::room_ids::RoomIds;
 use crate::state_saving::{self, LeftRooms};
@@ -47,8 +48,8 @@ struct Shared {
     claimed: i64,
     summary: RunSummary,
     figures: RunFigures,
-    /// Chain lengths recorded by each room's earlier chunks.
-    chains: HashMap<String, HashMap<i64, u32>>,
+    /// Chain lengths recorded by rooms' earlier chunks.
+    lengths: ChainLengths,
     /// Rooms' new structures, for their next chunks (`crate::carry`).
     carries: Carries,
     /// No more picks: the work is done, a signal came, or a worker failed.
@@ -60,7 +61,7 @@ struct Shared {
 struct Picked {
     room: String,
     next_group: i64,
-    chains: HashMap<i64, u32>,
+    lengths: ChainLengths,
     carries: Carries,
 }
 
@@ -90,7 +91,7 @@ pub fn run(client: &mut Client, config: &AutoConfig, summary: &mut RunSummary) -
         claimed: 0,
         summary: std::mem::take(summary),
         figures: RunFigures::default(),
-        chains: HashMap::new(),
+        lengths: ChainLengths::default(),
         carries: Carries::default(),
         stop: false,
         error: None,
@@ -144,7 +145,7 @@ fn worker(
             }
             Err(e) => return fail(shared, e),
         };
-        let mut figures = RunFigures::with_chains(picked.chains);
+        let mut figures = RunFigures::with_lengths(picked.lengths);
         let mut carries = picked.carries;
         let mut own = RunSummary::default();
         let outcome = compress_chunk(
@@ -164,7 +165,7 @@ fn worker(
         s.summary.timings.compress += own.timings.compress;
         s.summary.timings.verify += own.timings.verify;
         s.summary.timings.write += own.timings.write;
-        s.chains.insert(room.clone(), figures.into_chains());
+        s.lengths.merge(figures.into_lengths());
         s.carries.merge(carries);
         match outcome {
             Ok(outcome) if outcome.damaged => {
@@ -227,12 +228,12 @@ fn pick(
         figures, summary, ..
     } = &mut *s;
     figures.touch(&room, summary);
-    let chains = s.chains.remove(&room).unwrap_or_default();
+    let lengths = s.lengths.split_off(&room);
     let carries = s.carries.split_off(&room);
     Ok(Some(Picked {
         room,
         next_group: next.group,
-        chains,
+        lengths,
         carries,
     }))
 }

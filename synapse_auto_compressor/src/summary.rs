@@ -345,6 +345,7 @@ impl RunFigures {
     /// predecessor is loaded with it. A group Synapse rewrote meanwhile
     /// (`groups_skipped_live`) counts as the compressor would have left it,
     /// not as Synapse did: a figure for the run's own work.
+    ///
     /// The lengths of the chunk's groups are kept for the room's next
     /// chunk (the chunk ending at `last`) if `more` says it has one.
     pub(crate) fn chains(

@@ -37,6 +37,29 @@ fn shape(chunk: &LoadedChunk) -> Vec<(i64, bool, Option<i64>, usize)> {
         .collect()
 }
 
+/// Loads `room`'s chunk after `after` through `ids` (what was read ahead)
+/// and asserts it is the chunk a fresh read loads: same ids, same `more`,
+/// same groups.
+fn load_as_fresh(
+    client: &mut postgres::Client,
+    room: &str,
+    after: Option<i64>,
+    ids: &RoomIds,
+) -> LoadedChunk {
+    let kept = load_chunk(client, &request(room, after), ids, &mut |_| {}).unwrap();
+    let fresh = load_chunk(
+        client,
+        &request(room, after),
+        &RoomIds::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(kept.ids, fresh.ids, "chunk after {after:?}");
+    assert_eq!(kept.more, fresh.more, "chunk after {after:?}");
+    assert_eq!(shape(&kept), shape(&fresh), "chunk after {after:?}");
+    kept
+}
+
 /// Synapse deletes a group of a room's second chunk (de-deltaing the
 /// groups built on it) after the first chunk's load read the second
 /// chunk's ids ahead: the second chunk must be loaded as a fresh read
@@ -92,18 +115,8 @@ fn a_group_deleted_after_its_id_was_read_ahead_is_not_loaded() {
     assert_eq!(imitator.stats.deleted, 1, "{:?}", imitator.stats);
     assert!(imitator.stats.de_deltas >= 1, "{:?}", imitator.stats);
 
-    let second = load_chunk(&mut client, &request(&room, after), &ids, &mut |_| {}).unwrap();
-    let fresh = load_chunk(
-        &mut client,
-        &request(&room, after),
-        &RoomIds::default(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let second = load_as_fresh(&mut client, &room, after, &ids);
     assert!(!second.ids.contains(&victim), "{:?}", second.ids);
-    assert_eq!(second.ids, fresh.ids);
-    assert_eq!(second.more, fresh.more);
-    assert_eq!(shape(&second), shape(&fresh));
 }
 
 /// Without deletions, every chunk of a room loaded through the ids read
@@ -127,16 +140,7 @@ fn chunks_from_ids_read_ahead_are_the_chunks_of_a_fresh_read() {
     let mut after = None;
     let mut chunks = 0;
     loop {
-        let kept = load_chunk(&mut client, &request(&room, after), &ids, &mut |_| {}).unwrap();
-        let fresh = load_chunk(
-            &mut client,
-            &request(&room, after),
-            &RoomIds::default(),
-            &mut |_| {},
-        )
-        .unwrap();
-        assert_eq!(kept.ids, fresh.ids, "chunk after {after:?}");
-        assert_eq!(kept.more, fresh.more, "chunk after {after:?}");
+        let kept = load_as_fresh(&mut client, &room, after, &ids);
         chunks += 1;
         if !kept.more {
             break;

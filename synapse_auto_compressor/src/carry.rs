@@ -30,7 +30,7 @@
 //! beyond that, those of the rooms needed last are dropped (their rooms'
 //! next chunks read the groups from the database, as before).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use synapse_compress_state::core::group::StateGroupEntry;
@@ -38,6 +38,7 @@ use synapse_compress_state::core::state_map::{StateMap, Symbols};
 use synapse_compress_state::{Error, GroupMap, Level, Result};
 
 use crate::manager::heads;
+use crate::room_store::{Kept, RoomStore};
 
 /// Most rows the carries of one run keep in memory, whatever the database:
 /// about 15 MiB measured at the limit (strings included). On the benchmark's
@@ -176,20 +177,19 @@ impl std::fmt::Debug for CarryRef {
     }
 }
 
-/// Where a carry stands among the others: the group its chunk ended at,
-/// then a serial number. The run scans by group id, so the room whose chunk
-/// ended at the highest group is, roughly, the one needed last.
-type Place = (i64, u64);
-
-/// The carries of a run, by room, within [`CARRY_ROWS`] rows.
-#[derive(Debug)]
-pub struct Carries {
-    rooms: HashMap<String, (Place, CarryRef)>,
-    order: BTreeMap<Place, String>,
-    next: u64,
-    rows: usize,
-    budget: usize,
+impl Kept for CarryRef {
+    fn size(&self) -> usize {
+        self.rows
+    }
+    fn last(&self) -> i64 {
+        self.last
+    }
 }
+
+/// The carries of a run, by room, within [`CARRY_ROWS`] rows
+/// ([`RoomStore`]: beyond them, the carries needed last go first).
+#[derive(Debug)]
+pub struct Carries(RoomStore<CarryRef>);
 
 impl Default for Carries {
     fn default() -> Self {
@@ -200,84 +200,47 @@ impl Default for Carries {
 impl Carries {
     /// Carries within `budget` rows.
     pub fn with_budget(budget: usize) -> Self {
-        Self {
-            rooms: HashMap::new(),
-            order: BTreeMap::new(),
-            next: 0,
-            rows: 0,
-            budget,
-        }
+        Carries(RoomStore::with_budget(budget))
     }
 
     /// The carry of `room`, if it continues the progress `last`/`heads`.
     pub fn get(&self, room: &str, last: Option<i64>, heads: &[i64]) -> Option<CarryRef> {
-        self.rooms
+        self.0
             .get(room)
-            .filter(|(_, carry)| carry.continues(last, heads))
-            .map(|(_, carry)| carry.clone())
+            .filter(|carry| carry.continues(last, heads))
+            .cloned()
     }
 
     /// Takes `room`'s carry out (whether or not it still continues the
     /// room's progress: a chunk of the room is about to change it),
     /// returning it if it continues `last`/`heads`.
     pub fn take(&mut self, room: &str, last: Option<i64>, heads: &[i64]) -> Option<CarryRef> {
-        let (place, carry) = self.rooms.remove(room)?;
-        self.order.remove(&place);
-        self.rows -= carry.rows;
-        carry.continues(last, heads).then_some(carry)
+        self.0
+            .take(room)
+            .filter(|carry| carry.continues(last, heads))
     }
 
     /// Keeps `carry` for `room`'s next chunk, dropping the carries needed
     /// last beyond the budget (this one too, if it is).
     pub fn keep(&mut self, room: &str, carry: Carry) {
-        self.keep_ref(room, CarryRef::new(carry));
-    }
-
-    fn keep_ref(&mut self, room: &str, carry: CarryRef) {
-        self.take(room, None, &[]);
-        if carry.rows > self.budget {
-            return;
-        }
-        let place = (carry.last, self.next);
-        self.next += 1;
-        self.rows += carry.rows;
-        self.order.insert(place, room.to_owned());
-        self.rooms.insert(room.to_owned(), (place, carry));
-        while self.rows > self.budget {
-            let Some((_, last)) = self.order.pop_last() else {
-                break;
-            };
-            if let Some((_, dropped)) = self.rooms.remove(&last) {
-                self.rows -= dropped.rows;
-            }
-        }
+        self.0.keep(room, CarryRef::new(carry));
     }
 
     /// Moves `room`'s carry, if any, into carries of its own (for a worker
     /// compressing the room), within the same budget.
     pub fn split_off(&mut self, room: &str) -> Carries {
-        let mut own = Carries::with_budget(self.budget);
-        if let Some((place, carry)) = self.rooms.remove(room) {
-            self.order.remove(&place);
-            self.rows -= carry.rows;
-            own.keep_ref(room, carry);
-        }
-        own
+        Carries(self.0.split_off(room))
     }
 
     /// Moves `other`'s carries into this one (a worker's, back into the
     /// run's), within this one's budget.
     pub fn merge(&mut self, other: Carries) {
-        let mut carries: Vec<_> = other.rooms.into_iter().collect();
-        carries.sort_by_key(|(_, (place, _))| *place);
-        for (room, (_, carry)) in carries {
-            self.keep_ref(&room, carry);
-        }
+        self.0.merge(other.0);
     }
 
     /// Rows carried now.
     pub fn rows(&self) -> usize {
-        self.rows
+        self.0.total()
     }
 }
 

@@ -22,9 +22,9 @@
 //! holds, as for a group compressed by an earlier run: the figure can then
 //! be off, higher or lower. Nothing else depends on these lengths.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
-use log::debug;
+use crate::room_store::{Kept, RoomStore};
 
 /// Most lengths kept for all rooms together (16 bytes each: 16 MiB).
 pub const LENGTHS: usize = 1_000_000;
@@ -37,21 +37,26 @@ pub type Lengths = HashMap<i64, u32>;
 
 /// One room's lengths.
 #[derive(Debug)]
-struct Kept {
+struct RoomLengths {
     /// The last group of the chunk that kept them.
     last: i64,
     /// By ascending group id.
     lengths: Box<[(i64, u32)]>,
 }
 
-/// Rooms' lengths, by room.
+impl Kept for RoomLengths {
+    fn size(&self) -> usize {
+        self.lengths.len()
+    }
+    fn last(&self) -> i64 {
+        self.last
+    }
+}
+
+/// Rooms' lengths, by room, within [`LENGTHS`] ([`RoomStore`]).
 #[derive(Debug)]
 pub struct ChainLengths {
-    rooms: HashMap<String, Kept>,
-    /// The rooms by the last group of their chunk: the last is needed last.
-    order: BTreeSet<(i64, String)>,
-    total: usize,
-    budget: usize,
+    rooms: RoomStore<RoomLengths>,
     per_room: usize,
 }
 
@@ -65,27 +70,17 @@ impl ChainLengths {
     /// No lengths, at most `budget` kept, `per_room` for one room.
     pub fn with_budget(budget: usize, per_room: usize) -> Self {
         ChainLengths {
-            rooms: HashMap::new(),
-            order: BTreeSet::new(),
-            total: 0,
-            budget,
+            rooms: RoomStore::with_budget(budget),
             per_room,
         }
     }
 
     /// Takes `room`'s lengths (none if none are kept).
     pub fn take(&mut self, room: &str) -> Lengths {
-        match self.remove(room) {
+        match self.rooms.take(room) {
             Some(kept) => kept.lengths.iter().copied().collect(),
             None => Lengths::new(),
         }
-    }
-
-    fn remove(&mut self, room: &str) -> Option<Kept> {
-        let kept = self.rooms.remove(room)?;
-        self.order.remove(&(kept.last, room.to_owned()));
-        self.total -= kept.lengths.len();
-        Some(kept)
     }
 
     /// Keeps `lengths` (those of the room's highest groups) for `room`'s
@@ -94,56 +89,35 @@ impl ChainLengths {
         let mut sorted: Vec<(i64, u32)> = lengths.into_iter().collect();
         sorted.sort_unstable();
         let cut = sorted.len().saturating_sub(self.per_room);
-        let lengths = sorted.drain(cut..).collect();
-        self.keep_sorted(room, Kept { last, lengths });
-    }
-
-    fn keep_sorted(&mut self, room: &str, kept: Kept) {
-        self.remove(room);
-        if kept.lengths.is_empty() {
-            return;
-        }
-        self.total += kept.lengths.len();
-        self.order.insert((kept.last, room.to_owned()));
-        self.rooms.insert(room.to_owned(), kept);
-        while self.total > self.budget {
-            let Some((_, dropped)) = self.order.pop_last() else {
-                break;
-            };
-            if let Some(kept) = self.rooms.remove(&dropped) {
-                self.total -= kept.lengths.len();
-                debug!(
-                    "Room {dropped}: chain lengths of {} groups forgotten (over the budget)",
-                    kept.lengths.len()
-                );
-            }
+        let lengths: Box<[(i64, u32)]> = sorted.drain(cut..).collect();
+        if lengths.is_empty() {
+            self.rooms.take(room);
+        } else {
+            self.rooms.keep(room, RoomLengths { last, lengths });
         }
     }
 
     /// `room`'s lengths as a store of their own (a worker's, `--jobs`).
     pub fn split_off(&mut self, room: &str) -> ChainLengths {
-        let mut own = ChainLengths::with_budget(self.budget, self.per_room);
-        if let Some(kept) = self.remove(room) {
-            own.keep_sorted(room, kept);
+        ChainLengths {
+            rooms: self.rooms.split_off(room),
+            per_room: self.per_room,
         }
-        own
     }
 
     /// Moves `other`'s lengths into this store, within its budget.
     pub fn merge(&mut self, other: ChainLengths) {
-        for (room, kept) in other.rooms {
-            self.keep_sorted(&room, kept);
-        }
+        self.rooms.merge(other.rooms);
     }
 
     /// Lengths kept now.
     pub fn len(&self) -> usize {
-        self.total
+        self.rooms.total()
     }
 
     /// Whether none are kept.
     pub fn is_empty(&self) -> bool {
-        self.total == 0
+        self.len() == 0
     }
 }
 

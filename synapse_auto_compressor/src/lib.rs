@@ -13,6 +13,8 @@
 //! - [`chain_lengths`]: chain lengths before the run, for the figures of
 //!   rooms' next chunks;
 //! - [`room_ids`]: rooms' group ids read once for many chunks;
+//! - [`room_store`]: what is kept per room for its next chunk, within a
+//!   budget (carries, chain lengths);
 //! - [`survey`]: `--dry-run`, what a run would save per room, writing nothing;
 //! - [`workers`]: `--jobs N`, several rooms compressed at the same time.
 //!
@@ -27,6 +29,7 @@ pub mod lock;
 pub mod manager;
 pub mod prefetch;
 pub mod room_ids;
+pub mod room_store;
 pub mod state_saving;
 pub mod summary;
 pub mod survey;

@@ -94,7 +94,10 @@ pub fn load_chunk(
     let mut more = ids.len() as i64 > request.chunk_size;
     ids.truncate(request.chunk_size as usize);
     on_end(end_position(request, &ids));
-    let load = |snapshot: &mut postgres::Transaction<'_>, symbols: &mut Symbols, ids: &[i64]| {
+    let load = |snapshot: &mut postgres::Transaction<'_>,
+                symbols: &mut Symbols,
+                ids: &[i64],
+                known: GroupMap| {
         (!ids.is_empty()).then(|| {
             load::load_groups_after(
                 snapshot,
@@ -102,12 +105,12 @@ pub fn load_chunk(
                 &request.room_id,
                 ids,
                 &request.heads,
-                known.clone(),
+                known,
                 &mut |_| {},
             )
         })
     };
-    let mut groups = load(&mut snapshot, &mut symbols, &ids);
+    let mut groups = load(&mut snapshot, &mut symbols, &ids, known);
     if read_ahead && has_vanished_group(&groups) {
         ids = room_ids.read_again(
             &mut snapshot,
@@ -117,7 +120,12 @@ pub fn load_chunk(
         )?;
         more = ids.len() as i64 > request.chunk_size;
         ids.truncate(request.chunk_size as usize);
-        groups = load(&mut snapshot, &mut symbols, &ids);
+        // The carry laid out again: its ids are those of `symbols`' start.
+        let known = request
+            .carried
+            .as_ref()
+            .map_or_else(GroupMap::new, |carry| carry.lay_out().1);
+        groups = load(&mut snapshot, &mut symbols, &ids, known);
     }
     if !matches!(groups, Some(Err(_))) {
         snapshot

@@ -137,9 +137,10 @@ for tool in synapse_compress_state synapse_auto_compressor; do
     ok "$tool: bash, zsh and fish completions (bash loads)"
 done
 
-[ -f /usr/share/doc/$package/README.md ] && grep -q "Apache License" /usr/share/doc/$package/copyright ||
-    fail "README or license missing from /usr/share/doc/$package"
-ok "README and license in /usr/share/doc/$package"
+[ -f /usr/share/doc/$package/README.md ] && [ -f /usr/share/doc/$package/docs/privileges.md ] &&
+    grep -q "Apache License" /usr/share/doc/$package/copyright ||
+    fail "README, docs/ or license missing from /usr/share/doc/$package"
+ok "README, docs/ and license in /usr/share/doc/$package"
 grep -qx "$defaults" /var/lib/dpkg/info/$package.conffiles || fail "$defaults is not a conffile"
 ok "$defaults is a conffile"
 

@@ -30,9 +30,10 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-# The cargo-deb the package is built with; CI installs it from crates.io
-# (about 100 s on 2 cores) because no prebuilt one is in Debian.
-cargo_deb_version=3.8.0
+# The cargo-deb the package is built with, as scripts/package.sh names it; CI
+# installs it from crates.io (about 100 s on 2 cores) because no prebuilt one
+# is in Debian.
+cargo_deb_version="$(sed -n 's/^cargo_deb_version=//p' scripts/package.sh)"
 package=synapse-compress-state
 unit_dir=/usr/lib/systemd/system
 defaults=/etc/default/synapse-auto-compressor

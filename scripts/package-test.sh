@@ -30,9 +30,10 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-# The cargo-deb the package is built with; CI installs it from crates.io
-# (about 100 s on 2 cores) because no prebuilt one is in Debian.
-cargo_deb_version=3.8.0
+# The cargo-deb the package is built with, as scripts/package.sh names it; CI
+# installs it from crates.io (about 100 s on 2 cores) because no prebuilt one
+# is in Debian.
+cargo_deb_version="$(sed -n 's/^cargo_deb_version=//p' scripts/package.sh)"
 package=synapse-compress-state
 unit_dir=/usr/lib/systemd/system
 defaults=/etc/default/synapse-auto-compressor
@@ -137,9 +138,10 @@ for tool in synapse_compress_state synapse_auto_compressor; do
     ok "$tool: bash, zsh and fish completions (bash loads)"
 done
 
-[ -f /usr/share/doc/$package/README.md ] && grep -q "Apache License" /usr/share/doc/$package/copyright ||
-    fail "README or license missing from /usr/share/doc/$package"
-ok "README and license in /usr/share/doc/$package"
+[ -f /usr/share/doc/$package/README.md ] && [ -f /usr/share/doc/$package/docs/privileges.md ] &&
+    grep -q "Apache License" /usr/share/doc/$package/copyright ||
+    fail "README, docs/ or license missing from /usr/share/doc/$package"
+ok "README, docs/ and license in /usr/share/doc/$package"
 grep -qx "$defaults" /var/lib/dpkg/info/$package.conffiles || fail "$defaults is not a conffile"
 ok "$defaults is a conffile"
 

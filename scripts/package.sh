@@ -7,15 +7,20 @@
 # completions from the clap definitions (packaging/docgen, so they always
 # match --help) into target/release/packaging, then runs `cargo deb
 # --no-build`, whose settings are [package.metadata.deb] in Cargo.toml.
-# Needs cargo-deb (`cargo install cargo-deb --locked`); debug symbols are
-# stripped from the packaged binaries.
+# Needs cargo-deb, the version below (`cargo install cargo-deb --version
+# 3.8.0 --locked`, as the README says); debug symbols are stripped from the
+# packaged binaries.
 set -euo pipefail
+
+# The cargo-deb the package is built and tested with (scripts/package-test.sh
+# installs this one).
+cargo_deb_version=3.8.0
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 if ! cargo deb --version >/dev/null 2>&1; then
-    echo "package.sh: cargo-deb is missing; install it with: cargo install cargo-deb --locked" >&2
+    echo "package.sh: cargo-deb is missing; install it with: cargo install cargo-deb --version $cargo_deb_version --locked" >&2
     exit 2
 fi
 

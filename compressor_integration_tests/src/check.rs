@@ -15,6 +15,23 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The manual compressor binary's name.
 pub const COMPRESSOR: &str = "synapse_compress_state";
 
+/// The fenced ```sql block after the `<!-- grants:NAME -->` marker in
+/// `docs/privileges.md`: the tests apply the GRANTs exactly as documented.
+pub fn grants_block(name: &str) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/privileges.md");
+    let page = std::fs::read_to_string(path).expect("reading docs/privileges.md");
+    let marker = format!("<!-- grants:{name} -->");
+    let at = page
+        .find(&marker)
+        .unwrap_or_else(|| panic!("docs/privileges.md has no {marker}"))
+        + marker.len();
+    let body = page[at..]
+        .trim_start()
+        .strip_prefix("```sql\n")
+        .unwrap_or_else(|| panic!("no ```sql block after {marker}"));
+    body[..body.find("```").expect("the block's end")].to_string()
+}
+
 /// Everything observable about a database's state tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DbSnapshot {

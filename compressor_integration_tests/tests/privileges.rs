@@ -1,9 +1,9 @@
-//! The README's `GRANT` blocks, read from README.md itself, against a real
-//! PostgreSQL: a role holding exactly one block's privileges runs both tools
-//! to completion with every group's state unchanged (Synapse's query), and
-//! a role missing any one of them is refused before any work, by one
-//! `error:` line naming that privilege, with nothing changed (groups,
-//! edges, rows, progress tables).
+//! The `GRANT` blocks of docs/privileges.md, read from the page itself,
+//! against a real PostgreSQL: a role holding exactly one block's privileges
+//! runs both tools to completion with every group's state unchanged
+//! (Synapse's query), and a role missing any one of them is refused before
+//! any work, by one `error:` line naming that privilege, with nothing
+//! changed (groups, edges, rows, progress tables).
 
 use compressor_integration_tests::check::{
     self, assert_same_states, run_compressor, snapshot, snapshot_in_memory, DbSnapshot,
@@ -13,29 +13,13 @@ use compressor_integration_tests::pg::{Role, TestDb};
 use compressor_integration_tests::tools::{self, assert_user_error, TempPath, ToolRun};
 
 const AUTO: &str = "synapse_auto_compressor";
-/// The role name the README's blocks grant to.
-const README_ROLE: &str = "synapse_compressor";
+/// The role name the documented blocks grant to.
+const DOC_ROLE: &str = "synapse_compressor";
 const PROGRESS_TABLES: [&str; 3] = [
     "state_compressor_state",
     "state_compressor_progress",
     "state_compressor_total_progress",
 ];
-
-/// The fenced ```sql block after the README's `<!-- grants:NAME -->` marker.
-fn readme_block(name: &str) -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
-    let readme = std::fs::read_to_string(path).expect("reading README.md");
-    let marker = format!("<!-- grants:{name} -->");
-    let after = &readme[readme
-        .find(&marker)
-        .unwrap_or_else(|| panic!("README.md has no {marker}"))
-        + marker.len()..];
-    let body = after
-        .trim_start()
-        .strip_prefix("```sql\n")
-        .unwrap_or_else(|| panic!("no ```sql block right after {marker}"));
-    body[..body.find("```").expect("an unclosed block")].to_string()
-}
 
 /// One privilege a block grants: `("UPDATE", "state_groups")` or
 /// `("CREATE", "schema public")`, as the tools' messages name them.
@@ -64,11 +48,11 @@ fn granted(block: &str) -> Vec<Privilege> {
     pairs
 }
 
-/// Applies a README block as the owner, granting to `role`.
+/// Applies a documented block as the owner, granting to `role`.
 fn apply_block(db: &TestDb, block: &str, role: &Role) {
     db.client()
-        .batch_execute(&block.replace(README_ROLE, &role.ident()))
-        .unwrap_or_else(|e| panic!("applying the README block as the owner: {e}\n{block}"));
+        .batch_execute(&block.replace(DOC_ROLE, &role.ident()))
+        .unwrap_or_else(|e| panic!("applying the documented block as the owner: {e}\n{block}"));
 }
 
 fn set_grant(db: &TestDb, (privilege, object): &Privilege, role: &Role, grant: bool) {
@@ -83,14 +67,14 @@ fn set_grant(db: &TestDb, (privilege, object): &Privilege, role: &Role, grant: b
 }
 
 /// A generated database (see [`generated_db`]) where nobody but the owner
-/// may create tables, and a role holding the README block `name`'s grants.
+/// may create tables, and a role holding the documented block `name`'s grants.
 fn setup(hint: &str, seed: u64, name: &str) -> (TestDb, Generated, Role, String) {
     let (db, generated) = generated_db(hint, seed);
     let role = Role::create(&db, "comp");
     db.client()
         .batch_execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         .unwrap();
-    let block = readme_block(name);
+    let block = check::grants_block(name);
     apply_block(&db, &block, &role);
     (db, generated, role, block)
 }
@@ -238,7 +222,7 @@ fn exercise(db: &TestDb, generated: &Generated, role: &Role, pairs: &[Privilege]
 }
 
 #[test]
-fn the_readme_grants_when_the_tool_creates_its_tables() {
+fn the_documented_grants_when_the_tool_creates_its_tables() {
     let (db, generated, role, block) = setup("privs_auto_creates", 3, "auto-creates-tables");
     let pairs = granted(&block);
     assert!(pairs.contains(&("CREATE".into(), "schema public".into())));
@@ -258,7 +242,7 @@ fn the_readme_grants_when_the_tool_creates_its_tables() {
 }
 
 #[test]
-fn the_readme_grants_when_the_owner_creates_the_tables() {
+fn the_documented_grants_when_the_owner_creates_the_tables() {
     let (db, generated, role, block) = setup("privs_owner_creates", 4, "owner-creates-tables");
     let pairs = granted(&block);
     for table in PROGRESS_TABLES {
@@ -267,10 +251,10 @@ fn the_readme_grants_when_the_owner_creates_the_tables() {
     exercise(&db, &generated, &role, &pairs);
 }
 
-/// The README's DDL is exactly what the tool creates: same columns,
+/// The documented DDL is exactly what the tool creates: same columns,
 /// constraints and indexes.
 #[test]
-fn the_readme_tables_are_the_tools_tables() {
+fn the_documented_tables_are_the_tools_tables() {
     let describe = |db: &TestDb| -> Vec<String> {
         db.client()
             .query(
@@ -293,20 +277,20 @@ fn the_readme_tables_are_the_tools_tables() {
     };
     let by_tool = TestDb::create("privs_ddl_tool");
     tools::assert_success(&auto(by_tool.url(), "1"));
-    let by_readme = TestDb::create("privs_ddl_readme");
-    let block = readme_block("owner-creates-tables");
-    by_readme
+    let by_docs = TestDb::create("privs_ddl_docs");
+    let block = check::grants_block("owner-creates-tables");
+    by_docs
         .client()
         .batch_execute(&block[..block.find("GRANT").unwrap()])
         .unwrap();
     let tool = describe(&by_tool);
     assert!(tool.len() > 10, "{tool:?}");
-    assert_eq!(tool, describe(&by_readme));
-    assert_eq!(progress_tables(&by_tool), progress_tables(&by_readme));
+    assert_eq!(tool, describe(&by_docs));
+    assert_eq!(progress_tables(&by_tool), progress_tables(&by_docs));
 }
 
 #[test]
-fn the_readme_grants_for_reading_only() {
+fn the_documented_grants_for_reading_only() {
     let (db, generated, role, block) = setup("privs_read_only", 5, "manual-read-only");
     let pairs = granted(&block);
     let url = role.url();
@@ -332,7 +316,7 @@ fn the_readme_grants_for_reading_only() {
     }
 
     // Writing needs everything in the first block but CREATE, all named at once.
-    let write = granted(&readme_block("auto-creates-tables"));
+    let write = granted(&check::grants_block("auto-creates-tables"));
     let lacking: Vec<&Privilege> = write
         .iter()
         .filter(|pair| on_synapse_tables(pair) && !pairs.contains(pair))

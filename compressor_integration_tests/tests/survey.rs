@@ -1,5 +1,5 @@
 //! `synapse_auto_compressor --dry-run` (the survey) against a real
-//! PostgreSQL: run as a role holding only the README's SELECT grants, it
+//! PostgreSQL: run as a role holding only the SELECT grants of docs/privileges.md, it
 //! changes nothing (every row of the state and progress tables, with the
 //! transaction that last wrote it, is the same after), and its per-room
 //! figures are exactly those of the real run with the same options that
@@ -88,11 +88,11 @@ fn rows_per_group(db: &TestDb) -> BTreeMap<(String, i64), i64> {
         .collect()
 }
 
-/// A role holding only the README's grants for the survey (the progress
+/// A role holding only the documented grants for the survey (the progress
 /// tables' line only once they exist).
 fn reader(db: &TestDb, hint: &str) -> Role {
     let role = Role::create(db, hint);
-    let block = readme_block("auto-dry-run");
+    let block = check::grants_block("auto-dry-run");
     let tables_exist = !positions(db).is_empty();
     for statement in block.split(';').map(str::trim).filter(|s| !s.is_empty()) {
         if statement.contains("state_compressor") && !tables_exist {
@@ -103,19 +103,6 @@ fn reader(db: &TestDb, hint: &str) -> Role {
             .unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
     role
-}
-
-/// The fenced ```sql block after the README's `<!-- grants:NAME -->` marker.
-fn readme_block(name: &str) -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("reading README.md");
-    let marker = format!("<!-- grants:{name} -->");
-    let at = readme.find(&marker).expect("the README's marker") + marker.len();
-    let body = readme[at..]
-        .trim_start()
-        .strip_prefix("```sql\n")
-        .expect("a sql block after the marker");
-    body[..body.find("```").unwrap()].to_string()
 }
 
 fn auto(url: &str, options: &[&str], extra: &[&str]) -> ToolRun {

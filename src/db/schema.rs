@@ -182,7 +182,7 @@ pub fn require_privileges(
         return Ok(());
     }
     Err(Error::PermissionDenied(format!(
-        "missing privileges: {}; the README's Privileges section lists the GRANTs",
+        "missing privileges: {}; docs/privileges.md lists the GRANTs",
         missing.join(", ")
     )))
 }

@@ -13,7 +13,7 @@
 //!
 //! A room's estimated saving is (1) times (2); the `N` rooms estimated to
 //! save the most, and something, are picked. How close this comes to the
-//! survey's figures is measured in the README.
+//! survey's figures is measured in docs/automatic.md ("Largest rooms first").
 
 use log::info;
 use postgres::Client;

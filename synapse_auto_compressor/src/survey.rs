@@ -51,8 +51,8 @@ use crate::room_ids::RoomIds;
 use crate::state_saving::{self, LeftRooms};
 
 /// Rows deleted or inserted per second by a real run's writes, measured on
-/// this tool's runs over generated databases (see the README's "Dry run"
-/// section): the write phase of those runs divided by the rows the chunks
+/// this tool's runs over generated databases (see the "Dry run" section of
+/// docs/automatic.md): the write phase of those runs divided by the rows the chunks
 /// deleted and inserted. Real servers vary by a factor of a few either way.
 pub const WRITE_ROWS_PER_SECOND: f64 = 300_000.0;
 

@@ -14,13 +14,16 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use clap::{Command, CommandFactory};
+use clap::{Arg, Command, CommandFactory};
 use clap_complete::Shell;
-use roff::{bold, roman, Roff};
+use roff::{bold, italic, roman, Roff};
 
 /// A tool's command and the man page sections `--help` has no room for.
 struct Tool {
     command: Command,
+    /// The NAME line's few words (what `whatis` and `apropos` list): the
+    /// command's `about` can be a whole paragraph, which DESCRIPTION holds.
+    summary: &'static str,
     /// (section title, paragraphs); a paragraph starting with a bold term
     /// and a tab becomes a tagged paragraph (`.TP`).
     sections: Vec<(&'static str, Vec<&'static str>)>,
@@ -38,6 +41,7 @@ fn tools() -> Vec<Tool> {
     vec![
         Tool {
             command: synapse_compress_state::manual::ManualArgs::command(),
+            summary: "compress the state of one room of a Synapse database",
             sections: vec![
                 (
                     "EXIT STATUS",
@@ -55,6 +59,7 @@ fn tools() -> Vec<Tool> {
         },
         Tool {
             command: synapse_auto_compressor::cli::AutoArgs::command(),
+            summary: "compress the state of a whole Synapse database",
             sections: vec![
                 (
                     "EXIT STATUS",
@@ -100,12 +105,83 @@ fn render_sections(sections: &[(&str, Vec<&str>)]) -> Roff {
     roff
 }
 
+/// NAME and SYNOPSIS, as roff source. clap_mangen's own put the whole
+/// `about` in NAME and list options without their values
+/// (`[-c|--chunk-size]`); here NAME is the short summary and SYNOPSIS shows
+/// each option once, by its short form when it has one, with its value
+/// placeholder (`-c CHUNK_SIZE`), optional ones in brackets, and `-h` and
+/// `-V` on a line of their own. It uses the man macros made for it (`.SY`,
+/// `.OP`, `.YS`), and a line never breaks between an option and its value
+/// nor inside an option's name.
+fn name_and_synopsis(tool: &Tool) -> String {
+    // Built, the command has its help and version arguments too.
+    let mut command = tool.command.clone();
+    command.build();
+    let name = command.get_name();
+    let mut roff = Roff::new();
+    roff.control("SH", ["NAME"])
+        .text([roman(format!("{name} - {}", tool.summary))]);
+    roff.control("SH", ["SYNOPSIS"]);
+    let (help, args): (Vec<&Arg>, Vec<&Arg>) = command
+        .get_arguments()
+        .filter(|arg| !arg.is_hide_set())
+        .partition(|arg| ["help", "version"].contains(&arg.get_id().as_str()));
+    roff.control("SY", [name]);
+    for arg in args {
+        let (flag, value) = synopsis_arg(arg);
+        if arg.is_required_set() {
+            // No brackets; the no-break space becomes roff's `\~` below.
+            let mut words = vec![bold(flag)];
+            words.extend(value.map(|value| italic(format!("{NO_BREAK}{value}"))));
+            roff.text(words);
+        } else {
+            // Macro arguments are not escaped by roff-rs: a plain `-` could
+            // be typeset as a hyphen, and a line broken after it.
+            let flag = flag.replace('-', "\\-");
+            roff.control(
+                "OP",
+                [Some(flag.as_str()), value.as_deref()]
+                    .into_iter()
+                    .flatten(),
+            );
+        }
+    }
+    roff.control("YS", []);
+    roff.control("SY", [name]);
+    for (i, arg) in help.into_iter().enumerate() {
+        if i > 0 {
+            roff.text([roman("|")]);
+        }
+        roff.text([bold(synopsis_arg(arg).0)]);
+    }
+    roff.control("YS", []);
+    roff.render().replace(NO_BREAK, "\\~")
+}
+
+/// Stands for roff's unbreakable space (`\~`), which roff-rs would escape.
+const NO_BREAK: char = '\u{a0}';
+
+/// The option's short form if it has one (`-c`), else its long one
+/// (`--dry-run`), and its value placeholder if it takes one.
+fn synopsis_arg(arg: &Arg) -> (String, Option<String>) {
+    let flag = match (arg.get_short(), arg.get_long()) {
+        (Some(short), _) => format!("-{short}"),
+        (None, Some(long)) => format!("--{long}"),
+        (None, None) => arg.get_id().to_string(),
+    };
+    let value = arg.get_action().takes_values().then(|| {
+        arg.get_value_names()
+            .map(|names| names.join(" "))
+            .unwrap_or_else(|| arg.get_id().to_string().to_uppercase())
+    });
+    (flag, value)
+}
+
 fn man_page(tool: &Tool) -> std::io::Result<Vec<u8>> {
     let man = clap_mangen::Man::new(tool.command.clone());
     let mut page = Vec::new();
     man.render_title(&mut page)?;
-    man.render_name_section(&mut page)?;
-    man.render_synopsis_section(&mut page)?;
+    page.extend_from_slice(name_and_synopsis(tool).as_bytes());
     man.render_description_section(&mut page)?;
     man.render_options_section(&mut page)?;
     render_sections(&tool.sections).to_writer(&mut page)?;
@@ -149,5 +225,57 @@ fn main() {
             Path::new(&out).display()
         );
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text of section `title` of a rendered page.
+    fn section(page: &str, title: &str) -> String {
+        let start = page
+            .find(&format!(".SH {title}\n"))
+            .unwrap_or_else(|| panic!("no {title} section"));
+        let body = &page[start + title.len() + 5..];
+        body[..body.find(".SH ").unwrap_or(body.len())].to_owned()
+    }
+
+    #[test]
+    fn the_synopsis_shows_every_option_with_its_value() {
+        for tool in tools() {
+            let page = String::from_utf8(man_page(&tool).unwrap()).unwrap();
+            let synopsis = section(&page, "SYNOPSIS");
+            let mut command = tool.command.clone();
+            command.build();
+            for arg in command.get_arguments().filter(|arg| !arg.is_hide_set()) {
+                let (flag, value) = synopsis_arg(arg);
+                let flag = flag.replace('-', "\\-");
+                let shown = match &value {
+                    // `.OP \-c VALUE` or `\fB\-c\fR\fI\~VALUE\fR`.
+                    Some(value) => {
+                        synopsis.contains(&format!(".OP {flag} {value}\n"))
+                            || synopsis.contains(&format!("\\fB{flag}\\fR\\fI\\~{value}\\fR"))
+                    }
+                    None => {
+                        synopsis.contains(&format!(".OP {flag}\n"))
+                            || synopsis.contains(&format!("\\fB{flag}\\fR\n"))
+                    }
+                };
+                assert!(shown, "{flag} {value:?} missing from:\n{synopsis}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_name_line_is_the_short_summary() {
+        for tool in tools() {
+            let page = String::from_utf8(man_page(&tool).unwrap()).unwrap();
+            let name = section(&page, "NAME");
+            let expected = format!("{} \\- {}", tool.command.get_name(), tool.summary);
+            // The line whatis lists: the name and a summary that fits a terminal.
+            assert!(name.lines().any(|line| line == expected), "{name}");
+            assert!(expected.len() <= 80, "{expected}");
+        }
     }
 }

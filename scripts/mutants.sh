@@ -40,7 +40,7 @@ mutants=(
     "cross-room-edges-followed|src/db/load.rs|s/if let Some\(other\) = other_room \{/if let Some(other) = other_room.and(None::<String>) {/|--test damaged edge_into|an edge into another room is followed, not reported as damage"
     "quote-no-escape|src/output/sql.rs|s/'\\\\'' => out.push_str\(\"''\"\),/'\\\\'' => out.push('\\\\''),/|--test properties|quotes in SQL literals are not doubled"
     "level-off-by-one|src/core/levels.rs|s/self.current_length < self.max_length/self.current_length <= self.max_length/|--test structure --test properties|a level takes one group more than its size"
-    "progress-skipped-on-stop|synapse_auto_compressor/src/manager.rs|s/(failpoint::stop_here\("auto::before-progress-save"\);)/\$1\n            if interrupt::requested().is_some() { return Ok(()); }/|--test interrupt auto_tool_stopped_at_each_safe_point|a chunk during which a stop was asked for commits its write without its progress"
+    "progress-skipped-on-stop|synapse_auto_compressor/src/manager.rs|s/(failpoint::stop_here\(\"auto::before-progress-save\"\);)/\$1\n            if interrupt::requested().is_some() { return Ok(()); }/|--test interrupt auto_tool_stopped_at_each_safe_point|a chunk during which a stop was asked for commits its write without its progress"
     "damaged-room-not-left|synapse_auto_compressor/src/summary.rs|s/self.damaged = true;/self.damaged = false;/|--test damaged|a damaged room is not left alone (the run keeps loading it)"
 )
 

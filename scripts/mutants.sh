@@ -41,6 +41,9 @@ mutants=(
     "quote-no-escape|src/output/sql.rs|s/'\\\\'' => out.push_str\(\"''\"\),/'\\\\'' => out.push('\\\\''),/|--test properties|quotes in SQL literals are not doubled"
     "level-off-by-one|src/core/levels.rs|s/self.current_length < self.max_length/self.current_length <= self.max_length/|--test structure --test properties|a level takes one group more than its size"
     "progress-skipped-on-stop|synapse_auto_compressor/src/manager.rs|s/(failpoint::stop_here\(\"auto::before-progress-save\"\);)/\$1\n            if interrupt::requested().is_some() { return Ok(()); }/|--test interrupt auto_tool_stopped_at_each_safe_point|a chunk during which a stop was asked for commits its write without its progress"
+    "no-retry-on-serialization|src/db/write.rs|s/\s*SqlState::T_R_SERIALIZATION_FAILURE,//|--test concurrency serialization_failure|a batch refused with a serialization failure is not tried again"
+    "no-retry-on-duplicate-edge|src/db/write.rs|s/\s*SqlState::UNIQUE_VIOLATION,//|--test concurrency duplicate_edge|a batch that meets a duplicate edge (unique violation) is not tried again"
+    "manual-lock-key-differs|src/manual/run.rs|s/Some\(RoomLock::try_acquire\(&mut client, &config.room_id\)\?\)/Some(RoomLock::try_acquire(\&mut client, \&format!(\"manual {}\", config.room_id))?)/|--test concurrency automatic_tool_holds|the manual tool locks a room under another key than the automatic tool's"
     "damaged-room-not-left|synapse_auto_compressor/src/summary.rs|s/self.damaged = true;/self.damaged = false;/|--test damaged|a damaged room is not left alone (the run keeps loading it)"
 )
 

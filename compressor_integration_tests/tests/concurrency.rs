@@ -1,6 +1,8 @@
 //! Several compressors at once: two manual runs on one room, the manual
-//! tool beside the automatic one, and the automatic tool meeting a room
-//! that another session has locked.
+//! tool beside the automatic one (and turned away from the room the
+//! automatic tool holds), the automatic tool meeting a room that another
+//! session has locked, and a write batch that meets a deadlock, a
+//! serialization failure or a duplicate edge and is tried again.
 //!
 //! The contract: every exit status is 0 or 75 ("someone else is working,
 //! try later"), no output mentions a duplicate key or a constraint, every

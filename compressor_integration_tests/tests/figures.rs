@@ -2,8 +2,9 @@
 //! of the rooms touched in `state_groups_state` before and after, rows
 //! saved, the longest chain (a recursive walk of `state_group_edges`) before
 //! and after, and the table's size; for the automatic tool over a whole
-//! database and over runs that stop part-way (and continue), and for the
-//! manual tool.
+//! database, over runs that stop part-way (and continue) and over a room
+//! whose skipped chunks are followed by written ones, and for the manual
+//! tool.
 
 use std::collections::BTreeMap;
 

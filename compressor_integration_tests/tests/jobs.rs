@@ -1,8 +1,10 @@
 //! `synapse_auto_compressor --jobs N`: several rooms compressed at the same
 //! time. Runs to completion with 2 and 4 workers leave exactly the edges,
 //! rows and saved progress of one worker; runs killed at random moments
-//! resume to that same result; and two rooms really are in flight at once
-//! (seen in `pg_locks`, not guessed from timing).
+//! resume to that same result; two rooms really are in flight at once
+//! (seen in `pg_locks`, not guessed from timing); and a room in flight
+//! holds the scan position back, so a room below the others' ids is still
+//! finished.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};

@@ -114,6 +114,9 @@ for m in "${mutants[@]}"; do
     else
         failed="$(grep -E '^test .* FAILED$' "$pgdir/$name.log" | sed -E 's/^test (.*) \.\.\. FAILED$/\1/' | head -n 3 | paste -sd, - || true)"
         verdict="caught by ${failed:-a failing test} ($tests)"
+        # Why: the first failed assertion's message (the log goes with the
+        # throwaway database).
+        grep -m1 -A1 ' panicked at ' "$pgdir/$name.log" | tail -n 1 | cut -c1-200 | sed 's/^/    why: /' >&2 || true
     fi
     git checkout -- "$file"
     current_file=""

@@ -12,9 +12,10 @@
 # if the text to change is not found, so a refactoring cannot turn a mutant
 # into a no-op), build the binaries with fault injection as scripts/test.sh
 # does, run the tests meant to catch it against a throwaway PostgreSQL, and
-# restore the file. A mutant "survives" when those tests still pass. Not
-# part of CI (about a minute per mutant on 2 cores); run it before changing
-# a protection, and after restructuring.
+# restore the file. A mutant "survives" when those tests still pass. The
+# full run is not part of CI (about a minute per mutant on 2 cores); run it
+# before changing a protection, and after restructuring. `--check` is (CI's
+# .ci/run calls it): it takes seconds.
 #
 # Needs a clean working tree for the files it mutates (it restores them
 # with `git checkout`).
@@ -34,12 +35,18 @@ mutants=(
     "no-room-lock-auto|synapse_auto_compressor/src/manager.rs|s/RoomLock::try_acquire\(client, &room\)/RoomLock::try_acquire(client, \"-\")/|--test concurrency locked_room_for_a_later|the automatic tool locks a fixed dummy room instead of the chunk's room"
     "scan-passes-left-rooms|synapse_auto_compressor/src/state_saving.rs|s/SET lowest_uncompressed_group = LEAST\(next.id, \\\$2\) FROM next/SET lowest_uncompressed_group = next.id + 0 * coalesce(\\\$2, 0) FROM next/|--test concurrency locked_room_for_a_later|the scan position moves past a room left for later"
     "recheck-ignores-edges|src/db/write.rs|s/\} else if edges.as_slice\(\) != loaded.prev.as_slice\(\) \{/} else if false {/|--test write_checks --test live_synapse|the write no longer re-checks a group's edge"
-    "recheck-ignores-rows|src/db/write.rs|s/\} else if rows != loaded.delta.len\(\) as i64 \{/} else if false \&\& rows != 0 {/|--test write_checks --test live_synapse|the write no longer re-checks a group's row count"
+    "recheck-ignores-rows|src/db/write.rs|s/\} else if rows != loaded.rows as i64 \{/} else if false \&\& rows != 0 {/|--test write_checks --test live_synapse|the write no longer re-checks a group's row count"
     "no-retry-on-conflict|src/db/write.rs|s/Err\(e\) if attempt < MAX_ATTEMPTS && worth_retrying\(&e\) =>/Err(e) if false \&\& attempt < MAX_ATTEMPTS \&\& worth_retrying(\&e) =>/|--test concurrency deadlock|a batch that meets a deadlock is not tried again"
     "cross-room-edges-followed|src/db/load.rs|s/if let Some\(other\) = other_room \{/if let Some(other) = other_room.and(None::<String>) {/|--test damaged edge_into|an edge into another room is followed, not reported as damage"
     "quote-no-escape|src/output/sql.rs|s/'\\\\'' => out.push_str\(\"''\"\),/'\\\\'' => out.push('\\\\''),/|--test properties|quotes in SQL literals are not doubled"
     "level-off-by-one|src/core/levels.rs|s/self.current_length < self.max_length/self.current_length <= self.max_length/|--test structure --test properties|a level takes one group more than its size"
-    "damaged-room-not-left|synapse_auto_compressor/src/manager.rs|s/self.damaged = true;/self.damaged = false;/|--test damaged|a damaged room is not left alone (the run keeps loading it)"
+    "progress-skipped-on-stop|synapse_auto_compressor/src/manager.rs|s/(failpoint::stop_here\(\"auto::before-progress-save\"\);)/\$1\n            if interrupt::requested().is_some() { return Ok(()); }/|--test interrupt auto_tool_stopped_at_each_safe_point|a chunk during which a stop was asked for commits its write without its progress"
+    "no-retry-on-serialization|src/db/write.rs|s/\s*SqlState::T_R_SERIALIZATION_FAILURE,//|--test concurrency serialization_failure|a batch refused with a serialization failure is not tried again"
+    "no-retry-on-duplicate-edge|src/db/write.rs|s/\s*SqlState::UNIQUE_VIOLATION,//|--test concurrency duplicate_edge|a batch that meets a duplicate edge (unique violation) is not tried again"
+    "manual-lock-key-differs|src/manual/run.rs|s/Some\(RoomLock::try_acquire\(&mut client, &config.room_id\)\?\)/Some(RoomLock::try_acquire(\&mut client, \&format!(\"manual {}\", config.room_id))?)/|--test concurrency automatic_tool_holds|the manual tool locks a room under another key than the automatic tool's"
+    "in-flight-rooms-hold-nothing|synapse_auto_compressor/src/state_saving.rs|s/all.leave\(room.clone\(\), \*next\);/all.rooms.push(room.clone());\n            let _ = next;/|--test jobs in_flight_holds|--jobs: a room in flight no longer holds the saved scan position back"
+    "skipped-chunk-figures-unwritten|synapse_auto_compressor/src/manager.rs|s/figures.chains\(room, &chunk.original, None, last, chunk.more\)/figures.chains(room, \&chunk.original, Some(\&compressed), last, chunk.more)/|--test figures skipped|a skipped chunk's longest chain after is counted on the structure it did not write"
+    "damaged-room-not-left|synapse_auto_compressor/src/summary.rs|s/self.damaged = true;/self.damaged = false;/|--test damaged|a damaged room is not left alone (the run keeps loading it)"
 )
 
 if [ "${1:-}" = "--check" ]; then
@@ -47,6 +54,10 @@ if [ "${1:-}" = "--check" ]; then
     status=0
     for m in "${mutants[@]}"; do
         IFS='|' read -r name file subst _ _ <<<"$m"
+        if ! git diff --quiet -- "$file"; then
+            echo "mutants: $file has uncommitted changes; commit or stash them first" >&2
+            exit 2
+        fi
         perl -0pi -e "$subst" "$file"
         if git diff --quiet -- "$file"; then
             echo "$name: text not found in $file"
@@ -103,6 +114,9 @@ for m in "${mutants[@]}"; do
     else
         failed="$(grep -E '^test .* FAILED$' "$pgdir/$name.log" | sed -E 's/^test (.*) \.\.\. FAILED$/\1/' | head -n 3 | paste -sd, - || true)"
         verdict="caught by ${failed:-a failing test} ($tests)"
+        # Why: the first failed assertion's message (the log goes with the
+        # throwaway database).
+        grep -m1 -A1 ' panicked at ' "$pgdir/$name.log" | tail -n 1 | cut -c1-200 | sed 's/^/    why: /' >&2 || true
     fi
     git checkout -- "$file"
     current_file=""

@@ -1,6 +1,8 @@
 //! Several compressors at once: two manual runs on one room, the manual
-//! tool beside the automatic one, and the automatic tool meeting a room
-//! that another session has locked.
+//! tool beside the automatic one (and turned away from the room the
+//! automatic tool holds), the automatic tool meeting a room that another
+//! session has locked, and a write batch that meets a deadlock, a
+//! serialization failure or a duplicate edge and is tried again.
 //!
 //! The contract: every exit status is 0 or 75 ("someone else is working,
 //! try later"), no output mentions a duplicate key or a constraint, every
@@ -435,4 +437,204 @@ fn wait_for_waiting_session(watcher: &mut postgres::Client) -> i32 {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Statements that apply `group`'s new edge and rows as the tool's own
+/// SQL file for `room` has them, without the file's locks and checks: what
+/// a compressor that takes no locks (the reference tool) would run.
+fn unguarded_rewrite(db: &TestDb, room: &str, levels: &str, group: i64) -> String {
+    let sql = tools::TempPath::new("unguarded_plan", "sql");
+    tools::assert_success(&tools::run_bin(
+        MANUAL,
+        &["-p", db.url(), "-r", room, "-l", levels, "-o", sql.as_str()],
+    ));
+    let text = std::fs::read_to_string(sql.path()).unwrap();
+    let start = format!("DELETE FROM state_group_edges WHERE state_group = {group};");
+    let statements: Vec<&str> = text
+        .lines()
+        .skip_while(|l| l.trim() != start)
+        .take_while(|l| !l.trim_start().starts_with("END"))
+        .collect();
+    assert!(
+        statements
+            .iter()
+            .any(|l| l.contains("INSERT INTO state_group_edges")),
+        "group {group} gets no new edge in the plan"
+    );
+    statements.join("\n")
+}
+
+/// Another writer that takes no row locks rewrites a group exactly as the
+/// tool is about to (its new edge and rows, in an open transaction); the
+/// tool's write waits on it, and once it commits, the tool's edge insert
+/// meets the committed duplicate edge. The tool rolls the batch back, tries
+/// it again, finds that group changed and leaves it as the other writer
+/// left it, writes the rest, and every state is intact with one edge per
+/// group.
+#[test]
+fn a_write_that_meets_a_duplicate_edge_is_tried_again() {
+    let (db, generated) = generated_db("conc_duplicate", 61, 2, 150);
+    let room = generated.rooms[0].room_id.clone();
+    let groups = groups_to_rewrite(&db, &room, "10,10");
+    assert!(groups.len() >= 2 && groups.len() < 500, "not one batch");
+    let group = groups[groups.len() / 2];
+    let rewrite = unguarded_rewrite(&db, &room, "10,10", group);
+    let original = snapshot(&mut db.client());
+
+    let mut other = db.client();
+    let mut tx = other.transaction().unwrap();
+    tx.batch_execute(&rewrite).unwrap();
+    let tool = tools::start_bin(MANUAL, &manual_args(&db, &room, "10,10"));
+    wait_for_waiting_session(&mut db.client());
+    tx.commit().unwrap();
+    let run = tool.wait();
+    tools::assert_success(&run);
+    assert!(
+        run.stderr
+            .contains("duplicate key value violates unique constraint")
+            && run.stderr.contains("trying the batch again"),
+        "the tool did not meet the duplicate edge\n{}",
+        run.describe()
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("state group {group}: its edge changed")),
+        "the group the other writer rewrote was not left alone\n{}",
+        run.describe()
+    );
+    let now = snapshot(&mut db.client());
+    assert_same_states(&original.states, &now.states, "after the retried batch");
+    assert_ne!(
+        original.structure, now.structure,
+        "the retried batch wrote nothing"
+    );
+}
+
+/// With `default_transaction_isolation = 'repeatable read'` (set for the
+/// database, so the tool's sessions get it), a session that holds an
+/// update of the room's groups while the tool's write waits for them makes
+/// PostgreSQL refuse the tool's transaction once it commits ("could not
+/// serialize access"). The tool rolls the batch back and tries it again in
+/// a new transaction, which writes.
+#[test]
+fn a_write_that_meets_a_serialization_failure_is_tried_again() {
+    let (db, generated) = generated_db("conc_serialize", 63, 2, 150);
+    let room = generated.rooms[0].room_id.clone();
+    let groups = groups_to_rewrite(&db, &room, "10,10");
+    assert!(groups.len() >= 2 && groups.len() < 500, "not one batch");
+    let original = snapshot(&mut db.client());
+    db.client()
+        .batch_execute(
+            "DO $$ BEGIN EXECUTE format(\
+                 'ALTER DATABASE %I SET default_transaction_isolation = %L', \
+                 current_database(), 'repeatable read'); END $$",
+        )
+        .unwrap();
+
+    let mut other = db.client();
+    let mut tx = other.transaction().unwrap();
+    tx.execute(
+        "UPDATE state_groups SET room_id = room_id WHERE id = ANY($1)",
+        &[&groups],
+    )
+    .unwrap();
+    let tool = tools::start_bin(MANUAL, &manual_args(&db, &room, "10,10"));
+    wait_for_waiting_session(&mut db.client());
+    tx.commit().unwrap();
+    let run = tool.wait();
+    tools::assert_success(&run);
+    assert!(
+        run.stderr.contains(
+            "could not serialize access due to concurrent update; trying the batch again"
+        ),
+        "the tool did not meet the serialization failure\n{}",
+        run.describe()
+    );
+    let now = snapshot(&mut db.client());
+    assert_same_states(&original.states, &now.states, "after the retried batch");
+    assert_ne!(
+        original.structure, now.structure,
+        "the retried batch wrote nothing"
+    );
+}
+
+/// The server process of an automatic run that holds a room lock and waits
+/// for a table lock (seen in `pg_locks`); waits until there is one.
+fn wait_for_auto_holding_a_room(watcher: &mut postgres::Client) -> i32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let row = watcher
+            .query_opt(
+                "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+                   AND l.classid::int8 = $1 AND a.datname = current_database() \
+                   AND a.application_name = 'synapse_auto_compressor' \
+                   AND a.wait_event_type = 'Lock'",
+                &[&(ROOM_LOCK_CLASS as i64 & 0xffff_ffff)],
+            )
+            .unwrap();
+        if let Some(row) = row {
+            return row.get(0);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the automatic tool never held a room while waiting"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Exclusion across the tools, shown by the tools themselves: while the
+/// automatic tool holds a room (held in place after taking the room's lock,
+/// before reading its progress, by the test's lock on its levels table),
+/// the manual tool is run on every room: the room the automatic tool holds
+/// turns it away with 75, naming the automatic tool's session, and only
+/// that one. So the two tools lock a room under the same key, whatever
+/// that key is.
+#[test]
+fn the_manual_tool_exits_75_on_the_room_the_automatic_tool_holds() {
+    let (db, generated) = generated_db("conc_cross_tool", 64, 3, 100);
+    // A first short run creates the progress tables.
+    tools::assert_success(&tools::run_bin(
+        AUTO,
+        &["-p", db.url(), "-c", "20", "-n", "1"],
+    ));
+    let original = snapshot(&mut db.client());
+
+    let mut blocker = db.client();
+    let mut tx = blocker.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE state_compressor_state IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let auto = tools::start_bin(
+        AUTO,
+        &["-p", db.url(), "-c", "20", "-n", "1000", "--no-progress"],
+    );
+    let holder = wait_for_auto_holding_a_room(&mut db.client());
+
+    let mut turned_away = Vec::new();
+    for room in &generated.rooms {
+        let run = tools::run_bin(MANUAL, &manual_args(&db, &room.room_id, "10,10"));
+        if assert_clean_exit(&run) {
+            let error = run.error_lines()[0].to_owned();
+            assert!(
+                error.contains(&format!("synapse_auto_compressor (server process {holder}")),
+                "the message names the automatic tool's session: {error}"
+            );
+            turned_away.push(room.room_id.clone());
+        }
+    }
+    assert_eq!(
+        turned_away.len(),
+        1,
+        "the manual tool was turned away from {turned_away:?}, not from exactly the room the automatic tool holds"
+    );
+
+    tx.commit().unwrap();
+    let auto = auto.wait();
+    assert!(!assert_clean_exit(&auto), "{}", auto.describe());
+    assert_same_states(
+        &original.states,
+        &snapshot(&mut db.client()).states,
+        "both tools done",
+    );
 }

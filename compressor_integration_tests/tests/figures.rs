@@ -2,8 +2,9 @@
 //! of the rooms touched in `state_groups_state` before and after, rows
 //! saved, the longest chain (a recursive walk of `state_group_edges`) before
 //! and after, and the table's size; for the automatic tool over a whole
-//! database and over runs that stop part-way (and continue), and for the
-//! manual tool.
+//! database, over runs that stop part-way (and continue) and over a room
+//! whose skipped chunks are followed by written ones, and for the manual
+//! tool.
 
 use std::collections::BTreeMap;
 
@@ -268,6 +269,85 @@ fn auto_longest_chain_before_runs_through_earlier_chunks() {
     let json = auto_run_matches_sql(&db, &["-c", "50", "-n", "100", "-l", "10,10"]);
     assert_eq!(int(&json, "longest_chain_before"), 299, "{json}");
     assert_eq!(int(&json, "chunks_skipped"), 0, "{json}");
+}
+
+/// Groups `ids` of `room`, a chain: each restates the room's whole state
+/// so far on its predecessor (redundant rows, so its chunk compresses)
+/// when `restating`, or adds just one new member (one row, so its chunk
+/// would grow compressed: a level's first group repeats the rows of those
+/// it skips). `members` is the room's state so far; the room's first
+/// group is `first`.
+fn chain_groups(
+    room: &str,
+    first: i64,
+    ids: std::ops::RangeInclusive<i64>,
+    restating: bool,
+    members: &mut Vec<(String, String)>,
+) -> Vec<generator::GenGroup> {
+    ids.map(|id| {
+        let prev = (id > first).then_some(id - 1);
+        let topic = format!("$topic{id}");
+        let rows: Vec<(String, String, String)> = if restating {
+            members
+                .iter()
+                .map(|(user, event)| ("m.room.member".to_owned(), user.clone(), event.clone()))
+                .chain([("m.room.topic".to_owned(), String::new(), topic)])
+                .collect()
+        } else {
+            let user = format!("@u{id}:example.org");
+            let event = format!("$join{id}");
+            members.push((user.clone(), event.clone()));
+            vec![("m.room.member".to_owned(), user, event)]
+        };
+        let rows: Vec<(&str, &str, &str)> = rows
+            .iter()
+            .map(|(t, k, e)| (t.as_str(), k.as_str(), e.as_str()))
+            .collect();
+        generator::group(id, room, prev, &rows)
+    })
+    .collect()
+}
+
+/// Skipped chunks followed by more chunks of their room: chunks of 30, the
+/// room's second and third chunks would grow compressed (each group adds
+/// one row), so they are skipped, their groups keep their long chain, and
+/// the room goes on with written chunks; a second room is written
+/// throughout. The longest chain after is the skipped chunks', through the
+/// groups as they still are, never through a structure the run computed
+/// and did not write.
+#[test]
+fn auto_longest_chain_after_a_skipped_chunk_matches_sql() {
+    let db = TestDb::create("figures_skipped");
+    let (room, other) = ("!skips:example.org", "!plain:example.org");
+    let mut members: Vec<(String, String)> = (0..20)
+        .map(|m| (format!("@m{m}:example.org"), format!("$first{m}")))
+        .collect();
+    let mut groups = Vec::new();
+    for (ids, restating) in [
+        (1..=30, true),
+        (31..=60, false),
+        (61..=90, false),
+        (91..=120, true),
+        (121..=150, true),
+    ] {
+        groups.extend(chain_groups(room, 1, ids, restating, &mut members));
+    }
+    let mut other_members = members[..20].to_vec();
+    groups.extend(chain_groups(
+        other,
+        151,
+        151..=210,
+        true,
+        &mut other_members,
+    ));
+    generator::write_groups(&mut db.client(), &groups).unwrap();
+    let states = snapshot(&mut db.client()).states;
+    let json = auto_run_matches_sql(&db, &["-c", "30", "-n", "100", "-l", "10,5"]);
+    assert_eq!(int(&json, "chunks_skipped"), 2, "{json}");
+    assert_eq!(int(&json, "chunks"), 7, "{json}");
+    // Through both skipped chunks into the first one's new structure.
+    assert!(int(&json, "longest_chain_after") > 60, "{json}");
+    assert_same_states(&states, &snapshot(&mut db.client()).states, "skipped chunk");
 }
 
 #[test]

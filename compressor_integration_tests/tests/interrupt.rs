@@ -18,6 +18,10 @@
 //!
 //! A second signal stops at once, even inside a write transaction: the
 //! server rolls the transaction back, so every state is still unchanged.
+//!
+//! Random moments can miss a narrow one, so the automatic tool is also
+//! stopped at fixed moments: once at each chunk's, between its write and
+//! its progress save (a fault point waits there for the signal).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -109,13 +113,22 @@ impl Signal {
     }
 }
 
-/// When and how to stop a run: `first` after stderr line `at` (counted
-/// from 0), then `second` as soon as the tool says it got the first.
+/// When and how to stop a run: `first` at `at`, then `second` as soon as
+/// the tool says it got the first.
 #[derive(Clone, Copy, Debug)]
 struct Stop {
-    at: usize,
+    at: At,
     first: Signal,
     second: Option<Signal>,
+}
+
+/// A moment in a run, by its stderr.
+#[derive(Clone, Copy, Debug)]
+enum At {
+    /// After this line (counted from 0).
+    Line(usize),
+    /// On the first line holding this text.
+    Text(&'static str),
 }
 
 /// How a run ended.
@@ -152,9 +165,20 @@ impl Ending {
 
 /// Runs `program args` with `RUST_LOG=debug`, stopping it as `stop` says.
 fn run(program: &str, args: &[String], stop: Option<Stop>) -> Ending {
+    run_with_env(program, args, stop, &[])
+}
+
+/// [`run`] with extra environment variables (fault points).
+fn run_with_env(
+    program: &str,
+    args: &[String],
+    stop: Option<Stop>,
+    env: &[(&str, &str)],
+) -> Ending {
     let mut child = Command::new(tools::bin_path(program))
         .args(args)
         .env("RUST_LOG", "debug")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -174,7 +198,11 @@ fn run(program: &str, args: &[String], stop: Option<Stop>) -> Ending {
         let this = String::from_utf8_lossy(&line).into_owned();
         line.clear();
         if let Some(stop) = stop {
-            if !sent && n >= stop.at {
+            let now = match stop.at {
+                At::Line(at) => n >= at,
+                At::Text(text) => this.contains(text),
+            };
+            if !sent && now {
                 stop.first.send(pid);
                 sent = true;
             } else if sent && !second_sent && this.contains(RECEIVED) {
@@ -319,7 +347,7 @@ fn manual_tool_stopped_at_random_moments() {
             COMPRESSOR,
             &args(room, json),
             Some(Stop {
-                at,
+                at: At::Line(at),
                 first: signal,
                 second: None,
             }),
@@ -449,7 +477,7 @@ fn auto_tool_stopped_at_random_moments() {
             AUTO,
             &all,
             Some(Stop {
-                at,
+                at: At::Line(at),
                 first: signal,
                 second: None,
             }),
@@ -507,6 +535,83 @@ fn auto_tool_stopped_at_random_moments() {
     assert!(stopped >= 3, "only {stopped} runs were stopped");
 }
 
+/// A stop asked for at the very moment each chunk's write is done and its
+/// progress is not yet saved (in the chunk's last transaction: the fault
+/// point `auto::before-progress-save` waits there for the signal, sent on
+/// the line it logs). The run must finish that chunk, progress included,
+/// and stop at the safe point right after it: exactly the progress and
+/// tree of a run of as many chunks, and a rerun finishes the work. One
+/// case per chunk, so every safe point of the run is met once.
+#[test]
+fn auto_tool_stopped_at_each_safe_point() {
+    let config = GenConfig {
+        groups_per_room: 300,
+        ..config(7)
+    };
+    let (db, generated) = check::generated_db("intr_fixed", &config);
+    let original = structure::resolve_all(&generated.structure());
+    let all = auto_args(&db, 100);
+    let first = run(AUTO, &all, None);
+    assert_eq!(first.code, Some(0), "{}", first.describe());
+    let chunks = first.json()["chunks"].as_u64().expect("chunks");
+    let skipped = first.json()["chunks_skipped"].as_u64().expect("skipped");
+    assert!(chunks >= 4, "only {chunks} chunks");
+    assert_eq!(skipped, 0, "a skipped chunk has no progress-save point");
+    let reference = assert_intact(&db, &original, "an uninterrupted run");
+
+    for k in 1..=chunks {
+        check::restore(&db, &generated);
+        let signal = if k % 2 == 0 {
+            Signal::Int
+        } else {
+            Signal::Term
+        };
+        // The k-th time the point is reached: the k-th chunk.
+        let point = match k {
+            1 => "auto::before-progress-save=return(wait-signal)".to_owned(),
+            _ => format!(
+                "auto::before-progress-save={}*off->return(wait-signal)",
+                k - 1
+            ),
+        };
+        let stop = Stop {
+            at: At::Text("waiting for a signal"),
+            first: signal,
+            second: None,
+        };
+        let ending = run_with_env(AUTO, &all, Some(stop), &[("FAILPOINTS", &point)]);
+        let context = format!("{signal:?} between chunk {k}'s write and its progress save");
+        assert!(
+            check_stopped(&ending, signal, true),
+            "{context}: not stopped\n{}",
+            ending.describe()
+        );
+        assert_eq!(
+            ending.json()["chunks"],
+            k,
+            "{context}\n{}",
+            ending.describe()
+        );
+        let now = assert_intact(&db, &original, &context);
+        let progress = saved_progress(&db);
+
+        check::restore(&db, &generated);
+        let same = run(AUTO, &auto_args(&db, k), None);
+        assert_eq!(same.code, Some(0), "{}", same.describe());
+        assert_eq!(
+            progress,
+            saved_progress(&db),
+            "{context}: the saved progress"
+        );
+        assert!(whole_tree(&db) == now, "{context}: another tree");
+
+        let rerun = run(AUTO, &all, None);
+        assert_eq!(rerun.code, Some(0), "{context}\n{}", rerun.describe());
+        let now = assert_intact(&db, &original, &context);
+        assert!(now == reference, "{context}: the rerun gave another tree");
+    }
+}
+
 /// A second signal while the first waits for the safe point: the tool
 /// ends at once (exit 143 for the SIGTERM sent second, without a summary),
 /// or, if the safe point came first, as a stopped run (130, or 143 if the
@@ -529,7 +634,7 @@ fn a_second_signal_stops_at_once() {
             check::restore(&db, &generated);
             let at = moment(&mut rng, profile, true);
             let stop = Stop {
-                at,
+                at: At::Line(at),
                 first: Signal::Int,
                 second: Some(Signal::Term),
             };
@@ -585,7 +690,7 @@ fn a_stopped_run_leaves_no_sql_file() {
         let signal = Signal::random(&mut rng);
         let at = rng.random_range(0..lines);
         let stop = Stop {
-            at,
+            at: At::Line(at),
             first: signal,
             second: None,
         };

@@ -1,15 +1,17 @@
 //! `synapse_auto_compressor --jobs N`: several rooms compressed at the same
 //! time. Runs to completion with 2 and 4 workers leave exactly the edges,
 //! rows and saved progress of one worker; runs killed at random moments
-//! resume to that same result; and two rooms really are in flight at once
-//! (seen in `pg_locks`, not guessed from timing).
+//! resume to that same result; two rooms really are in flight at once
+//! (seen in `pg_locks`, not guessed from timing); and a room in flight
+//! holds the scan position back, so a room below the others' ids is still
+//! finished.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use compressor_integration_tests::check::{self, assert_same_states, snapshot};
-use compressor_integration_tests::generator::{GenConfig, Generated};
+use compressor_integration_tests::generator::{self, GenConfig, GenGroup, Generated};
 use compressor_integration_tests::pg::TestDb;
 use compressor_integration_tests::structure::{self, Structure};
 use compressor_integration_tests::tools;
@@ -203,4 +205,110 @@ fn two_rooms_are_in_flight_at_once() {
         &[&args(&db, "2", "1")[..], &["--json"]].concat(),
     ));
     assert_eq!(json["workers"], 2, "{json}");
+}
+
+/// Groups `ids` of `room`, a chain, each restating the same 20 members
+/// and its own topic on its predecessor: every chunk compresses and is
+/// written.
+fn restating_room(room: &str, ids: std::ops::RangeInclusive<i64>) -> Vec<GenGroup> {
+    let first = *ids.start();
+    let members: Vec<(String, String)> = (0..20)
+        .map(|m| (format!("@u{m}:example.org"), format!("$join{m}{room}")))
+        .collect();
+    ids.map(|id| {
+        let topic = format!("$topic{id}");
+        let mut rows: Vec<(&str, &str, &str)> = members
+            .iter()
+            .map(|(user, event)| ("m.room.member", user.as_str(), event.as_str()))
+            .collect();
+        rows.push(("m.room.topic", "", &topic));
+        generator::group(id, room, (id > first).then_some(id - 1), &rows)
+    })
+    .collect()
+}
+
+/// A room in flight holds the saved scan position back, as a room left for
+/// later does. Room A alone holds ids 1-200 and room B 201-600; A's
+/// worker is held at its first write (the test locks A's groups FOR
+/// SHARE) while the other worker compresses all of B, which moves the scan
+/// past A's ids. Once A's first chunk is written, its worker must still
+/// find A's next chunk: the run ends with both rooms compressed to their
+/// last group.
+#[test]
+fn a_room_in_flight_holds_the_scan_position_back() {
+    let db = TestDb::create("jobs_hold_scan");
+    let (a, b) = ("!a:example.org", "!b:example.org");
+    let mut groups = restating_room(a, 1..=200);
+    groups.extend(restating_room(b, 201..=600));
+    generator::write_groups(&mut db.client(), &groups).unwrap();
+    let original = snapshot(&mut db.client()).states;
+
+    let mut holder = db.client();
+    let mut tx = holder.transaction().unwrap();
+    tx.execute(
+        "SELECT id FROM state_groups WHERE room_id = $1 FOR SHARE",
+        &[&a],
+    )
+    .unwrap();
+    let started = tools::start_bin(AUTO, &args(&db, "2", "10000"));
+    // Bounded polling of the server until B is done while A waits.
+    let mut watcher = db.client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let tables: bool = watcher
+            .query_one(
+                "SELECT to_regclass('state_compressor_progress') IS NOT NULL",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        let b_done = tables
+            && watcher
+                .query_opt(
+                    "SELECT 1 FROM state_compressor_progress \
+                     WHERE room_id = $1 AND last_compressed = 600",
+                    &[&b],
+                )
+                .unwrap()
+                .is_some();
+        if b_done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "room B was never finished while room A waited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let a_waits: bool = watcher
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock' \
+               AND application_name = 'synapse_auto_compressor')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(a_waits, "room A's worker is not waiting at its write");
+    tx.commit().unwrap();
+
+    let run = started.wait();
+    tools::assert_success(&run);
+    tools::assert_finished_all(&run);
+    let positions: Vec<(String, i64)> = watcher
+        .query(
+            "SELECT room_id, last_compressed FROM state_compressor_progress ORDER BY room_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        positions,
+        [(a.to_owned(), 200), (b.to_owned(), 600)],
+        "a room was left part-way\n{}",
+        run.describe()
+    );
+    assert_same_states(&original, &snapshot(&mut db.client()).states, "--jobs 2");
 }

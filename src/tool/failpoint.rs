@@ -15,7 +15,9 @@
 //! - `write::after-deletes`, `write::before-copy`,
 //!   `auto::before-progress-save` ([`stop_here`]): with `return(abort)`
 //!   the process aborts right there, in the middle of a write transaction,
-//!   as a crash or a kill would stop it.
+//!   as a crash or a kill would stop it; with `return(wait-signal)` it says
+//!   so on stderr and waits there until a SIGINT or SIGTERM has come (the
+//!   test sends it on that line), so a stop lands at that exact moment.
 
 /// Keeps the points configured while it lives (holds nothing in a build
 /// without fault injection).
@@ -55,15 +57,36 @@ pub fn triggered(name: &str) -> bool {
 
 /// Aborts the process here when the test asked point `name` to
 /// (`return(abort)`): no destructor runs, no transaction is rolled back
-/// politely, the server just loses the connection.
+/// politely, the server just loses the connection. With
+/// `return(wait-signal)`, waits here for a stop signal instead (at most a
+/// minute, then aborts), and goes on once it is recorded.
 pub fn stop_here(name: &str) {
     #[cfg(feature = "failpoints")]
     if let Some(action) = fail::eval(name, |arg| arg) {
-        if action.as_deref() == Some("abort") {
-            eprintln!("failpoint {name}: aborting");
-            std::process::abort();
+        match action.as_deref() {
+            Some("abort") => {
+                eprintln!("failpoint {name}: aborting");
+                std::process::abort();
+            }
+            Some("wait-signal") => wait_for_signal(name),
+            _ => {}
         }
     }
     #[cfg(not(feature = "failpoints"))]
     let _ = name;
+}
+
+/// Waits until [`crate::tool::interrupt`] has recorded a stop signal.
+#[cfg(feature = "failpoints")]
+fn wait_for_signal(name: &str) {
+    use std::time::{Duration, Instant};
+    eprintln!("failpoint {name}: waiting for a signal");
+    let started = Instant::now();
+    while crate::tool::interrupt::requested().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            eprintln!("failpoint {name}: no signal came; aborting");
+            std::process::abort();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }

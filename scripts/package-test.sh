@@ -38,16 +38,9 @@ package=synapse-compress-state
 unit_dir=/usr/lib/systemd/system
 defaults=/etc/default/synapse-auto-compressor
 
-step() { echo "=== package-test: $* ($(date -u +%H:%M:%S))" >&2; }
-fail() {
-    echo "package-test: FAILED: $*" >&2
-    exit 1
-}
-checks=0
-ok() {
-    checks=$((checks + 1))
-    echo "package-test: ok: $*" >&2
-}
+check_name="package-test"
+# shellcheck source=scripts/check-steps.sh
+. scripts/check-steps.sh
 
 [ "$(id -u)" = 0 ] || fail "run as root (it installs and removes the package)"
 if dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "installed"; then

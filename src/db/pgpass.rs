@@ -7,7 +7,8 @@
 //! gives the password (its escapes removed too). Lines starting with `#`
 //! and lines with fewer than five fields are skipped. As libpq does, a file
 //! that is not a plain file, or that group or others may read, is ignored
-//! with a warning, and a missing or unreadable file is silently ignored.
+//! with a warning, and a missing file is silently ignored. Unlike libpq, a
+//! file that exists but cannot be read is ignored with a warning too.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -173,8 +174,31 @@ pub fn lookup(path: &Path, wanted: &Wanted) -> Option<String> {
         warn_once(path, why);
         return None;
     }
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) => {
+            warn_once(path, &unreadable(&metadata, &err));
+            return None;
+        }
+    };
     find(&parse(&text), wanted).map(str::to_owned)
+}
+
+/// Why a password file that exists cannot be read. libpq says nothing here,
+/// but a secret mounted for another user than the run's (common in
+/// containers) would then fail the connection with no hint at the file.
+fn unreadable(metadata: &std::fs::Metadata, err: &std::io::Error) -> String {
+    #[cfg(unix)]
+    if err.kind() == std::io::ErrorKind::PermissionDenied {
+        use std::os::unix::fs::MetadataExt;
+        return format!(
+            "this user may not read it (it belongs to uid {}, gid {}, mode {:04o})",
+            metadata.uid(),
+            metadata.gid(),
+            metadata.mode() & 0o7777
+        );
+    }
+    format!("it cannot be read: {err}")
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use compressor_integration_tests::check::{self, assert_same_states, snapshot};
 use compressor_integration_tests::generator::{self, GenConfig};
-use compressor_integration_tests::pg::TestDb;
+use compressor_integration_tests::pg::{self, TestDb};
 use compressor_integration_tests::tools;
 use postgres::Client;
 use serde_json::Value;
@@ -378,23 +378,7 @@ fn auto_rows_saved_leaves_out_a_group_synapse_changed() {
         AUTO,
         &["-p", &url, "-c", "1000", "-n", "1", "-l", "10,5", "--json"],
     );
-    // Bounded polling of the server until the tool waits for the lock.
-    let mut waited = 0;
-    loop {
-        let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
-                &[&name],
-            )
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        waited += 1;
-        assert!(waited < 200_000, "the tool never waited for the group");
-    }
+    pg::wait_for_lock_wait(&mut watcher, &name);
     tx.commit().unwrap();
     let json = tools::json_summary(&tool.wait());
     let rows_after = count(&mut watcher);

@@ -300,9 +300,15 @@ fn manual_tool_stopped_at_random_moments() {
         }
         args
     };
-    let profiles: Vec<Profile> = rooms
+    let uninterrupted: Vec<Ending> = rooms
         .iter()
-        .map(|room| profile(&run(COMPRESSOR, &args(room, false), None)))
+        .map(|room| run(COMPRESSOR, &args(room, false), None))
+        .collect();
+    let profiles: Vec<Profile> = uninterrupted.iter().map(profile).collect();
+    // The plan's figure, which a stopped run's summary keeps.
+    let planned: Vec<&str> = uninterrupted
+        .iter()
+        .map(|ending| planned_rows_line(&ending.stdout))
         .collect();
     let reference = assert_intact(&db, &original, "uninterrupted runs");
     let generated_tree = generated.structure();
@@ -341,6 +347,12 @@ fn manual_tool_stopped_at_random_moments() {
             }
             let summary = format!("before the run was done: {written} of ");
             assert!(ending.stderr.contains(&summary), "{}", ending.describe());
+            assert_eq!(
+                planned_rows_line(&ending.stderr),
+                planned[which],
+                "{context}: the plan's heading shows another figure\n{}",
+                ending.describe()
+            );
             if written > 0 && now != reference {
                 mid_write += 1;
             }
@@ -383,6 +395,14 @@ fn manual_tool_stopped_at_random_moments() {
     eprintln!("manual tool: {stopped} of 8 runs stopped, {mid_write} between two write batches");
     assert!(stopped >= 3, "only {stopped} runs were stopped");
     assert!(mid_write >= 1, "no run stopped between two write batches");
+}
+
+/// The manual tool's "Number of rows after compression" line (the plan's
+/// figure).
+fn planned_rows_line(text: &str) -> &str {
+    text.lines()
+        .find(|l| l.starts_with("Number of rows after compression:"))
+        .unwrap_or_else(|| panic!("no planned rows line in\n{text}"))
 }
 
 /// The automatic tool's saved progress, as text, table by table (tables

@@ -55,6 +55,9 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
 
     // Check the output file first: an unwritable path fails before any
     // work (nothing is created or changed until the SQL is complete).
+    if let Some(warning) = config.level_sizes.long_chain_warning() {
+        warn!("{warning}");
+    }
     if !config.verify && (config.commit_changes || config.output_file.is_some()) {
         warn!("Verification is off (-N): the changes are written without checking that every group keeps its state");
     }

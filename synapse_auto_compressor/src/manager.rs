@@ -72,6 +72,7 @@ pub struct AutoConfig {
 /// Runs up to `number_of_chunks` chunks over the database.
 pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     let started = Instant::now();
+    warn_about_settings(config);
     let mut client = db::connect_as(&config.db_url, "synapse_auto_compressor")?;
     schema::require_state_tables(&mut client)?;
     let progress_needs = state_saving::progress_needs(&mut client)?;
@@ -114,6 +115,20 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     summary.log();
     info!("{}", summary.timings);
     Ok(summary)
+}
+
+/// Warns (one line each) about settings that run but serve badly: levels
+/// that make chains far longer than Synapse's, chunks smaller than the
+/// first level (the survey warns alike).
+pub(crate) fn warn_about_settings(config: &AutoConfig) {
+    let levels = &config.default_levels;
+    let warnings = [
+        levels.long_chain_warning(),
+        levels.small_chunk_warning(config.chunk_size.get()),
+    ];
+    for warning in warnings.into_iter().flatten() {
+        warn!("{warning}");
+    }
 }
 
 /// The run with one worker (the default): the chunk loop, or `rooms` one

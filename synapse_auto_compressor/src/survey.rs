@@ -270,6 +270,7 @@ struct Position {
 /// Surveys what a real run with `config` would do, writing nothing.
 pub fn run(config: &AutoConfig) -> Result<Survey> {
     let started = Instant::now();
+    crate::manager::warn_about_settings(config);
     let mut client = db::connect_as(&config.db_url, "synapse_auto_compressor")?;
     // Anything that tried to write would fail, whatever the role may do.
     client

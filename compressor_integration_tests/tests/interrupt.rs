@@ -577,12 +577,12 @@ fn a_second_signal_stops_at_once() {
     );
 }
 
-/// `-o FILE`: a run stopped before it writes the file removes it (an
-/// empty file would read as one with nothing to apply); a run that was
-/// not stopped leaves the whole file, which applies cleanly. Nothing is
-/// written to the database either way.
+/// `-o FILE`: a run stopped before it writes the file leaves the file of
+/// that name as it was (no empty or partial file, no temporary one); a run
+/// that was not stopped replaces it with the whole file, which applies
+/// cleanly. Nothing is written to the database either way.
 #[test]
-fn a_stopped_run_leaves_no_sql_file() {
+fn a_stopped_run_leaves_the_earlier_sql_file() {
     let seed = seed("sql file");
     let mut rng = SmallRng::seed_from_u64(seed);
     let (db, generated, original) = database("intr_sql", seed % 1000);
@@ -609,11 +609,28 @@ fn a_stopped_run_leaves_no_sql_file() {
             first: signal,
             second: None,
         };
+        let earlier = format!("-- the file an earlier run wrote ({round})\n");
+        std::fs::write(file.path(), &earlier).unwrap();
         let ending = run(COMPRESSOR, &args, Some(stop));
         let context = format!("round {round}: {signal:?} after line {at}");
+        let dir = file.path().parent().unwrap();
+        let temporary = format!(
+            ".{}.tmp-",
+            file.path().file_name().unwrap().to_string_lossy()
+        );
+        let left: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&temporary))
+            .collect();
+        assert!(left.is_empty(), "{context}: temporary file left: {left:?}");
         if check_stopped(&ending, signal, false) {
             stopped += 1;
-            assert!(!file.path().exists(), "{context}: the file was left");
+            assert_eq!(
+                std::fs::read_to_string(file.path()).unwrap(),
+                earlier,
+                "{context}: the earlier file changed"
+            );
         } else {
             check::apply_sql(db.url(), file.path());
             assert_intact(&db, &original, &context);

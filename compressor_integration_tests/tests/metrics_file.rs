@@ -3,7 +3,8 @@
 //!
 //! After a successful run the figures match its `--json` summary and the
 //! last success is now; a failed run (refused connection) and an
-//! interrupted one (SIGTERM while the first chunk waits for a lock) keep
+//! interrupted one (SIGTERM while the first chunk's write waits for row
+//! locks) keep
 //! that last success and say how they ended; no temporary file is left.
 
 use std::collections::BTreeMap;
@@ -139,13 +140,13 @@ fn the_metrics_file_says_how_each_run_ended() {
     assert_eq!(failed["last_run_success"], 0.0);
     assert!(!failed.contains_key("last_run_rows_saved"), "{failed:?}");
 
-    // An interrupted run: SIGTERM while its first chunk waits for a lock
-    // on the table; it stops after that chunk.
+    // An interrupted run: SIGTERM while its first chunk's write waits for
+    // the groups' rows (as for a Synapse writer); it stops after that chunk.
     let name = format!("metrics_{}", std::process::id());
     let url = format!("{}?application_name={name}", db.url());
     let mut holder = db.client();
     let mut tx = holder.transaction().unwrap();
-    tx.batch_execute("LOCK TABLE state_groups_state IN ACCESS EXCLUSIVE MODE")
+    tx.batch_execute("SELECT id FROM state_groups FOR UPDATE")
         .unwrap();
     let child = Command::new(tools::bin_path(AUTO))
         .args(args(&url))

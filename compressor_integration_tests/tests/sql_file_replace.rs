@@ -169,10 +169,14 @@ fn sigterm_while_loading_leaves_the_file_as_it_was() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(143), "{stderr}");
     dir.assert_untouched("SIGTERM while loading");
+    // Stopped at the safe point after the load, the summary says no file
+    // was written (a tool that ends at once while it waits for the tables,
+    // before its work begins, says nothing was changed).
     assert!(
-        stderr.contains("Interrupted by SIGTERM before the SQL file was complete")
-            && stderr.contains("No SQL file was written (a file of that name is left as it was)")
-            && !stderr.contains("0 of 0 groups"),
+        (stderr.contains("Interrupted by SIGTERM before the SQL file was complete")
+            && stderr.contains("No SQL file was written (a file of that name is left as it was)"))
+            || stderr.contains("before any work began"),
         "{stderr}"
     );
+    assert!(!stderr.contains("0 of 0 groups"), "{stderr}");
 }

@@ -34,6 +34,16 @@ impl AtomicFile {
     /// Starts writing a new version of `target`: creates its temporary file
     /// (with the old file's permissions, if there is one).
     pub fn create(target: &Path) -> io::Result<AtomicFile> {
+        // A symbolic link is written through, as `File::create` would:
+        // the file it points to is replaced, the link stays.
+        let resolved;
+        let target = match fs::symlink_metadata(target) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                resolved = fs::canonicalize(target)?;
+                resolved.as_path()
+            }
+            _ => target,
+        };
         let temp = temp_path(target)?;
         // A stale temporary file of a killed process of the same pid.
         let _ = fs::remove_file(&temp);
@@ -93,11 +103,6 @@ impl AtomicFile {
             let _ = dir.sync_all();
         }
         Ok(())
-    }
-
-    /// The target's path.
-    pub fn target(&self) -> &Path {
-        &self.target
     }
 }
 
@@ -173,6 +178,26 @@ mod tests {
         file.commit().unwrap();
         assert_eq!(fs::read_to_string(&target).unwrap(), "new\n");
         assert_eq!(files(&dir), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_is_written_through() {
+        let dir = dir("link");
+        let real = dir.join("real.sql");
+        let link = dir.join("link.sql");
+        fs::write(&real, "old\n").unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let mut file = AtomicFile::create(&link).unwrap();
+        file.write_all(b"new\n").unwrap();
+        file.commit().unwrap();
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read_to_string(&real).unwrap(), "new\n");
+        assert_eq!(files(&dir), 2);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -129,7 +129,16 @@ impl Error {
     /// EX_TEMPFAIL, which cron wrappers and systemd can treat as "try
     /// later") when another run or compressor is at work, else 1.
     pub fn exit_code(&self) -> std::process::ExitCode {
-        std::process::ExitCode::from(if self.is_busy() { 75 } else { 1 })
+        std::process::ExitCode::from(self.exit_status())
+    }
+
+    /// [`Error::exit_code`] as a number (for the automatic tool's metrics).
+    pub fn exit_status(&self) -> u8 {
+        if self.is_busy() {
+            75
+        } else {
+            1
+        }
     }
 
     /// A [`Error::Damaged`] of `room` becomes [`Error::DamagedRoom`]; other

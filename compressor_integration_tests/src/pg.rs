@@ -72,6 +72,38 @@ pub fn admin_client() -> Client {
     connect(&db_url(&base_url(), "postgres"))
 }
 
+/// A URL of a port on this machine that nobody listens on (one bound, then
+/// let go): connecting is refused at once.
+pub fn refused_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("binding a free port")
+        .port();
+    format!("postgresql://postgres@127.0.0.1:{port}/synapse?connect_timeout=10")
+}
+
+/// Polls the server (bounded, no sleeping) until a session whose
+/// `application_name` is `name` waits for a lock.
+///
+/// # Panics
+/// When none does within the bound.
+pub fn wait_for_lock_wait(watcher: &mut Client, name: &str) {
+    for _ in 0..200_000 {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                &[&name],
+            )
+            .expect("reading pg_stat_activity")
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+    }
+    panic!("no session named {name} waited for a lock");
+}
+
 /// Quotes an SQL identifier.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

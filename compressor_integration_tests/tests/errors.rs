@@ -39,13 +39,7 @@ fn unparsable_url() {
 
 #[test]
 fn unreachable_server() {
-    // A port nobody listens on: bind one, then let it go.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("postgresql://postgres@127.0.0.1:{port}/synapse?connect_timeout=10");
+    let url = compressor_integration_tests::pg::refused_url();
     let run = run_compressor(&url, &["-r", "!room:example.org", "-c"]);
     assert_user_error(&run);
 }

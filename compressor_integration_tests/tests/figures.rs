@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use compressor_integration_tests::check::{self, assert_same_states, snapshot};
 use compressor_integration_tests::generator::{self, GenConfig};
-use compressor_integration_tests::pg::TestDb;
+use compressor_integration_tests::pg::{self, TestDb};
 use compressor_integration_tests::tools;
 use postgres::Client;
 use serde_json::Value;
@@ -142,11 +142,17 @@ fn longest(hops: &BTreeMap<i64, i64>, ids: &[i64]) -> i64 {
 /// Runs the automatic tool once and checks every figure against the
 /// counts taken before and after it.
 fn auto_run_matches_sql(db: &TestDb, args: &[&str]) -> Value {
+    auto_run_matches_sql_logged(db, args).0
+}
+
+/// [`auto_run_matches_sql`], with the run's stderr.
+fn auto_run_matches_sql_logged(db: &TestDb, args: &[&str]) -> (Value, String) {
     let mut client = db.client();
     let was = before(&mut client);
     let mut full_args = vec!["-p", db.url(), "--json"];
     full_args.extend_from_slice(args);
-    let json = tools::json_summary(&tools::run_bin(AUTO, &full_args));
+    let run = tools::run_bin(AUTO, &full_args);
+    let json = tools::json_summary(&run);
     let now = before(&mut client);
 
     // The rooms this run touched: those whose position moved.
@@ -213,7 +219,7 @@ fn auto_run_matches_sql(db: &TestDb, args: &[&str]) -> Value {
     let free = int(&json, "estimated_free_bytes");
     assert!(free > 0 && free < bytes, "{json}");
     assert_eq!(json["vacuum_seconds"], Value::Null, "{json}");
-    json
+    (json, run.stderr)
 }
 
 #[test]
@@ -250,11 +256,21 @@ fn auto_figures_of_runs_that_stop_part_way_match_sql() {
 #[test]
 fn auto_longest_chain_before_runs_through_earlier_chunks() {
     let db = TestDb::create("figures_deep");
+    deep_room(&db, 300);
+    let json = auto_run_matches_sql(&db, &["-c", "50", "-n", "100", "-l", "10,10"]);
+    assert_eq!(int(&json, "longest_chain_before"), 299, "{json}");
+    assert_eq!(int(&json, "chunks_skipped"), 0, "{json}");
+}
+
+/// Writes one room of `groups` groups in one chain (`!deep:example.org`),
+/// each restating the same 20 rows on its predecessor (redundant, as
+/// Synapse may write them), so every chunk compresses and is written.
+fn deep_room(db: &TestDb, groups: i64) -> &'static str {
     let room = "!deep:example.org";
     let members: Vec<(String, String)> = (0..20)
         .map(|m| (format!("@u{m}:example.org"), format!("$join{m}")))
         .collect();
-    let groups: Vec<_> = (1..=300)
+    let groups: Vec<_> = (1..=groups)
         .map(|id: i64| {
             let topic = format!("$topic{id}");
             let mut rows: Vec<(&str, &str, &str)> = members
@@ -266,9 +282,95 @@ fn auto_longest_chain_before_runs_through_earlier_chunks() {
         })
         .collect();
     generator::write_groups(&mut db.client(), &groups).unwrap();
-    let json = auto_run_matches_sql(&db, &["-c", "50", "-n", "100", "-l", "10,10"]);
-    assert_eq!(int(&json, "longest_chain_before"), 299, "{json}");
-    assert_eq!(int(&json, "chunks_skipped"), 0, "{json}");
+    room
+}
+
+/// The warning for levels that let chains grow far beyond Synapse's 100.
+const LONG_CHAINS: &str = "far beyond Synapse's own 100";
+
+/// One room of `groups` groups as Synapse writes a busy one: each group
+/// changes the topic (a one-row delta on the group before), and every
+/// 30th is a snapshot of the whole state (20 members and the topic).
+fn short_chains_room(db: &TestDb, groups: i64) -> (&'static str, Vec<i64>) {
+    let room = "!short:example.org";
+    let members: Vec<(String, String)> = (0..20)
+        .map(|m| (format!("@u{m}:example.org"), format!("$join{m}")))
+        .collect();
+    let written: Vec<_> = (1..=groups)
+        .map(|id: i64| {
+            let topic = format!("$topic{id}");
+            let mut rows = vec![("m.room.topic", "", topic.as_str())];
+            let snapshot = (id - 1) % 30 == 0;
+            if snapshot {
+                rows.extend(
+                    members
+                        .iter()
+                        .map(|(user, event)| ("m.room.member", user.as_str(), event.as_str())),
+                );
+            }
+            generator::group(id, room, (!snapshot).then_some(id - 1), &rows)
+        })
+        .collect();
+    generator::write_groups(&mut db.client(), &written).unwrap();
+    (room, (1..=groups).collect())
+}
+
+/// Levels of 800 over a room whose chains Synapse keeps short (30 hops)
+/// make chains of hundreds of hops (as a recursive walk of the edges
+/// counts them), and both tools say so; the default levels do not warn.
+#[test]
+fn long_levels_make_long_chains_and_both_tools_warn() {
+    let db = TestDb::create("figures_long_auto");
+    short_chains_room(&db, 900);
+    let (json, stderr) = auto_run_matches_sql_logged(&db, &["-c", "1000", "-n", "10", "-l", "800"]);
+    assert!(int(&json, "longest_chain_before") < 30, "{json}");
+    assert!(int(&json, "longest_chain_after") > 300, "{json}");
+    assert!(stderr.contains(LONG_CHAINS), "{stderr}");
+
+    let db = TestDb::create("figures_long_manual");
+    let (room, ids) = short_chains_room(&db, 900);
+    let run = tools::run_bin(
+        "synapse_compress_state",
+        &["-p", db.url(), "-r", room, "-l", "800", "-c", "--json"],
+    );
+    let json = tools::json_summary(&run);
+    let hops = hops_per_group(&mut db.client());
+    assert_eq!(
+        int(&json, "longest_chain_after"),
+        longest(&hops, &ids),
+        "{json}"
+    );
+    assert!(longest(&hops, &ids) > 300, "{json}");
+    assert!(run.stderr.contains(LONG_CHAINS), "{}", run.describe());
+
+    let run = tools::run_bin("synapse_compress_state", &["-p", db.url(), "-r", room]);
+    tools::assert_success(&run);
+    assert!(!run.stderr.contains(LONG_CHAINS), "{}", run.describe());
+}
+
+/// Chunks smaller than the first level: a warning, once, and most chunks
+/// skipped as they would grow; no warning with chunks of several level-1
+/// chains.
+#[test]
+fn chunks_smaller_than_the_first_level_warn() {
+    let (db, _) = check::generated_db("figures_small_chunks", &config(33));
+    let warning = "is smaller than the first level size (100)";
+    let run = tools::run_bin(AUTO, &["-p", db.url(), "-c", "50", "-n", "20", "--json"]);
+    let small = tools::json_summary(&run);
+    assert_eq!(run.stderr.matches(warning).count(), 1, "{}", run.describe());
+    // What the warning says: most chunks are skipped.
+    assert!(
+        2 * int(&small, "chunks_skipped") > int(&small, "chunks"),
+        "{small}"
+    );
+    let (db, _) = check::generated_db("figures_big_chunks", &config(33));
+    let run = tools::run_bin(AUTO, &["-p", db.url(), "-c", "500", "-n", "2", "--json"]);
+    let big = tools::json_summary(&run);
+    assert!(!run.stderr.contains(warning), "{}", run.describe());
+    eprintln!(
+        "rows saved over 900 groups: {} with -c 50 ({} of {} chunks skipped), {} with -c 500",
+        small["rows_saved"], small["chunks_skipped"], small["chunks"], big["rows_saved"]
+    );
 }
 
 /// Groups `ids` of `room`, a chain: each restates the room's whole state
@@ -458,23 +560,7 @@ fn auto_rows_saved_leaves_out_a_group_synapse_changed() {
         AUTO,
         &["-p", &url, "-c", "1000", "-n", "1", "-l", "10,5", "--json"],
     );
-    // Bounded polling of the server until the tool waits for the lock.
-    let mut waited = 0;
-    loop {
-        let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
-                &[&name],
-            )
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        waited += 1;
-        assert!(waited < 200_000, "the tool never waited for the group");
-    }
+    pg::wait_for_lock_wait(&mut watcher, &name);
     tx.commit().unwrap();
     let json = tools::json_summary(&tool.wait());
     let rows_after = count(&mut watcher);

@@ -328,9 +328,15 @@ fn manual_tool_stopped_at_random_moments() {
         }
         args
     };
-    let profiles: Vec<Profile> = rooms
+    let uninterrupted: Vec<Ending> = rooms
         .iter()
-        .map(|room| profile(&run(COMPRESSOR, &args(room, false), None)))
+        .map(|room| run(COMPRESSOR, &args(room, false), None))
+        .collect();
+    let profiles: Vec<Profile> = uninterrupted.iter().map(profile).collect();
+    // The plan's figure, which a stopped run's summary keeps.
+    let planned: Vec<&str> = uninterrupted
+        .iter()
+        .map(|ending| planned_rows_line(&ending.stdout))
         .collect();
     let reference = assert_intact(&db, &original, "uninterrupted runs");
     let generated_tree = generated.structure();
@@ -369,6 +375,12 @@ fn manual_tool_stopped_at_random_moments() {
             }
             let summary = format!("before the run was done: {written} of ");
             assert!(ending.stderr.contains(&summary), "{}", ending.describe());
+            assert_eq!(
+                planned_rows_line(&ending.stderr),
+                planned[which],
+                "{context}: the plan's heading shows another figure\n{}",
+                ending.describe()
+            );
             if written > 0 && now != reference {
                 mid_write += 1;
             }
@@ -411,6 +423,14 @@ fn manual_tool_stopped_at_random_moments() {
     eprintln!("manual tool: {stopped} of 8 runs stopped, {mid_write} between two write batches");
     assert!(stopped >= 3, "only {stopped} runs were stopped");
     assert!(mid_write >= 1, "no run stopped between two write batches");
+}
+
+/// The manual tool's "Number of rows after compression" line (the plan's
+/// figure).
+fn planned_rows_line(text: &str) -> &str {
+    text.lines()
+        .find(|l| l.starts_with("Number of rows after compression:"))
+        .unwrap_or_else(|| panic!("no planned rows line in\n{text}"))
 }
 
 /// The automatic tool's saved progress, as text, table by table (tables
@@ -662,12 +682,12 @@ fn a_second_signal_stops_at_once() {
     );
 }
 
-/// `-o FILE`: a run stopped before it writes the file removes it (an
-/// empty file would read as one with nothing to apply); a run that was
-/// not stopped leaves the whole file, which applies cleanly. Nothing is
-/// written to the database either way.
+/// `-o FILE`: a run stopped before it writes the file leaves the file of
+/// that name as it was (no empty or partial file, no temporary one); a run
+/// that was not stopped replaces it with the whole file, which applies
+/// cleanly. Nothing is written to the database either way.
 #[test]
-fn a_stopped_run_leaves_no_sql_file() {
+fn a_stopped_run_leaves_the_earlier_sql_file() {
     let seed = seed("sql file");
     let mut rng = SmallRng::seed_from_u64(seed);
     let (db, generated, original) = database("intr_sql", seed % 1000);
@@ -694,11 +714,28 @@ fn a_stopped_run_leaves_no_sql_file() {
             first: signal,
             second: None,
         };
+        let earlier = format!("-- the file an earlier run wrote ({round})\n");
+        std::fs::write(file.path(), &earlier).unwrap();
         let ending = run(COMPRESSOR, &args, Some(stop));
         let context = format!("round {round}: {signal:?} after line {at}");
+        let dir = file.path().parent().unwrap();
+        let temporary = format!(
+            ".{}.tmp-",
+            file.path().file_name().unwrap().to_string_lossy()
+        );
+        let left: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&temporary))
+            .collect();
+        assert!(left.is_empty(), "{context}: temporary file left: {left:?}");
         if check_stopped(&ending, signal, false) {
             stopped += 1;
-            assert!(!file.path().exists(), "{context}: the file was left");
+            assert_eq!(
+                std::fs::read_to_string(file.path()).unwrap(),
+                earlier,
+                "{context}: the earlier file changed"
+            );
         } else {
             check::apply_sql(db.url(), file.path());
             assert_intact(&db, &original, &context);

@@ -310,3 +310,33 @@ fn a_damaged_room_is_left_alone_as_a_run_leaves_it() {
     assert_eq!(listed["damaged"], true, "{json}");
     assert!(listed["chunks"].as_i64() > Some(0), "{json}");
 }
+
+/// The time estimate is the survey's whole time (a run repeats all of it)
+/// plus what a run adds: per chunk its lock and transactions, and the rows
+/// it deletes and inserts, at the measured rates. (The real run's time is
+/// printed beside it, not asserted: this machine's load varies.)
+#[test]
+fn the_time_estimate_is_the_whole_survey_plus_the_writes() {
+    use synapse_auto_compressor::survey::{WRITE_ROWS_PER_SECOND, WRITE_SECONDS_PER_CHUNK};
+    let db = mixed_db("survey_estimate", 41);
+    let options = ["-c", "100", "-n", "1000"];
+    let (_, _, json) = survey(db.url(), &options);
+    let total = &json["total"];
+    let seconds = |key: &str| total["seconds"][key].as_f64().unwrap();
+    let count = |key: &str| total[key].as_f64().unwrap();
+    let write =
+        count("chunks") * WRITE_SECONDS_PER_CHUNK + count("rows_written") / WRITE_ROWS_PER_SECOND;
+    assert!((seconds("write_estimate") - write).abs() < 1e-6, "{json}");
+    assert!(
+        (seconds("run_estimate") - seconds("survey") - write).abs() < 1e-6,
+        "{json}"
+    );
+    let run = auto(db.url(), &options, &["--json"]);
+    let real: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    eprintln!(
+        "estimated {:.2}s (survey {:.2}s), real run {:.2}s",
+        seconds("run_estimate"),
+        seconds("survey"),
+        real["seconds"]["total"].as_f64().unwrap()
+    );
+}

@@ -44,7 +44,57 @@ impl LevelSizes {
         }
         Ok(Self(sizes))
     }
+
+    /// The longest chain these levels build: a read walks at most one
+    /// chain per level (`docs/algorithm.md`). A skipped chunk keeps
+    /// Synapse's own chains below a deep group, so a run can exceed it by
+    /// up to Synapse's [`SYNAPSE_MAX_HOPS`].
+    pub fn longest_chain(&self) -> usize {
+        self.0.iter().fold(0, |sum, &size| sum.saturating_add(size))
+    }
+
+    /// A warning when these levels let chains grow far beyond Synapse's
+    /// own (more than [`LONG_CHAIN_FACTOR`] times): every hop is one more
+    /// step of the walk Synapse does each time it reads such a group's
+    /// state, so reads get slower while the table gets smaller.
+    pub fn long_chain_warning(&self) -> Option<String> {
+        let hops = self.longest_chain();
+        (hops > LONG_CHAIN_FACTOR * SYNAPSE_MAX_HOPS).then(|| {
+            format!(
+                "levels {self} let chains reach about {hops} hops, far beyond Synapse's own {SYNAPSE_MAX_HOPS}: \
+                 each time Synapse reads the state of a group (cache misses, state resolution), it walks every hop \
+                 of its chain (one more edge and its rows per hop), so those reads get slower; the default {} allows about {}",
+                LevelSizes::default(),
+                LevelSizes::default().longest_chain()
+            )
+        })
+    }
+
+    /// A warning when chunks of `chunk_size` groups are smaller than the
+    /// first level: a chunk then holds less than one level-1 chain, too
+    /// few groups to pay for the snapshot a room's fresh levels start
+    /// with, so many chunks would grow and are skipped (and each skip
+    /// starts the room's levels afresh again).
+    pub fn small_chunk_warning(&self, chunk_size: i64) -> Option<String> {
+        let first = self.0[0];
+        (chunk_size < first as i64).then(|| {
+            format!(
+                "the chunk size ({chunk_size}) is smaller than the first level size ({first}): a chunk holds less than one \
+                 level-1 chain, too few groups to pay for the snapshot a room's fresh levels start with, so many chunks \
+                 are skipped as 'would increase the rows' and the run saves little; use a chunk size of several times \
+                 {first} (-c 500 with the default levels)"
+            )
+        })
+    }
 }
+
+/// Synapse's own longest chain: it stores a full snapshot instead of a
+/// delta once a chain would be longer (`MAX_STATE_DELTA_HOPS`).
+pub const SYNAPSE_MAX_HOPS: usize = 100;
+
+/// Levels whose chains can be this many times longer than Synapse's own
+/// get a warning (the default levels' 175 hops do not).
+pub const LONG_CHAIN_FACTOR: usize = 3;
 
 impl Default for LevelSizes {
     fn default() -> Self {

@@ -6,15 +6,14 @@
 //!
 //! Ctrl-C or SIGTERM (`tool::interrupt`) is looked at between phases and
 //! between write batches, each batch being a committed transaction of its
-//! own that leaves every group's state as it was. A run stopped before its
-//! SQL file is written removes the file it had opened, so no file that
-//! looks complete (or looks like "nothing to apply") is left; once started,
-//! the file is finished first, as it is local and quick.
+//! own that leaves every group's state as it was. The SQL file is written
+//! whole or not at all ([`AtomicFile`]): a run that fails or is stopped
+//! before it is complete leaves an earlier file of that name as it was;
+//! once started, the file is finished first, as it is local and quick.
 //!
 //! With `-c` it also counts the room's rows before and after, measures the
 //! table and VACUUMs it when asked.
 
-use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -35,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::manual::config::ManualConfig;
 use crate::manual::summary::{Outcome, Summary};
 use crate::manual::window::{self, Windowed};
+use crate::output::atomic::AtomicFile;
 use crate::output::{graph, sql};
 use crate::tool::args::{NonNegative, Positive};
 use crate::tool::interrupt;
@@ -53,7 +53,14 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     // name: nothing of it has been touched.
     let damaged = |e: Error| e.in_room(room);
 
-    // Open the output file first: an unwritable path fails before any work.
+    // Check the output file first: an unwritable path fails before any
+    // work (nothing is created or changed until the SQL is complete).
+    if let Some(warning) = config.level_sizes.long_chain_warning() {
+        warn!("{warning}");
+    }
+    if !config.verify && (config.commit_changes || config.output_file.is_some()) {
+        warn!("Verification is off (-N): the changes are written without checking that every group keeps its state");
+    }
     let sql_out = config
         .output_file
         .as_deref()
@@ -176,13 +183,15 @@ fn ends_before_writing(
     summary.dry_run = !config.commit_changes && config.output_file.is_none();
     summary.to_sql_file = config.output_file.is_some();
     summary.to_database = config.commit_changes;
+    summary.verify_skipped = !config.verify;
     summary.table_rows_before = table_rows_before;
     summary.table_rows_after = table_rows_before;
     if let Some(why) = reason_to_write_nothing(config, summary) {
         // Nothing is written: the chains stay as they are.
         summary.longest_chain_after = summary.longest_chain_before;
-        if let Some(out) = held.sql_out.as_mut() {
+        if let Some(out) = held.sql_out.take() {
             out.nothing(&config.room_id, &why)?;
+            summary.sql_file_written = true;
         }
         finish_database(&mut held.client, config, summary, WriteReport::default())?;
         summary.timings.total = held.run_started.elapsed();
@@ -200,10 +209,12 @@ fn write(
     mut held: Held,
 ) -> Result<()> {
     let started = Instant::now();
-    if let Some(mut out) = held.sql_out.take() {
+    if let Some(out) = held.sql_out.take() {
         out.write(config, new)?;
+        summary.sql_file_written = true;
     }
     summary.groups_to_write = new.changed.len();
+    summary.writing = true;
     if held.room_lock.is_none() {
         summary.timings.write = started.elapsed();
         summary.groups_written = new.changed.len();
@@ -218,6 +229,7 @@ fn write(
     // Exact: a group Synapse changed meanwhile keeps its rows, and so do
     // the groups of batches a stop left undone.
     let saved = report.rows_deleted as i64 - report.rows_inserted as i64;
+    summary.rows_after_planned = Some(summary.rows_after);
     summary.rows_after = (summary.rows_before as i64 - saved) as usize;
     summary.groups_written = report.written;
     summary.groups_skipped_live = report.skipped;
@@ -251,7 +263,7 @@ impl Held {
         };
         self.release()?;
         if let Some(out) = self.sql_out.take() {
-            out.discard()?;
+            out.discard();
         }
         summary.interrupted = Some(signal);
         summary.timings.total = self.run_started.elapsed();
@@ -426,68 +438,79 @@ fn commit(client: &mut Client, room: &str, new: NewStructure<'_>) -> Result<Writ
     Ok(report)
 }
 
-/// Where the SQL of `-o` goes: a file, or standard output for `-o -`.
+/// Where the SQL of `-o` goes: a file (replaced whole, once complete), or
+/// standard output for `-o -`.
 struct SqlOut {
     /// What to call it in messages.
     path: PathBuf,
-    sink: Box<dyn Write>,
-    /// The file this run created (none for standard output).
-    created: Option<PathBuf>,
+    /// The file to write (none for standard output).
+    file: Option<PathBuf>,
 }
 
 impl SqlOut {
+    /// Checks that the file can be written, creating nothing.
     fn open(path: &Path) -> Result<SqlOut> {
         if sql::is_stdout(path) {
             return Ok(SqlOut {
                 path: PathBuf::from("standard output"),
-                sink: Box::new(BufWriter::new(io::stdout())),
-                created: None,
+                file: None,
             });
         }
-        let file = File::create(path).map_err(|e| Error::file(path, e))?;
+        AtomicFile::check_writable(path).map_err(|e| Error::file(path, e))?;
         Ok(SqlOut {
             path: path.to_owned(),
-            sink: Box::new(BufWriter::new(file)),
-            created: Some(path.to_owned()),
+            file: Some(path.to_owned()),
         })
     }
 
-    /// Removes the file of a run that stopped before writing it (standard
-    /// output has had nothing written to it).
-    fn discard(self) -> Result<()> {
-        drop(self.sink);
-        if let Some(path) = self.created {
-            std::fs::remove_file(&path).map_err(|e| Error::file(&path, e))?;
+    /// A run stopped before writing the file: says that it left the file
+    /// (or its absence) as it was.
+    fn discard(self) {
+        if let Some(path) = self.file {
             info!(
-                "Removed {}: the run stopped before writing it",
+                "Did not write {}: the run stopped before (a file of that name is left as it was)",
                 path.display()
             );
         }
-        Ok(())
+    }
+
+    /// Writes the whole output with `content`: to standard output, or to a
+    /// temporary file renamed over the target once complete.
+    fn emit(&self, content: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
+        let failed = |e| Error::file(&self.path, e);
+        let Some(path) = &self.file else {
+            let mut out = BufWriter::new(io::stdout());
+            content(&mut out).map_err(failed)?;
+            return out.flush().map_err(failed);
+        };
+        let mut out = AtomicFile::create(path).map_err(failed)?;
+        content(&mut out).map_err(failed)?;
+        out.commit().map_err(failed)
     }
 
     /// Writes the file of a run that changes nothing (a comment saying why).
-    fn nothing(&mut self, room: &str, why: &str) -> Result<()> {
-        sql::write_nothing(&mut self.sink, room, why).map_err(|e| Error::file(&self.path, e))
+    fn nothing(&self, room: &str, why: &str) -> Result<()> {
+        self.emit(|out| sql::write_nothing(out, room, why))
     }
 
     /// Writes the guarded changes of `new` (or, with none, a file that
     /// says so).
-    fn write(&mut self, config: &ManualConfig, new: NewStructure<'_>) -> Result<()> {
+    fn write(&self, config: &ManualConfig, new: NewStructure<'_>) -> Result<()> {
         let room = config.room_id.as_str();
         if new.changed.is_empty() {
             return self.nothing(room, "no state group needs changing");
         }
-        sql::write_changes(
-            &mut self.sink,
-            room,
-            new.symbols,
-            new.original,
-            new.new,
-            new.changed,
-            config.transactions,
-        )
-        .map_err(|e| Error::file(&self.path, e))?;
+        self.emit(|out| {
+            sql::write_changes(
+                out,
+                room,
+                new.symbols,
+                new.original,
+                new.new,
+                new.changed,
+                config.transactions,
+            )
+        })?;
         info!(
             "Wrote SQL for {} groups to {}",
             new.changed.len(),

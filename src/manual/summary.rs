@@ -60,6 +60,17 @@ pub struct Summary {
     pub to_sql_file: bool,
     /// `-c`: the changes were applied to the database.
     pub to_database: bool,
+    /// `-o`: the SQL file (or standard output) was written in full.
+    pub sql_file_written: bool,
+    /// The run reached its write phase (the SQL file, then the database).
+    pub writing: bool,
+    /// `-N`: the new structure was not checked against the old states.
+    pub verify_skipped: bool,
+    /// With `-c`, once written: the rows the compressor planned to leave
+    /// (`rows_after` is then what the writes left: fewer groups are
+    /// rewritten when Synapse changed some meanwhile or a signal stopped
+    /// the writes).
+    pub rows_after_planned: Option<usize>,
     /// Rows the writes deleted (with `-c`).
     pub rows_deleted: u64,
     /// With `-c`: the room's rows in `state_groups_state`, counted before
@@ -149,6 +160,10 @@ impl Summary {
             dry_run: false,
             to_sql_file: false,
             to_database: false,
+            sql_file_written: false,
+            writing: false,
+            verify_skipped: false,
+            rows_after_planned: None,
             rows_deleted: 0,
             table_rows_before: None,
             table_rows_after: None,
@@ -208,11 +223,7 @@ impl Summary {
 
     /// Rows after as a percentage of rows before.
     pub fn percent_after(&self) -> f64 {
-        if self.rows_before == 0 {
-            100.0
-        } else {
-            self.rows_after as f64 * 100.0 / self.rows_before as f64
-        }
+        percent_of(self.rows_after, self.rows_before)
     }
 }
 
@@ -220,11 +231,16 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "Number of state groups: {}", self.groups)?;
         writeln!(f, "Number of rows in current table: {}", self.rows_before)?;
+        // The plan's figure: a stopped run's partial one is in its last line.
+        let (after, percent) = match self.rows_after_planned {
+            Some(planned) if self.interrupted.is_some() => {
+                (planned, percent_of(planned, self.rows_before))
+            }
+            _ => (self.rows_after, self.percent_after()),
+        };
         writeln!(
             f,
-            "Number of rows after compression: {} ({:.2}%)",
-            self.rows_after,
-            self.percent_after()
+            "Number of rows after compression: {after} ({percent:.2}%)"
         )?;
         writeln!(f, "Compression Statistics:")?;
         writeln!(
@@ -255,6 +271,11 @@ impl fmt::Display for Summary {
                         "New state map matches old one ({} groups checked, {} compared in full)",
                         v.groups, v.compared
                     )?;
+                } else if self.verify_skipped {
+                    writeln!(
+                        f,
+                        "New state map NOT checked against the old one: verification was skipped (-N)"
+                    )?;
                 }
                 self.fmt_writes(f)?;
             }
@@ -268,14 +289,50 @@ impl fmt::Display for Summary {
         }
         self.fmt_table(f)?;
         if let Some(signal) = self.interrupted {
-            writeln!(
-                f,
-                "Interrupted by {signal} before the run was done: {} of {} groups rewritten in the database, every group's state unchanged; run the same command again to finish.",
-                self.groups_written,
-                self.groups_to_write
-            )?;
+            writeln!(f, "Interrupted by {signal} {}", self.interrupted_what())?;
         }
         write!(f, "{}", self.timings)
+    }
+}
+
+/// `part` as a percentage of `whole` (100 for an empty whole).
+fn percent_of(part: usize, whole: usize) -> f64 {
+    if whole == 0 {
+        100.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+impl Summary {
+    /// What an interrupted run did and did not do, by what it was asked to
+    /// write.
+    fn interrupted_what(&self) -> String {
+        let file = if !self.to_sql_file {
+            ""
+        } else if self.sql_file_written {
+            " The SQL file was written in full."
+        } else {
+            " No SQL file was written (a file of that name is left as it was)."
+        };
+        if self.to_database && self.writing {
+            let planned = self.rows_after_planned.unwrap_or(self.rows_after);
+            format!(
+                "before the run was done: {} of {} groups rewritten in the database ({} of the {} rows planned saved), every group's state unchanged; run the same command again to finish.{file}",
+                self.groups_written,
+                self.groups_to_write,
+                self.rows_before as i64 - self.rows_after as i64,
+                self.rows_before as i64 - planned as i64,
+            )
+        } else if self.to_database {
+            format!("before the run was done: 0 of its groups rewritten, as it stopped before writing: the database is as it was; run the same command again.{file}")
+        } else if self.to_sql_file {
+            format!(
+                "before the SQL file was complete:{file} Run the same command again to write it."
+            )
+        } else {
+            "before the dry run was done: nothing was to be written; the figures above cover the work done before it stopped.".to_owned()
+        }
     }
 }
 

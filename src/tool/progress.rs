@@ -1,4 +1,4 @@
-//! Progress bars on stderr: loading and writing in the manual tool, chunks
+//! Progress bars on stderr: loading and writing in the manual tool, groups
 //! in the automatic tool.
 //!
 //! Bars only draw on a terminal (indicatif hides them otherwise, so cron
@@ -95,18 +95,31 @@ pub fn count(n: u64) -> String {
     indicatif::HumanCount(n).to_string()
 }
 
-/// The automatic tool's bar: chunks done of `chunks`, with the time left,
-/// and a message (rows saved so far, the current room) cut to the width
-/// of the terminal. It ticks on its own, so the clock moves during a long
-/// chunk.
+/// The automatic tool's bar over the database: groups done of about
+/// `groups` (the work left, or what `-n` allows), with the time left at
+/// that pace, and a message (rows saved so far, the current room).
+pub fn groups(groups: u64) -> ProgressBar {
+    ticking(
+        groups,
+        "Groups {bar:20} {human_pos}/~{human_len} [{elapsed}<{eta}] {wide_msg}",
+    )
+}
+
+/// The automatic tool's bar room by room (`--largest-rooms`): chunks done
+/// of `chunks`, with the time left, and the same message.
 pub fn chunks(chunks: u64) -> ProgressBar {
-    let bar = new_bar(Some(chunks));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "Chunks {bar:20} {human_pos}/{human_len} [{elapsed}<{eta}] {wide_msg}",
-        )
-        .expect("valid template"),
-    );
+    ticking(
+        chunks,
+        "Chunks {bar:20} {human_pos}/{human_len} [{elapsed}<{eta}] {wide_msg}",
+    )
+}
+
+/// A bar of `len` drawn with `template` (whose message is cut to the
+/// width of the terminal) that ticks on its own, so the clock moves
+/// during a long chunk.
+fn ticking(len: u64, template: &str) -> ProgressBar {
+    let bar = new_bar(Some(len));
+    bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
     bar.enable_steady_tick(Duration::from_millis(500));
     bar
 }

@@ -95,6 +95,14 @@ pub struct AutoArgs {
         conflicts_with_all = ["dry_run", "largest_rooms"]
     )]
     pub jobs: Positive,
+
+    /// Write the run's figures (last success time, duration, rows saved,
+    /// chunks, rooms busy or damaged, interrupted, exit status) to PATH in
+    /// Prometheus' text format, for node_exporter's textfile collector
+    /// (name it `*.prom`). Replaced whole at the end of every run, failed or
+    /// interrupted ones included.
+    #[arg(long = "metrics-file", value_name = "PATH", conflicts_with = "dry_run")]
+    pub metrics_file: Option<std::path::PathBuf>,
 }
 
 impl AutoArgs {

@@ -6,6 +6,7 @@
 //!   tool so either can continue the other's work;
 //! - [`lock`]: one run per database;
 //! - [`manager`]: the chunk loop (and `--largest-rooms`' room by room);
+//! - [`metrics`]: `--metrics-file`, the run's figures for Prometheus;
 //! - [`summary`]: the figures of each chunk and of the run;
 //! - [`largest`]: which rooms `--largest-rooms` picks;
 //! - [`prefetch`]: loading the next chunks while the current one is written;
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod largest;
 pub mod lock;
 pub mod manager;
+pub mod metrics;
 pub mod prefetch;
 pub mod room_ids;
 pub mod room_store;

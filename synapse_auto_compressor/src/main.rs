@@ -2,15 +2,18 @@
 //! All the work is in the library; this parses arguments, runs, and maps
 //! errors to exit codes (75, "temporary failure", when another run holds
 //! the lock, so cron wrappers can tell it apart from a real error; 130 or
-//! 143 when Ctrl-C or SIGTERM stopped the run between two chunks).
+//! 143 when Ctrl-C or SIGTERM stopped the run between two chunks), and
+//! writes the run's metrics (`--metrics-file`) whatever its outcome.
 
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use synapse_auto_compressor::cli::AutoArgs;
+use synapse_auto_compressor::metrics;
 use synapse_compress_state::tool::{self, args};
 
 fn main() -> ExitCode {
@@ -19,6 +22,13 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let _started = tool::start(args.no_progress);
+    let started_at = SystemTime::now();
+    if let Some(path) = &args.metrics_file {
+        if let Err(err) = metrics::check(path) {
+            eprintln!("error: {err}");
+            return err.exit_code();
+        }
+    }
     let config = args.into_config();
     // What goes to stdout: the survey (table or JSON), or with --json the
     // run's summary; and the signal that stopped either, if one did.
@@ -32,7 +42,27 @@ fn main() -> ExitCode {
             (Some(text), survey.interrupted)
         })
     } else {
-        synapse_auto_compressor::run(&config).map(|summary| {
+        let run = synapse_auto_compressor::run(&config);
+        if let Some(path) = &args.metrics_file {
+            let end = metrics::RunEnd {
+                summary: run.as_ref().ok(),
+                exit_status: match &run {
+                    Ok(summary) => summary.interrupted.map_or(0, |s| s.exit_status()),
+                    Err(err) => err.exit_status(),
+                },
+                started: started_at,
+                ended: SystemTime::now(),
+            };
+            if let Err(err) = metrics::write(path, &end) {
+                // The run's own error, if any, is the one to report.
+                if run.is_ok() {
+                    eprintln!("error: {err}");
+                    return err.exit_code();
+                }
+                log::warn!("{err}");
+            }
+        }
+        run.map(|summary| {
             let text = args.json.then(|| format!("{}\n", summary.to_json()));
             (text, summary.interrupted)
         })

@@ -20,7 +20,8 @@
 //! Ctrl-C or SIGTERM (`tool::interrupt`) is looked at between chunks only,
 //! once the last chunk's progress has committed with it, so the saved
 //! progress of an interrupted run is exact and the next run continues from
-//! there. A bar on a terminal shows chunks done, rows saved and the room.
+//! there. A bar on a terminal shows groups done of about those left (so its
+//! time left is that of the work), rows saved and the room.
 //!
 //! The run's figures are counted in [`crate::summary`].
 
@@ -72,6 +73,7 @@ pub struct AutoConfig {
 /// Runs up to `number_of_chunks` chunks over the database.
 pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     let started = Instant::now();
+    warn_about_settings(config);
     let mut client = db::connect_as(&config.db_url, "synapse_auto_compressor")?;
     schema::require_state_tables(&mut client)?;
     let progress_needs = state_saving::progress_needs(&mut client)?;
@@ -114,6 +116,36 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     summary.log();
     info!("{}", summary.timings);
     Ok(summary)
+}
+
+/// Warns (one line each) about settings that run but serve badly: levels
+/// that make chains far longer than Synapse's, chunks smaller than the
+/// first level (the survey warns alike).
+pub(crate) fn warn_about_settings(config: &AutoConfig) {
+    let levels = &config.default_levels;
+    let warnings = [
+        levels.long_chain_warning(),
+        levels.small_chunk_warning(config.chunk_size.get()),
+    ];
+    for warning in warnings.into_iter().flatten() {
+        warn!("{warning}");
+    }
+}
+
+/// The chunk bar, in groups: as long as the groups left past the scan
+/// position (an estimate), or what `-n` chunks of `-c` can do when that is
+/// less; its time left is then that of the work, not of `-n`.
+pub(crate) fn work_bar(client: &mut Client, config: &AutoConfig) -> Result<progress::Bar> {
+    let (scan, left) = state_saving::groups_left_estimate(client)?;
+    let chunks = config.number_of_chunks.get() as u64;
+    let most = chunks.saturating_mul(config.chunk_size.get() as u64);
+    info!(
+        "About {} groups left to compress from group {scan}; this run does at most {} ({chunks} chunks of {})",
+        progress::count(left),
+        progress::count(most),
+        config.chunk_size
+    );
+    Ok(progress::groups(left.min(most)))
 }
 
 /// The run with one worker (the default): the chunk loop, or `rooms` one
@@ -180,7 +212,7 @@ fn chunk_loop(
     room_ids: &RoomIds,
 ) -> Result<()> {
     let mut left = LeftRooms::default();
-    let bar = progress::chunks(config.number_of_chunks.get() as u64);
+    let bar = work_bar(client, config)?;
     let mut figures = RunFigures::default();
     let mut carries = Carries::default();
     while (summary.chunks as i64) < config.number_of_chunks.get() {
@@ -240,7 +272,7 @@ fn chunk_loop(
             continue;
         }
         summary.add(&outcome);
-        bar.set_position(summary.chunks as u64);
+        bar.set_position(summary.groups as u64);
     }
     bar.finish_and_clear();
     figures.count_rooms_after(client, summary)

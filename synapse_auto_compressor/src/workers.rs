@@ -96,7 +96,7 @@ pub fn run(client: &mut Client, config: &AutoConfig, summary: &mut RunSummary) -
         stop: false,
         error: None,
     });
-    let bar = progress::chunks(config.number_of_chunks.get() as u64);
+    let bar = crate::manager::work_bar(client, config)?;
     let room_ids = RoomIds::default();
     std::thread::scope(|scope| {
         for connection in connections {
@@ -175,7 +175,7 @@ fn worker(
             }
             Ok(outcome) => {
                 s.summary.add(&outcome);
-                bar.set_position(s.summary.chunks as u64);
+                bar.set_position(s.summary.groups as u64);
                 bar.set_message(format!(
                     "saved {} rows; room {}",
                     progress::count(s.summary.rows_saved.max(0) as u64),

@@ -53,13 +53,14 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     // name: nothing of it has been touched.
     let damaged = |e: Error| e.in_room(room);
 
-    // Open the output file first: an unwritable path fails before any work.
+    let (mut client, room_lock) = connect(config)?;
+    // Open the output file before the load: an unwritable path fails before
+    // any work, and a server that cannot be reached leaves it alone.
     let sql_out = config
         .output_file
         .as_deref()
         .map(SqlOut::open)
         .transpose()?;
-    let (mut client, room_lock) = connect(config)?;
     // Counted under the room's lock: no other compressor changes them.
     let table_rows_before = match room_lock {
         Some(_) => Some(stats::room_rows(&mut client, room)?),
@@ -289,6 +290,7 @@ fn finish_database(
 /// (its lock is kept from before the load until the last write commits).
 fn connect(config: &ManualConfig) -> Result<(Client, Option<RoomLock>)> {
     let mut client = db::connect(&config.db_url)?;
+    interrupt::begin_work();
     schema::require_state_tables(&mut client)?;
     let access = if config.commit_changes {
         schema::Access::Write

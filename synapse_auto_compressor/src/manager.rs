@@ -73,6 +73,7 @@ pub struct AutoConfig {
 pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     let started = Instant::now();
     let mut client = db::connect_as(&config.db_url, "synapse_auto_compressor")?;
+    interrupt::begin_work();
     schema::require_state_tables(&mut client)?;
     let progress_needs = state_saving::progress_needs(&mut client)?;
     schema::require_privileges(

@@ -271,6 +271,7 @@ struct Position {
 pub fn run(config: &AutoConfig) -> Result<Survey> {
     let started = Instant::now();
     let mut client = db::connect_as(&config.db_url, "synapse_auto_compressor")?;
+    interrupt::begin_work();
     // Anything that tried to write would fail, whatever the role may do.
     client
         .batch_execute("SET default_transaction_read_only = on")

@@ -24,6 +24,7 @@
 pub mod carry;
 pub mod chain_lengths;
 pub mod cli;
+pub mod connections;
 pub mod largest;
 pub mod lock;
 pub mod manager;

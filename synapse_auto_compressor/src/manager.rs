@@ -42,6 +42,7 @@ use synapse_compress_state::tool::{failpoint, progress};
 use synapse_compress_state::{compress, Compressed, Error, GroupMap, Level, LevelSizes, Result};
 
 use crate::carry::{Carries, Carry};
+use crate::connections::Budget;
 use crate::prefetch::{load_chunk, ChunkRequest, LoadedChunk, Prefetcher};
 use crate::room_ids::RoomIds;
 use crate::state_saving::LeftRooms;
@@ -67,6 +68,8 @@ pub struct AutoConfig {
     pub vacuum: bool,
     /// Workers compressing different rooms at the same time (`--jobs`).
     pub jobs: Positive,
+    /// Connections the run leaves free for Synapse (`--reserve-connections`).
+    pub reserve_connections: u32,
 }
 
 /// Runs up to `number_of_chunks` chunks over the database.
@@ -131,6 +134,10 @@ fn one_worker(
     let wanted = match rooms {
         Some(_) => 0,
         None => (config.number_of_chunks.get() - 1).clamp(0, READERS as i64) as usize,
+    };
+    let wanted = match wanted {
+        0 => 0,
+        _ => Budget::read(client, config.reserve_connections)?.allow(wanted, "loading connections"),
     };
     let mut readers = Vec::with_capacity(wanted);
     while readers.len() < wanted {

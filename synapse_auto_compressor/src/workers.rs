@@ -32,6 +32,7 @@ use synapse_compress_state::{Error, Result};
 
 use crate::carry::Carries;
 use crate::chain_lengths::ChainLengths;
+use crate::connections::Budget;
 use crate::manager::{compress_chunk, Ahead, AutoConfig};
 use crate::room_ids::RoomIds;
 use crate::state_saving::{self, LeftRooms};
@@ -68,8 +69,18 @@ struct Picked {
 /// Runs the chunks of this run with `config.jobs` workers; `client` (the
 /// run's own connection) counts the rooms' rows at the end.
 pub fn run(client: &mut Client, config: &AutoConfig, summary: &mut RunSummary) -> Result<()> {
+    let budget = Budget::read(client, config.reserve_connections)?;
+    let wanted = config.jobs.get() as usize;
+    if budget.spare() == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "--jobs {wanted}: no connection to spare for workers (the server has {} free and {} \
+             are kept for Synapse by --reserve-connections); run without --jobs",
+            budget.free, budget.reserve
+        )));
+    }
+    let allowed = budget.allow(wanted, "workers");
     let mut connections = Vec::new();
-    for _ in 0..config.jobs.get() {
+    for _ in 0..allowed {
         match db::connect_as(&config.db_url, "synapse_auto_compressor") {
             Ok(c) => connections.push(c),
             Err(e) if !connections.is_empty() => {

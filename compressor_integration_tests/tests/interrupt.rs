@@ -385,32 +385,6 @@ fn manual_tool_stopped_at_random_moments() {
     assert!(mid_write >= 1, "no run stopped between two write batches");
 }
 
-/// The automatic tool's saved progress, as text, table by table (tables
-/// that do not exist have no rows).
-fn saved_progress(db: &TestDb) -> Vec<String> {
-    let mut client = db.client();
-    let mut rows = Vec::new();
-    for table in [
-        "state_compressor_state",
-        "state_compressor_progress",
-        "state_compressor_total_progress",
-    ] {
-        let exists: bool = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-            .expect("looking for the table")
-            .get(0);
-        if exists {
-            for row in client
-                .query(&format!("SELECT t::text FROM {table} AS t ORDER BY 1"), &[])
-                .expect("reading the progress")
-            {
-                rows.push(format!("{table}: {}", row.get::<_, String>(0)));
-            }
-        }
-    }
-    rows
-}
-
 /// The automatic tool, over every chunk there is (chunks of 100 groups).
 fn auto_args(db: &TestDb, chunks: u64) -> Vec<String> {
     let chunks = chunks.to_string();
@@ -470,13 +444,13 @@ fn auto_tool_stopped_at_random_moments() {
                 .contains("run the tool again and it continues"));
             // The saved progress is exactly that of a run of as many
             // chunks that nobody stopped.
-            let progress = saved_progress(&db);
+            let progress = check::saved_progress(&db);
             let chunks = figures["chunks"].as_u64().expect("chunks");
             check::restore(&db, &generated);
             if chunks > 0 {
                 let same = run(AUTO, &auto_args(&db, chunks), None);
                 assert_eq!(same.code, Some(0), "{}", same.describe());
-                assert_eq!(saved_progress(&db), progress, "{context}");
+                assert_eq!(check::saved_progress(&db), progress, "{context}");
                 assert!(whole_tree(&db) == now, "{context}: another tree");
             } else {
                 assert!(

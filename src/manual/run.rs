@@ -290,8 +290,11 @@ fn finish_database(
 /// (its lock is kept from before the load until the last write commits).
 fn connect(config: &ManualConfig) -> Result<(Client, Option<RoomLock>)> {
     let mut client = db::connect(&config.db_url)?;
-    interrupt::begin_work();
     schema::require_state_tables(&mut client)?;
+    // Nothing has begun while the tables are held: a signal during this
+    // wait ends the process at once (Python callers have no signals).
+    db::lock_wait::wait_for_state_tables(&mut client)?;
+    interrupt::begin_work();
     let access = if config.commit_changes {
         schema::Access::Write
     } else {

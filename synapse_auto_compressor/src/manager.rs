@@ -32,6 +32,7 @@ use synapse_compress_state::core::group::{changed_groups, row_count, row_count_a
 use synapse_compress_state::core::state_map::Symbols;
 use synapse_compress_state::core::verify::verify;
 use synapse_compress_state::db::load::{self, LoadReport};
+use synapse_compress_state::db::lock_wait::{stop_requested, wait_for_state_tables};
 use synapse_compress_state::db::stats;
 use synapse_compress_state::db::write::{Rewrite, WriteReport};
 use synapse_compress_state::db::{self, schema, Prepared, RoomLock};
@@ -76,8 +77,11 @@ pub struct AutoConfig {
 pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     let started = Instant::now();
     let mut client = db::connect_as(&config.db_url, "synapse_auto_compressor")?;
-    interrupt::begin_work();
     schema::require_state_tables(&mut client)?;
+    // Nothing has begun while the tables are held: a signal during this
+    // wait ends the process at once (Python callers have no signals).
+    wait_for_state_tables(&mut client)?;
+    interrupt::begin_work();
     let progress_needs = state_saving::progress_needs(&mut client)?;
     schema::require_privileges(
         &mut client,
@@ -142,7 +146,15 @@ fn one_worker(
     let mut readers = Vec::with_capacity(wanted);
     while readers.len() < wanted {
         match db::connect_as(&config.db_url, "synapse_auto_compressor") {
-            Ok(reader) => readers.push(reader),
+            Ok(mut reader) => {
+                // A load held up by a lock fails soon and is done again on
+                // the main connection, which waits visibly at its safe
+                // point: a stop never waits for a reader.
+                reader
+                    .batch_execute("SET lock_timeout = '1s'")
+                    .map_err(|e| Error::db("setting up a loading connection", e))?;
+                readers.push(reader);
+            }
             Err(e) => {
                 warn!(
                     "Loading ahead on {} connection(s), not {wanted} (no more connections: {e})",
@@ -194,7 +206,7 @@ fn chunk_loop(
     while (summary.chunks as i64) < config.number_of_chunks.get() {
         // The safe point: every chunk before has committed with its
         // progress, and this one has not started.
-        if let Some(signal) = interrupt::requested() {
+        if let Some(signal) = stop_requested(client)? {
             summary.interrupted = Some(signal);
             break;
         }
@@ -283,7 +295,7 @@ fn room_by_room(
                 break 'rooms;
             }
             // The same safe point as the chunk loop's.
-            if let Some(signal) = interrupt::requested() {
+            if let Some(signal) = stop_requested(client)? {
                 summary.interrupted = Some(signal);
                 break 'rooms;
             }

@@ -40,6 +40,7 @@ use log::{info, warn};
 use postgres::Client;
 use synapse_compress_state::core::group::changed_groups;
 use synapse_compress_state::core::verify::verify;
+use synapse_compress_state::db::lock_wait::{stop_requested, wait_for_state_tables};
 use synapse_compress_state::db::{self, schema, Prepared};
 use synapse_compress_state::tool::interrupt::{self, Signal};
 use synapse_compress_state::{compress, Error, GroupMap, Level, Result};
@@ -271,12 +272,15 @@ struct Position {
 pub fn run(config: &AutoConfig) -> Result<Survey> {
     let started = Instant::now();
     let mut client = db::connect_as(&config.db_url, "synapse_auto_compressor")?;
-    interrupt::begin_work();
     // Anything that tried to write would fail, whatever the role may do.
     client
         .batch_execute("SET default_transaction_read_only = on")
         .map_err(|e| Error::db("making the session read-only", e))?;
     schema::require_state_tables(&mut client)?;
+    // Nothing has begun while the tables are held: a signal during this
+    // wait ends the process at once (Python callers have no signals).
+    wait_for_state_tables(&mut client)?;
+    interrupt::begin_work();
     let exists = schema::tables_exist(&mut client, &state_saving::PROGRESS_TABLES)?;
     let reads: Vec<schema::Need> = state_saving::PROGRESS_TABLES
         .iter()
@@ -295,7 +299,7 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
     let room_ids = RoomIds::default();
     let mut left = LeftRooms::default();
     while (survey.chunks as i64) < config.number_of_chunks.get() {
-        if let Some(signal) = interrupt::requested() {
+        if let Some(signal) = stop_requested(&mut client)? {
             warn!("{signal} received: the survey stops here and covers only the chunks before");
             survey.interrupted = Some(signal);
             break;

@@ -136,6 +136,16 @@ fn worker(
     let mut prepared = Prepared::new();
     let no_rooms = LeftRooms::default();
     loop {
+        match db::lock_wait::wait_for_state_tables(&mut client) {
+            Ok(None) => {}
+            Ok(Some(signal)) => {
+                let mut s = lock_shared(shared);
+                s.summary.interrupted = Some(signal);
+                s.stop = true;
+                return;
+            }
+            Err(e) => return fail(shared, e),
+        }
         let picked = match pick(&mut client, &mut prepared, config, shared) {
             Ok(Some(picked)) => picked,
             Ok(None) => return,

@@ -9,15 +9,20 @@
 //!   once with 130 or 143, instead of waiting for a safe point that would
 //!   come only once the server answers.
 //!
+//! - The same holds for every connection a run opens: the automatic tool's
+//!   workers, behind a proxy that passes the run's first connection to the
+//!   test server and leaves the next ones silent.
+//!
 //! The silent server is a `TcpListener` of the test's own that accepts and
 //! never reads or writes; each accepted connection is reported on a
 //! channel, so a test knows when a tool is waiting on it.
 
-use std::net::{TcpListener, TcpStream};
+use std::io::copy;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use compressor_integration_tests::check::COMPRESSOR;
+use compressor_integration_tests::check::{self, COMPRESSOR};
 use compressor_integration_tests::tools;
 
 const AUTO: &str = "synapse_auto_compressor";
@@ -31,13 +36,22 @@ struct SilentServer {
 
 impl SilentServer {
     fn start() -> SilentServer {
+        SilentServer::forwarding_first(None)
+    }
+
+    /// Passes the first `forwarded.1` connections through to the server at
+    /// `forwarded.0` (`host:port`), and leaves the later ones silent.
+    fn forwarding_first(forwarded: Option<(String, usize)>) -> SilentServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a local port");
         let port = listener.local_addr().expect("its address").port();
         let (sender, accepted) = mpsc::channel();
         std::thread::spawn(move || {
             let mut held: Vec<TcpStream> = Vec::new();
-            for stream in listener.incoming().flatten() {
-                held.push(stream);
+            for (n, stream) in listener.incoming().flatten().enumerate() {
+                match &forwarded {
+                    Some((server, first)) if n < *first => forward(stream, server),
+                    _ => held.push(stream),
+                }
                 if sender.send(()).is_err() {
                     return;
                 }
@@ -51,6 +65,24 @@ impl SilentServer {
         self.accepted
             .recv_timeout(Duration::from_secs(60))
             .expect("the tool never connected to the silent server");
+    }
+}
+
+/// Copies bytes both ways between `client` and a new connection to
+/// `server`, each way on a thread of its own.
+fn forward(client: TcpStream, server: &str) {
+    let upstream = TcpStream::connect(server).expect("connecting to the test server");
+    for (mut from, mut to) in [
+        (
+            client.try_clone().expect("clone"),
+            upstream.try_clone().expect("clone"),
+        ),
+        (upstream, client),
+    ] {
+        std::thread::spawn(move || {
+            let _ = copy(&mut from, &mut to);
+            let _ = to.shutdown(Shutdown::Write);
+        });
     }
 }
 
@@ -148,4 +180,33 @@ fn one_signal_ends_a_run_that_has_not_begun() {
         );
         eprintln!("{tool}, {name}: ended {took:.1?} after the signal");
     }
+}
+
+#[test]
+fn a_worker_connection_to_a_silent_server_times_out_too() {
+    let (db, _) = check::small_db("silent_worker", 100);
+    let row = db
+        .client()
+        .query_one(
+            "SELECT host(inet_server_addr()), inet_server_port(), current_user",
+            &[],
+        )
+        .expect("the server's address");
+    let (host, port, user): (String, i32, String) = (row.get(0), row.get(1), row.get(2));
+    // The run's own connection gets through; its workers' meet silence.
+    let proxy = SilentServer::forwarding_first(Some((format!("{host}:{port}"), 1)));
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={user} dbname={} connect_timeout=2",
+        proxy.port,
+        db.name()
+    );
+    let args = ["-p", &conninfo, "-c", "20", "-n", "10", "--jobs", "2"];
+    let run = tools::start_bin(AUTO, &args).wait_within(Duration::from_secs(60));
+    assert_eq!(run.status.code(), Some(1), "{}", run.describe());
+    let errors = run.error_lines();
+    assert!(
+        errors.len() == 1 && errors[0].contains("timeout expired"),
+        "{}",
+        run.describe()
+    );
 }

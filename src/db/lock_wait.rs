@@ -4,14 +4,15 @@
 //!
 //! Without this a run would sit in its next statement, silent, until the
 //! lock goes, and a Ctrl-C would wait as long. So before each unit of work
-//! (the manual tool before its load; the automatic tool before each chunk,
-//! at its safe point) [`wait_for_state_tables`] takes the lock its reads
-//! need (`ACCESS SHARE`) in one-second tries (`lock_timeout`), then lets it
-//! go. While a try fails it logs who holds or queues for the lock (pid,
-//! `application_name`, since when, what it runs) and looks for a signal
-//! between tries, so a stop comes within a second, with the run's progress
-//! as its last committed chunk left it. A lock taken while a chunk is
-//! already under way is still waited for inside the chunk.
+//! (the manual tool before its load and its writes; the automatic tool
+//! before each chunk, at its safe point) [`wait_for_state_tables`] takes
+//! the lock its reads need (`ACCESS SHARE`) in one-second tries
+//! (`lock_timeout`), then lets it go. While a try fails it logs who holds
+//! or queues for the lock (pid, `application_name`, since when, what it
+//! runs) and looks for a signal between tries, so a stop comes within a
+//! second, with the run's progress as its last committed chunk left it. A
+//! lock taken while a chunk is already under way is still waited for inside
+//! the chunk.
 
 use std::time::{Duration, Instant};
 

@@ -211,6 +211,9 @@ fn write(
         summary.timings.total = held.run_started.elapsed();
         return Ok(());
     }
+    // Another session may have taken the tables during the load (VACUUM
+    // FULL): wait visibly; a signal meanwhile stops the run just below.
+    db::lock_wait::wait_for_state_tables(&mut held.client)?;
     if held.stop_if_asked(summary)? {
         return Ok(());
     }

@@ -30,14 +30,18 @@ pub struct Budget {
 impl Budget {
     /// Reads the server's settings and open sessions.
     pub fn read(client: &mut Client, reserve: u32) -> Result<Budget> {
-        // `reserved_connections` exists from PostgreSQL 16 on.
+        // `reserved_connections` exists from PostgreSQL 16 on. A role
+        // without pg_read_all_stats sees other roles' sessions without
+        // their type: those with a user are counted as clients (a
+        // background worker among them only makes the count careful).
         let row = client
             .query_one(
                 "SELECT current_setting('max_connections')::int \
                       - current_setting('superuser_reserved_connections')::int \
                       - coalesce(current_setting('reserved_connections', true)::int, 0) \
                       - (SELECT count(*) FROM pg_stat_activity \
-                         WHERE backend_type = 'client backend')::int",
+                         WHERE backend_type = 'client backend' \
+                            OR (backend_type IS NULL AND usesysid IS NOT NULL))::int",
                 &[],
             )
             .map_err(|e| Error::db("counting the server's free connections", e))?;

@@ -6,6 +6,10 @@
 //! once with the right status, the automatic tool's saved progress exactly
 //! that of its last chunk, and every group's state unchanged.
 //!
+//! A lock that stops only writes (`SHARE`, a plain `CREATE INDEX`) lets a
+//! run load and compress, then wait the same way before it writes: a
+//! signal then gives the chunk up with nothing of it written.
+//!
 //! Synchronised on the tools' log lines (read as they come) and on the
 //! holder's own transaction; no sleeps.
 
@@ -16,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use compressor_integration_tests::check::{self, COMPRESSOR};
 use compressor_integration_tests::pg::TestDb;
+use compressor_integration_tests::structure;
 use compressor_integration_tests::synapse_state;
 use compressor_integration_tests::tools;
 use postgres::Client;
@@ -105,15 +110,15 @@ impl Running {
     }
 }
 
-/// A session named `lock_holder` holding `ACCESS EXCLUSIVE` on
-/// `state_groups_state` until its transaction ends; and its pid.
-fn hold_lock(db: &TestDb) -> (Client, i32) {
+/// A session named `lock_holder` holding `state_groups_state` in `mode`
+/// until its transaction ends; and its pid.
+fn hold_lock(db: &TestDb, mode: &str) -> (Client, i32) {
     let mut holder = db.client();
     holder
-        .batch_execute(
+        .batch_execute(&format!(
             "SET application_name = 'lock_holder'; BEGIN; \
-             LOCK TABLE state_groups_state IN ACCESS EXCLUSIVE MODE",
-        )
+             LOCK TABLE state_groups_state IN {mode} MODE"
+        ))
         .expect("taking the lock");
     let pid = holder
         .query_one("SELECT pg_backend_pid()", &[])
@@ -122,10 +127,10 @@ fn hold_lock(db: &TestDb) -> (Client, i32) {
     (holder, pid)
 }
 
-/// Checks that the waiting line names the holder.
-fn assert_names_holder(line: &str, pid: i32) {
+/// Checks that the waiting line names the holder and its lock's `mode`.
+fn assert_names_holder(line: &str, pid: i32, mode: &str) {
     assert!(
-        line.contains(&format!("state_groups_state held by pid {pid}"))
+        line.contains(&format!("state_groups_state held by pid {pid} ({mode}, "))
             && line.contains("application_name \"lock_holder\"")
             && line.contains("since "),
         "{line}"
@@ -145,9 +150,9 @@ fn a_held_table_is_waited_for_visibly_and_a_signal_stops_the_wait() {
     assert!(!progress.is_empty());
 
     // The automatic tool: one line naming the holder, then SIGTERM ends it.
-    let (holder, pid) = hold_lock(&db);
+    let (holder, pid) = hold_lock(&db, "ACCESS EXCLUSIVE");
     let mut auto = Running::start(AUTO, &auto_args);
-    assert_names_holder(&auto.wait_for_line(WAITING), pid);
+    assert_names_holder(&auto.wait_for_line(WAITING), pid, "ACCESS EXCLUSIVE");
     let sent = Instant::now();
     auto.signal(libc::SIGTERM);
     let (code, stderr) = auto.finish(Duration::from_secs(20));
@@ -162,7 +167,7 @@ fn a_held_table_is_waited_for_visibly_and_a_signal_stops_the_wait() {
     // The manual tool: the same line; SIGINT ends it (nothing had begun).
     let manual_args = ["-p", db.url(), "-r", &room, "-l", "2,2,2", "-c"];
     let mut manual = Running::start(COMPRESSOR, &manual_args);
-    assert_names_holder(&manual.wait_for_line(WAITING), pid);
+    assert_names_holder(&manual.wait_for_line(WAITING), pid, "ACCESS EXCLUSIVE");
     manual.signal(libc::SIGINT);
     let (code, stderr) = manual.finish(Duration::from_secs(20));
     assert_eq!(code, Some(130), "{stderr}");
@@ -176,6 +181,49 @@ fn a_held_table_is_waited_for_visibly_and_a_signal_stops_the_wait() {
     let (code, stderr) = waiting.finish(Duration::from_secs(300));
     assert_eq!(code, Some(0), "{stderr}");
     assert_ne!(check::saved_progress(&db), progress, "{stderr}");
+
+    let states = synapse_state::all_states(&mut client, None).expect("reading states");
+    assert_eq!(synapse_state::first_difference(&original, &states), None);
+}
+
+#[test]
+fn a_lock_that_stops_writes_is_waited_for_before_writing() {
+    let (db, room) = check::small_db("lock_wait_write", 300);
+    let mut client = db.client();
+    let original = synapse_state::all_states(&mut client, None).expect("reading states");
+    let tree = structure::structure(&mut client, None).expect("reading the tree");
+
+    // SHARE lets reads through. The manual tool loads and compresses the
+    // room, then waits before writing; SIGINT stops it there.
+    let (holder, pid) = hold_lock(&db, "SHARE");
+    let manual_args = ["-p", db.url(), "-r", &room, "-c"];
+    let mut manual = Running::start(COMPRESSOR, &manual_args);
+    assert_names_holder(&manual.wait_for_line(WAITING), pid, "SHARE");
+    manual.signal(libc::SIGINT);
+    let (code, stderr) = manual.finish(Duration::from_secs(20));
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(
+        stderr.contains("Interrupted by SIGINT before the run was done"),
+        "{stderr}"
+    );
+    drop(holder);
+    let unwritten = structure::structure(&mut client, None).expect("reading the tree");
+    assert!(unwritten == tree, "the manual run wrote\n{stderr}");
+
+    // The automatic tool loads its chunk, then waits before writing it;
+    // SIGTERM gives the chunk up.
+    let auto_args = ["-p", db.url(), "-c", "50", "-n", "3", "--no-progress"];
+    tools::assert_success(&tools::run_bin(AUTO, &auto_args));
+    let progress = check::saved_progress(&db);
+    let (holder, pid) = hold_lock(&db, "SHARE");
+    let mut auto = Running::start(AUTO, &auto_args);
+    assert_names_holder(&auto.wait_for_line(WAITING), pid, "SHARE");
+    auto.signal(libc::SIGTERM);
+    let (code, stderr) = auto.finish(Duration::from_secs(20));
+    assert_eq!(code, Some(143), "{stderr}");
+    assert!(stderr.contains("Interrupted by SIGTERM"), "{stderr}");
+    drop(holder);
+    assert_eq!(check::saved_progress(&db), progress);
 
     let states = synapse_state::all_states(&mut client, None).expect("reading states");
     assert_eq!(synapse_state::first_difference(&original, &states), None);

@@ -213,7 +213,7 @@ fn write(
     }
     // Another session may have taken the tables during the load (VACUUM
     // FULL): wait visibly; a signal meanwhile stops the run just below.
-    db::lock_wait::wait_for_state_tables(&mut held.client)?;
+    db::lock_wait::wait_for_state_tables(&mut held.client, schema::Access::Write)?;
     if held.stop_if_asked(summary)? {
         return Ok(());
     }
@@ -294,10 +294,6 @@ fn finish_database(
 fn connect(config: &ManualConfig) -> Result<(Client, Option<RoomLock>)> {
     let mut client = db::connect(&config.db_url)?;
     schema::require_state_tables(&mut client)?;
-    // Nothing has begun while the tables are held: a signal during this
-    // wait ends the process at once (Python callers have no signals).
-    db::lock_wait::wait_for_state_tables(&mut client)?;
-    interrupt::begin_work();
     let access = if config.commit_changes {
         schema::Access::Write
     } else {
@@ -307,6 +303,10 @@ fn connect(config: &ManualConfig) -> Result<(Client, Option<RoomLock>)> {
     if config.vacuum && config.commit_changes {
         stats::require_vacuum_right(&mut client)?;
     }
+    // Nothing has begun while the tables are held: a signal during this
+    // wait ends the process at once (Python callers have no signals).
+    db::lock_wait::wait_for_state_tables(&mut client, schema::Access::Read)?;
+    interrupt::begin_work();
     let room_lock = if config.commit_changes {
         Some(RoomLock::try_acquire(&mut client, &config.room_id)?)
     } else {

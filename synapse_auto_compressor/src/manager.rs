@@ -33,6 +33,7 @@ use synapse_compress_state::core::state_map::Symbols;
 use synapse_compress_state::core::verify::verify;
 use synapse_compress_state::db::load::{self, LoadReport};
 use synapse_compress_state::db::lock_wait::{stop_requested, wait_for_state_tables};
+use synapse_compress_state::db::schema::Access;
 use synapse_compress_state::db::stats;
 use synapse_compress_state::db::write::{Rewrite, WriteReport};
 use synapse_compress_state::db::{self, schema, Prepared, RoomLock};
@@ -78,10 +79,6 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     let started = Instant::now();
     let mut client = db::connect_as(&config.db_url, "synapse_auto_compressor")?;
     schema::require_state_tables(&mut client)?;
-    // Nothing has begun while the tables are held: a signal during this
-    // wait ends the process at once (Python callers have no signals).
-    wait_for_state_tables(&mut client)?;
-    interrupt::begin_work();
     let progress_needs = state_saving::progress_needs(&mut client)?;
     schema::require_privileges(
         &mut client,
@@ -92,6 +89,10 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     if config.vacuum {
         stats::require_vacuum_right(&mut client)?;
     }
+    // Nothing has begun while the tables are held: a signal during this
+    // wait ends the process at once (Python callers have no signals).
+    wait_for_state_tables(&mut client, Access::Read)?;
+    interrupt::begin_work();
     lock::acquire(&mut client)?;
     state_saving::create_tables_if_needed(&mut client)?;
 
@@ -206,7 +207,7 @@ fn chunk_loop(
     while (summary.chunks as i64) < config.number_of_chunks.get() {
         // The safe point: every chunk before has committed with its
         // progress, and this one has not started.
-        if let Some(signal) = stop_requested(client)? {
+        if let Some(signal) = stop_requested(client, Access::Read)? {
             summary.interrupted = Some(signal);
             break;
         }
@@ -252,7 +253,15 @@ fn chunk_loop(
             summary,
             &mut figures,
             ahead,
-        )?;
+        );
+        let outcome = match outcome {
+            Err(Error::Interrupted(signal)) => {
+                lock.release(client)?;
+                summary.interrupted = Some(signal);
+                break;
+            }
+            outcome => outcome?,
+        };
         lock.release(client)?;
         if outcome.damaged {
             summary.rooms_damaged += 1;
@@ -295,7 +304,7 @@ fn room_by_room(
                 break 'rooms;
             }
             // The same safe point as the chunk loop's.
-            if let Some(signal) = stop_requested(client)? {
+            if let Some(signal) = stop_requested(client, Access::Read)? {
                 summary.interrupted = Some(signal);
                 break 'rooms;
             }
@@ -313,7 +322,15 @@ fn room_by_room(
             let ahead = Ahead::none(&left, room_ids, &mut carries);
             figures.touch(room, summary);
             let outcome =
-                compress_chunk(client, prepared, room, config, summary, &mut figures, ahead)?;
+                compress_chunk(client, prepared, room, config, summary, &mut figures, ahead);
+            let outcome = match outcome {
+                Err(Error::Interrupted(signal)) => {
+                    lock.release(client)?;
+                    summary.interrupted = Some(signal);
+                    break 'rooms;
+                }
+                outcome => outcome?,
+            };
             lock.release(client)?;
             if outcome.damaged {
                 summary.rooms_damaged += 1;
@@ -562,6 +579,12 @@ pub(crate) fn compress_chunk(
     verify(&chunk.original, &compressed.changes)?;
     summary.timings.verify += started.elapsed();
 
+    // The tables may have been taken during the load (a VACUUM FULL or a
+    // CREATE INDEX begun meanwhile): wait visibly; a signal meanwhile gives
+    // the chunk up, nothing of it written.
+    if let Some(signal) = wait_for_state_tables(client, Access::Write)? {
+        return Err(Error::Interrupted(signal));
+    }
     let started = Instant::now();
     let report = write_chunk(client, prepared, room, &chunk, &compressed)?;
     summary.timings.write += started.elapsed();

@@ -277,16 +277,16 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
         .batch_execute("SET default_transaction_read_only = on")
         .map_err(|e| Error::db("making the session read-only", e))?;
     schema::require_state_tables(&mut client)?;
-    // Nothing has begun while the tables are held: a signal during this
-    // wait ends the process at once (Python callers have no signals).
-    wait_for_state_tables(&mut client)?;
-    interrupt::begin_work();
     let exists = schema::tables_exist(&mut client, &state_saving::PROGRESS_TABLES)?;
     let reads: Vec<schema::Need> = state_saving::PROGRESS_TABLES
         .iter()
         .map(|&table| schema::Need::new("SELECT", table, "needed to read saved progress"))
         .collect();
     schema::require_privileges(&mut client, schema::Access::Read, &reads, &[])?;
+    // Nothing has begun while the tables are held: a signal during this
+    // wait ends the process at once (Python callers have no signals).
+    wait_for_state_tables(&mut client, schema::Access::Read)?;
+    interrupt::begin_work();
     // Saved positions and levels are read when both their tables exist (a
     // real run creates missing ones empty, so their rooms start afresh).
     let saved = exists[0] && exists[1];
@@ -299,7 +299,7 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
     let room_ids = RoomIds::default();
     let mut left = LeftRooms::default();
     while (survey.chunks as i64) < config.number_of_chunks.get() {
-        if let Some(signal) = stop_requested(&mut client)? {
+        if let Some(signal) = stop_requested(&mut client, schema::Access::Read)? {
             warn!("{signal} received: the survey stops here and covers only the chunks before");
             survey.interrupted = Some(signal);
             break;

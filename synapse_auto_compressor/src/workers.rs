@@ -136,7 +136,7 @@ fn worker(
     let mut prepared = Prepared::new();
     let no_rooms = LeftRooms::default();
     loop {
-        match db::lock_wait::wait_for_state_tables(&mut client) {
+        match db::lock_wait::wait_for_state_tables(&mut client, db::schema::Access::Read) {
             Ok(None) => {}
             Ok(Some(signal)) => {
                 let mut s = lock_shared(shared);
@@ -202,6 +202,13 @@ fn worker(
                     progress::count(s.summary.rows_saved.max(0) as u64),
                     printable(&room)
                 ));
+            }
+            Err(Error::Interrupted(signal)) => {
+                // The chunk was given up before it wrote anything.
+                s.claimed -= 1;
+                s.summary.interrupted = Some(signal);
+                s.stop = true;
+                return;
             }
             Err(e) => {
                 drop(s);

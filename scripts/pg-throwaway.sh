@@ -8,6 +8,8 @@
 #   --ssl CERT KEY    serve TLS with this certificate (chain) and key (PEM)
 #   --hostssl-only    accept TCP connections only over TLS (pg_hba.conf
 #                     `hostssl`); the unix socket stays open (trust)
+#   --set NAME=VALUE  a server setting of its own (e.g. max_connections=24),
+#                     after the defaults below; may be repeated
 #
 # `start` creates a fresh cluster in DIR (trust auth, UTF8, C locale, no
 # fsync: data is disposable), listening on 127.0.0.1 at a free port with its
@@ -66,9 +68,9 @@ _pgt_port_free() {
 
 pg_throwaway_start() {
     local dir="${1:-}"
-    [ -n "$dir" ] || _pgt_err "usage: pg-throwaway.sh start DIR [--ssl CERT KEY] [--hostssl-only]" || return 1
+    [ -n "$dir" ] || _pgt_err "usage: pg-throwaway.sh start DIR [--ssl CERT KEY] [--hostssl-only] [--set NAME=VALUE]..." || return 1
     shift
-    local ssl_cert="" ssl_key="" hostssl_only=""
+    local ssl_cert="" ssl_key="" hostssl_only="" settings=""
     while [ $# -gt 0 ]; do
         case "$1" in
         --ssl)
@@ -81,6 +83,11 @@ pg_throwaway_start() {
         --hostssl-only)
             hostssl_only=1
             shift
+            ;;
+        --set)
+            [ $# -ge 2 ] && [[ "$2" == ?*=* ]] || _pgt_err "--set needs NAME=VALUE" || return 1
+            settings+="${2%%=*} = '${2#*=}'"$'\n'
+            shift 2
             ;;
         *)
             _pgt_err "unknown option: $1"
@@ -132,6 +139,7 @@ maintenance_work_mem = 128MB
 jit = off
 log_min_messages = warning
 log_min_error_statement = panic
+$settings
 EOF
 
     if [ -n "$ssl_cert" ]; then

@@ -69,6 +69,11 @@ pub enum Error {
     #[error("{0}")]
     AlreadyRunning(String),
 
+    /// A signal came while the run waited for the state tables in the
+    /// middle of a chunk: the chunk is given up, nothing of it written.
+    #[error("interrupted by {0} while waiting for the state tables")]
+    Interrupted(crate::tool::interrupt::Signal),
+
     /// Another compressor holds the room's lock (see `db::room_lock`).
     #[error("room {} is being compressed by {holder}; try again when it has finished", printable(.room))]
     RoomBusy { room: String, holder: String },
@@ -127,17 +132,18 @@ impl Error {
 
     /// The exit status a binary ends with after this error: 75 (sysexits.h
     /// EX_TEMPFAIL, which cron wrappers and systemd can treat as "try
-    /// later") when another run or compressor is at work, else 1.
+    /// later") when another run or compressor is at work, the signal's
+    /// status (130, 143) for a stop, else 1.
     pub fn exit_code(&self) -> std::process::ExitCode {
         std::process::ExitCode::from(self.exit_status())
     }
 
     /// [`Error::exit_code`] as a number (for the automatic tool's metrics).
     pub fn exit_status(&self) -> u8 {
-        if self.is_busy() {
-            75
-        } else {
-            1
+        match self {
+            Error::Interrupted(signal) => signal.exit_status(),
+            _ if self.is_busy() => 75,
+            _ => 1,
         }
     }
 

@@ -345,6 +345,32 @@ pub fn replace_rows(
     }
 }
 
+/// The automatic tool's saved progress, as text, table by table (tables
+/// that do not exist have no rows).
+pub fn saved_progress(db: &crate::pg::TestDb) -> Vec<String> {
+    let mut client = db.client();
+    let mut rows = Vec::new();
+    for table in [
+        "state_compressor_state",
+        "state_compressor_progress",
+        "state_compressor_total_progress",
+    ] {
+        let exists: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .expect("looking for the table")
+            .get(0);
+        if exists {
+            for row in client
+                .query(&format!("SELECT t::text FROM {table} AS t ORDER BY 1"), &[])
+                .expect("reading the progress")
+            {
+                rows.push(format!("{table}: {}", row.get::<_, String>(0)));
+            }
+        }
+    }
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     //! The checks must be able to fail.

@@ -145,10 +145,9 @@ fn shell_words<S: AsRef<OsStr>>(program: &Path, args: &[S]) -> String {
     words.join(" ")
 }
 
-/// Waits for `child`, killing it after the time limit.
-fn wait_limited(child: Child, command: String) -> ToolRun {
+/// Waits for `child`, killing it after `limit`.
+fn wait_limited(child: Child, command: String, limit: Duration) -> ToolRun {
     let pid = child.id();
-    let limit = timeout();
     let (done, finished) = mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
         if finished.recv_timeout(limit) == Err(mpsc::RecvTimeoutError::Timeout) {
@@ -196,9 +195,19 @@ pub struct Started {
 }
 
 impl Started {
+    /// The process id (to send it a signal).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for the program (within the time limit) and returns its run.
     pub fn wait(self) -> ToolRun {
-        wait_limited(self.child, self.command)
+        wait_limited(self.child, self.command, timeout())
+    }
+
+    /// Waits for the program, killing it (and failing) after `limit`.
+    pub fn wait_within(self, limit: Duration) -> ToolRun {
+        wait_limited(self.child, self.command, limit)
     }
 }
 

@@ -228,6 +228,10 @@ fn run_with_env(
 /// counted from 0).
 #[derive(Clone, Copy, Debug)]
 struct Profile {
+    /// The first line logged once the run's work has begun (after its
+    /// first look at the state tables): a signal before it ends the run at
+    /// once, with no summary.
+    begun: usize,
     /// The line that opens the write phase (its first batch).
     write: usize,
     /// The line that opens the last write batch.
@@ -244,22 +248,29 @@ fn profile(ending: &Ending) -> Profile {
         .iter()
         .rposition(|l| l.ends_with("executing statement batch: COMMIT"))
         .expect("a commit");
+    let probe = lines
+        .iter()
+        .position(|l| l.contains("IN ACCESS SHARE MODE"))
+        .expect("the first look at the state tables");
     Profile {
+        // The probe's ROLLBACK is logged before it is sent; the line after
+        // comes once the work has begun.
+        begun: probe + 2,
         write: lines.iter().position(batch).expect("a write phase"),
         last_batch: lines.iter().rposition(batch).expect("a write phase"),
         last_commit,
     }
 }
 
-/// A random moment: anywhere before the last commit (loading, compressing,
-/// verifying, writing; a signal in the last batch finds the work done at
-/// the next safe point) or, when `writing`, in the write phase before the
-/// last batch (the run stops with work left).
+/// A random moment: anywhere from the work's beginning to the last commit
+/// (loading, compressing, verifying, writing; a signal in the last batch
+/// finds the work done at the next safe point) or, when `writing`, in the
+/// write phase before the last batch (the run stops with work left).
 fn moment(rng: &mut SmallRng, profile: Profile, writing: bool) -> usize {
     if writing {
         rng.random_range(profile.write..profile.last_batch)
     } else {
-        rng.random_range(0..profile.last_commit)
+        rng.random_range(profile.begun..profile.last_commit)
     }
 }
 
@@ -433,32 +444,6 @@ fn planned_rows_line(text: &str) -> &str {
         .unwrap_or_else(|| panic!("no planned rows line in\n{text}"))
 }
 
-/// The automatic tool's saved progress, as text, table by table (tables
-/// that do not exist have no rows).
-fn saved_progress(db: &TestDb) -> Vec<String> {
-    let mut client = db.client();
-    let mut rows = Vec::new();
-    for table in [
-        "state_compressor_state",
-        "state_compressor_progress",
-        "state_compressor_total_progress",
-    ] {
-        let exists: bool = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-            .expect("looking for the table")
-            .get(0);
-        if exists {
-            for row in client
-                .query(&format!("SELECT t::text FROM {table} AS t ORDER BY 1"), &[])
-                .expect("reading the progress")
-            {
-                rows.push(format!("{table}: {}", row.get::<_, String>(0)));
-            }
-        }
-    }
-    rows
-}
-
 /// The automatic tool, over every chunk there is (chunks of 100 groups).
 fn auto_args(db: &TestDb, chunks: u64) -> Vec<String> {
     let chunks = chunks.to_string();
@@ -518,13 +503,13 @@ fn auto_tool_stopped_at_random_moments() {
                 .contains("run the tool again and it continues"));
             // The saved progress is exactly that of a run of as many
             // chunks that nobody stopped.
-            let progress = saved_progress(&db);
+            let progress = check::saved_progress(&db);
             let chunks = figures["chunks"].as_u64().expect("chunks");
             check::restore(&db, &generated);
             if chunks > 0 {
                 let same = run(AUTO, &auto_args(&db, chunks), None);
                 assert_eq!(same.code, Some(0), "{}", same.describe());
-                assert_eq!(saved_progress(&db), progress, "{context}");
+                assert_eq!(check::saved_progress(&db), progress, "{context}");
                 assert!(whole_tree(&db) == now, "{context}: another tree");
             } else {
                 assert!(
@@ -613,14 +598,14 @@ fn auto_tool_stopped_at_each_safe_point() {
             ending.describe()
         );
         let now = assert_intact(&db, &original, &context);
-        let progress = saved_progress(&db);
+        let progress = check::saved_progress(&db);
 
         check::restore(&db, &generated);
         let same = run(AUTO, &auto_args(&db, k), None);
         assert_eq!(same.code, Some(0), "{}", same.describe());
         assert_eq!(
             progress,
-            saved_progress(&db),
+            check::saved_progress(&db),
             "{context}: the saved progress"
         );
         assert!(whole_tree(&db) == now, "{context}: another tree");
@@ -707,6 +692,9 @@ fn a_stopped_run_leaves_the_earlier_sql_file() {
     let generated_tree = generated.structure();
     let mut stopped = 0;
     for round in 0..6 {
+        // The round's own file only (the one before would be left alone by
+        // a signal that ends the run before it begins).
+        let _ = std::fs::remove_file(file.path());
         let signal = Signal::random(&mut rng);
         let at = rng.random_range(0..lines);
         let stop = Stop {

@@ -35,7 +35,8 @@ fn passwords_and_places_from_the_environment_and_the_password_file() {
     server
         .admin("postgres")
         .batch_execute(&format!(
-            "CREATE ROLE {ROLE} LOGIN SUPERUSER PASSWORD '{PASSWORD}'"
+            "CREATE ROLE {ROLE} LOGIN SUPERUSER PASSWORD '{PASSWORD}'; \
+             CREATE ROLE {PEER_ROLE} LOGIN"
         ))
         .expect("creating the role");
     server
@@ -227,6 +228,44 @@ fn passwords_and_places_from_the_environment_and_the_password_file() {
             &|| run_home.describe(),
         );
         std::fs::remove_file(&default_file).expect("removing ~/.pgpass");
+
+        // HOME unset: ~/.pgpass in the home directory the user database
+        // gives, as libpq finds it.
+        write_passfile(&home.path().join(".pgpass"), &passfile_text, 0o600);
+        let mut args = vec!["-p", &tcp];
+        args.extend(if tool == AUTO {
+            vec!["-c", "60", "-n", "100"]
+        } else {
+            vec!["-r", room]
+        });
+        match run_without_home(tool, &args, home.path()) {
+            Some(run_no_home) => check(
+                format!("{tool}: password from ~/.pgpass with HOME unset"),
+                run_no_home.success(),
+                &|| run_no_home.describe(),
+            ),
+            None => tools::prerequisite_missing("unshare -m (a mount namespace) is not allowed"),
+        }
+        std::fs::remove_file(home.path().join(".pgpass")).expect("removing ~/.pgpass");
+
+        // Peer authentication asks for no password: a failure is not the
+        // password file's, though it has a line for every host.
+        let peer = format!("host={socket_dir} port={port} user={PEER_ROLE} dbname={DB}");
+        let run_peer = run(
+            tool,
+            Some(&peer),
+            room,
+            &env(&[("PGPASSFILE", passfile_str)]),
+            home.path(),
+        );
+        check(
+            format!("{tool}: a peer authentication failure does not blame the password file"),
+            refused(
+                &run_peer,
+                &[&at_socket, "Peer authentication failed", PEER_ROLE],
+            ) && !run_peer.stderr.contains("password file"),
+            &|| run_peer.describe(),
+        );
 
         // A file others may read is ignored, with one warning per run.
         write_passfile(&passfile, &passfile_text, 0o644);

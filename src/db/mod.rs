@@ -1,9 +1,11 @@
 //! Synchronous PostgreSQL access: connecting, checking Synapse's tables,
 //! loading a room's groups with everything they need, one compressor per
-//! room, writing changes, and the table's figures (rows, size, VACUUM).
+//! room, waiting for the state tables, writing changes, and the table's
+//! figures (rows, size, VACUUM).
 
 pub mod connect;
 pub mod load;
+pub mod lock_wait;
 pub mod pgpass;
 pub mod prepared;
 pub mod room_lock;

@@ -53,14 +53,15 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     // name: nothing of it has been touched.
     let damaged = |e: Error| e.in_room(room);
 
-    // Check the output file first: an unwritable path fails before any
-    // work (nothing is created or changed until the SQL is complete).
     if let Some(warning) = config.level_sizes.long_chain_warning() {
         warn!("{warning}");
     }
     if !config.verify && (config.commit_changes || config.output_file.is_some()) {
         warn!("Verification is off (-N): the changes are written without checking that every group keeps its state");
     }
+    // Check the output file first: an unwritable path fails before any
+    // work (nothing is created or changed until the SQL is complete, so a
+    // server that cannot be reached leaves an earlier file alone).
     let sql_out = config
         .output_file
         .as_deref()
@@ -221,6 +222,9 @@ fn write(
         summary.timings.total = held.run_started.elapsed();
         return Ok(());
     }
+    // Another session may have taken the tables during the load (VACUUM
+    // FULL): wait visibly; a signal meanwhile stops the run just below.
+    db::lock_wait::wait_for_state_tables(&mut held.client, schema::Access::Write)?;
     if held.stop_if_asked(summary)? {
         return Ok(());
     }
@@ -311,6 +315,10 @@ fn connect(config: &ManualConfig) -> Result<(Client, Option<RoomLock>)> {
     if config.vacuum && config.commit_changes {
         stats::require_vacuum_right(&mut client)?;
     }
+    // Nothing has begun while the tables are held: a signal during this
+    // wait ends the process at once (Python callers have no signals).
+    db::lock_wait::wait_for_state_tables(&mut client, schema::Access::Read)?;
+    interrupt::begin_work();
     let room_lock = if config.commit_changes {
         Some(RoomLock::try_acquire(&mut client, &config.room_id)?)
     } else {

@@ -10,12 +10,17 @@
 //! open transaction is simply rolled back by the server when the
 //! connection goes.
 //!
+//! Until the tool calls [`begin_work`] (once its first connection is up)
+//! there is nothing a safe point would save: the first signal then ends
+//! the process at once, with the same exit status, instead of leaving it
+//! waiting on a server that may never answer.
+//!
 //! The Python modules never call [`install`] (Python keeps its own Ctrl-C
 //! handling): for them [`requested`] stays `None` and a call runs to its
 //! end.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 
@@ -84,9 +89,21 @@ pub fn requested() -> Option<Signal> {
     })
 }
 
+/// Whether the run's work has begun (see [`begin_work`]); the signal
+/// thread holds the lock while it ends an idle process, so work cannot
+/// begin under its feet.
+static WORK_BEGUN: Mutex<bool> = Mutex::new(false);
+
+/// Says that the run's work begins: from now on the first signal stops it
+/// at its next safe point. Before, the first signal ends the process at
+/// once (nothing to save yet).
+pub fn begin_work() {
+    *WORK_BEGUN.lock().unwrap_or_else(|e| e.into_inner()) = true;
+}
+
 /// Installs the handlers of SIGINT and SIGTERM (binaries only), and a
-/// thread that logs, when the first signal comes, that the run stops at
-/// its next safe point. Fails only if the operating system refuses a
+/// thread that, when the first signal comes, ends the process if no work
+/// has begun, or else logs that the run stops at its next safe point. Fails only if the operating system refuses a
 /// handler; the run then goes on without them.
 pub fn install() -> std::io::Result<()> {
     let flags = flags();
@@ -109,6 +126,12 @@ pub fn install() -> std::io::Result<()> {
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
                 let name = if signal == SIGTERM { "SIGTERM" } else { "SIGINT" };
+                let begun = WORK_BEGUN.lock().unwrap_or_else(|e| e.into_inner());
+                if !*begun {
+                    log::warn!("Interrupted by {name} before any work began: nothing was changed");
+                    std::process::exit(128 + signal);
+                }
+                drop(begun);
                 log::warn!(
                     "{name} received: stopping at the next safe point (a second Ctrl-C or SIGTERM stops at once, which is safe too)"
                 );

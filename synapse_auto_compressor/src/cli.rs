@@ -5,6 +5,7 @@ use clap::Parser;
 use synapse_compress_state::tool::args::{version_text, Connection, Positive};
 use synapse_compress_state::LevelSizes;
 
+use crate::connections::DEFAULT_RESERVE;
 use crate::manager::AutoConfig;
 
 /// Compresses the state tables of a whole Synapse database, a chunk of one
@@ -103,6 +104,17 @@ pub struct AutoArgs {
     /// interrupted ones included.
     #[arg(long = "metrics-file", value_name = "PATH", conflicts_with = "dry_run")]
     pub metrics_file: Option<std::path::PathBuf>,
+
+    /// Connections to leave free for Synapse: `--jobs` workers and the
+    /// connections that load ahead are only opened while more than this
+    /// many of the server's connections are free (a run that asks for more
+    /// says so and uses fewer; `--jobs` with none to spare is refused).
+    #[arg(
+        long = "reserve-connections",
+        value_name = "N",
+        default_value_t = DEFAULT_RESERVE
+    )]
+    pub reserve_connections: u32,
 }
 
 impl AutoArgs {
@@ -116,6 +128,7 @@ impl AutoArgs {
             largest_rooms: self.largest_rooms,
             vacuum: self.vacuum,
             jobs: self.jobs,
+            reserve_connections: self.reserve_connections,
         }
     }
 }

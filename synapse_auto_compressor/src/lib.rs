@@ -25,6 +25,7 @@
 pub mod carry;
 pub mod chain_lengths;
 pub mod cli;
+pub mod connections;
 pub mod largest;
 pub mod lock;
 pub mod manager;

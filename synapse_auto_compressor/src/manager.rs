@@ -33,6 +33,8 @@ use synapse_compress_state::core::group::{changed_groups, row_count, row_count_a
 use synapse_compress_state::core::state_map::Symbols;
 use synapse_compress_state::core::verify::verify;
 use synapse_compress_state::db::load::{self, LoadReport};
+use synapse_compress_state::db::lock_wait::{stop_requested, wait_for_state_tables};
+use synapse_compress_state::db::schema::Access;
 use synapse_compress_state::db::stats;
 use synapse_compress_state::db::write::{Rewrite, WriteReport};
 use synapse_compress_state::db::{self, schema, Prepared, RoomLock};
@@ -43,6 +45,7 @@ use synapse_compress_state::tool::{failpoint, progress};
 use synapse_compress_state::{compress, Compressed, Error, GroupMap, Level, LevelSizes, Result};
 
 use crate::carry::{Carries, Carry};
+use crate::connections::Budget;
 use crate::prefetch::{load_chunk, ChunkRequest, LoadedChunk, Prefetcher};
 use crate::room_ids::RoomIds;
 use crate::state_saving::LeftRooms;
@@ -68,6 +71,8 @@ pub struct AutoConfig {
     pub vacuum: bool,
     /// Workers compressing different rooms at the same time (`--jobs`).
     pub jobs: Positive,
+    /// Connections the run leaves free for Synapse (`--reserve-connections`).
+    pub reserve_connections: u32,
 }
 
 /// Runs up to `number_of_chunks` chunks over the database.
@@ -86,6 +91,10 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     if config.vacuum {
         stats::require_vacuum_right(&mut client)?;
     }
+    // Nothing has begun while the tables are held: a signal during this
+    // wait ends the process at once (Python callers have no signals).
+    wait_for_state_tables(&mut client, Access::Read)?;
+    interrupt::begin_work();
     lock::acquire(&mut client)?;
     state_saving::create_tables_if_needed(&mut client)?;
 
@@ -163,10 +172,22 @@ fn one_worker(
         Some(_) => 0,
         None => (config.number_of_chunks.get() - 1).clamp(0, READERS as i64) as usize,
     };
+    let wanted = match wanted {
+        0 => 0,
+        _ => Budget::read(client, config.reserve_connections)?.allow(wanted, "loading connections"),
+    };
     let mut readers = Vec::with_capacity(wanted);
     while readers.len() < wanted {
         match db::connect_as(&config.db_url, "synapse_auto_compressor") {
-            Ok(reader) => readers.push(reader),
+            Ok(mut reader) => {
+                // A load held up by a lock fails soon and is done again on
+                // the main connection, which waits visibly at its safe
+                // point: a stop never waits for a reader.
+                reader
+                    .batch_execute("SET lock_timeout = '1s'")
+                    .map_err(|e| Error::db("setting up a loading connection", e))?;
+                readers.push(reader);
+            }
             Err(e) => {
                 warn!(
                     "Loading ahead on {} connection(s), not {wanted} (no more connections: {e})",
@@ -218,7 +239,7 @@ fn chunk_loop(
     while (summary.chunks as i64) < config.number_of_chunks.get() {
         // The safe point: every chunk before has committed with its
         // progress, and this one has not started.
-        if let Some(signal) = interrupt::requested() {
+        if let Some(signal) = stop_requested(client, Access::Read)? {
             summary.interrupted = Some(signal);
             break;
         }
@@ -264,7 +285,15 @@ fn chunk_loop(
             summary,
             &mut figures,
             ahead,
-        )?;
+        );
+        let outcome = match outcome {
+            Err(Error::Interrupted(signal)) => {
+                lock.release(client)?;
+                summary.interrupted = Some(signal);
+                break;
+            }
+            outcome => outcome?,
+        };
         lock.release(client)?;
         if outcome.damaged {
             summary.rooms_damaged += 1;
@@ -307,7 +336,7 @@ fn room_by_room(
                 break 'rooms;
             }
             // The same safe point as the chunk loop's.
-            if let Some(signal) = interrupt::requested() {
+            if let Some(signal) = stop_requested(client, Access::Read)? {
                 summary.interrupted = Some(signal);
                 break 'rooms;
             }
@@ -325,7 +354,15 @@ fn room_by_room(
             let ahead = Ahead::none(&left, room_ids, &mut carries);
             figures.touch(room, summary);
             let outcome =
-                compress_chunk(client, prepared, room, config, summary, &mut figures, ahead)?;
+                compress_chunk(client, prepared, room, config, summary, &mut figures, ahead);
+            let outcome = match outcome {
+                Err(Error::Interrupted(signal)) => {
+                    lock.release(client)?;
+                    summary.interrupted = Some(signal);
+                    break 'rooms;
+                }
+                outcome => outcome?,
+            };
             lock.release(client)?;
             if outcome.damaged {
                 summary.rooms_damaged += 1;
@@ -574,6 +611,12 @@ pub(crate) fn compress_chunk(
     verify(&chunk.original, &compressed.changes)?;
     summary.timings.verify += started.elapsed();
 
+    // The tables may have been taken during the load (a VACUUM FULL or a
+    // CREATE INDEX begun meanwhile): wait visibly; a signal meanwhile gives
+    // the chunk up, nothing of it written.
+    if let Some(signal) = wait_for_state_tables(client, Access::Write)? {
+        return Err(Error::Interrupted(signal));
+    }
     let started = Instant::now();
     let report = write_chunk(client, prepared, room, &chunk, &compressed)?;
     summary.timings.write += started.elapsed();

@@ -106,6 +106,7 @@ fn run<'py>(
                 .transpose()?,
             vacuum,
             jobs: Positive::named("jobs", 1)?,
+            reserve_connections: crate::connections::DEFAULT_RESERVE,
         };
         crate::run(&config).map(|summary| summary.to_json())
     })

@@ -41,6 +41,7 @@ use log::{info, warn};
 use postgres::Client;
 use synapse_compress_state::core::group::changed_groups;
 use synapse_compress_state::core::verify::verify;
+use synapse_compress_state::db::lock_wait::{stop_requested, wait_for_state_tables};
 use synapse_compress_state::db::{self, schema, Prepared};
 use synapse_compress_state::tool::interrupt::{self, Signal};
 use synapse_compress_state::{compress, Error, GroupMap, Level, Result};
@@ -310,6 +311,10 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
         .map(|&table| schema::Need::new("SELECT", table, "needed to read saved progress"))
         .collect();
     schema::require_privileges(&mut client, schema::Access::Read, &reads, &[])?;
+    // Nothing has begun while the tables are held: a signal during this
+    // wait ends the process at once (Python callers have no signals).
+    wait_for_state_tables(&mut client, schema::Access::Read)?;
+    interrupt::begin_work();
     // Saved positions and levels are read when both their tables exist (a
     // real run creates missing ones empty, so their rooms start afresh).
     let saved = exists[0] && exists[1];
@@ -322,7 +327,7 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
     let room_ids = RoomIds::default();
     let mut left = LeftRooms::default();
     while (survey.chunks as i64) < config.number_of_chunks.get() {
-        if let Some(signal) = interrupt::requested() {
+        if let Some(signal) = stop_requested(&mut client, schema::Access::Read)? {
             warn!("{signal} received: the survey stops here and covers only the chunks before");
             survey.interrupted = Some(signal);
             break;

@@ -32,6 +32,7 @@ use synapse_compress_state::{Error, Result};
 
 use crate::carry::Carries;
 use crate::chain_lengths::ChainLengths;
+use crate::connections::Budget;
 use crate::manager::{compress_chunk, Ahead, AutoConfig};
 use crate::room_ids::RoomIds;
 use crate::state_saving::{self, LeftRooms};
@@ -68,8 +69,18 @@ struct Picked {
 /// Runs the chunks of this run with `config.jobs` workers; `client` (the
 /// run's own connection) counts the rooms' rows at the end.
 pub fn run(client: &mut Client, config: &AutoConfig, summary: &mut RunSummary) -> Result<()> {
+    let budget = Budget::read(client, config.reserve_connections)?;
+    let wanted = config.jobs.get() as usize;
+    if budget.spare() == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "--jobs {wanted}: no connection to spare for workers (the server has {} free and {} \
+             are kept for Synapse by --reserve-connections); run without --jobs",
+            budget.free, budget.reserve
+        )));
+    }
+    let allowed = budget.allow(wanted, "workers");
     let mut connections = Vec::new();
-    for _ in 0..config.jobs.get() {
+    for _ in 0..allowed {
         match db::connect_as(&config.db_url, "synapse_auto_compressor") {
             Ok(c) => connections.push(c),
             Err(e) if !connections.is_empty() => {
@@ -125,6 +136,16 @@ fn worker(
     let mut prepared = Prepared::new();
     let no_rooms = LeftRooms::default();
     loop {
+        match db::lock_wait::wait_for_state_tables(&mut client, db::schema::Access::Read) {
+            Ok(None) => {}
+            Ok(Some(signal)) => {
+                let mut s = lock_shared(shared);
+                s.summary.interrupted = Some(signal);
+                s.stop = true;
+                return;
+            }
+            Err(e) => return fail(shared, e),
+        }
         let picked = match pick(&mut client, &mut prepared, config, shared) {
             Ok(Some(picked)) => picked,
             Ok(None) => return,
@@ -181,6 +202,13 @@ fn worker(
                     progress::count(s.summary.rows_saved.max(0) as u64),
                     printable(&room)
                 ));
+            }
+            Err(Error::Interrupted(signal)) => {
+                // The chunk was given up before it wrote anything.
+                s.claimed -= 1;
+                s.summary.interrupted = Some(signal);
+                s.stop = true;
+                return;
             }
             Err(e) => {
                 drop(s);

@@ -14,6 +14,9 @@ use compressor_integration_tests::tools::{self, ToolRun};
 pub const AUTO: &str = "synapse_auto_compressor";
 pub const DB: &str = "libpq_synapse";
 pub const ROLE: &str = "compressor";
+/// A role the socket admits by peer authentication only (the tests' OS
+/// user is never this one, so it always fails).
+pub const PEER_ROLE: &str = "peer_only";
 /// Holds the characters the password file must escape.
 pub const PASSWORD: &str = r"pa:ss\word";
 /// The same password as a password-file field.
@@ -94,7 +97,9 @@ impl PasswordServer {
         std::fs::write(
             self.server.dir().join("data/pg_hba.conf"),
             "# libpq.rs: passwords everywhere but for postgres on the socket\n\
+             # (and peer authentication, never a password, for PEER_ROLE)\n\
              local all postgres            trust\n\
+             local all peer_only           peer\n\
              local all all                 scram-sha-256\n\
              host  all all 127.0.0.1/32    scram-sha-256\n",
         )
@@ -206,4 +211,35 @@ pub fn refused(run: &ToolRun, expected: &[&str]) -> bool {
         && lines.len() == 1
         && expected.iter().all(|e| lines[0].contains(e))
         && !run.stderr.contains("panicked")
+}
+
+/// Runs `tool` with `args` and no environment at all (`env -i`, so no
+/// `HOME`), in a mount namespace of its own where `home` is mounted over
+/// the user's home directory from the user database. `None` when this
+/// process may not make such a namespace (needs root).
+pub fn run_without_home(tool: &str, args: &[&str], home: &Path) -> Option<ToolRun> {
+    let allowed = Command::new("unshare")
+        .args(["-m", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !allowed {
+        return None;
+    }
+    let script = "home=$(getent passwd \"$(id -u)\" | cut -d: -f6) && \
+                  mount --bind \"$0\" \"$home\" && exec env -i \"$@\"";
+    let bin = tools::bin_path(tool);
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "sh", "-c", script])
+        .arg(home)
+        .arg(&bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let text = format!("env -i {} {}", bin.display(), args.join(" "));
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {text}: {e}"));
+    Some(finish(child, text))
 }

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use postgres::config::{Host, SslMode as PgSslMode};
 use postgres::{Client, Config};
+use postgres_openssl::MakeTlsConnector;
 
 use super::pgpass;
 use environment::Environment;
@@ -66,6 +67,9 @@ pub struct ConnectionSettings {
     pub tls: TlsSettings,
     /// The password file consulted for hosts without a password.
     pub passfile: Option<PathBuf>,
+    /// The limit on each server's whole connection start-up
+    /// (`connect_timeout`), if any.
+    pub timeout: Option<Duration>,
 }
 
 /// One server to try: a host (or socket directory) and its port.
@@ -270,6 +274,7 @@ impl ConnectionSettings {
             config,
             tls,
             passfile,
+            timeout,
         })
     }
 
@@ -312,11 +317,25 @@ impl ConnectionSettings {
                     }
                 }
             }
-            match target.config.connect(connector.clone()) {
+            match connect_within(target.config, connector.clone(), self.timeout) {
                 Ok(client) => return Ok(client),
-                Err(e) => {
+                Err(Attempt::TimedOut) => {
+                    failures.push(format!("{}: timeout expired", target.description));
+                }
+                Err(Attempt::NoThread(e)) => {
+                    failures.push(format!(
+                        "{}: cannot start a thread: {e}",
+                        target.description
+                    ));
+                }
+                Err(Attempt::Failed(e)) => {
                     let mut reason = failure_reason(&e);
-                    if let (Some(file), true) = (password_file, e.as_db_error().is_some()) {
+                    // Only a refused password is the password file's doing
+                    // (peer or ident failures, a missing pg_hba.conf line
+                    // are not, though a password was found for the host).
+                    let password_refused =
+                        e.code() == Some(&postgres::error::SqlState::INVALID_PASSWORD);
+                    if let (Some(file), true) = (password_file, password_refused) {
                         reason.push_str(&format!(
                             " (password taken from the password file \"{}\")",
                             file.display()
@@ -327,6 +346,47 @@ impl ConnectionSettings {
             }
         }
         Err(Error::Connect(failures.join("; at ")))
+    }
+}
+
+/// How one connection attempt ended without a connection.
+enum Attempt {
+    Failed(postgres::Error),
+    /// The whole start-up took longer than the connect timeout.
+    TimedOut,
+    /// The thread that would have tried could not start.
+    NoThread(std::io::Error),
+}
+
+/// Connects with `config` within `timeout` for the whole start-up (TCP,
+/// TLS, authentication), as libpq's `connect_timeout` does: the
+/// `postgres` crate's own timeout only bounds the TCP connect, and a
+/// server that accepts and then says nothing (a dead backend behind a
+/// proxy or tunnel) would hold the tool forever. The attempt runs on a
+/// thread of its own; one that times out is left behind, blocked until
+/// the server answers or closes (its connection, if one ever comes, is
+/// dropped at once).
+fn connect_within(
+    config: Config,
+    connector: MakeTlsConnector,
+    timeout: Option<Duration>,
+) -> std::result::Result<Client, Attempt> {
+    let Some(limit) = timeout else {
+        return config.connect(connector).map_err(Attempt::Failed);
+    };
+    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("connect".to_owned())
+        .spawn(move || {
+            // The receiver is gone when the attempt timed out.
+            let _ = sender.send(config.connect(connector));
+        });
+    if let Err(e) = spawned {
+        return Err(Attempt::NoThread(e));
+    }
+    match receiver.recv_timeout(limit) {
+        Ok(result) => result.map_err(Attempt::Failed),
+        Err(_) => Err(Attempt::TimedOut),
     }
 }
 

@@ -83,7 +83,7 @@ pub(super) fn make_connector(tls: &TlsSettings) -> Result<MakeTlsConnector> {
                 .set_ca_file(path)
                 .map_err(|e| Error::Tls(format!("cannot load sslrootcert {path:?}: {e}")))?,
             None => {
-                let default = std::env::var_os("HOME")
+                let default = super::environment::home_directory()
                     .map(|home| std::path::Path::new(&home).join(".postgresql/root.crt"));
                 match default.filter(|p| p.exists()) {
                     Some(path) => builder

@@ -81,7 +81,7 @@ impl LevelSizes {
             format!(
                 "the chunk size ({chunk_size}) is smaller than the first level size ({first}): a chunk holds less than one \
                  level-1 chain, too few groups to pay for the snapshot a room's fresh levels start with, so many chunks \
-                 are skipped as 'would increase the rows' and the run saves little; use a chunk size of several times \
+                 would need more rows than they have and are skipped, so the run saves little; use a chunk size of several times \
                  {first} (-c 500 with the default levels)"
             )
         })

@@ -12,6 +12,9 @@
 //! Points:
 //! - `compress::wrong-delta` ([`triggered`]): the compressor drops a row
 //!   from the first rewritten group's delta;
+//! - `lock-wait::skip` ([`triggered`]): the check that the state tables
+//!   are free (`db::lock_wait`) is skipped, as if a lock were taken just
+//!   after it, so the run's own statements meet the lock;
 //! - `write::after-deletes`, `write::before-copy`,
 //!   `auto::before-progress-save` ([`stop_here`]): with `return(abort)`
 //!   the process aborts right there, in the middle of a write transaction,

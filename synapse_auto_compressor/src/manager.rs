@@ -196,6 +196,7 @@ fn chunk_loop(
             }
             break;
         };
+        left.scanned_to(next.group);
         let room = next.room_id;
         bar.set_message(format!(
             "saved {} rows; room {}",

@@ -27,8 +27,8 @@
 # caches and the group's memory capped at that size (page cache included);
 # the table then adds the disk bytes and read operations the server did for
 # the tool and for a cold floor (see compressor_integration_tests/src/bin/
-# bench/cold.rs). shared_buffers defaults to 128MB there, so it fits under
-# the cap. Dropping caches slows everything else on the machine for a while.
+# bench/cold.rs). shared_buffers defaults to 128MB there and work_mem is
+# PostgreSQL's default 4MB, so the server's shared memory fits under the cap. Dropping caches slows everything else on the machine for a while.
 #
 # Time on 2 cores (after the build): 200k about 20 s, 3m about a minute, 20m
 # about 10 minutes (4 of them generating and loading 20 million rows). Disk:
@@ -132,6 +132,12 @@ psql_admin() {
 # shared_buffers needs a restart.
 default_buffers=512MB
 [ -z "$cold" ] || default_buffers=128MB
+if [ -n "$cold" ]; then
+    # PostgreSQL's default: with pg-throwaway's 32MB, a parallel hash's
+    # shared memory alone can go over a 256 MiB cap (the kernel then kills
+    # a backend, as seen on 20m).
+    psql_admin -c "ALTER SYSTEM SET work_mem = '4MB'"
+fi
 psql_admin \
     -c "ALTER SYSTEM SET shared_buffers = '${BENCH_SHARED_BUFFERS:-$default_buffers}'" \
     -c "ALTER SYSTEM SET effective_cache_size = '4GB'" \

@@ -109,6 +109,19 @@ impl Cold {
         })
     }
 
+    /// How many times the kernel has killed a process of the group for
+    /// going over its cap (`oom_kill` in `memory.oom_control`).
+    pub fn oom_kills(&self) -> Res<u64> {
+        let path = self.memory.join("memory.oom_control");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
     /// What the cold figures were taken with: the group, the caps, and
     /// the read-ahead of the disks the server read from (every random read
     /// brings in that much more).

@@ -170,7 +170,19 @@ pub fn do_run(
         }
         None => Some(c),
     };
-    let (child, command_note) = run_tool(settings, launcher, &name, &invocation)?;
+    let kills = cold.map(|run| run.cold.oom_kills()).transpose()?;
+    let ran = run_tool(settings, launcher, &name, &invocation);
+    if let (Some(run), Some(before)) = (cold, kills) {
+        if run.cold.oom_kills()? > before {
+            let why = ran.err().unwrap_or_default();
+            return Err(format!(
+                "the server went over its {} cap and the kernel killed one of its processes \
+                 (see dmesg): lower shared_buffers or work_mem, or raise the cap\n{why}",
+                mib(run.cap)
+            ));
+        }
+    }
+    let (child, command_note) = ran?;
     if let Some(run) = cold {
         tool_reads = tool_reads.until(run.cold.reads()?);
         run.cold.uncap()?;

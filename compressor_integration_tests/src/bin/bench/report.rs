@@ -218,8 +218,8 @@ cold columns: every run and every floor starts with the server restarted, `sync`
   `memory` (page cache included); read MB, reads = bytes and read operations the server's blkio
   group counted during the tool's run (1 MB = 10^6 bytes); the floor is measured cold as well:
   read = one cold COPY of the covered rows of state_groups_state and of their edges
-  (floor read MB, floor reads: about the tables' size on disk), then delete and insert in the
-  same capped server (del+ins read MB); x read = read MB / floor read MB. Times vary with what
+  (floor read MB, floor reads: about the tables' size on disk), then delete and insert right
+  after, with the cap lifted (del+ins read MB); x read = read MB / floor read MB. Times vary with what
   else runs on the machine; bytes and read operations barely do.";
 
 /// `--count-only`: the rows each class of rooms got, generated in memory.

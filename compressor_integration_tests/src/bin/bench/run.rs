@@ -230,6 +230,10 @@ pub fn do_run(
     if let Some(run) = cold {
         write_reads = run.cold.reads()?;
         floor_reads = floor_reads.until(write_reads);
+        // Under a 256 MiB cap, the insert of 2.1 M rows (20m) went over it
+        // and the kernel killed the backend: the delete and insert run
+        // uncapped, on what the cold COPY left in the cache.
+        run.cold.uncap()?;
     }
     let (delete, insert) = write_floor(&mut f, &changes)?;
     drop(f);

@@ -160,6 +160,26 @@ fn unique_name(hint: &str) -> String {
     name
 }
 
+/// First key of the tools' room locks ("SCrm", big-endian); the second is
+/// `hashtext(room_id)`.
+pub const ROOM_LOCK_CLASS: i32 = i32::from_be_bytes(*b"SCrm");
+
+/// Holds `room`'s lock on a session of its own (`room-lock-holder`), as
+/// another compressor would, until the returned client is dropped.
+pub fn hold_room_lock(db: &TestDb, room: &str) -> Client {
+    let mut holder = db.client();
+    holder
+        .batch_execute("SET application_name = 'room-lock-holder'")
+        .unwrap();
+    holder
+        .execute(
+            "SELECT pg_advisory_lock($1, hashtext($2))",
+            &[&ROOM_LOCK_CLASS, &room],
+        )
+        .unwrap();
+    holder
+}
+
 /// A database that exists for the lifetime of this value.
 pub struct TestDb {
     name: String,

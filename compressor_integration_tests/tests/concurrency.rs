@@ -11,15 +11,12 @@
 
 use compressor_integration_tests::check::{self, assert_same_states, snapshot, DbSnapshot};
 use compressor_integration_tests::generator::{GenConfig, Generated};
-use compressor_integration_tests::pg::TestDb;
+use compressor_integration_tests::pg::{hold_room_lock, TestDb, ROOM_LOCK_CLASS};
 use compressor_integration_tests::structure::{self, Structure};
 use compressor_integration_tests::tools::{self, ToolRun};
 
 const MANUAL: &str = "synapse_compress_state";
 const AUTO: &str = "synapse_auto_compressor";
-/// First key of the tools' room locks ("SCrm", big-endian); the second is
-/// `hashtext(room_id)`.
-const ROOM_LOCK_CLASS: i32 = i32::from_be_bytes(*b"SCrm");
 
 fn generated_db(hint: &str, seed: u64, rooms: usize, groups: usize) -> (TestDb, Generated) {
     check::generated_db(hint, &GenConfig::compressible(seed, rooms, groups))
@@ -64,21 +61,6 @@ fn manual_args<'a>(db: &'a TestDb, room: &'a str, levels: &'a str) -> Vec<&'a st
         "-c",
         "--no-progress",
     ]
-}
-
-/// Holds `room`'s lock on a session of its own, as another compressor would.
-fn hold_room_lock(db: &TestDb, room: &str) -> postgres::Client {
-    let mut holder = db.client();
-    holder
-        .batch_execute("SET application_name = 'room-lock-holder'")
-        .unwrap();
-    holder
-        .execute(
-            "SELECT pg_advisory_lock($1, hashtext($2))",
-            &[&ROOM_LOCK_CLASS, &room],
-        )
-        .unwrap();
-    holder
 }
 
 #[test]

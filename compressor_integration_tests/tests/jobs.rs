@@ -12,15 +12,13 @@ use std::process::{Command, Stdio};
 
 use compressor_integration_tests::check::{self, assert_same_states, snapshot};
 use compressor_integration_tests::generator::{self, GenConfig, GenGroup, Generated};
-use compressor_integration_tests::pg::TestDb;
+use compressor_integration_tests::pg::{TestDb, ROOM_LOCK_CLASS};
 use compressor_integration_tests::structure::{self, Structure};
 use compressor_integration_tests::tools;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 const AUTO: &str = "synapse_auto_compressor";
-/// First key of the tools' room locks ("SCrm", big-endian).
-const ROOM_LOCK_CLASS: i32 = i32::from_be_bytes(*b"SCrm");
 
 fn config(seed: u64) -> GenConfig {
     GenConfig::compressible(seed, 6, 240)

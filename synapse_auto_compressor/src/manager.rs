@@ -249,6 +249,7 @@ fn chunk_loop(
             }
             break;
         };
+        left.scanned_to(next.group);
         let room = next.room_id;
         bar.set_message(format!(
             "saved {} rows; room {}",

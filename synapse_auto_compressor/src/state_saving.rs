@@ -406,13 +406,25 @@ pub fn write_room_progress(
 }
 
 /// Rooms this run leaves for a later run (another compressor has them, or
-/// their data is damaged), and the scan position they hold back.
+/// their data is damaged), the scan position they hold back, and where
+/// this run's scan has really got to.
+///
+/// The saved position stays at a left room so the next run comes back to
+/// it; this run's queries for the next room start at `scanned` instead when
+/// it is further on. Every group below `scanned` is compressed, has no
+/// room, or belongs to a left room (the scan found none other there), and
+/// the queries leave those out anyway, so they find the same room as from
+/// the saved position, without walking again over every group from a room
+/// left near the start (which made each chunk's query read most of
+/// `state_groups`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LeftRooms {
     rooms: Vec<String>,
     /// The lowest group of those rooms that is still to compress: the saved
     /// scan position never moves past it, so the next run comes back.
     hold: Option<i64>,
+    /// Where the scan has got to in this run (0: not yet anywhere).
+    scanned: i64,
 }
 
 impl LeftRooms {
@@ -429,6 +441,15 @@ impl LeftRooms {
     /// The lowest group a left room holds back (the scan never passes it).
     pub fn hold(&self) -> Option<i64> {
         self.hold
+    }
+
+    /// Records that the scan, leaving out these rooms, found `group` as the
+    /// lowest group still to compress: the next queries start there. (With
+    /// `--jobs`, the scan leaves out the other workers' rooms too, which
+    /// are not left for good: pass the lowest of `group` and their next
+    /// groups.)
+    pub fn scanned_to(&mut self, group: i64) {
+        self.scanned = self.scanned.max(group);
     }
 
     /// These rooms and `busy` ones (room, next group): rooms other workers
@@ -465,6 +486,9 @@ impl NextRoom {
 /// saves that group as the new scan position (never past a left room's
 /// next group). `None` when every group has been compressed. A group
 /// without a room (NULL `room_id`, a damaged row) belongs to no room.
+/// The search starts where this run's scan got to when that is further
+/// (see [`LeftRooms`]): the same room, found without a walk from the
+/// saved position.
 pub fn next_room_to_compress(
     client: &mut Client,
     prepared: &mut Prepared,
@@ -478,8 +502,8 @@ pub fn next_room_to_compress(
             "WITH next AS ( \
                  SELECT g.room_id, g.id FROM state_groups AS g \
                  LEFT JOIN state_compressor_progress AS p USING (room_id) \
-                 WHERE g.id >= (SELECT lowest_uncompressed_group \
-                                FROM state_compressor_total_progress) \
+                 WHERE g.id >= GREATEST((SELECT lowest_uncompressed_group \
+                                         FROM state_compressor_total_progress), $3) \
                    AND g.room_id IS NOT NULL \
                    AND (p.last_compressed IS NULL OR g.id > p.last_compressed) \
                    AND g.room_id <> ALL($1) \
@@ -488,8 +512,8 @@ pub fn next_room_to_compress(
                  UPDATE state_compressor_total_progress \
                  SET lowest_uncompressed_group = LEAST(next.id, $2) FROM next \
              ) SELECT room_id, id FROM next",
-            &[Type::TEXT_ARRAY, Type::INT8],
-            &[&left.rooms, &left.hold],
+            &[Type::TEXT_ARRAY, Type::INT8, Type::INT8],
+            &[&left.rooms, &left.hold, &left.scanned],
         )
         .map_err(|e| Error::db(ctx, e))?;
     row.map(|row| NextRoom::from_row(&row, ctx)).transpose()
@@ -497,7 +521,8 @@ pub fn next_room_to_compress(
 
 /// The room [`next_room_to_compress`] will pick once each room in
 /// `positions` has been compressed up to its group (other rooms as saved).
-/// Reads only: used to load chunks ahead of time.
+/// Reads only: used to load chunks ahead of time. Starts where the scan
+/// got to, as that does.
 pub fn predict_next_room(
     client: &mut Client,
     prepared: &mut Prepared,
@@ -513,15 +538,20 @@ pub fn predict_next_room(
              LEFT JOIN state_compressor_progress AS p USING (room_id) \
              LEFT JOIN unnest($1::text[], $2::bigint[]) AS o(room_id, last) \
                  ON o.room_id = g.room_id \
-             WHERE g.id >= (SELECT lowest_uncompressed_group \
-                            FROM state_compressor_total_progress) \
+             WHERE g.id >= GREATEST((SELECT lowest_uncompressed_group \
+                                     FROM state_compressor_total_progress), $4) \
                AND g.room_id IS NOT NULL \
                AND (COALESCE(o.last, p.last_compressed) IS NULL \
                     OR g.id > COALESCE(o.last, p.last_compressed)) \
                AND g.room_id <> ALL($3) \
              ORDER BY g.id LIMIT 1",
-            &[Type::TEXT_ARRAY, Type::INT8_ARRAY, Type::TEXT_ARRAY],
-            &[&rooms, &lasts, &left.rooms],
+            &[
+                Type::TEXT_ARRAY,
+                Type::INT8_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::INT8,
+            ],
+            &[&rooms, &lasts, &left.rooms, &left.scanned],
         )
         .map_err(|e| Error::db(ctx, e))?;
     row.map(|row| row.try_get(0).map_err(|e| Error::db(ctx, e)))

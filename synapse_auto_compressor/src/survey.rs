@@ -339,8 +339,10 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
             survey.finished_all = true;
             break;
         };
-        // As the run saves it: never past a room it leaves.
-        scan = left.hold().map_or(next.group, |h| h.min(next.group));
+        // Where the scan got to: the rooms it leaves are left out of the
+        // query, so it need not start back at them (as the run's scan,
+        // see `LeftRooms`).
+        scan = next.group;
         let room = next.room_id;
         let (after, levels, carried) = match positions.remove(&room) {
             Some(p) => (Some(p.last), p.levels, p.carried),

@@ -249,6 +249,9 @@ fn pick(
         }
         return Ok(None);
     };
+    // Past every group but the other workers' rooms' (not left for good).
+    let scanned = s.in_flight.values().fold(next.group, |low, &g| low.min(g));
+    s.left.scanned_to(scanned);
     let room = next.room_id;
     s.in_flight.insert(room.clone(), next.group);
     s.claimed += 1;

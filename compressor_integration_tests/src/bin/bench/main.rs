@@ -31,9 +31,12 @@
 //! - `run`: one run of a tool on a clone of it;
 //! - `floor`: the honest I/O floor, measured with PostgreSQL alone;
 //! - `checks`: the check after each run;
-//! - `report`: the table, the machine and server lines, the legend.
+//! - `report`: the table, the machine and server lines, the legend;
+//! - `cold`: `--cold`, the runs measured with the server's memory capped
+//!   and its caches dropped, and its disk reads counted.
 
 mod checks;
+mod cold;
 mod floor;
 mod launcher;
 mod report;
@@ -41,12 +44,13 @@ mod run;
 mod source;
 
 use clap::Parser;
+use cold::{parse_size, Cold};
 use compressor_integration_tests::generator::{generate_mix, MixConfig};
 use compressor_integration_tests::pg::db_url;
 use launcher::{Launcher, LAUNCHER_ARG};
 use postgres::{Client, NoTls};
 use report::thousands;
-use run::{do_run, Job, RunSettings, Tool};
+use run::{do_run, ColdRun, Job, RunSettings, Tool};
 use source::{prepare_source, Source};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -98,6 +102,18 @@ struct Args {
     /// Only generate in memory and print the row counts (no database)
     #[arg(long)]
     count_only: bool,
+    /// Cold mode: measure every run with the server's memory capped at each
+    /// of these sizes (e.g. 256MiB,1GiB), caches dropped before it, and its
+    /// disk reads counted; needs --cgroup and --restart-server (use
+    /// `scripts/bench.sh --cold SIZES`)
+    #[arg(long, value_delimiter = ',')]
+    cold: Vec<String>,
+    /// Cold mode: the name of the server's cgroup v1 memory and blkio groups
+    #[arg(long, requires = "cold")]
+    cgroup: Option<String>,
+    /// Cold mode: a program that restarts the server inside those groups
+    #[arg(long, requires = "cold")]
+    restart_server: Option<PathBuf>,
 }
 
 /// Every failure ends the benchmark with a one-line message.
@@ -154,6 +170,7 @@ fn run(args: Args) -> Res<()> {
     if args.chunk_size < 1 {
         return Err("--chunk-size must be at least 1".to_string());
     }
+    let cold = cold_mode(&args)?;
     // First, while this process is small (see Launcher).
     let mut launcher = Launcher::start()?;
     let settings = RunSettings {
@@ -188,9 +205,19 @@ fn run(args: Args) -> Res<()> {
                     tool,
                     jobs: jobs.max(1),
                 };
-                let result = do_run(&settings, &mut launcher, &source, job)?;
-                eprintln!("{}", report::table(std::slice::from_ref(&result)));
-                results.push(result);
+                let colds: Vec<Option<ColdRun>> = match &cold {
+                    Some(cold) => cold
+                        .caps
+                        .iter()
+                        .map(|&cap| Some(ColdRun { cold, cap }))
+                        .collect(),
+                    None => vec![None],
+                };
+                for cold in colds {
+                    let result = do_run(&settings, &mut launcher, &source, job, cold)?;
+                    eprintln!("{}", report::table(std::slice::from_ref(&result)));
+                    results.push(result);
+                }
             }
         }
     }
@@ -200,6 +227,9 @@ fn run(args: Args) -> Res<()> {
         report::machine_line(),
         launcher.own_rss_kib as f64 / 1024.0
     );
+    if let Some(cold) = &cold {
+        println!("{}", cold.describe());
+    }
     print!("{}", report::table(&results));
     println!();
     for r in &results {
@@ -208,10 +238,32 @@ fn run(args: Args) -> Res<()> {
         }
     }
     println!("{}", report::LEGEND);
+    if cold.is_some() {
+        println!("{}", report::COLD_LEGEND);
+    }
     if results.iter().any(|r| r.check.starts_with("FAILED")) {
         return Err("a run changed the state of some group (see the check column)".to_string());
     }
     Ok(())
+}
+
+/// The cold mode's groups and caps, when `--cold` is given.
+fn cold_mode(args: &Args) -> Res<Option<Cold>> {
+    if args.cold.is_empty() {
+        return Ok(None);
+    }
+    let caps = args
+        .cold
+        .iter()
+        .map(|s| parse_size(s))
+        .collect::<Res<Vec<u64>>>()?;
+    match (&args.cgroup, &args.restart_server) {
+        (Some(group), Some(restart)) => Cold::new(group, restart, caps).map(Some),
+        _ => Err(
+            "--cold needs --cgroup and --restart-server (run it through scripts/bench.sh --cold)"
+                .to_string(),
+        ),
+    }
 }
 
 /// `--count-only`: generates each preset in memory and prints its counts.

@@ -1,6 +1,7 @@
 //! What the benchmark prints: the machine and server settings, the table
 //! of runs with its legend, and the row counts of `--count-only`.
 
+use crate::cold::mib;
 use crate::run::RunResult;
 use crate::{connect, pg, Res};
 use compressor_integration_tests::generator::{MixConfig, MixRoom};
@@ -109,7 +110,20 @@ pub fn table(results: &[RunResult]) -> String {
         "x floor",
         "check",
     ];
+    let cold = results.iter().any(|r| r.cold.is_some());
+    let cold_header = [
+        "memory",
+        "read MB",
+        "reads",
+        "floor read MB",
+        "floor reads",
+        "x read",
+        "del+ins read MB",
+    ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    if cold {
+        rows[0].extend(cold_header.iter().map(|h| h.to_string()));
+    }
     for r in results {
         let phase = |i: usize| r.phases.map_or("?".to_string(), |p| format!("{:.2}", p[i]));
         let floor = r.read_floor + r.delete_floor + r.insert_floor;
@@ -139,8 +153,27 @@ pub fn table(results: &[RunResult]) -> String {
             format!("{:.2}", r.wall / floor),
             r.check.clone(),
         ]);
+        if let Some(c) = &r.cold {
+            let mb = |bytes: u64| thousands((bytes as f64 / 1e6).round() as i64);
+            rows.last_mut().expect("just pushed").extend([
+                mib(c.cap),
+                mb(c.reads.bytes),
+                thousands(c.reads.ops as i64),
+                mb(c.floor_reads.bytes),
+                thousands(c.floor_reads.ops as i64),
+                format!(
+                    "{:.2}",
+                    c.reads.bytes as f64 / c.floor_reads.bytes.max(1) as f64
+                ),
+                mb(c.write_reads.bytes),
+            ]);
+        } else if cold {
+            rows.last_mut()
+                .expect("just pushed")
+                .extend(cold_header.iter().map(|_| "-".to_string()));
+        }
     }
-    let widths: Vec<usize> = (0..header.len())
+    let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -151,7 +184,7 @@ pub fn table(results: &[RunResult]) -> String {
                 line.push_str("  ");
             }
             // Text columns left, numbers right.
-            if i < 2 || i == header.len() - 1 {
+            if i < 2 || i == header.len() - 1 || i == header.len() {
                 let _ = write!(line, "{cell:<w$}", w = widths[i]);
             } else {
                 let _ = write!(line, "{cell:>w$}", w = widths[i]);
@@ -177,6 +210,17 @@ columns: rows before/after = state_groups_state rows the run covers (the room fo
   count, edge sanity and the resolved state (Synapse's query) of sampled groups, before vs after.
 targets (reported, not enforced): manual <= 1.3x floor, auto <= 1.3x floor, verify < 20% of wall,
   peak RSS < 70 MiB for the 3m biggest room (~2M rows), < 1 GiB for the 20m biggest room.";
+
+/// What the cold mode's columns mean (see `cold`).
+pub const COLD_LEGEND: &str = "\
+cold columns: every run and every floor starts with the server restarted, `sync` and the kernel's
+  caches dropped, and the server (postmaster and backends) in a cgroup v1 memory group capped at
+  `memory` (page cache included); read MB, reads = bytes and read operations the server's blkio
+  group counted during the tool's run (1 MB = 10^6 bytes); the floor is measured cold as well:
+  read = one cold COPY of the covered rows of state_groups_state and of their edges
+  (floor read MB, floor reads: about the tables' size on disk), then delete and insert right
+  after, with the cap lifted (del+ins read MB); x read = read MB / floor read MB. Times vary with what
+  else runs on the machine; bytes and read operations barely do.";
 
 /// `--count-only`: the rows each class of rooms got, generated in memory.
 pub fn print_counts(short: &str, cfg: &MixConfig, rooms: &[MixRoom], secs: f64) {

@@ -3,6 +3,7 @@
 //! figures, and the result checked.
 
 use crate::checks::check_after;
+use crate::cold::{mib, Cold, DiskReads};
 use crate::floor::{changes_after, read_floor, record_before, write_floor};
 use crate::launcher::{run_measured, ChildRun, Launcher};
 use crate::report::load_average;
@@ -89,6 +90,29 @@ pub struct RunResult {
     pub insert_floor: f64,
     pub check: String,
     pub notes: Vec<String>,
+    /// Cold mode: the server's memory cap and the disk reads.
+    pub cold: Option<ColdFigures>,
+}
+
+/// A cold run's figures (see `cold`).
+pub struct ColdFigures {
+    /// The server's memory cap, bytes.
+    pub cap: u64,
+    /// What the server read from disk for the tool.
+    pub reads: DiskReads,
+    /// What it read for the floor's cold `COPY` of the rows and edges
+    /// (the tables read once).
+    pub floor_reads: DiskReads,
+    /// What it read for the floor's delete and insert, right after.
+    pub write_reads: DiskReads,
+}
+
+/// A run measured cold: the server restarted, caches dropped and its
+/// memory capped at `cap` bytes before the tool and before the floor.
+#[derive(Clone, Copy)]
+pub struct ColdRun<'a> {
+    pub cold: &'a Cold,
+    pub cap: u64,
 }
 
 /// Runs `job` on a fresh clone of `source` and measures it.
@@ -97,9 +121,16 @@ pub fn do_run(
     launcher: &mut Launcher,
     source: &Source,
     job: Job,
+    cold: Option<ColdRun>,
 ) -> Res<RunResult> {
     let tool = job.tool;
-    let label = format!("{}/{job}", source.preset);
+    let label = match cold {
+        Some(run) => format!("{}/{job}/{}", source.preset, mib(run.cap)),
+        None => format!("{}/{job}", source.preset),
+    };
+    if let Some(run) = cold {
+        run.cold.uncap()?;
+    }
     say(&format!("{label}: cloning {SRC_DB}"));
     clone_source(&settings.base, RUN_DB)?;
     let url = db_url(&settings.base, RUN_DB);
@@ -116,18 +147,50 @@ pub fn do_run(
     let rows_before = count_rows(&mut c, &where_clause)?;
     record_before(&mut c)?;
     pg("CHECKPOINT", c.batch_execute("CHECKPOINT"))?;
-    say(&format!("{label}: measuring the read floor"));
-    let read = read_floor(
-        &mut c,
-        &format!(
-            "COPY (SELECT state_group, type, state_key, event_id FROM state_groups_state \
-             {where_clause}) TO STDOUT (FORMAT binary)"
-        ),
-        2,
-    )?;
+    // Cold, the read floor is measured with the delete and insert below.
+    let mut read = 0.0;
+    if cold.is_none() {
+        say(&format!("{label}: measuring the read floor"));
+        read = read_floor(&mut c, &rows_copy(&where_clause), 2)?;
+    }
 
-    let name = format!("{}-{job}", source.preset).replace(' ', "");
-    let (child, command_note) = run_tool(settings, launcher, &name, &invocation)?;
+    let name = match cold {
+        Some(run) => format!("{}-{job}-{}", source.preset, mib(run.cap)),
+        None => format!("{}-{job}", source.preset),
+    }
+    .replace(' ', "");
+    let mut tool_reads = DiskReads::default();
+    // Cold, the restart closes every connection: this one is made again.
+    let kept = match cold {
+        Some(run) => {
+            drop(c);
+            run.cold.start_cold(run.cap)?;
+            tool_reads = run.cold.reads()?;
+            None
+        }
+        None => Some(c),
+    };
+    let kills = cold.map(|run| run.cold.oom_kills()).transpose()?;
+    let ran = run_tool(settings, launcher, &name, &invocation);
+    if let (Some(run), Some(before)) = (cold, kills) {
+        if run.cold.oom_kills()? > before {
+            let why = ran.err().unwrap_or_default();
+            return Err(format!(
+                "the server went over its {} cap and the kernel killed one of its processes \
+                 (see dmesg): lower shared_buffers or work_mem, or raise the cap\n{why}",
+                mib(run.cap)
+            ));
+        }
+    }
+    let (child, command_note) = ran?;
+    if let Some(run) = cold {
+        tool_reads = tool_reads.until(run.cold.reads()?);
+        run.cold.uncap()?;
+    }
+    let mut c = match kept {
+        Some(c) => c,
+        None => connect(&settings.base, RUN_DB)?,
+    };
     let all_output = format!("{}\n{}", child.stdout, child.stderr);
     let phases = parse_phases(&all_output);
     let mut notes = vec![command_note];
@@ -145,7 +208,39 @@ pub fn do_run(
         "{label}: measuring the delete and insert floor on a fresh clone"
     ));
     clone_source(&settings.base, FLOOR_DB)?;
-    let (delete, insert) = write_floor(&mut connect(&settings.base, FLOOR_DB)?, &changes)?;
+    let mut floor_reads = DiskReads::default();
+    if let Some(run) = cold {
+        run.cold.start_cold(run.cap)?;
+        floor_reads = run.cold.reads()?;
+    }
+    let mut f = connect(&settings.base, FLOOR_DB)?;
+    if cold.is_some() {
+        say(&format!("{label}: measuring the cold read floor"));
+        read = read_floor(&mut f, &rows_copy(&where_clause), 1)?
+            + read_floor(
+                &mut f,
+                &format!(
+                    "COPY (SELECT state_group, prev_state_group FROM state_group_edges \
+                     {where_clause}) TO STDOUT (FORMAT binary)"
+                ),
+                1,
+            )?;
+    }
+    let mut write_reads = DiskReads::default();
+    if let Some(run) = cold {
+        write_reads = run.cold.reads()?;
+        floor_reads = floor_reads.until(write_reads);
+        // Under a 256 MiB cap, the insert of 2.1 M rows (20m) went over it
+        // and the kernel killed the backend: the delete and insert run
+        // uncapped, on what the cold COPY left in the cache.
+        run.cold.uncap()?;
+    }
+    let (delete, insert) = write_floor(&mut f, &changes)?;
+    drop(f);
+    if let Some(run) = cold {
+        write_reads = write_reads.until(run.cold.reads()?);
+        run.cold.uncap()?;
+    }
     drop_db(&settings.base, FLOOR_DB)?;
     Ok(RunResult {
         preset: source.preset.clone(),
@@ -160,7 +255,22 @@ pub fn do_run(
         insert_floor: insert,
         check,
         notes,
+        cold: cold.map(|run| ColdFigures {
+            cap: run.cap,
+            reads: tool_reads,
+            floor_reads,
+            write_reads,
+        }),
     })
+}
+
+/// The `COPY` reading the rows a run covers (`where_clause`: see
+/// [`covered_rows`]).
+fn rows_copy(where_clause: &str) -> String {
+    format!(
+        "COPY (SELECT state_group, type, state_key, event_id FROM state_groups_state \
+         {where_clause}) TO STDOUT (FORMAT binary)"
+    )
 }
 
 /// The `WHERE` clause selecting the `state_groups_state` rows the run

@@ -77,8 +77,11 @@ short="$(git rev-parse --short HEAD)"
 for tool in synapse_auto_compressor synapse_compress_state; do
     said="$("${engine[@]}" run --rm --network none "$image" "/usr/local/bin/$tool" --version)"
     [ "$said" = "$tool $version (git $short)" ] || fail "$tool --version said '$said'; expected commit $short"
-    "${engine[@]}" run --rm --network none "$image" "$tool" --help | grep -q -- "--postgres-url" ||
-        fail "$tool --help lacks --postgres-url"
+    # Read whole, then searched: `| grep -q` would close the pipe at the
+    # first match, and podman fails on the broken pipe of a longer text.
+    help="$("${engine[@]}" run --rm --network none "$image" "$tool" --help)" ||
+        fail "$tool --help failed in the image"
+    grep -q -- "--postgres-url" <<<"$help" || fail "$tool --help lacks --postgres-url"
     ok "$tool in the image: $said; --help"
 done
 label() { "${engine[@]}" image inspect --format "{{index .Config.Labels \"org.opencontainers.image.$1\"}}" "$image"; }

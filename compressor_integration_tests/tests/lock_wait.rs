@@ -8,7 +8,9 @@
 //!
 //! A lock that stops only writes (`SHARE`, a plain `CREATE INDEX`) lets a
 //! run load and compress, then wait the same way before it writes: a
-//! signal then gives the chunk up with nothing of it written.
+//! signal then gives the chunk up with nothing of it written. A lock that
+//! stops only `VACUUM` (another VACUUM or ANALYZE) keeps `--vacuum` waiting
+//! the same way at the run's end; a signal then skips the VACUUM.
 //!
 //! Synchronised on the tools' log lines (read as they come) and on the
 //! holder's own transaction; no sleeps.
@@ -249,6 +251,59 @@ fn a_lock_that_stops_writes_is_waited_for_before_writing() {
         lowest_left.is_some_and(|lowest| scan <= lowest),
         "scan position {scan} passed the lowest group left, {lowest_left:?}\n{stderr}"
     );
+
+    let states = synapse_state::all_states(&mut client, None).expect("reading states");
+    assert_eq!(synapse_state::first_difference(&original, &states), None);
+}
+
+#[test]
+fn vacuum_waits_visibly_for_the_table_and_a_signal_skips_it() {
+    let (db, _room) = check::small_db("lock_wait_vacuum", 300);
+    let mut client = db.client();
+    let original = synapse_state::all_states(&mut client, None).expect("reading states");
+    let auto_args = [
+        "-p",
+        db.url(),
+        "-c",
+        "50",
+        "-n",
+        "2",
+        "--vacuum",
+        "--no-progress",
+    ];
+
+    // SHARE UPDATE EXCLUSIVE (another VACUUM, ANALYZE, autovacuum) lets
+    // the chunks be read and written, then keeps --vacuum waiting: one
+    // line names the holder, and SIGTERM skips the VACUUM at once (the run
+    // is otherwise done, so it ends as a finished run does).
+    let (holder, pid) = hold_lock(&db, "SHARE UPDATE EXCLUSIVE");
+    let mut auto = Running::start(AUTO, &auto_args);
+    assert_names_holder(&auto.wait_for_line(WAITING), pid, "SHARE UPDATE EXCLUSIVE");
+    let progress = check::saved_progress(&db);
+    assert!(
+        progress
+            .iter()
+            .any(|row| row.starts_with("state_compressor_progress")),
+        "the chunks were not saved before the VACUUM: {progress:?}"
+    );
+    auto.signal(libc::SIGTERM);
+    let (code, stderr) = auto.finish(Duration::from_secs(20));
+    // Every chunk asked for is done and saved: only the VACUUM is left out.
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("--vacuum skipped: SIGTERM"), "{stderr}");
+    assert!(
+        !stderr.contains("VACUUM (ANALYZE) state_groups_state took"),
+        "{stderr}"
+    );
+    assert_eq!(check::saved_progress(&db), progress);
+
+    // Released while the next run waits: the VACUUM runs.
+    let mut waiting = Running::start(AUTO, &auto_args);
+    waiting.wait_for_line(WAITING);
+    drop(holder);
+    waiting.wait_for_line("VACUUM (ANALYZE) state_groups_state took");
+    let (code, stderr) = waiting.finish(Duration::from_secs(300));
+    assert_eq!(code, Some(0), "{stderr}");
 
     let states = synapse_state::all_states(&mut client, None).expect("reading states");
     assert_eq!(synapse_state::first_difference(&original, &states), None);

@@ -9,7 +9,8 @@
 //! EXCLUSIVE` stops) before its work and before each chunk of the automatic
 //! tool, and the writes' (`ROW EXCLUSIVE`, which `SHARE` from a plain
 //! `CREATE INDEX` and stronger stop) before the manual tool's first write
-//! batch and each chunk's write. While a try fails it logs who holds or
+//! batch and each chunk's write, and `VACUUM`'s own (`SHARE UPDATE
+//! EXCLUSIVE`) before `--vacuum`. While a try fails it logs who holds or
 //! queues for the lock (pid, its mode, `application_name`, since when, what
 //! it runs), once a minute, and looks for a signal between tries, so a stop
 //! comes within a second: a chunk given up before its write
@@ -67,16 +68,42 @@ fn locks(access: Access) -> (String, &'static [&'static str]) {
 /// Synapse's state tables. `None` once it can; the signal, if one asked
 /// the run to stop meanwhile.
 pub fn wait_for_state_tables(client: &mut Client, access: Access) -> Result<Option<Signal>> {
+    let (statements, blocking) = locks(access);
+    wait_for(client, &statements, blocking)
+}
+
+/// Waits until this session could `VACUUM state_groups_state` (`--vacuum`
+/// at a run's end): its `SHARE UPDATE EXCLUSIVE` lock waits for another
+/// VACUUM or ANALYZE of the table (autovacuum gives way to a waiting
+/// session within a second or so), a `CREATE INDEX` and anything
+/// stronger. `None` once it can; the signal, if one came meanwhile.
+pub fn wait_before_vacuum(client: &mut Client) -> Result<Option<Signal>> {
+    wait_for(
+        client,
+        "LOCK TABLE state_groups_state IN SHARE UPDATE EXCLUSIVE MODE",
+        &[
+            "ShareUpdateExclusiveLock",
+            "ShareLock",
+            "ShareRowExclusiveLock",
+            "ExclusiveLock",
+            "AccessExclusiveLock",
+        ],
+    )
+}
+
+/// Tries `statements` until they get their locks within [`TRY`], saying
+/// who holds them (those holding one of the `blocking` modes) once a
+/// minute, and giving up at a signal.
+fn wait_for(client: &mut Client, statements: &str, blocking: &[&str]) -> Result<Option<Signal>> {
     // The tests' stand-in for a lock taken just after this check: the
     // statements then wait for it themselves.
     if failpoint::triggered("lock-wait::skip") {
         return Ok(None);
     }
-    let (statements, blocking) = locks(access);
     let started = Instant::now();
     let mut logged: Option<Instant> = None;
     loop {
-        match try_lock(client, &statements) {
+        match try_lock(client, statements) {
             Ok(()) => {
                 if logged.is_some() {
                     info!(

@@ -135,6 +135,12 @@ pub fn after_run(
         vacuum: None,
     };
     if vacuum {
+        if let Some(signal) = crate::db::lock_wait::wait_before_vacuum(client)? {
+            log::warn!(
+                "--vacuum skipped: {signal} came while waiting for the table; autovacuum or the next --vacuum run will do it"
+            );
+            return Ok(Some(space));
+        }
         let started = Instant::now();
         run_vacuum(client)?;
         space.vacuum = Some(started.elapsed());

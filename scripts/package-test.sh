@@ -107,7 +107,10 @@ for tool in synapse_compress_state synapse_auto_compressor; do
         [ "$version" = "$tool $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1) (git $commit)" ] ||
             fail "$tool --version said '$version'; expected the commit $commit"
     fi
-    "/usr/bin/$tool" --help | grep -q -- "--postgres-url" || fail "$tool --help lacks --postgres-url"
+    # Read whole, then searched: `| grep -q` may close the pipe while the
+    # tool still writes.
+    help="$("/usr/bin/$tool" --help)" || fail "$tool --help failed"
+    grep -q -- "--postgres-url" <<<"$help" || fail "$tool --help lacks --postgres-url"
     ok "$tool: $version; --help"
 
     page="$(man -w "$tool")" || fail "man -w $tool found no page"

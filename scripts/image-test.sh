@@ -111,11 +111,11 @@ tail -n 1 "$work/generated" >&2
 for db in image_playbook image_sql image_commit; do
     su postgres -c "CREATE DATABASE $db TEMPLATE image_test" >/dev/null
 done
-# The dedicated role of the README's "Privileges", the progress tables
-# created by the owner (the README's block, as it stands).
+# The dedicated role of docs/privileges.md, the progress tables
+# created by the owner (that page's block, as it stands).
 password="c0ntainer-secret"
-sed -n '/<!-- grants:owner-creates-tables -->/,/^```$/p' README.md | sed '1,2d;$d' >"$work/grants.sql"
-[ -s "$work/grants.sql" ] || fail "the README's grants block is missing"
+sed -n '/<!-- grants:owner-creates-tables -->/,/^```$/p' docs/privileges.md | sed '1,2d;$d' >"$work/grants.sql"
+[ -s "$work/grants.sql" ] || fail "the grants block of docs/privileges.md is missing"
 su postgres -c "CREATE ROLE synapse_compressor LOGIN PASSWORD '$password'" >/dev/null
 for db in image_test image_playbook image_sql image_commit; do
     su "$db" -f "$work/grants.sql" >/dev/null

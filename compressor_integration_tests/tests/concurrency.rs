@@ -383,18 +383,11 @@ fn a_write_that_meets_a_deadlock_is_tried_again() {
     go.send(()).unwrap();
     other_session.join().expect("the other session");
     let run = tool.wait();
-    tools::assert_success(&run);
-    assert!(
-        run.stderr
-            .contains("deadlock detected; trying the batch again"),
-        "the tool did not meet the deadlock\n{}",
-        run.describe()
-    );
-    let now = snapshot(&mut db.client());
-    assert_same_states(&original.states, &now.states, "after the retried batch");
-    assert_ne!(
-        original.structure, now.structure,
-        "the retried batch wrote nothing"
+    assert_batch_retried(
+        &run,
+        &["deadlock detected; trying the batch again"],
+        &db,
+        &original,
     );
 }
 
@@ -470,25 +463,20 @@ fn a_write_that_meets_a_duplicate_edge_is_tried_again() {
     wait_for_waiting_session(&mut db.client());
     tx.commit().unwrap();
     let run = tool.wait();
-    tools::assert_success(&run);
-    assert!(
-        run.stderr
-            .contains("duplicate key value violates unique constraint")
-            && run.stderr.contains("trying the batch again"),
-        "the tool did not meet the duplicate edge\n{}",
-        run.describe()
-    );
     assert!(
         run.stderr
             .contains(&format!("state group {group}: its edge changed")),
         "the group the other writer rewrote was not left alone\n{}",
         run.describe()
     );
-    let now = snapshot(&mut db.client());
-    assert_same_states(&original.states, &now.states, "after the retried batch");
-    assert_ne!(
-        original.structure, now.structure,
-        "the retried batch wrote nothing"
+    assert_batch_retried(
+        &run,
+        &[
+            "duplicate key value violates unique constraint",
+            "trying the batch again",
+        ],
+        &db,
+        &original,
     );
 }
 
@@ -524,19 +512,11 @@ fn a_write_that_meets_a_serialization_failure_is_tried_again() {
     wait_for_waiting_session(&mut db.client());
     tx.commit().unwrap();
     let run = tool.wait();
-    tools::assert_success(&run);
-    assert!(
-        run.stderr.contains(
-            "could not serialize access due to concurrent update; trying the batch again"
-        ),
-        "the tool did not meet the serialization failure\n{}",
-        run.describe()
-    );
-    let now = snapshot(&mut db.client());
-    assert_same_states(&original.states, &now.states, "after the retried batch");
-    assert_ne!(
-        original.structure, now.structure,
-        "the retried batch wrote nothing"
+    assert_batch_retried(
+        &run,
+        &["could not serialize access due to concurrent update; trying the batch again"],
+        &db,
+        &original,
     );
 }
 
@@ -618,5 +598,23 @@ fn the_manual_tool_exits_75_on_the_room_the_automatic_tool_holds() {
         &original.states,
         &snapshot(&mut db.client()).states,
         "both tools done",
+    );
+}
+
+/// A run that met a conflict in a write batch (its log holds every one of
+/// `said`), tried the batch again and succeeded: it wrote, and every
+/// group's state is what it was.
+fn assert_batch_retried(run: &ToolRun, said: &[&str], db: &TestDb, original: &DbSnapshot) {
+    tools::assert_success(run);
+    assert!(
+        said.iter().all(|text| run.stderr.contains(text)),
+        "the tool did not meet the conflict ({said:?})\n{}",
+        run.describe()
+    );
+    let now = snapshot(&mut db.client());
+    assert_same_states(&original.states, &now.states, "after the retried batch");
+    assert_ne!(
+        original.structure, now.structure,
+        "the retried batch wrote nothing"
     );
 }

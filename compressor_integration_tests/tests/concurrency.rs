@@ -394,22 +394,29 @@ fn a_write_that_meets_a_deadlock_is_tried_again() {
 /// Waits until some other session of this database waits for a lock, and
 /// returns its pid.
 fn wait_for_waiting_session(watcher: &mut postgres::Client) -> i32 {
+    first_pid(
+        watcher,
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+         AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+        &[],
+        "nobody ever waited for a lock",
+    )
+}
+
+/// Polls the server (bounded, two minutes) until `query` returns a row,
+/// and returns its first column, a pid; fails with `never` otherwise.
+fn first_pid(
+    watcher: &mut postgres::Client,
+    query: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+    never: &str,
+) -> i32 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
-        let row = watcher
-            .query_opt(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
-                &[],
-            )
-            .unwrap();
-        if let Some(row) = row {
+        if let Some(row) = watcher.query_opt(query, params).unwrap() {
             return row.get(0);
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nobody ever waited for a lock"
-        );
+        assert!(std::time::Instant::now() < deadline, "{never}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
@@ -523,27 +530,16 @@ fn a_write_that_meets_a_serialization_failure_is_tried_again() {
 /// The server process of an automatic run that holds a room lock and waits
 /// for a table lock (seen in `pg_locks`); waits until there is one.
 fn wait_for_auto_holding_a_room(watcher: &mut postgres::Client) -> i32 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let row = watcher
-            .query_opt(
-                "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
-                   AND l.classid::int8 = $1 AND a.datname = current_database() \
-                   AND a.application_name = 'synapse_auto_compressor' \
-                   AND a.wait_event_type = 'Lock'",
-                &[&(ROOM_LOCK_CLASS as i64 & 0xffff_ffff)],
-            )
-            .unwrap();
-        if let Some(row) = row {
-            return row.get(0);
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the automatic tool never held a room while waiting"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    first_pid(
+        watcher,
+        "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+           AND l.classid::int8 = $1 AND a.datname = current_database() \
+           AND a.application_name = 'synapse_auto_compressor' \
+           AND a.wait_event_type = 'Lock'",
+        &[&(ROOM_LOCK_CLASS as i64 & 0xffff_ffff)],
+        "the automatic tool never held a room while waiting",
+    )
 }
 
 /// Exclusion across the tools, shown by the tools themselves: while the

@@ -36,7 +36,12 @@ pub enum Error {
 
     /// Any other database error, with what we were doing at the time.
     #[error("database error while {context}: {message}")]
-    Database { context: String, message: String },
+    Database {
+        context: String,
+        message: String,
+        /// The server's SQLSTATE, when it gave one.
+        code: Option<postgres::error::SqlState>,
+    },
 
     /// The room has no state groups at all (unknown or purged room).
     #[error("room {} has no state groups in this database (is the room id right?)", printable(.0))]
@@ -110,17 +115,28 @@ impl Error {
             return Error::Database {
                 context,
                 message: db.message().to_owned(),
+                code: Some(code.clone()),
             };
         }
         if err.is_closed() {
             return Error::Database {
                 context,
                 message: "the connection to the server was lost".to_owned(),
+                code: None,
             };
         }
         Error::Database {
             context,
             message: one_line(&err),
+            code: None,
+        }
+    }
+
+    /// The SQLSTATE of a database error.
+    pub fn sqlstate(&self) -> Option<&postgres::error::SqlState> {
+        match self {
+            Error::Database { code, .. } => code.as_ref(),
+            _ => None,
         }
     }
 

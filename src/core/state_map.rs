@@ -59,6 +59,8 @@ pub struct Symbols {
     strings: Vec<Box<str>>,
     key_ids: HashMap<(u32, u32), KeyId, IdBuildHasher>,
     keys: Vec<(u32, u32)>,
+    /// About how much memory the tables hold (for budgets).
+    bytes: usize,
 }
 
 impl std::fmt::Debug for Symbols {
@@ -90,6 +92,8 @@ impl Symbols {
                 let id = u32::try_from(strings.len()).expect("fewer than 2^32 distinct strings");
                 slot.insert(id);
                 self.strings.push(text.into());
+                // The string, its box and its slot in the hash table.
+                self.bytes += text.len() + 24;
                 id
             }
         }
@@ -104,6 +108,7 @@ impl Symbols {
         let id = KeyId(u32::try_from(self.keys.len()).expect("fewer than 2^32 distinct keys"));
         self.keys.push(parts);
         self.key_ids.insert(parts, id);
+        self.bytes += 28;
         id
     }
 
@@ -120,6 +125,12 @@ impl Symbols {
         self.strings.shrink_to_fit();
         self.key_ids.shrink_to_fit();
         self.keys.shrink_to_fit();
+    }
+
+    /// About how many bytes the tables hold: the strings and, roughly,
+    /// their entries in the tables (spare capacity not counted).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The (type, state_key) strings of a key.

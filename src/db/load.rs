@@ -132,20 +132,7 @@ pub fn load_groups_after(
     known: GroupMap,
     on_rows: &mut dyn FnMut(u64),
 ) -> Result<(GroupMap, LoadReport)> {
-    let mut builder = Builder::new(symbols);
-    for (id, entry) in known {
-        if let Some(prev) = entry.prev {
-            builder.edges.insert(id, prev);
-        }
-        builder.deltas.insert(id, entry.delta);
-        builder.groups.insert(
-            id,
-            crate::core::group::StateGroupEntry {
-                missing_group_row: entry.missing_group_row,
-                ..Default::default()
-            },
-        );
-    }
+    let mut builder = Builder::with_known(symbols, known);
     for &id in ids {
         builder.groups.entry(id).or_default().in_range = true;
     }
@@ -153,33 +140,30 @@ pub fn load_groups_after(
     // room_id lets the planner pick a merge join over the whole rows index,
     // which costs the whole table for every chunk.)
     builder.read_by_ids(client, ids, on_rows)?;
+    builder.load_predecessors(client, room_id, extra, on_rows)?;
+    builder.finish()
+}
 
-    let mut wanted: BTreeSet<i64> = extra
-        .iter()
-        .copied()
-        .filter(|id| !builder.groups.contains_key(id))
-        .collect();
-    loop {
-        wanted.extend(
-            builder
-                .edges
-                .values()
-                .copied()
-                .filter(|prev| !builder.groups.contains_key(prev)),
-        );
-        if wanted.is_empty() {
-            break;
-        }
-        // All their ancestors at once (one recursive query, as Synapse reads
-        // a chain), rather than one generation per round trip.
-        let start: Vec<i64> = std::mem::take(&mut wanted).into_iter().collect();
-        let found: Vec<(i64, bool)> = ancestors(client, &start, room_id)?
-            .into_iter()
-            .filter(|(id, _)| !builder.groups.contains_key(id))
-            .collect();
-        builder.load_out_of_range(client, &found, on_rows)?;
+/// [`load_groups_after`] for groups whose edges and rows were read already
+/// (the automatic tool's pass over the table, `in_range` in `symbols`' ids):
+/// only what they need besides, `extra` and every predecessor, is loaded.
+/// `duplicate_rows` is what the earlier read dropped, for the report.
+pub fn complete_groups(
+    client: &mut impl GenericClient,
+    symbols: &mut Symbols,
+    room_id: &str,
+    in_range: GroupMap,
+    extra: &[i64],
+    known: GroupMap,
+    duplicate_rows: usize,
+) -> Result<(GroupMap, LoadReport)> {
+    let mut builder = Builder::with_known(symbols, known);
+    builder.duplicate_rows = duplicate_rows;
+    for (id, entry) in in_range {
+        builder.add_known(id, entry);
+        builder.groups.entry(id).or_default().in_range = true;
     }
-
+    builder.load_predecessors(client, room_id, extra, &mut |_| {})?;
     builder.finish()
 }
 
@@ -352,6 +336,65 @@ impl<'s> Builder<'s> {
             scratch_group: None,
             duplicate_rows: 0,
             missing: Vec::new(),
+        }
+    }
+
+    /// A builder that starts from `known` groups (kept not in range).
+    fn with_known(symbols: &'s mut Symbols, known: GroupMap) -> Self {
+        let mut builder = Self::new(symbols);
+        for (id, entry) in known {
+            builder.add_known(id, entry);
+        }
+        builder
+    }
+
+    /// Takes a group already read: its edge, delta and row flag.
+    fn add_known(&mut self, id: i64, entry: crate::core::group::StateGroupEntry) {
+        if let Some(prev) = entry.prev {
+            self.edges.insert(id, prev);
+        }
+        self.deltas.insert(id, entry.delta);
+        self.groups.insert(
+            id,
+            crate::core::group::StateGroupEntry {
+                missing_group_row: entry.missing_group_row,
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Loads `extra` and every predecessor the groups so far need, in
+    /// rounds (a predecessor may itself have a predecessor we lack).
+    fn load_predecessors(
+        &mut self,
+        client: &mut impl GenericClient,
+        room_id: &str,
+        extra: &[i64],
+        on_rows: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        let mut wanted: BTreeSet<i64> = extra
+            .iter()
+            .copied()
+            .filter(|id| !self.groups.contains_key(id))
+            .collect();
+        loop {
+            wanted.extend(
+                self.edges
+                    .values()
+                    .copied()
+                    .filter(|prev| !self.groups.contains_key(prev)),
+            );
+            if wanted.is_empty() {
+                return Ok(());
+            }
+            // All their ancestors at once (one recursive query, as Synapse
+            // reads a chain), rather than one generation per round trip.
+            let start: Vec<i64> = std::mem::take(&mut wanted).into_iter().collect();
+            let found: Vec<(i64, bool)> = ancestors(client, &start, room_id)?
+                .into_iter()
+                .filter(|(id, _)| !self.groups.contains_key(id))
+                .collect();
+            self.load_out_of_range(client, &found, on_rows)?;
         }
     }
 

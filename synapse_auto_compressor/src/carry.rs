@@ -121,6 +121,20 @@ impl Carry {
         (self.symbols.clone(), self.groups.iter().cloned().collect())
     }
 
+    /// The carried groups in `symbols`' ids (translated), as loaded groups
+    /// out of range: for a chunk whose own groups were read before the
+    /// carry existed (the pass, `crate::pass`), into their table.
+    pub fn lay_out_into(&self, symbols: &mut Symbols) -> GroupMap {
+        self.groups
+            .iter()
+            .map(|(id, entry)| {
+                let mut entry = entry.clone();
+                entry.delta = translate(&entry.delta, &self.symbols, symbols);
+                (*id, entry)
+            })
+            .collect()
+    }
+
     /// Rows carried.
     pub fn rows(&self) -> usize {
         self.rows

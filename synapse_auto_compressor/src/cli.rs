@@ -7,6 +7,7 @@ use synapse_compress_state::LevelSizes;
 
 use crate::connections::DEFAULT_RESERVE;
 use crate::manager::AutoConfig;
+use crate::pass::Reader;
 
 /// Compresses the state tables of a whole Synapse database, a chunk of one
 /// room at a time, saving its progress in the database so each run picks up
@@ -115,7 +116,33 @@ pub struct AutoArgs {
         default_value_t = DEFAULT_RESERVE
     )]
     pub reserve_connections: u32,
+
+    /// How chunks are read: `pass` reads the table once in its own order
+    /// (far fewer disk reads when the table does not fit in memory),
+    /// `rooms` reads each chunk's groups through the indexes, `auto` takes
+    /// the pass when the run covers at least a tenth of the groups left.
+    /// The result is the same either way.
+    #[arg(
+        long = "reader",
+        value_name = "READER",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub reader: Reader,
+
+    /// Most memory, in MiB, the pass may hold in chunks not yet complete;
+    /// rooms beyond it are read room by room after the pass.
+    #[arg(long = "pass-memory", value_name = "MIB", default_value_t = DEFAULT_PASS_MEMORY_MIB)]
+    pub pass_memory_mib: u32,
+
+    /// Group ids per range the pass reads (for tests: many small ranges).
+    #[arg(long = "pass-range", hide = true, default_value_t = crate::pass::assemble::RANGE_IDS,
+          value_parser = clap::value_parser!(i64).range(1..))]
+    pub pass_range_ids: i64,
 }
+
+/// The pass's default memory budget for unfinished chunks, in MiB.
+pub const DEFAULT_PASS_MEMORY_MIB: u32 = 256;
 
 impl AutoArgs {
     /// The run configuration these arguments describe.
@@ -129,6 +156,9 @@ impl AutoArgs {
             vacuum: self.vacuum,
             jobs: self.jobs,
             reserve_connections: self.reserve_connections,
+            reader: self.reader,
+            pass_memory_mib: self.pass_memory_mib,
+            pass_range_ids: self.pass_range_ids,
         }
     }
 }

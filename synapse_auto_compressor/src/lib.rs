@@ -9,6 +9,8 @@
 //! - [`metrics`]: `--metrics-file`, the run's figures for Prometheus;
 //! - [`summary`]: the figures of each chunk and of the run;
 //! - [`largest`]: which rooms `--largest-rooms` picks;
+//! - [`pass`]: reading the table once, in its own order, for a run that
+//!   covers much of it (`--reader`);
 //! - [`prefetch`]: loading the next chunks while the current one is written;
 //! - [`carry`]: a room's new structure kept in memory for its next chunk;
 //! - [`chain_lengths`]: chain lengths before the run, for the figures of
@@ -30,6 +32,7 @@ pub mod largest;
 pub mod lock;
 pub mod manager;
 pub mod metrics;
+pub mod pass;
 pub mod prefetch;
 pub mod room_ids;
 pub mod room_store;

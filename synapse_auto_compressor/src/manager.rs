@@ -46,6 +46,7 @@ use synapse_compress_state::{compress, Compressed, Error, GroupMap, Level, Level
 
 use crate::carry::{Carries, Carry};
 use crate::connections::Budget;
+use crate::pass::{self, Given, Reader};
 use crate::prefetch::{load_chunk, ChunkRequest, LoadedChunk, Prefetcher};
 use crate::room_ids::RoomIds;
 use crate::state_saving::LeftRooms;
@@ -73,6 +74,12 @@ pub struct AutoConfig {
     pub jobs: Positive,
     /// Connections the run leaves free for Synapse (`--reserve-connections`).
     pub reserve_connections: u32,
+    /// How the chunks' groups are read (`--reader`).
+    pub reader: Reader,
+    /// Most memory the pass's unfinished chunks may hold (`--pass-memory`).
+    pub pass_memory_mib: u32,
+    /// Group ids per range the pass reads (hidden `--pass-range`, for tests).
+    pub pass_range_ids: i64,
 }
 
 /// Runs up to `number_of_chunks` chunks over the database.
@@ -198,20 +205,53 @@ fn one_worker(
         }
     }
     let room_ids = RoomIds::default();
+    let pass_reader = match rooms {
+        Some(_) => None,
+        None => pass_reader(client, config)?,
+    };
     std::thread::scope(|scope| {
         let mut prefetcher =
             (!readers.is_empty()).then(|| Prefetcher::spawn(scope, readers, &room_ids));
         let mut prepared = Prepared::new();
         match rooms {
             Some(rooms) => room_by_room(client, &mut prepared, config, summary, rooms, &room_ids)?,
-            None => chunk_loop(
-                client,
-                &mut prepared,
-                config,
-                summary,
-                prefetcher.as_mut(),
-                &room_ids,
-            )?,
+            None => {
+                let bar = work_bar(client, config)?;
+                let mut walk = Walk::new(bar);
+                if let Some(reader) = pass_reader {
+                    pass::run(
+                        client,
+                        reader,
+                        &mut prepared,
+                        config,
+                        summary,
+                        &mut walk,
+                        &room_ids,
+                    )?;
+                }
+                if summary.interrupted.is_none() {
+                    chunk_loop(
+                        client,
+                        &mut prepared,
+                        config,
+                        summary,
+                        prefetcher.as_mut(),
+                        &room_ids,
+                        &mut walk,
+                    )?;
+                }
+                if let (None, Some(first)) = (summary.interrupted, walk.pass_highest_first) {
+                    // The loop's last pick leaves the position at the start
+                    // of the highest chunk done; after the pass, the loop's
+                    // own last pick may be a lower one (a room the pass
+                    // gave it), so the position goes where the loop alone
+                    // would have left it (never past a left room).
+                    let position = walk.left.hold().map_or(first, |hold| hold.min(first));
+                    state_saving::raise_scan_position(client, position)?;
+                }
+                walk.bar.finish_and_clear();
+                walk.figures.count_rooms_after(client, summary)?;
+            }
         }
         if let Some(p) = &prefetcher {
             debug!(
@@ -223,6 +263,61 @@ fn one_worker(
     })
 }
 
+/// The pass's reading connection, when this run reads with the pass
+/// (`--reader`, by default when the run covers a good share of what is
+/// left); `None` reads room by room.
+fn pass_reader(client: &mut Client, config: &AutoConfig) -> Result<Option<Client>> {
+    let (_, left) = state_saving::groups_left_estimate(client)?;
+    if !config.reader.use_pass(config, left) {
+        debug!(
+            "Reading room by room ({:?} reader, about {left} groups left)",
+            config.reader
+        );
+        return Ok(None);
+    }
+    if Budget::read(client, config.reserve_connections)?.allow(1, "pass reading connection") == 0 {
+        warn!("No connection to spare for the pass; reading room by room");
+        return Ok(None);
+    }
+    match db::connect_as(&config.db_url, "synapse_auto_compressor") {
+        Ok(mut reader) => {
+            // A range held up by a lock fails soon and is read again once
+            // the lock is visibly gone: a stop never waits for the reader.
+            reader
+                .batch_execute("SET lock_timeout = '1s'")
+                .map_err(|e| Error::db("setting up the pass's connection", e))?;
+            Ok(Some(reader))
+        }
+        Err(e) => {
+            warn!("No connection for the pass ({e}); reading room by room");
+            Ok(None)
+        }
+    }
+}
+
+/// What the chunk loop (and the pass before it) keep over a run.
+pub(crate) struct Walk {
+    /// Rooms left for a later run.
+    pub(crate) left: LeftRooms,
+    pub(crate) figures: RunFigures,
+    pub(crate) carries: Carries,
+    pub(crate) bar: progress::Bar,
+    /// The first group of the highest chunk the pass did, if it did any.
+    pub(crate) pass_highest_first: Option<i64>,
+}
+
+impl Walk {
+    fn new(bar: progress::Bar) -> Self {
+        Self {
+            left: LeftRooms::default(),
+            figures: RunFigures::default(),
+            carries: Carries::default(),
+            bar,
+            pass_highest_first: None,
+        }
+    }
+}
+
 /// Runs chunks until the run's count is reached or nothing is left.
 fn chunk_loop(
     client: &mut Client,
@@ -231,11 +326,15 @@ fn chunk_loop(
     summary: &mut RunSummary,
     mut prefetcher: Option<&mut Prefetcher>,
     room_ids: &RoomIds,
+    walk: &mut Walk,
 ) -> Result<()> {
-    let mut left = LeftRooms::default();
-    let bar = work_bar(client, config)?;
-    let mut figures = RunFigures::default();
-    let mut carries = Carries::default();
+    let Walk {
+        left,
+        figures,
+        carries,
+        bar,
+        ..
+    } = walk;
     while (summary.chunks as i64) < config.number_of_chunks.get() {
         // The safe point: every chunk before has committed with its
         // progress, and this one has not started.
@@ -243,7 +342,7 @@ fn chunk_loop(
             summary.interrupted = Some(signal);
             break;
         }
-        let Some(next) = state_saving::next_room_to_compress(client, prepared, &left)? else {
+        let Some(next) = state_saving::next_room_to_compress(client, prepared, left)? else {
             if left.rooms().is_empty() {
                 info!("Every state group has been compressed; nothing left to do");
             }
@@ -273,20 +372,13 @@ fn chunk_loop(
             prefetcher: prefetcher.as_deref_mut(),
             chunks_after: config.number_of_chunks.get() - summary.chunks as i64 - 1,
             same_room: false,
-            left: &left,
+            left,
             room_ids,
-            carries: &mut carries,
+            carries,
+            given: None,
         };
         figures.touch(&room, summary);
-        let outcome = compress_chunk(
-            client,
-            prepared,
-            &room,
-            config,
-            summary,
-            &mut figures,
-            ahead,
-        );
+        let outcome = compress_chunk(client, prepared, &room, config, summary, figures, ahead);
         let outcome = match outcome {
             Err(Error::Interrupted(signal)) => {
                 lock.release(client)?;
@@ -304,8 +396,7 @@ fn chunk_loop(
         summary.add(&outcome);
         bar.set_position(summary.groups as u64);
     }
-    bar.finish_and_clear();
-    figures.count_rooms_after(client, summary)
+    Ok(())
 }
 
 /// `--largest-rooms`: compresses each of `rooms` to its end, chunk after
@@ -397,6 +488,8 @@ pub(crate) struct Ahead<'p> {
     room_ids: &'p RoomIds,
     /// Rooms' new structures kept for their next chunks.
     carries: &'p mut Carries,
+    /// The chunk as the pass read it (`crate::pass`).
+    given: Option<Given>,
 }
 
 impl<'p> Ahead<'p> {
@@ -413,6 +506,21 @@ impl<'p> Ahead<'p> {
             left,
             room_ids,
             carries,
+            given: None,
+        }
+    }
+
+    /// The chunk the pass put together (loaded as usual if it is not the
+    /// chunk the room's saved progress asks for).
+    pub(crate) fn assembled(
+        left: &'p LeftRooms,
+        room_ids: &'p RoomIds,
+        carries: &'p mut Carries,
+        given: Given,
+    ) -> Self {
+        Ahead {
+            given: Some(given),
+            ..Ahead::none(left, room_ids, carries)
         }
     }
 }
@@ -420,6 +528,11 @@ impl<'p> Ahead<'p> {
 impl Ahead<'_> {
     /// The chunk `request`: loaded ahead if it was, else loaded now.
     fn load(&mut self, client: &mut Client, request: &ChunkRequest) -> Result<LoadedChunk> {
+        if let Some(given) = self.given.take() {
+            if let Some(chunk) = given.into_loaded(client, request)? {
+                return Ok(chunk);
+            }
+        }
         match self.prefetcher.as_deref_mut().and_then(|p| p.take(request)) {
             Some(chunk) => Ok(chunk),
             None => load_chunk(client, request, self.room_ids, &mut |_| {}),

@@ -593,6 +593,20 @@ pub fn groups_left_estimate(client: &mut Client) -> Result<(i64, u64)> {
     Ok((scan, (ids_left * density).round() as u64))
 }
 
+/// Moves the saved scan position up to `group` (never down): the pass
+/// (`crate::pass`) keeps it at the lowest first group of the run's chunks
+/// not yet written, which every group below it is compressed or held for.
+pub fn raise_scan_position(client: &mut Client, group: i64) -> Result<()> {
+    client
+        .execute(
+            "UPDATE state_compressor_total_progress SET lowest_uncompressed_group = $1 \
+             WHERE lowest_uncompressed_group IS NULL OR lowest_uncompressed_group < $1",
+            &[&group],
+        )
+        .map_err(|e| Error::db("saving the scan position", e))?;
+    Ok(())
+}
+
 /// The saved scan position, reading only: 0 (a first run's start) when
 /// the table or its row is missing.
 pub fn read_scan_position(client: &mut Client, tables_exist: bool) -> Result<i64> {

@@ -1,0 +1,436 @@
+//! The pass: reading `state_groups_state` once, in the table's own order,
+//! for a run that covers much of the table (docs/reading.md).
+//!
+//! The chunk loop reads each chunk's groups through the indexes, and a
+//! room's groups are spread over the whole table, so out of cache it reads
+//! the table many times over in random reads. The pass instead:
+//!
+//! 1. plans the run's chunks from `state_groups` alone ([`plan`]): the same
+//!    chunks, in the same ranks, as the chunk loop would pick;
+//! 2. reads the planned groups' edges and rows once, range by range, on a
+//!    connection of its own, putting the chunks together as their groups
+//!    come ([`assemble`]);
+//! 3. hands each complete chunk to the chunk code the loop uses (the room's
+//!    lock, its progress read under it, compress, decide, verify, write
+//!    with the progress), with the predecessors it needs beyond its own
+//!    groups read by index as today.
+//!
+//! The result is the chunk loop's: each room's chunks are the same and run
+//! in their own order from the same levels; only the order between rooms
+//! differs, which changes nothing a chunk reads or writes. The scan
+//! position is kept at the lowest first group of the planned chunks not yet
+//! written (never past a left room), so a run killed at any instant
+//! resumes as after the loop. Rooms that leave the pass (over the memory
+//! budget, busy, damaged, or moved on by another compressor) have their
+//! remaining chunks done by the loop after the pass, which also does any
+//! chunks the run still has to do.
+
+pub mod assemble;
+pub mod plan;
+
+use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use postgres::types::Type;
+use postgres::Client;
+use synapse_compress_state::db::load;
+use synapse_compress_state::db::lock_wait::stop_requested;
+use synapse_compress_state::db::schema::Access;
+use synapse_compress_state::db::{Prepared, RoomLock};
+use synapse_compress_state::error::printable;
+use synapse_compress_state::tool::{interrupt, progress};
+use synapse_compress_state::{Error, Result};
+
+use crate::manager::{compress_chunk, Ahead, AutoConfig, Walk};
+use crate::prefetch::{ChunkRequest, LoadedChunk};
+use crate::room_ids::RoomIds;
+use crate::state_saving;
+use crate::summary::RunSummary;
+use assemble::{Assembled, LeftPass, Piece};
+
+/// Which reader a run uses (`--reader`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Reader {
+    /// The pass when the run covers a good share of what is left, else
+    /// room by room.
+    #[default]
+    Auto,
+    /// One pass over the table in its own order.
+    Pass,
+    /// Each chunk's groups through the indexes (the reference tool's way).
+    Rooms,
+}
+
+/// The pass pays for itself when the run's groups are at least this share
+/// of the groups left past the scan position (docs/reading.md).
+const AUTO_SHARE: f64 = 0.1;
+
+impl Reader {
+    /// Whether this run reads with the pass, given about `left` groups past
+    /// the scan position.
+    pub fn use_pass(self, config: &AutoConfig, left: u64) -> bool {
+        match self {
+            Reader::Pass => true,
+            Reader::Rooms => false,
+            Reader::Auto => {
+                let most = config.number_of_chunks.get() as f64 * config.chunk_size.get() as f64;
+                most >= left as f64 * AUTO_SHARE
+            }
+        }
+    }
+}
+
+/// What the pass did, for the run's log.
+#[derive(Debug, Default)]
+struct PassFigures {
+    chunks: usize,
+    over_budget: usize,
+    peak_bytes: usize,
+}
+
+/// Runs the pass with `reader` as its reading connection; the walk's
+/// chunk loop does whatever is left afterwards.
+pub(crate) fn run(
+    client: &mut Client,
+    mut reader: Client,
+    prepared: &mut Prepared,
+    config: &AutoConfig,
+    summary: &mut RunSummary,
+    walk: &mut Walk,
+    room_ids: &RoomIds,
+) -> Result<()> {
+    let started = Instant::now();
+    let start = state_saving::read_scan_position(client, true)?;
+    let plan = plan::read(
+        client,
+        start,
+        config.chunk_size.get(),
+        config.number_of_chunks.get(),
+        walk.left.rooms(),
+    )?;
+    let Some(first) = plan.chunks.first() else {
+        return Ok(());
+    };
+    info!(
+        "Reading the table once for {} chunks of {} rooms ({} groups, ids {} to {}), \
+         holding at most {} MiB of unfinished chunks",
+        plan.chunks.len(),
+        plan.rooms.len(),
+        progress::count(plan.groups()),
+        first.first,
+        plan.end().unwrap_or(first.first),
+        config.pass_memory_mib
+    );
+    summary.timings.load += started.elapsed();
+    state_saving::raise_scan_position(client, first.first)?;
+    let left_pass = LeftPass::new(plan.rooms.len());
+    let budget = config.pass_memory_mib as usize * 1024 * 1024;
+    let mut figures = PassFigures::default();
+    let mut done = vec![false; plan.chunks.len()];
+    let mut lowest = 0usize;
+    std::thread::scope(|scope| {
+        let (out, pieces) = sync_channel::<Result<Piece>>(2);
+        let (plan, left_pass) = (&plan, &left_pass);
+        let assembler = scope.spawn(move || {
+            assemble::run(
+                &mut reader,
+                plan,
+                left_pass,
+                (budget, config.pass_range_ids),
+                &out,
+            )
+        });
+        let result = (|| -> Result<()> {
+            loop {
+                let waited = Instant::now();
+                let piece = match pieces.recv_timeout(Duration::from_secs(1)) {
+                    Ok(piece) => piece?,
+                    Err(RecvTimeoutError::Timeout) => {
+                        summary.timings.load += waited.elapsed();
+                        if let Some(signal) = interrupt::requested() {
+                            summary.interrupted = Some(signal);
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                };
+                summary.timings.load += waited.elapsed();
+                let assembled = match piece {
+                    Piece::OverBudget { room } => {
+                        figures.over_budget += 1;
+                        debug!(
+                            "Room {} leaves the pass (over its memory budget)",
+                            plan.rooms[room as usize].room_id
+                        );
+                        continue;
+                    }
+                    Piece::Chunk(assembled) => assembled,
+                };
+                let rank = assembled.chunk;
+                let planned = &plan.chunks[rank as usize];
+                if left_pass.has_left(planned.room) {
+                    continue;
+                }
+                // The safe point, as in the chunk loop.
+                if let Some(signal) = stop_requested(client, Access::Read)? {
+                    summary.interrupted = Some(signal);
+                    return Ok(());
+                }
+                let room = plan.room_of(rank);
+                match one_chunk(
+                    client, prepared, config, summary, walk, room_ids, room, planned, assembled,
+                )? {
+                    Done::Written => {}
+                    Done::Stopped => return Ok(()),
+                    Done::Left => {
+                        left_pass.leave(planned.room);
+                        continue;
+                    }
+                    Done::Moved => left_pass.leave(planned.room),
+                }
+                figures.chunks += 1;
+                done[rank as usize] = true;
+                walk.pass_highest_first = walk.pass_highest_first.max(Some(planned.first));
+                while lowest < done.len() && done[lowest] {
+                    lowest += 1;
+                }
+                // Every chunk ranked below `lowest` is written: the scan
+                // position goes to the first one that is not (or, all
+                // written, to the last one's start, as the loop's last pick
+                // leaves it), never past a left room.
+                let next = plan.chunks[lowest.min(done.len() - 1)].first;
+                let position = walk.left.hold().map_or(next, |hold| hold.min(next));
+                state_saving::raise_scan_position(client, position)?;
+            }
+        })();
+        // Stops the reader (at its next range) if the run ended first.
+        drop(pieces);
+        figures.peak_bytes = assembler.join().unwrap_or_default();
+        result
+    })?;
+    info!(
+        "The pass did {} chunks; {} rooms went over its memory budget ({} MiB, most held {:.1} MiB) and are done room by room",
+        figures.chunks,
+        figures.over_budget,
+        config.pass_memory_mib,
+        figures.peak_bytes as f64 / (1024.0 * 1024.0)
+    );
+    summary.pass_peak_bytes = figures.peak_bytes;
+    summary.pass_rooms_over_budget = figures.over_budget;
+    Ok(())
+}
+
+/// How one chunk of the pass went.
+enum Done {
+    /// Written, or skipped as not worth writing: the chunk is done.
+    Written,
+    /// A signal came: the run stops.
+    Stopped,
+    /// The room is left for a later run (busy, damaged).
+    Left,
+    /// Done, but not as planned: another compressor moved the room on, so
+    /// its later chunks are the loop's.
+    Moved,
+}
+
+/// Does one complete chunk of the pass through the chunk code.
+#[allow(clippy::too_many_arguments)]
+fn one_chunk(
+    client: &mut Client,
+    prepared: &mut Prepared,
+    config: &AutoConfig,
+    summary: &mut RunSummary,
+    walk: &mut Walk,
+    room_ids: &RoomIds,
+    room: &str,
+    planned: &plan::PlannedChunk,
+    assembled: Box<Assembled>,
+) -> Result<Done> {
+    walk.bar.set_message(format!(
+        "saved {} rows; room {}",
+        progress::count(summary.rows_saved.max(0) as u64),
+        printable(room)
+    ));
+    let lock = match RoomLock::try_acquire(client, room) {
+        Ok(lock) => lock,
+        Err(Error::RoomBusy { holder, .. }) => {
+            warn!("Room {room} is being compressed by {holder}; leaving it for a later run");
+            summary.rooms_busy += 1;
+            walk.left.leave(room.to_owned(), planned.first);
+            return Ok(Done::Left);
+        }
+        Err(e) => return Err(e),
+    };
+    walk.figures.touch(room, summary);
+    let ahead = Ahead::assembled(
+        &walk.left,
+        room_ids,
+        &mut walk.carries,
+        Given {
+            assembled,
+            after: planned.after,
+            more: planned.more,
+        },
+    );
+    let outcome = compress_chunk(
+        client,
+        prepared,
+        room,
+        config,
+        summary,
+        &mut walk.figures,
+        ahead,
+    );
+    let outcome = match outcome {
+        Err(Error::Interrupted(signal)) => {
+            lock.release(client)?;
+            summary.interrupted = Some(signal);
+            return Ok(Done::Stopped);
+        }
+        outcome => outcome?,
+    };
+    lock.release(client)?;
+    if outcome.damaged {
+        summary.rooms_damaged += 1;
+        walk.left.leave(room.to_owned(), planned.first);
+        return Ok(Done::Left);
+    }
+    summary.add(&outcome);
+    walk.bar.set_position(summary.groups as u64);
+    Ok(if outcome.last == planned.last {
+        Done::Written
+    } else {
+        Done::Moved
+    })
+}
+
+/// A chunk the pass put together, given to the chunk code in place of a
+/// load.
+pub(crate) struct Given {
+    assembled: Box<Assembled>,
+    /// Where the plan has it start, and whether its room goes on.
+    after: Option<i64>,
+    more: bool,
+}
+
+impl Given {
+    /// The chunk as a load of `request` would give it, reading only what
+    /// it needs beyond its own groups. `None` when the request is not the
+    /// one planned (another compressor moved the room), or when one of the
+    /// groups that lead outside the chunk changed since it was read: the
+    /// chunk is then loaded as usual.
+    pub(crate) fn into_loaded(
+        self,
+        client: &mut Client,
+        request: &ChunkRequest,
+    ) -> Result<Option<LoadedChunk>> {
+        if request.after != self.after {
+            debug!(
+                "Room {}: planned from {:?}, saved at {:?}; loading the chunk again",
+                request.room_id, self.after, request.after
+            );
+            return Ok(None);
+        }
+        let Assembled {
+            ids,
+            mut symbols,
+            groups,
+            duplicate_rows,
+            damaged,
+            ..
+        } = *self.assembled;
+        let more = self.more;
+        if ids.is_empty() {
+            return Ok(Some(LoadedChunk {
+                ids,
+                more,
+                symbols,
+                groups: None,
+            }));
+        }
+        if let Some(why) = damaged {
+            return Ok(Some(LoadedChunk {
+                ids,
+                more,
+                symbols,
+                groups: Some(Err(Error::Damaged(why))),
+            }));
+        }
+        let known = request
+            .carried
+            .as_ref()
+            .map(|carry| carry.lay_out_into(&mut symbols))
+            .unwrap_or_default();
+        // The groups whose predecessor is outside the chunk: their
+        // predecessors are read now, in a later snapshot than the groups.
+        // If Synapse has changed one of them since (it rewrites a group
+        // when it deletes the group's predecessor), the chunk is read
+        // again as a whole, in one snapshot.
+        let leads: Vec<(i64, i64)> = groups
+            .iter()
+            .filter_map(|(&id, g)| g.prev.filter(|p| !groups.contains_key(p)).map(|p| (id, p)))
+            .collect();
+        let mut snapshot = load::snapshot(client)?;
+        if !edges_unchanged(&mut snapshot, &leads)? {
+            debug!(
+                "Room {}: a group of the chunk changed since the pass read it; loading the chunk again",
+                request.room_id
+            );
+            return Ok(None);
+        }
+        let loaded = load::complete_groups(
+            &mut snapshot,
+            &mut symbols,
+            &request.room_id,
+            groups,
+            &request.heads,
+            known,
+            duplicate_rows,
+        );
+        if loaded.is_ok() {
+            snapshot
+                .commit()
+                .map_err(|e| Error::db("finishing the read", e))?;
+        }
+        Ok(Some(LoadedChunk {
+            ids,
+            more,
+            symbols,
+            groups: Some(loaded),
+        }))
+    }
+}
+
+/// Whether each `(group, prev)` is still the group's edge.
+fn edges_unchanged(
+    client: &mut impl postgres::GenericClient,
+    leads: &[(i64, i64)],
+) -> Result<bool> {
+    if leads.is_empty() {
+        return Ok(true);
+    }
+    let ids: Vec<i64> = leads.iter().map(|(id, _)| *id).collect();
+    let rows = client
+        .query_typed(
+            "SELECT state_group, prev_state_group FROM state_group_edges \
+             WHERE state_group = ANY($1)",
+            &[(&ids, Type::INT8_ARRAY)],
+        )
+        .map_err(|e| Error::db("checking the chunk's edges", e))?;
+    let mut found = 0;
+    for row in rows {
+        let group: i64 = row
+            .try_get(0)
+            .map_err(|e| Error::db("checking the chunk's edges", e))?;
+        let prev: Option<i64> = row
+            .try_get(1)
+            .map_err(|e| Error::db("checking the chunk's edges", e))?;
+        if !leads.contains(&(group, prev.unwrap_or(i64::MIN))) {
+            return Ok(false);
+        }
+        found += 1;
+    }
+    Ok(found == leads.len())
+}

@@ -63,6 +63,52 @@ impl<const MIN: i64> fmt::Display for AtLeast<MIN> {
     }
 }
 
+/// An amount of memory: a whole number with `KiB`, `MiB` or `GiB` (or
+/// `K`, `M`, `G`); a bare number is MiB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MemorySize(u64);
+
+impl MemorySize {
+    pub const fn mib(mib: u64) -> Self {
+        Self(mib << 20)
+    }
+
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for MemorySize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let bad = || format!("{text:?} is not a memory size (e.g. 256MiB, 512KiB or 1GiB)");
+        let n: u64 = digits.trim().parse().map_err(|_| bad())?;
+        let shift = match text[digits.len()..].to_ascii_lowercase().as_str() {
+            "k" | "kib" => 10,
+            "" | "m" | "mib" => 20,
+            "g" | "gib" => 30,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(1 << shift)
+            .map(Self)
+            .ok_or_else(|| format!("{text:?} is more memory than this machine can count"))
+    }
+}
+
+impl fmt::Display for MemorySize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            b if b % (1 << 30) == 0 && b > 0 => write!(f, "{}GiB", b >> 30),
+            b if b % (1 << 20) == 0 => write!(f, "{}MiB", b >> 20),
+            b if b % (1 << 10) == 0 => write!(f, "{}KiB", b >> 10),
+            b => write!(f, "{b} bytes"),
+        }
+    }
+}
+
 /// The `-p` option both tools share.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Connection {
@@ -150,6 +196,17 @@ mod tests {
     fn numbers_are_checked_the_same_way_for_clap_and_library_callers() {
         assert_eq!("0".parse::<NonNegative>().map(NonNegative::get), Ok(0));
         assert_eq!("1".parse::<Positive>().map(Positive::get), Ok(1));
+        assert_eq!("256".parse::<MemorySize>(), Ok(MemorySize::mib(256)));
+        assert_eq!(
+            "64KiB".parse::<MemorySize>().map(MemorySize::bytes),
+            Ok(64 << 10)
+        );
+        assert_eq!(
+            "1G".parse::<MemorySize>().map(|m| m.to_string()),
+            Ok("1GiB".into())
+        );
+        assert!("lots".parse::<MemorySize>().is_err());
+        assert!("5TB".parse::<MemorySize>().is_err());
         assert_eq!(
             "0".parse::<Positive>(),
             Err("must be at least 1".to_owned())

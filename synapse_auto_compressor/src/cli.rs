@@ -2,7 +2,7 @@
 //! those of the reference `synapse_auto_compressor`.
 
 use clap::Parser;
-use synapse_compress_state::tool::args::{version_text, Connection, Positive};
+use synapse_compress_state::tool::args::{version_text, Connection, MemorySize, Positive};
 use synapse_compress_state::LevelSizes;
 
 use crate::connections::DEFAULT_RESERVE;
@@ -130,10 +130,10 @@ pub struct AutoArgs {
     )]
     pub reader: Reader,
 
-    /// Most memory, in MiB, the pass may hold in chunks not yet complete;
-    /// rooms beyond it are read room by room after the pass.
-    #[arg(long = "pass-memory", value_name = "MIB", default_value_t = DEFAULT_PASS_MEMORY_MIB)]
-    pub pass_memory_mib: u32,
+    /// Most memory the pass may hold in chunks not yet complete (e.g.
+    /// 256MiB, 1GiB); rooms beyond it are read room by room after the pass.
+    #[arg(long = "pass-memory", value_name = "SIZE", default_value_t = DEFAULT_PASS_MEMORY)]
+    pub pass_memory: MemorySize,
 
     /// Group ids per range the pass reads (for tests: many small ranges).
     #[arg(long = "pass-range", hide = true, default_value_t = crate::pass::assemble::RANGE_IDS,
@@ -141,8 +141,8 @@ pub struct AutoArgs {
     pub pass_range_ids: i64,
 }
 
-/// The pass's default memory budget for unfinished chunks, in MiB.
-pub const DEFAULT_PASS_MEMORY_MIB: u32 = 256;
+/// The pass's default memory budget for unfinished chunks.
+pub const DEFAULT_PASS_MEMORY: MemorySize = MemorySize::mib(256);
 
 impl AutoArgs {
     /// The run configuration these arguments describe.
@@ -157,7 +157,7 @@ impl AutoArgs {
             jobs: self.jobs,
             reserve_connections: self.reserve_connections,
             reader: self.reader,
-            pass_memory_mib: self.pass_memory_mib,
+            pass_memory: self.pass_memory,
             pass_range_ids: self.pass_range_ids,
         }
     }

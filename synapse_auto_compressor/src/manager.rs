@@ -39,7 +39,7 @@ use synapse_compress_state::db::stats;
 use synapse_compress_state::db::write::{Rewrite, WriteReport};
 use synapse_compress_state::db::{self, schema, Prepared, RoomLock};
 use synapse_compress_state::error::printable;
-use synapse_compress_state::tool::args::Positive;
+use synapse_compress_state::tool::args::{MemorySize, Positive};
 use synapse_compress_state::tool::interrupt;
 use synapse_compress_state::tool::{failpoint, progress};
 use synapse_compress_state::{compress, Compressed, Error, GroupMap, Level, LevelSizes, Result};
@@ -77,7 +77,7 @@ pub struct AutoConfig {
     /// How the chunks' groups are read (`--reader`).
     pub reader: Reader,
     /// Most memory the pass's unfinished chunks may hold (`--pass-memory`).
-    pub pass_memory_mib: u32,
+    pub pass_memory: MemorySize,
     /// Group ids per range the pass reads (hidden `--pass-range`, for tests).
     pub pass_range_ids: i64,
 }

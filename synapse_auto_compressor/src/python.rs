@@ -108,7 +108,7 @@ fn run<'py>(
             jobs: Positive::named("jobs", 1)?,
             reserve_connections: crate::connections::DEFAULT_RESERVE,
             reader: crate::pass::Reader::Auto,
-            pass_memory_mib: crate::cli::DEFAULT_PASS_MEMORY_MIB,
+            pass_memory: crate::cli::DEFAULT_PASS_MEMORY,
             pass_range_ids: crate::pass::assemble::RANGE_IDS,
         };
         crate::run(&config).map(|summary| summary.to_json())

@@ -114,18 +114,18 @@ pub(crate) fn run(
     };
     info!(
         "Reading the table once for {} chunks of {} rooms ({} groups, ids {} to {}), \
-         holding at most {} MiB of unfinished chunks",
+         holding at most {} of unfinished chunks",
         plan.chunks.len(),
         plan.rooms.len(),
         progress::count(plan.groups()),
         first.first,
         plan.end().unwrap_or(first.first),
-        config.pass_memory_mib
+        config.pass_memory
     );
     summary.timings.load += started.elapsed();
     state_saving::raise_scan_position(client, first.first)?;
     let left_pass = LeftPass::new(plan.rooms.len());
-    let budget = config.pass_memory_mib as usize * 1024 * 1024;
+    let budget = config.pass_memory.bytes() as usize;
     let mut figures = PassFigures::default();
     let mut done = vec![false; plan.chunks.len()];
     let mut lowest = 0usize;
@@ -211,10 +211,10 @@ pub(crate) fn run(
         result
     })?;
     info!(
-        "The pass did {} chunks; {} rooms went over its memory budget ({} MiB, most held {:.1} MiB) and are done room by room",
+        "The pass did {} chunks; {} rooms went over its memory budget ({}, most held {:.1} MiB) and are done room by room",
         figures.chunks,
         figures.over_budget,
-        config.pass_memory_mib,
+        config.pass_memory,
         figures.peak_bytes as f64 / (1024.0 * 1024.0)
     );
     summary.pass_peak_bytes = figures.peak_bytes;

@@ -1,0 +1,222 @@
+//! The automatic tool's two readers (`--reader pass|rooms`) leave the same
+//! database: the same edges and rows and the same progress tables (room
+//! levels and positions, and the scan position), run after run, whichever
+//! reader each run uses, with the pass reading in many small ranges and
+//! with rooms going over its memory budget. Every group's state is checked
+//! with Synapse's own query. A room another compressor holds is left by
+//! the pass as by the loop, and the default reader takes the pass only for
+//! runs that cover much of what is left.
+
+use compressor_integration_tests::check::{self, assert_same_states, saved_progress, snapshot};
+use compressor_integration_tests::generator::{GenConfig, Generated};
+use compressor_integration_tests::pg::{hold_room_lock, TestDb};
+use compressor_integration_tests::structure::{self, Structure};
+use compressor_integration_tests::tools::{self, ToolRun};
+
+const AUTO: &str = "synapse_auto_compressor";
+
+/// Rooms with forks, state resolutions and resets, interleaved by id.
+fn config(seed: u64) -> GenConfig {
+    GenConfig {
+        fork_probability: 0.06,
+        resolve_probability: 0.04,
+        reset_probability: 0.02,
+        empty_delta_probability: 0.02,
+        ..GenConfig::compressible(seed, 7, 220)
+    }
+}
+
+/// Edges and rows, and the three progress tables.
+fn result(db: &TestDb) -> (Structure, Vec<String>) {
+    let tree = structure::structure(&mut db.client(), None).expect("reading the structure");
+    (tree, saved_progress(db))
+}
+
+/// One run with `reader` and `extra` options, which must succeed.
+fn run(db: &TestDb, reader: &str, chunks: &str, extra: &[&str]) -> ToolRun {
+    let mut args = vec![
+        "-p",
+        db.url(),
+        "-c",
+        "30",
+        "-n",
+        chunks,
+        "-l",
+        "10,5",
+        "--reader",
+        reader,
+    ];
+    args.extend_from_slice(extra);
+    let run = tools::run_bin(AUTO, &args);
+    tools::assert_success(&run);
+    run
+}
+
+/// The chunks the pass did and the rooms that went over its budget, from
+/// its last line (`None`: no pass ran).
+fn pass_chunks(run: &ToolRun) -> Option<(u64, u64)> {
+    let line = run.stderr.lines().find(|l| l.contains("The pass did "))?;
+    let tail = &line[line.find("The pass did ").unwrap()..];
+    let numbers: Vec<u64> = tail
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(numbers.len() >= 2, "{line}");
+    Some((numbers[0], numbers[1]))
+}
+
+/// Runs `steps` (reader, chunks) on a fresh copy of `seed`'s data, with
+/// `extra` options, checking every group's state after.
+fn runs(
+    hint: &str,
+    seed: u64,
+    steps: &[(&str, &str)],
+    extra: &[&str],
+) -> (TestDb, Generated, Vec<ToolRun>) {
+    let (db, generated) = check::generated_db(hint, &config(seed));
+    let original = snapshot(&mut db.client()).states;
+    let done: Vec<ToolRun> = steps
+        .iter()
+        .map(|(reader, chunks)| run(&db, reader, chunks, extra))
+        .collect();
+    assert_same_states(&original, &snapshot(&mut db.client()).states, hint);
+    (db, generated, done)
+}
+
+#[test]
+fn the_pass_leaves_what_the_room_by_room_reader_leaves() {
+    for seed in [1, 2] {
+        let steps = |reader| [(reader, "4"), (reader, "9"), (reader, "10000")];
+        let (rooms, generated, _) = runs(&format!("rooms_{seed}"), seed, &steps("rooms"), &[]);
+        let expected = result(&rooms);
+        assert_ne!(expected.0, generated.structure(), "nothing was compressed");
+        // Many small ranges (chunks span several), then the default ones.
+        for range in ["23", "25000"] {
+            let (pass, _, done) = runs(
+                &format!("pass_{seed}_{range}"),
+                seed,
+                &steps("pass"),
+                &["--pass-range", range],
+            );
+            for run in &done {
+                let (chunks, over) =
+                    pass_chunks(run).unwrap_or_else(|| panic!("no pass: {}", run.describe()));
+                assert!(chunks > 0, "the pass did nothing: {}", run.describe());
+                assert_eq!(over, 0, "{}", run.describe());
+            }
+            let got = result(&pass);
+            assert!(
+                got.0 == expected.0,
+                "seed {seed}, ranges of {range}: edges or rows differ"
+            );
+            assert_eq!(
+                got.1, expected.1,
+                "seed {seed}, ranges of {range}: progress"
+            );
+        }
+    }
+}
+
+#[test]
+fn rooms_over_the_pass_memory_budget_are_done_room_by_room_with_the_same_result() {
+    let seed = 3;
+    let steps = |reader| [(reader, "6"), (reader, "10000")];
+    let (rooms, _, _) = runs("budget_rooms", seed, &steps("rooms"), &[]);
+    let expected = result(&rooms);
+    // A budget that a few open chunks already exceed: some rooms leave the
+    // pass, the others stay in it.
+    let (pass, _, done) = runs(
+        "budget_pass",
+        seed,
+        &steps("pass"),
+        &["--pass-range", "40", "--pass-memory", "24KiB"],
+    );
+    let (chunks, over) = pass_chunks(&done[1]).expect("the pass ran");
+    assert!(chunks > 0 && over > 0, "{}", done[1].describe());
+    let got = result(&pass);
+    assert!(got.0 == expected.0, "edges or rows differ");
+    assert_eq!(got.1, expected.1, "progress");
+}
+
+#[test]
+fn runs_may_switch_readers_and_still_match() {
+    let seed = 4;
+    let (rooms, _, _) = runs("switch_rooms", seed, &[("rooms", "10000")], &[]);
+    let expected = result(&rooms);
+    let (mixed, _, _) = runs(
+        "switch_mixed",
+        seed,
+        &[
+            ("pass", "3"),
+            ("rooms", "5"),
+            ("pass", "7"),
+            ("rooms", "2"),
+            ("pass", "10000"),
+        ],
+        &["--pass-range", "61"],
+    );
+    let got = result(&mixed);
+    assert!(got.0 == expected.0, "edges or rows differ");
+    assert_eq!(got.1, expected.1, "progress");
+}
+
+#[test]
+fn a_room_another_compressor_holds_is_left_by_the_pass_as_by_the_loop() {
+    let seed = 5;
+    let lowest = |generated: &Generated| {
+        generated
+            .rooms
+            .iter()
+            .min_by_key(|r| r.group_ids[0])
+            .map(|r| r.room_id.clone())
+            .unwrap()
+    };
+    let mut results = Vec::new();
+    for reader in ["rooms", "pass"] {
+        let (db, generated) = check::generated_db(&format!("held_{reader}"), &config(seed));
+        let original = snapshot(&mut db.client()).states;
+        let room = lowest(&generated);
+        let holder = hold_room_lock(&db, &room);
+        let held = run(&db, reader, "10000", &[]);
+        assert!(
+            held.stderr.contains("leaving it for a later run"),
+            "{}",
+            held.describe()
+        );
+        let first_run = result(&db);
+        drop(holder);
+        run(&db, reader, "10000", &[]);
+        assert_same_states(&original, &snapshot(&mut db.client()).states, reader);
+        results.push((first_run, result(&db)));
+    }
+    let (rooms, pass) = (&results[0], &results[1]);
+    assert!(
+        rooms.0 .0 == pass.0 .0,
+        "with the room held: edges or rows differ"
+    );
+    assert_eq!(rooms.0 .1, pass.0 .1, "with the room held: progress");
+    assert!(rooms.1 .0 == pass.1 .0, "after: edges or rows differ");
+    assert_eq!(rooms.1 .1, pass.1 .1, "after: progress");
+}
+
+#[test]
+fn the_default_reader_takes_the_pass_only_for_runs_that_cover_much() {
+    let (db, _) = check::generated_db("auto_reader", &config(6));
+    let args = |chunks: &'static str| -> Vec<String> {
+        ["-p", db.url(), "-c", "10", "-n", chunks]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    // 7 rooms of 220 groups: one chunk of 10 is far below a tenth.
+    let short = tools::run_bin(AUTO, &args("1"));
+    tools::assert_success(&short);
+    assert_eq!(pass_chunks(&short), None, "{}", short.describe());
+    let long = tools::run_bin(AUTO, &args("10000"));
+    tools::assert_success(&long);
+    assert!(
+        pass_chunks(&long).is_some_and(|(c, _)| c > 0),
+        "{}",
+        long.describe()
+    );
+}

@@ -37,7 +37,7 @@ use synapse_compress_state::core::group::StateGroupEntry;
 use synapse_compress_state::core::state_map::{StateMap, Symbols};
 use synapse_compress_state::{Error, GroupMap, Level, Result};
 
-use crate::manager::heads;
+use crate::chunk::heads;
 use crate::room_store::{Kept, RoomStore};
 
 /// Most rows the carries of one run keep in memory, whatever the database:

@@ -5,8 +5,8 @@ use clap::Parser;
 use synapse_compress_state::tool::args::{version_text, Connection, MemorySize, Positive};
 use synapse_compress_state::LevelSizes;
 
+use crate::config::AutoConfig;
 use crate::connections::DEFAULT_RESERVE;
-use crate::manager::AutoConfig;
 use crate::pass::Reader;
 
 /// Compresses the state tables of a whole Synapse database, a chunk of one

@@ -20,7 +20,7 @@ use postgres::Client;
 use synapse_compress_state::db::Prepared;
 use synapse_compress_state::{Error, Result};
 
-use crate::manager::AutoConfig;
+use crate::config::AutoConfig;
 use crate::survey::Trial;
 use crate::{state_saving, survey};
 

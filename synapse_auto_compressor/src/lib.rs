@@ -1,32 +1,36 @@
 //! The automatic compressor: walks the whole state database a chunk at a
 //! time, resumably, so it can run unattended from cron.
 //!
-//! - [`cli`]: command-line options (those of the reference binary);
-//! - [`state_saving`]: the three progress tables, shared with the reference
-//!   tool so either can continue the other's work;
-//! - [`lock`]: one run per database;
-//! - [`manager`]: the chunk loop (and `--largest-rooms`' room by room);
-//! - [`metrics`]: `--metrics-file`, the run's figures for Prometheus;
-//! - [`summary`]: the figures of each chunk and of the run;
-//! - [`largest`]: which rooms `--largest-rooms` picks;
-//! - [`pass`]: reading the table once, in its own order, for a run that
-//!   covers much of it (`--reader`);
-//! - [`prefetch`]: loading the next chunks while the current one is written;
-//! - [`carry`]: a room's new structure kept in memory for its next chunk;
-//! - [`chain_lengths`]: chain lengths before the run, for the figures of
-//!   rooms' next chunks;
-//! - [`room_ids`]: rooms' group ids read once for many chunks;
-//! - [`room_store`]: what is kept per room for its next chunk, within a
-//!   budget (carries, chain lengths);
-//! - [`survey`]: `--dry-run`, what a run would save per room, writing nothing;
-//! - [`workers`]: `--jobs N`, several rooms compressed at the same time.
+//! A run, in one direction:
+//!
+//! 1. **What to do**: [`cli`] (the reference binary's options) gives a
+//!    [`config::AutoConfig`]; [`lock`] makes it the database's one run;
+//!    [`connections`] counts what the server can spare.
+//! 2. **Reading** a chunk's groups: [`prefetch`] loads the next chunks
+//!    through the indexes while the current one is written, with
+//!    [`room_ids`] (rooms' ids read once for many chunks); or [`pass`]
+//!    reads the whole table once, in its own order, and puts the chunks
+//!    together (`--reader`).
+//! 3. **One chunk**: [`chunk`] compresses, decides, verifies and writes it
+//!    with its room's progress ([`state_saving`]: the three progress
+//!    tables, shared with the reference tool), continuing from the
+//!    structure [`carry`] kept in memory (within [`room_store`]'s budget).
+//! 4. **The modes**, thin users of the above: [`manager`] (the chunk loop,
+//!    and `--largest-rooms` with the rooms [`largest`] picks), the pass's
+//!    driver in [`pass`], [`workers`] (`--jobs N`), and [`survey`]
+//!    (`--dry-run`, which writes nothing).
+//! 5. **Figures**: [`summary`] counts each chunk and the run,
+//!    [`chain_lengths`] gives the chains before it, [`metrics`] writes them
+//!    for Prometheus (`--metrics-file`).
 //!
 //! With the `pyo3` feature, the private `python` module is the Python module
 //! of the same name (built by maturin, see `pyproject.toml`).
 
 pub mod carry;
 pub mod chain_lengths;
+pub mod chunk;
 pub mod cli;
+pub mod config;
 pub mod connections;
 pub mod largest;
 pub mod lock;
@@ -44,4 +48,6 @@ pub mod workers;
 #[cfg(feature = "pyo3")]
 mod python;
 
-pub use manager::{run, AutoConfig, ChunkOutcome, RunSummary};
+pub use config::AutoConfig;
+pub use manager::run;
+pub use summary::{ChunkOutcome, RunSummary};

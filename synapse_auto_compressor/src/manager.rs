@@ -1,4 +1,6 @@
-//! The chunk loop of the automatic tool.
+//! The automatic tool's run and its main modes: the chunk loop, and
+//! `--largest-rooms`' room by room (the pass, `crate::pass`, runs before
+//! the loop when chosen; `--jobs` is `crate::workers`).
 //!
 //! Each step picks the room of the lowest group not yet compressed, loads
 //! the next chunk of that room (plus the saved level heads and every needed
@@ -29,58 +31,26 @@ use std::time::Instant;
 
 use log::{debug, info, warn};
 use postgres::Client;
-use synapse_compress_state::core::group::{changed_groups, row_count, row_count_after};
-use synapse_compress_state::core::state_map::Symbols;
-use synapse_compress_state::core::verify::verify;
-use synapse_compress_state::db::load::{self, LoadReport};
 use synapse_compress_state::db::lock_wait::{stop_requested, wait_for_state_tables};
 use synapse_compress_state::db::schema::Access;
 use synapse_compress_state::db::stats;
-use synapse_compress_state::db::write::{Rewrite, WriteReport};
 use synapse_compress_state::db::{self, schema, Prepared, RoomLock};
 use synapse_compress_state::error::printable;
-use synapse_compress_state::tool::args::{MemorySize, Positive};
 use synapse_compress_state::tool::interrupt;
-use synapse_compress_state::tool::{failpoint, progress};
-use synapse_compress_state::{compress, Compressed, Error, GroupMap, Level, LevelSizes, Result};
+use synapse_compress_state::tool::progress;
+use synapse_compress_state::{Error, Result};
 
-use crate::carry::{Carries, Carry};
+use crate::carry::Carries;
+use crate::chunk::{compress_chunk, Ahead, Walk};
+use crate::config::{warn_about_settings, AutoConfig};
 use crate::connections::Budget;
-use crate::pass::{self, Given, Reader};
-use crate::prefetch::{load_chunk, ChunkRequest, LoadedChunk, Prefetcher};
+use crate::pass;
+use crate::prefetch::Prefetcher;
 use crate::room_ids::RoomIds;
 use crate::state_saving::LeftRooms;
 use crate::summary::RunFigures;
-pub use crate::summary::{ChunkOutcome, RunSummary};
+pub use crate::summary::RunSummary;
 use crate::{largest, lock, state_saving, workers};
-
-/// The settings of one automatic run.
-#[derive(Clone, Debug)]
-pub struct AutoConfig {
-    /// Connection string: a `postgresql://` URL or `key=value` pairs.
-    pub db_url: String,
-    /// Groups per chunk.
-    pub chunk_size: Positive,
-    /// Chunks to process in this run.
-    pub number_of_chunks: Positive,
-    /// Levels for rooms without usable saved levels.
-    pub default_levels: LevelSizes,
-    /// Compress this many rooms, those estimated to save the most, each to
-    /// its end, instead of scanning by group id (`--largest-rooms`).
-    pub largest_rooms: Option<Positive>,
-    /// Run `VACUUM (ANALYZE) state_groups_state` at the end.
-    pub vacuum: bool,
-    /// Workers compressing different rooms at the same time (`--jobs`).
-    pub jobs: Positive,
-    /// Connections the run leaves free for Synapse (`--reserve-connections`).
-    pub reserve_connections: u32,
-    /// How the chunks' groups are read (`--reader`).
-    pub reader: Reader,
-    /// Most memory the pass's unfinished chunks may hold (`--pass-memory`).
-    pub pass_memory: MemorySize,
-    /// Group ids per range the pass reads (hidden `--pass-range`, for tests).
-    pub pass_range_ids: i64,
-}
 
 /// Runs up to `number_of_chunks` chunks over the database.
 pub fn run(config: &AutoConfig) -> Result<RunSummary> {
@@ -132,20 +102,6 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
     summary.log();
     info!("{}", summary.timings);
     Ok(summary)
-}
-
-/// Warns (one line each) about settings that run but serve badly: levels
-/// that make chains far longer than Synapse's, chunks smaller than the
-/// first level (the survey warns alike).
-pub(crate) fn warn_about_settings(config: &AutoConfig) {
-    let levels = &config.default_levels;
-    let warnings = [
-        levels.long_chain_warning(),
-        levels.small_chunk_warning(config.chunk_size.get()),
-    ];
-    for warning in warnings.into_iter().flatten() {
-        warn!("{warning}");
-    }
 }
 
 /// The chunk bar, in groups: as long as the groups left past the scan
@@ -291,29 +247,6 @@ fn pass_reader(client: &mut Client, config: &AutoConfig) -> Result<Option<Client
         Err(e) => {
             warn!("No connection for the pass ({e}); reading room by room");
             Ok(None)
-        }
-    }
-}
-
-/// What the chunk loop (and the pass before it) keep over a run.
-pub(crate) struct Walk {
-    /// Rooms left for a later run.
-    pub(crate) left: LeftRooms,
-    pub(crate) figures: RunFigures,
-    pub(crate) carries: Carries,
-    pub(crate) bar: progress::Bar,
-    /// The first group of the highest chunk the pass did, if it did any.
-    pub(crate) pass_highest_first: Option<i64>,
-}
-
-impl Walk {
-    fn new(bar: progress::Bar) -> Self {
-        Self {
-            left: LeftRooms::default(),
-            figures: RunFigures::default(),
-            carries: Carries::default(),
-            bar,
-            pass_highest_first: None,
         }
     }
 }
@@ -473,372 +406,3 @@ fn room_by_room(
 
 /// Reader connections loading ahead (besides the main one).
 const READERS: usize = 2;
-
-/// What a chunk's load draws on, as one chunk sees it: the background
-/// loaders, the rooms' ids read ahead and their carried structures.
-pub(crate) struct Ahead<'p> {
-    prefetcher: Option<&'p mut Prefetcher>,
-    /// How many chunks this run does after this one.
-    chunks_after: i64,
-    /// The chunk after this one was predicted to be in the same room.
-    same_room: bool,
-    /// Rooms this run leaves alone (never worth loading).
-    left: &'p LeftRooms,
-    /// Rooms' ids read ahead (shared with the loaders).
-    room_ids: &'p RoomIds,
-    /// Rooms' new structures kept for their next chunks.
-    carries: &'p mut Carries,
-    /// The chunk as the pass read it (`crate::pass`).
-    given: Option<Given>,
-}
-
-impl<'p> Ahead<'p> {
-    /// No loading ahead: each chunk loads when it starts.
-    pub(crate) fn none(
-        left: &'p LeftRooms,
-        room_ids: &'p RoomIds,
-        carries: &'p mut Carries,
-    ) -> Self {
-        Ahead {
-            prefetcher: None,
-            chunks_after: 0,
-            same_room: false,
-            left,
-            room_ids,
-            carries,
-            given: None,
-        }
-    }
-
-    /// The chunk the pass put together (loaded as usual if it is not the
-    /// chunk the room's saved progress asks for).
-    pub(crate) fn assembled(
-        left: &'p LeftRooms,
-        room_ids: &'p RoomIds,
-        carries: &'p mut Carries,
-        given: Given,
-    ) -> Self {
-        Ahead {
-            given: Some(given),
-            ..Ahead::none(left, room_ids, carries)
-        }
-    }
-}
-
-impl Ahead<'_> {
-    /// The chunk `request`: loaded ahead if it was, else loaded now.
-    fn load(&mut self, client: &mut Client, request: &ChunkRequest) -> Result<LoadedChunk> {
-        if let Some(given) = self.given.take() {
-            if let Some(chunk) = given.into_loaded(client, request)? {
-                return Ok(chunk);
-            }
-        }
-        match self.prefetcher.as_deref_mut().and_then(|p| p.take(request)) {
-            Some(chunk) => Ok(chunk),
-            None => load_chunk(client, request, self.room_ids, &mut |_| {}),
-        }
-    }
-
-    /// Predicts the chunks after `room`'s chunk ending at `last` (each from
-    /// where the ones before it end, as their readers report) and starts loading them
-    /// while readers are free, so the loads run while this chunk is
-    /// compressed, verified and written.
-    ///
-    /// The predictions stop at a room already in the chain: that chunk
-    /// continues one that is not written yet, so the room's saved position
-    /// and levels are not yet where it will start, and a load now would be
-    /// of the wrong chunk (never used: loads are used only on an exact
-    /// match). Its level heads are only known after compressing, and if the
-    /// earlier chunk rewrites groups, the compressor must walk up the heads'
-    /// *new* predecessors, which only exist once it has committed. (A next
-    /// chunk in this same room is left for [`Ahead::start_same_room`].)
-    fn start_next(
-        &mut self,
-        client: &mut Client,
-        prepared: &mut Prepared,
-        config: &AutoConfig,
-        room: &str,
-        last: i64,
-    ) -> Result<()> {
-        self.same_room = false;
-        let Some(prefetcher) = self.prefetcher.as_deref_mut() else {
-            return Ok(());
-        };
-        // One prediction per free reader, each from this chunk's end and
-        // the ends of the loads under way.
-        while prefetcher.has_room() && (prefetcher.pending_len() as i64) < self.chunks_after {
-            let Some(ahead) = prefetcher.expected_ends() else {
-                break;
-            };
-            let positions: Vec<(&str, i64)> = std::iter::once((room, last))
-                .chain(ahead.iter().map(|(room, end)| (room.as_str(), *end)))
-                .collect();
-            let Some(next) =
-                state_saving::predict_next_room(client, prepared, &positions, self.left)?
-            else {
-                break;
-            };
-            if positions.iter().any(|(seen, _)| *seen == next) {
-                self.same_room = positions.len() == 1;
-                break;
-            }
-            let progress =
-                state_saving::read_room_progress(client, prepared, &next, &config.default_levels)?;
-            let heads = heads(&progress.levels);
-            prefetcher.start(ChunkRequest {
-                carried: self.carries.get(&next, progress.last_compressed, &heads),
-                room_id: next,
-                after: progress.last_compressed,
-                heads,
-                chunk_size: config.chunk_size.get(),
-            });
-        }
-        Ok(())
-    }
-
-    /// Starts loading the next chunk of the same room after a chunk that
-    /// rewrites nothing and leaves `levels`, when that chunk comes next.
-    fn start_same_room(&mut self, config: &AutoConfig, room: &str, last: i64, levels: &[Level]) {
-        if let Some(prefetcher) = self.prefetcher.as_deref_mut().filter(|_| self.same_room) {
-            prefetcher.start(ChunkRequest {
-                room_id: room.to_owned(),
-                after: Some(last),
-                heads: heads(levels),
-                chunk_size: config.chunk_size.get(),
-                carried: None,
-            });
-        }
-    }
-}
-
-pub(crate) fn heads(levels: &[Level]) -> Vec<i64> {
-    levels.iter().filter_map(Level::head).collect()
-}
-
-/// Whether compressing the chunk would leave more rows than it has: then
-/// the chunk is skipped and its room continues with fresh levels (the
-/// survey makes the same decision from the same figures).
-pub(crate) fn would_grow(original: &GroupMap, compressed: &Compressed) -> bool {
-    row_count_after(original, &compressed.changes) > row_count(original)
-}
-
-/// A chunk as loaded, or why there is none to compress.
-pub(crate) enum Loaded {
-    /// The groups that made us pick this room are gone (purged since).
-    Gone,
-    /// The chunk ending at `last` cannot be read safely.
-    Damaged {
-        last: i64,
-        why: String,
-    },
-    Chunk(Chunk),
-}
-
-/// A loaded chunk's groups and everything they need.
-pub(crate) struct Chunk {
-    pub(crate) symbols: Symbols,
-    pub(crate) original: GroupMap,
-    pub(crate) report: LoadReport,
-    pub(crate) last: i64,
-    /// The room has groups after this chunk.
-    pub(crate) more: bool,
-}
-
-/// Compresses the next chunk of `room`: read its progress, load, compress,
-/// decide, verify, write (with the new progress in the last transaction).
-/// The room's carry (`crate::carry`, in `ahead`) is used if it continues
-/// the progress, and replaced by the new structure's after a clean write.
-pub(crate) fn compress_chunk(
-    client: &mut Client,
-    prepared: &mut Prepared,
-    room: &str,
-    config: &AutoConfig,
-    summary: &mut RunSummary,
-    figures: &mut RunFigures,
-    mut ahead: Ahead<'_>,
-) -> Result<ChunkOutcome> {
-    let progress =
-        state_saving::read_room_progress(client, prepared, room, &config.default_levels)?;
-    if let Some(reason) = &progress.reset_reason {
-        warn!("Room {room}: {reason}");
-        summary.levels_reset += 1;
-    }
-    let after = progress.last_compressed;
-    let mut outcome = ChunkOutcome::new(room, after);
-
-    let started = Instant::now();
-    let heads = heads(&progress.levels);
-    let request = ChunkRequest {
-        carried: ahead.carries.take(room, after, &heads),
-        room_id: room.to_owned(),
-        after,
-        heads,
-        chunk_size: config.chunk_size.get(),
-    };
-    if let Some(carry) = &request.carried {
-        debug!("Room {room}: the chunk after {after:?} continues from the carried {carry:?}");
-    }
-    let chunk = match load(client, &mut ahead, &request)? {
-        Loaded::Chunk(chunk) => chunk,
-        Loaded::Gone => {
-            warn!("Room {room} has no groups after {after:?} any more; skipping it");
-            outcome.room_finished = true;
-            if let Some(last) = after {
-                save_progress_only(client, prepared, room, &config.default_levels, last)?;
-            }
-            return Ok(outcome);
-        }
-        Loaded::Damaged { last, why } => {
-            outcome.last = last;
-            return Ok(outcome.leave_damaged(&why));
-        }
-    };
-    summary.timings.load += started.elapsed();
-    let last = chunk.last;
-    (outcome.last, outcome.room_finished) = (last, !chunk.more);
-    outcome.groups = chunk.report.in_range;
-    ahead.start_next(client, prepared, config, room, last)?;
-
-    let started = Instant::now();
-    let compressed = match compress(&chunk.original, progress.levels) {
-        Ok(compressed) => compressed,
-        Err(Error::Damaged(why)) => return Ok(outcome.leave_damaged(&why)),
-        Err(e) => return Err(e),
-    };
-    summary.timings.compress += started.elapsed();
-    outcome.record(&chunk.original, &compressed);
-
-    if would_grow(&chunk.original, &compressed) {
-        (outcome.longest_chain_before, outcome.longest_chain_after) =
-            figures.chains(room, &chunk.original, None, last, chunk.more);
-        warn!(
-            "Room {room}: compressing groups up to {last} would increase the rows ({} -> {}); skipping the chunk",
-            outcome.rows_before, outcome.rows_after
-        );
-        let fresh = config.default_levels.empty_levels();
-        ahead.start_same_room(config, room, last, &fresh);
-        save_progress_only(client, prepared, room, &config.default_levels, last)?;
-        return Ok(outcome);
-    }
-
-    let started = Instant::now();
-    verify(&chunk.original, &compressed.changes)?;
-    summary.timings.verify += started.elapsed();
-
-    // The tables may have been taken during the load (a VACUUM FULL or a
-    // CREATE INDEX begun meanwhile): wait visibly; a signal meanwhile gives
-    // the chunk up, nothing of it written.
-    if let Some(signal) = wait_for_state_tables(client, Access::Write)? {
-        return Err(Error::Interrupted(signal));
-    }
-    let started = Instant::now();
-    let report = write_chunk(client, prepared, room, &chunk, &compressed)?;
-    summary.timings.write += started.elapsed();
-    outcome.groups_written = report.written;
-    outcome.groups_skipped_live = report.skipped;
-    outcome.rows_deleted = report.rows_deleted;
-    outcome.rows_inserted = report.rows_inserted;
-    outcome.committed = true;
-    // What the next chunk of the room would read back, unless Synapse left
-    // some group otherwise than this chunk wrote it.
-    if chunk.more && report.skipped == 0 {
-        ahead.carries.keep(
-            room,
-            Carry::after_chunk(
-                &chunk.original,
-                &compressed.changes,
-                &chunk.symbols,
-                &compressed.levels,
-                last,
-            )?,
-        );
-    }
-    (outcome.longest_chain_before, outcome.longest_chain_after) =
-        figures.chains(room, &chunk.original, Some(&compressed), last, chunk.more);
-    Ok(outcome)
-}
-
-/// Loads the chunk `request` (or takes it from the loads made ahead).
-fn load(client: &mut Client, ahead: &mut Ahead<'_>, request: &ChunkRequest) -> Result<Loaded> {
-    let loaded = ahead.load(client, request)?;
-    take_loaded(loaded, request)
-}
-
-/// A loaded chunk as the run uses it (shared with the survey, so both read
-/// chunks alike).
-pub(crate) fn take_loaded(loaded: LoadedChunk, request: &ChunkRequest) -> Result<Loaded> {
-    let LoadedChunk {
-        ids,
-        more,
-        symbols,
-        groups,
-    } = loaded;
-    let (Some(&last), Some(groups)) = (ids.last(), groups) else {
-        return Ok(Loaded::Gone);
-    };
-    let (mut original, mut report) = match groups {
-        Ok(loaded) => loaded,
-        Err(Error::Damaged(why)) => return Ok(Loaded::Damaged { last, why }),
-        Err(e) => return Err(e),
-    };
-    // As the reference does for every chunk after a room's first.
-    load::include_groups_without_row(&mut original, &mut report, request.after, last);
-    if !report.missing_predecessors.is_empty() {
-        warn!(
-            "Room {}: {} predecessor group(s) have no state_groups row; reading them as Synapse does",
-            request.room_id,
-            report.missing_predecessors.len()
-        );
-    }
-    Ok(Loaded::Chunk(Chunk {
-        symbols,
-        original,
-        report,
-        last,
-        more,
-    }))
-}
-
-/// Writes a compressed chunk; its last write transaction also saves the new
-/// levels and position, so the chunk and its progress commit together.
-fn write_chunk(
-    client: &mut Client,
-    prepared: &mut Prepared,
-    room: &str,
-    chunk: &Chunk,
-    compressed: &Compressed,
-) -> Result<WriteReport> {
-    let changed = changed_groups(&chunk.original, &compressed.changes);
-    let rewrite = Rewrite {
-        room_id: room,
-        symbols: &chunk.symbols,
-        original: &chunk.original,
-        new: &compressed.changes,
-    };
-    rewrite.write(
-        client,
-        &changed,
-        // Never stopped between batches: the chunk's progress is saved in
-        // its last transaction, and interruptions wait for it.
-        &mut |_| true,
-        Some(&mut |tx| {
-            failpoint::stop_here("auto::before-progress-save");
-            state_saving::write_room_progress(tx, prepared, room, &compressed.levels, chunk.last)
-        }),
-    )
-}
-
-/// Saves fresh levels and `last` as the room's position (a skipped chunk).
-fn save_progress_only(
-    client: &mut Client,
-    prepared: &mut Prepared,
-    room: &str,
-    levels: &LevelSizes,
-    last: i64,
-) -> Result<()> {
-    let mut tx = client
-        .transaction()
-        .map_err(|e| Error::db("saving progress", e))?;
-    state_saving::write_room_progress(&mut tx, prepared, room, &levels.empty_levels(), last)?;
-    tx.commit().map_err(|e| Error::db("saving progress", e))
-}

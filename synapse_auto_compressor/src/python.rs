@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use synapse_compress_state::tool::args::Positive;
 use synapse_compress_state::tool::python::{init_module, run_job};
 
-use crate::manager::AutoConfig;
+use crate::config::AutoConfig;
 
 pyo3::create_exception!(
     synapse_auto_compressor,

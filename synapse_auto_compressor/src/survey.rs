@@ -7,7 +7,7 @@
 //! memory as a real run carries it in the tables: the scan position, and
 //! each room's last group and levels, fresh after a chunk that would grow.
 //! Each chunk is loaded, compressed and verified with the run's own code
-//! (`manager::take_loaded`, `manager::would_grow`), so the
+//! (`chunk::take_loaded`, `chunk::would_grow`), so the
 //! decisions are the run's.
 //!
 //! One thing differs from a real run: a later chunk of a room would find
@@ -47,7 +47,8 @@ use synapse_compress_state::tool::interrupt::{self, Signal};
 use synapse_compress_state::{compress, Error, GroupMap, Level, Result};
 
 use crate::carry::{Carry, CarryRef};
-use crate::manager::{heads, take_loaded, would_grow, AutoConfig, Loaded};
+use crate::chunk::{heads, take_loaded, would_grow, Loaded};
+use crate::config::AutoConfig;
 use crate::prefetch::{load_chunk, ChunkRequest};
 use crate::room_ids::RoomIds;
 use crate::state_saving::{self, LeftRooms};
@@ -298,7 +299,7 @@ struct Position {
 /// Surveys what a real run with `config` would do, writing nothing.
 pub fn run(config: &AutoConfig) -> Result<Survey> {
     let started = Instant::now();
-    crate::manager::warn_about_settings(config);
+    crate::config::warn_about_settings(config);
     let mut client = db::connect_as(&config.db_url, "synapse_auto_compressor")?;
     // Anything that tried to write would fail, whatever the role may do.
     client

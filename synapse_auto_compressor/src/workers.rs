@@ -32,8 +32,9 @@ use synapse_compress_state::{Error, Result};
 
 use crate::carry::Carries;
 use crate::chain_lengths::ChainLengths;
+use crate::chunk::{compress_chunk, Ahead};
+use crate::config::AutoConfig;
 use crate::connections::Budget;
-use crate::manager::{compress_chunk, Ahead, AutoConfig};
 use crate::room_ids::RoomIds;
 use crate::state_saving::{self, LeftRooms};
 use crate::summary::{RunFigures, RunSummary};

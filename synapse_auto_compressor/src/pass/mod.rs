@@ -26,15 +26,14 @@
 //! chunks the run still has to do.
 
 pub mod assemble;
+pub(crate) mod given;
 pub mod plan;
 
 use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use postgres::types::Type;
 use postgres::Client;
-use synapse_compress_state::db::load;
 use synapse_compress_state::db::lock_wait::stop_requested;
 use synapse_compress_state::db::schema::Access;
 use synapse_compress_state::db::{Prepared, RoomLock};
@@ -42,12 +41,13 @@ use synapse_compress_state::error::printable;
 use synapse_compress_state::tool::{interrupt, progress};
 use synapse_compress_state::{Error, Result};
 
-use crate::manager::{compress_chunk, Ahead, AutoConfig, Walk};
-use crate::prefetch::{ChunkRequest, LoadedChunk};
+use crate::chunk::{compress_chunk, Ahead, Walk};
+use crate::config::AutoConfig;
 use crate::room_ids::RoomIds;
 use crate::state_saving;
 use crate::summary::RunSummary;
 use assemble::{Assembled, LeftPass, Piece};
+use given::Given;
 
 /// Which reader a run uses (`--reader`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -304,133 +304,4 @@ fn one_chunk(
     } else {
         Done::Moved
     })
-}
-
-/// A chunk the pass put together, given to the chunk code in place of a
-/// load.
-pub(crate) struct Given {
-    assembled: Box<Assembled>,
-    /// Where the plan has it start, and whether its room goes on.
-    after: Option<i64>,
-    more: bool,
-}
-
-impl Given {
-    /// The chunk as a load of `request` would give it, reading only what
-    /// it needs beyond its own groups. `None` when the request is not the
-    /// one planned (another compressor moved the room), or when one of the
-    /// groups that lead outside the chunk changed since it was read: the
-    /// chunk is then loaded as usual.
-    pub(crate) fn into_loaded(
-        self,
-        client: &mut Client,
-        request: &ChunkRequest,
-    ) -> Result<Option<LoadedChunk>> {
-        if request.after != self.after {
-            debug!(
-                "Room {}: planned from {:?}, saved at {:?}; loading the chunk again",
-                request.room_id, self.after, request.after
-            );
-            return Ok(None);
-        }
-        let Assembled {
-            ids,
-            mut symbols,
-            groups,
-            duplicate_rows,
-            damaged,
-            ..
-        } = *self.assembled;
-        let more = self.more;
-        if ids.is_empty() {
-            return Ok(Some(LoadedChunk {
-                ids,
-                more,
-                symbols,
-                groups: None,
-            }));
-        }
-        if let Some(why) = damaged {
-            return Ok(Some(LoadedChunk {
-                ids,
-                more,
-                symbols,
-                groups: Some(Err(Error::Damaged(why))),
-            }));
-        }
-        let known = request
-            .carried
-            .as_ref()
-            .map(|carry| carry.lay_out_into(&mut symbols))
-            .unwrap_or_default();
-        // The groups whose predecessor is outside the chunk: their
-        // predecessors are read now, in a later snapshot than the groups.
-        // If Synapse has changed one of them since (it rewrites a group
-        // when it deletes the group's predecessor), the chunk is read
-        // again as a whole, in one snapshot.
-        let leads: Vec<(i64, i64)> = groups
-            .iter()
-            .filter_map(|(&id, g)| g.prev.filter(|p| !groups.contains_key(p)).map(|p| (id, p)))
-            .collect();
-        let mut snapshot = load::snapshot(client)?;
-        if !edges_unchanged(&mut snapshot, &leads)? {
-            debug!(
-                "Room {}: a group of the chunk changed since the pass read it; loading the chunk again",
-                request.room_id
-            );
-            return Ok(None);
-        }
-        let loaded = load::complete_groups(
-            &mut snapshot,
-            &mut symbols,
-            &request.room_id,
-            groups,
-            &request.heads,
-            known,
-            duplicate_rows,
-        );
-        if loaded.is_ok() {
-            snapshot
-                .commit()
-                .map_err(|e| Error::db("finishing the read", e))?;
-        }
-        Ok(Some(LoadedChunk {
-            ids,
-            more,
-            symbols,
-            groups: Some(loaded),
-        }))
-    }
-}
-
-/// Whether each `(group, prev)` is still the group's edge.
-fn edges_unchanged(
-    client: &mut impl postgres::GenericClient,
-    leads: &[(i64, i64)],
-) -> Result<bool> {
-    if leads.is_empty() {
-        return Ok(true);
-    }
-    let ids: Vec<i64> = leads.iter().map(|(id, _)| *id).collect();
-    let rows = client
-        .query_typed(
-            "SELECT state_group, prev_state_group FROM state_group_edges \
-             WHERE state_group = ANY($1)",
-            &[(&ids, Type::INT8_ARRAY)],
-        )
-        .map_err(|e| Error::db("checking the chunk's edges", e))?;
-    let mut found = 0;
-    for row in rows {
-        let group: i64 = row
-            .try_get(0)
-            .map_err(|e| Error::db("checking the chunk's edges", e))?;
-        let prev: Option<i64> = row
-            .try_get(1)
-            .map_err(|e| Error::db("checking the chunk's edges", e))?;
-        if !leads.contains(&(group, prev.unwrap_or(i64::MIN))) {
-            return Ok(false);
-        }
-        found += 1;
-    }
-    Ok(found == leads.len())
 }

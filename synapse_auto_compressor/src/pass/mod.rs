@@ -199,7 +199,9 @@ pub(crate) fn run(
                 // Every chunk ranked below `lowest` is written: the scan
                 // position goes to the first one that is not (or, all
                 // written, to the last one's start, as the loop's last pick
-                // leaves it), never past a left room.
+                // leaves it). A room left during the pass is left at one of
+                // its planned chunks, never written, so this is already at
+                // or below its hold; the cap only says so.
                 let next = plan.chunks[lowest.min(done.len() - 1)].first;
                 let position = walk.left.hold().map_or(next, |hold| hold.min(next));
                 state_saving::raise_scan_position(client, position)?;

@@ -10,10 +10,14 @@
 # `target/release/bench` for the presets, which for each one generates the
 # data set and then runs:
 #
-#   manual: synapse_compress_state -p URL -r BIGGEST_ROOM -c
-#   auto:   synapse_auto_compressor -p URL -c 500 -n ENOUGH_TO_FINISH
+#   manual:  synapse_compress_state -p URL -r BIGGEST_ROOM -c
+#   auto:    synapse_auto_compressor -p URL -c 500 -n ENOUGH_TO_FINISH --reader R
+#   nightly: synapse_auto_compressor -p URL -c 500 -n 100 --reader R
+#            (with --nightly: on a copy compressed to completion first, with
+#            about 2% new groups appended; see docs/benchmark.md)
 #
-# each on a fresh copy of the data, and prints one table row per run (wall
+# once per reader R of --readers (default auto; rows named e.g. `auto pass`,
+# `auto auto:pass` when the tool chose), each on a fresh copy of the data, and prints one table row per run (wall
 # time, the tools' time per phase, peak RSS, rows before/after, rows/s, and
 # the ratio to the honest I/O floor: read + delete + insert, see
 # compressor_integration_tests/src/bin/bench/floor.rs). Stops the server on
@@ -32,11 +36,14 @@
 #
 # Time on 2 cores (after the build): 200k about 20 s, 3m about a minute, 20m
 # about 10 minutes (4 of them generating and loading 20 million rows). Disk:
-# the data set twice (its source and one copy): about 12 GB for 20m.
+# the data set twice (its source and one copy): about 12 GB for 20m; three
+# times with --nightly (its compressed copy).
 #
 # Environment: BENCH_SHARED_BUFFERS (default 512MB, 128MB cold), BENCH_ARGS (extra
-# arguments for the bench binary, e.g. "--runs manual", "--samples 0", or
-# "--jobs 1,2,4" for one automatic run per worker count),
+# arguments for the bench binary, e.g. "--runs manual", "--samples 0",
+# "--jobs 1,2,4" for one automatic run per worker count (above 1 the workers
+# read room by room: one run each), "--readers auto,pass,rooms" for one
+# automatic run per reader, "--nightly" for the nightly case),
 # PG_BIN (PostgreSQL's binaries), CARGO_TARGET_DIR.
 set -euo pipefail
 

@@ -10,7 +10,13 @@
 //! - `manual`: `synapse_compress_state -p URL -r ROOM -c` on the room with the
 //!   most rows;
 //! - `auto`: `synapse_auto_compressor -p URL -c 500 -n N` with `N` large
-//!   enough to go through the whole database.
+//!   enough to go through the whole database, once per `--reader` in
+//!   `--readers` and per `--jobs` value (several jobs read room by room
+//!   whatever the reader: one run each, without `--reader`);
+//! - `nightly` (`--nightly`): `synapse_auto_compressor -p URL -c 500 -n 100`,
+//!   the playbooks' nightly run, on a copy of `bench_compressed` (`bench_src`
+//!   compressed to completion, then about 2% more groups: see `nightly`),
+//!   once per reader.
 //!
 //! For each run it measures, on the same copy: the tool's wall time and peak
 //! RSS (from `wait4`, in a small launcher process: see [`launcher::Launcher`]), its
@@ -32,6 +38,7 @@
 //! - `floor`: the honest I/O floor, measured with PostgreSQL alone;
 //! - `checks`: the check after each run;
 //! - `report`: the table, the machine and server lines, the legend;
+//! - `nightly`: making `bench_compressed` for the nightly runs;
 //! - `cold`: `--cold`, the runs measured with the server's memory capped
 //!   and its caches dropped, and its disk reads counted.
 
@@ -39,6 +46,7 @@ mod checks;
 mod cold;
 mod floor;
 mod launcher;
+mod nightly;
 mod report;
 mod run;
 mod source;
@@ -50,7 +58,7 @@ use compressor_integration_tests::pg::db_url;
 use launcher::{Launcher, LAUNCHER_ARG};
 use postgres::{Client, NoTls};
 use report::thousands;
-use run::{do_run, ColdRun, Job, RunSettings, Tool};
+use run::{do_run, ColdRun, Job, Reader, RunSettings, Tool};
 use source::{prepare_source, Source};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -70,9 +78,18 @@ struct Args {
     /// Data set: 200k, 3m or 20m (repeat for several)
     #[arg(long = "preset", default_values_t = vec!["3m".to_string()])]
     presets: Vec<String>,
-    /// Runs to do, comma-separated: manual, auto
+    /// Runs to do, comma-separated: manual, auto, nightly
     #[arg(long, value_enum, default_value = "manual,auto", value_delimiter = ',')]
     runs: Vec<Tool>,
+    /// Add the nightly run (`-n 100` on a database compressed already, with
+    /// about 2% new groups) to --runs
+    #[arg(long)]
+    nightly: bool,
+    /// The automatic tool's readers (--reader), comma-separated: one `auto`
+    /// and one `nightly` run each (runs with --jobs above 1 read room by
+    /// room whatever the reader: one run each)
+    #[arg(long, value_enum, default_value = "auto", value_delimiter = ',')]
+    readers: Vec<Reader>,
     /// Directory holding synapse_compress_state and synapse_auto_compressor
     /// (default: the directory of this program, i.e. target/release)
     #[arg(long)]
@@ -189,22 +206,38 @@ fn run(args: Args) -> Res<()> {
         .map(|p| preset(p, args.seed))
         .collect::<Res<_>>()?;
 
+    let mut runs = args.runs.clone();
+    if args.nightly && !runs.contains(&Tool::Nightly) {
+        runs.push(Tool::Nightly);
+    }
+
     let mut header = String::new();
     let server = report::pg_line(&settings.base)?;
     let mut results = Vec::new();
     for (short, cfg) in &presets {
         let source = prepare_source(&settings.base, short, cfg, args.reuse, args.samples)?;
         let _ = writeln!(header, "{}", describe(&source));
-        for &tool in &args.runs {
-            let jobs = match tool {
-                Tool::Manual => vec![1],
-                Tool::Auto => args.jobs.clone(),
+        let compressed = match runs.contains(&Tool::Nightly) {
+            true => {
+                let (compressed, line) = nightly::prepare_compressed(
+                    &settings,
+                    &mut launcher,
+                    &source,
+                    cfg,
+                    args.reuse,
+                    args.samples,
+                )?;
+                let _ = writeln!(header, "{line}");
+                Some(compressed)
+            }
+            false => None,
+        };
+        for &tool in &runs {
+            let from = match (tool, &compressed) {
+                (Tool::Nightly, Some(compressed)) => compressed,
+                _ => &source,
             };
-            for jobs in jobs {
-                let job = Job {
-                    tool,
-                    jobs: jobs.max(1),
-                };
+            for job in jobs_of(tool, &args) {
                 let colds: Vec<Option<ColdRun>> = match &cold {
                     Some(cold) => cold
                         .caps
@@ -214,7 +247,7 @@ fn run(args: Args) -> Res<()> {
                     None => vec![None],
                 };
                 for cold in colds {
-                    let result = do_run(&settings, &mut launcher, &source, job, cold)?;
+                    let result = do_run(&settings, &mut launcher, from, job, cold)?;
                     eprintln!("{}", report::table(std::slice::from_ref(&result)));
                     results.push(result);
                 }
@@ -234,7 +267,7 @@ fn run(args: Args) -> Res<()> {
     println!();
     for r in &results {
         for note in &r.notes {
-            println!("{} {}: {note}", r.preset, r.job);
+            println!("{} {}: {note}", r.preset, r.job.name(r.read_by));
         }
     }
     println!("{}", report::LEGEND);
@@ -245,6 +278,39 @@ fn run(args: Args) -> Res<()> {
         return Err("a run changed the state of some group (see the check column)".to_string());
     }
     Ok(())
+}
+
+/// The runs of `tool`: the manual tool once; the automatic one per reader
+/// and per `--jobs` value (once per value above 1: its workers read room by
+/// room); the nightly run once per reader.
+fn jobs_of(tool: Tool, args: &Args) -> Vec<Job> {
+    let per_reader = |jobs: u32| {
+        args.readers.iter().map(move |&reader| Job {
+            tool,
+            jobs,
+            reader: Some(reader),
+        })
+    };
+    match tool {
+        Tool::Manual => vec![Job {
+            tool,
+            jobs: 1,
+            reader: None,
+        }],
+        Tool::Auto => args
+            .jobs
+            .iter()
+            .flat_map(|&jobs| match jobs {
+                0 | 1 => per_reader(1).collect::<Vec<_>>(),
+                n => vec![Job {
+                    tool,
+                    jobs: n,
+                    reader: None,
+                }],
+            })
+            .collect(),
+        Tool::Nightly => per_reader(1).collect(),
+    }
 }
 
 /// The cold mode's groups and caps, when `--cold` is given.

@@ -129,7 +129,7 @@ pub fn table(results: &[RunResult]) -> String {
         let floor = r.read_floor + r.delete_floor + r.insert_floor;
         rows.push(vec![
             r.preset.clone(),
-            r.job.to_string(),
+            r.job.name(r.read_by),
             thousands(r.rows_before),
             thousands(r.rows_after),
             format!(
@@ -198,18 +198,26 @@ pub fn table(results: &[RunResult]) -> String {
 
 /// What the table's columns mean, printed under it.
 pub const LEGEND: &str = "\
+runs: manual = synapse_compress_state -c on the biggest room; auto = synapse_auto_compressor -c 500
+  through the whole database; nightly = synapse_auto_compressor -c 500 -n 100 on the database
+  compressed to completion with about 2% new groups (its header line); then the --reader asked
+  for and, when another one ran, the one that did (`auto:pass`: the tool chose the pass), and
+  -jN (its workers read room by room whatever the reader: one run, without --reader).
 columns: rows before/after = state_groups_state rows the run covers (the room for `manual`, the
-  whole table for `auto`), counted with SQL; load/compress/verify/write = the tool's own phase
-  times (its `Time:` line); verify % = verify / wall; peak RSS = the tool's maximum resident set
-  (wait4); rows/s = rows before / wall; floor = read + delete + insert, what any compressor
-  with the same result must do: read = COPY of the rows the run covers TO STDOUT (binary,
+  whole table for `auto`, every new group for `nightly`, whether its 100 chunks reach it or not),
+  counted with SQL; load/compress/verify/write = the tool's own phase times (its `Time:` line);
+  verify % = verify / wall; peak RSS = the tool's maximum resident set (wait4); rows/s = rows
+  before / wall; floor = read + delete + insert, what any compressor with the same result must do: read = COPY of the rows the run covers TO STDOUT (binary,
   drained to a null sink, best of 2 on the same database just before the run); delete =
   DELETE of the old rows and edges of every group the run changed (edge or row count differs),
   insert = COPY of those groups' new rows and edges into the tables with Synapse's index in
-  place, both timed on a fresh copy of the source; x floor = wall / floor; check = group
-  count, edge sanity and the resolved state (Synapse's query) of sampled groups, before vs after.
+  place, both timed on a fresh copy of the source; x floor = wall / floor (for `nightly` the
+  read floor is the new groups' rows alone, not the older state they build on, so the ratio is
+  high); check = group count, edge sanity and the resolved state (Synapse's query) of sampled
+  groups (for `nightly` some new ones too), before vs after.
 targets (reported, not enforced): manual <= 1.3x floor, auto <= 1.3x floor, verify < 20% of wall,
-  peak RSS < 70 MiB for the 3m biggest room (~2M rows), < 1 GiB for the 20m biggest room.";
+  peak RSS < 70 MiB for the 3m biggest room (~2M rows), < 1 GiB for the 20m biggest room;
+  nightly: no reader slower than `rooms` (the reference tool's way), warm or cold.";
 
 /// What the cold mode's columns mean (see `cold`).
 pub const COLD_LEGEND: &str = "\

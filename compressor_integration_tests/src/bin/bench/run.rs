@@ -1,4 +1,5 @@
-//! One run: a tool on a fresh clone of `bench_src`, with the honest I/O
+//! One run: a tool on a fresh clone of its source database (`bench_src`, or
+//! `bench_compressed` for the nightly run), with the honest I/O
 //! floor (see `floor`) measured around it, its output read for its own
 //! figures, and the result checked.
 
@@ -7,7 +8,7 @@ use crate::cold::{mib, Cold, DiskReads};
 use crate::floor::{changes_after, read_floor, record_before, write_floor};
 use crate::launcher::{run_measured, ChildRun, Launcher};
 use crate::report::load_average;
-use crate::source::{Source, SRC_DB};
+use crate::source::Source;
 use crate::{connect, count, literal, pg, say, Res};
 use compressor_integration_tests::pg::db_url;
 use postgres::Client;
@@ -19,6 +20,9 @@ const RUN_DB: &str = "bench_run";
 /// The clone the floor's delete and insert are timed on.
 const FLOOR_DB: &str = "bench_floor";
 
+/// The chunks of the nightly run: the playbooks' `-n 100`.
+pub const NIGHTLY_CHUNKS: u32 = 100;
+
 /// The tool a run measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Tool {
@@ -26,13 +30,16 @@ pub enum Tool {
     Manual,
     /// `synapse_auto_compressor` over the whole database.
     Auto,
+    /// `synapse_auto_compressor -n 100` on a database compressed already,
+    /// with about 2% new groups (see `nightly`).
+    Nightly,
 }
 
 impl Tool {
-    fn program(self) -> &'static str {
+    pub fn program(self) -> &'static str {
         match self {
             Tool::Manual => "synapse_compress_state",
-            Tool::Auto => "synapse_auto_compressor",
+            Tool::Auto | Tool::Nightly => "synapse_auto_compressor",
         }
     }
 }
@@ -42,23 +49,64 @@ impl fmt::Display for Tool {
         f.write_str(match self {
             Tool::Manual => "manual",
             Tool::Auto => "auto",
+            Tool::Nightly => "nightly",
         })
     }
 }
 
-/// A run of the table: a tool, and for the automatic one its `--jobs`.
+/// The automatic tool's `--reader`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Reader {
+    /// The tool chooses by the work at hand.
+    Auto,
+    /// One pass over the table in id ranges.
+    Pass,
+    /// Each chunk's groups through the indexes.
+    Rooms,
+}
+
+impl fmt::Display for Reader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reader::Auto => "auto",
+            Reader::Pass => "pass",
+            Reader::Rooms => "rooms",
+        })
+    }
+}
+
+/// A run of the table: a tool, and for the automatic one its `--jobs` and
+/// `--reader` (none with several jobs: the workers read room by room
+/// whatever it says).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Job {
     pub tool: Tool,
     pub jobs: u32,
+    pub reader: Option<Reader>,
+}
+
+impl Job {
+    /// The run's name in the table: the tool, the reader asked for and,
+    /// when it differs (always for `auto`), the one that ran (`auto:pass`,
+    /// `pass:rooms`), then `-jN`.
+    pub fn name(&self, read_by: Option<Reader>) -> String {
+        let mut name = self.tool.to_string();
+        match (self.reader, read_by) {
+            (Some(asked), Some(ran)) if asked != ran => name += &format!(" {asked}:{ran}"),
+            (Some(asked), _) => name += &format!(" {asked}"),
+            (None, Some(ran)) => name += &format!(" {ran}"),
+            (None, None) => {}
+        }
+        if self.jobs > 1 {
+            name += &format!(" -j{}", self.jobs);
+        }
+        name
+    }
 }
 
 impl fmt::Display for Job {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.jobs {
-            1 => write!(f, "{}", self.tool),
-            n => write!(f, "{} -j{n}", self.tool),
-        }
+        f.write_str(&self.name(None))
     }
 }
 
@@ -80,6 +128,8 @@ pub struct RunSettings {
 pub struct RunResult {
     pub preset: String,
     pub job: Job,
+    /// The automatic tool's reader, as its output tells.
+    pub read_by: Option<Reader>,
     pub rows_before: i64,
     pub rows_after: i64,
     pub wall: f64,
@@ -131,19 +181,14 @@ pub fn do_run(
     if let Some(run) = cold {
         run.cold.uncap()?;
     }
-    say(&format!("{label}: cloning {SRC_DB}"));
-    clone_source(&settings.base, RUN_DB)?;
+    say(&format!("{label}: cloning {}", source.db));
+    clone_db(&settings.base, &source.db, RUN_DB)?;
     let url = db_url(&settings.base, RUN_DB);
     let mut c = connect(&settings.base, RUN_DB)?;
     pg("CHECKPOINT", c.batch_execute("CHECKPOINT"))?;
 
     let where_clause = covered_rows(tool, source);
-    let mut invocation = invocation(tool, &url, source, settings.chunk_size, &mut c)?;
-    if job.jobs > 1 {
-        invocation
-            .args
-            .extend(["--jobs".to_string(), job.jobs.to_string()]);
-    }
+    let invocation = invocation(job, &url, source, settings.chunk_size, &mut c)?;
     let rows_before = count_rows(&mut c, &where_clause)?;
     record_before(&mut c)?;
     pg("CHECKPOINT", c.batch_execute("CHECKPOINT"))?;
@@ -193,6 +238,7 @@ pub fn do_run(
     };
     let all_output = format!("{}\n{}", child.stdout, child.stderr);
     let phases = parse_phases(&all_output);
+    let read_by = (tool != Tool::Manual).then(|| read_by(&child.stderr));
     let mut notes = vec![command_note];
     notes.extend(output_notes(&invocation, &child, &all_output));
 
@@ -207,7 +253,7 @@ pub fn do_run(
     say(&format!(
         "{label}: measuring the delete and insert floor on a fresh clone"
     ));
-    clone_source(&settings.base, FLOOR_DB)?;
+    clone_db(&settings.base, &source.db, FLOOR_DB)?;
     let mut floor_reads = DiskReads::default();
     if let Some(run) = cold {
         run.cold.start_cold(run.cap)?;
@@ -245,6 +291,7 @@ pub fn do_run(
     Ok(RunResult {
         preset: source.preset.clone(),
         job,
+        read_by,
         rows_before,
         rows_after,
         wall: child.wall,
@@ -274,7 +321,8 @@ fn rows_copy(where_clause: &str) -> String {
 }
 
 /// The `WHERE` clause selecting the `state_groups_state` rows the run
-/// covers: the biggest room's for the manual tool, all for the automatic.
+/// covers: the biggest room's for the manual tool, all for the automatic,
+/// the appended groups' for the nightly run.
 fn covered_rows(tool: Tool, source: &Source) -> String {
     match tool {
         Tool::Manual => format!(
@@ -282,6 +330,7 @@ fn covered_rows(tool: Tool, source: &Source) -> String {
             literal(&source.biggest_room)
         ),
         Tool::Auto => String::new(),
+        Tool::Nightly => format!("WHERE state_group >= {}", source.appended_from.unwrap_or(0)),
     }
 }
 
@@ -294,7 +343,7 @@ fn count_rows(c: &mut Client, where_clause: &str) -> Res<i64> {
 }
 
 /// A tool's command line.
-struct Invocation {
+pub struct Invocation {
     tool: Tool,
     args: Vec<String>,
     /// The database's URL (hidden in the notes).
@@ -302,15 +351,17 @@ struct Invocation {
 }
 
 /// The manual tool on the biggest room; the automatic tool with `-n` large
-/// enough to go through the whole database.
-fn invocation(
-    tool: Tool,
+/// enough to go through the whole database; the nightly run with
+/// `-n 100`; the job's `--jobs` and `--reader`.
+pub fn invocation(
+    job: Job,
     url: &str,
     source: &Source,
     chunk_size: u64,
     c: &mut Client,
 ) -> Res<Invocation> {
-    let args: Vec<String> = match tool {
+    let tool = job.tool;
+    let mut args: Vec<String> = match tool {
         Tool::Manual => vec![
             "-p".to_string(),
             url.to_string(),
@@ -338,7 +389,22 @@ fn invocation(
                 "--no-progress".to_string(),
             ]
         }
+        Tool::Nightly => vec![
+            "-p".to_string(),
+            url.to_string(),
+            "-c".to_string(),
+            chunk_size.to_string(),
+            "-n".to_string(),
+            NIGHTLY_CHUNKS.to_string(),
+            "--no-progress".to_string(),
+        ],
     };
+    if job.jobs > 1 {
+        args.extend(["--jobs".to_string(), job.jobs.to_string()]);
+    }
+    if let Some(reader) = job.reader {
+        args.extend(["--reader".to_string(), reader.to_string()]);
+    }
     Ok(Invocation {
         tool,
         args,
@@ -350,7 +416,7 @@ fn invocation(
 /// (`<preset>-<run>`); an error unless it exits with 0. Returns what it did
 /// and a note: its command line (the URL hidden) and the load average
 /// around it.
-fn run_tool(
+pub fn run_tool(
     settings: &RunSettings,
     launcher: &mut Launcher,
     name: &str,
@@ -418,11 +484,14 @@ fn output_notes(invocation: &Invocation, child: &ChildRun, all_output: &str) -> 
                 }
             }
         }
-        Tool::Auto => {
+        Tool::Auto | Tool::Nightly => {
             if let Some(line) = line_with(&child.stderr, "Finished: ") {
                 notes.push(line.to_string());
             }
-            if !child.stderr.contains("nothing left to do") {
+            if let Some(line) = line_with(&child.stderr, "The pass did ") {
+                notes.push(line.to_string());
+            }
+            if invocation.tool == Tool::Auto && !finished(&child.stderr) {
                 notes.push(format!(
                     "did not report finishing the database ({})",
                     invocation.args.join(" ")
@@ -431,6 +500,21 @@ fn output_notes(invocation: &Invocation, child: &ChildRun, all_output: &str) -> 
         }
     }
     notes
+}
+
+/// Whether the automatic tool said it went through the whole database.
+pub fn finished(stderr: &str) -> bool {
+    stderr.contains("nothing left to do")
+}
+
+/// The reader the automatic tool used, from its log: the pass says how
+/// many chunks it reads the table once for.
+fn read_by(stderr: &str) -> Reader {
+    if stderr.contains("Reading the table once for ") {
+        Reader::Pass
+    } else {
+        Reader::Rooms
+    }
 }
 
 /// The four times of a `Time: load 1.00s, compress 2.00s, verify 0.50s,
@@ -467,22 +551,22 @@ fn tail(s: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A fresh database `name`, cloned from `bench_src`.
-fn clone_source(base: &str, name: &str) -> Res<()> {
+/// A fresh database `name`, cloned from `template`.
+pub fn clone_db(base: &str, template: &str, name: &str) -> Res<()> {
     drop_db(base, name)?;
     let mut admin = connect(base, "postgres")?;
     // FILE_COPY copies the files instead of WAL-logging every page.
-    let fast = format!("CREATE DATABASE {name} TEMPLATE {SRC_DB} STRATEGY FILE_COPY");
+    let fast = format!("CREATE DATABASE {name} TEMPLATE {template} STRATEGY FILE_COPY");
     if admin.batch_execute(&fast).is_err() {
         pg(
-            "cloning bench_src",
-            admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {SRC_DB}")),
+            &format!("cloning {template}"),
+            admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}")),
         )?;
     }
     Ok(())
 }
 
-fn drop_db(base: &str, name: &str) -> Res<()> {
+pub fn drop_db(base: &str, name: &str) -> Res<()> {
     let mut admin = connect(base, "postgres")?;
     pg(
         &format!("dropping {name}"),

@@ -17,17 +17,22 @@ use std::time::Instant;
 /// The generated database every run is cloned from.
 pub const SRC_DB: &str = "bench_src";
 /// The tables the generator fills (their indexes are built after loading).
-const STATE_TABLES: &[&str] = &[
+pub const STATE_TABLES: &[&str] = &[
     "state_groups",
     "state_groups_state",
     "state_group_edges",
     "event_to_state_groups",
 ];
 
-/// What is in `bench_src`.
+/// What is in `bench_src` (or in `bench_compressed`: see `nightly`).
+#[derive(Clone)]
 pub struct Source {
     /// The preset's short name (`200k`, `3m`, `20m`).
     pub preset: String,
+    /// The database runs are cloned from.
+    pub db: String,
+    /// The first of the groups appended after compressing (`bench_compressed`).
+    pub appended_from: Option<i64>,
     pub key: String,
     pub rooms: i64,
     pub groups: i64,
@@ -53,7 +58,7 @@ pub fn prepare_source(
     samples: usize,
 ) -> Res<Source> {
     let key = source_key(short, cfg);
-    let build = if reuse && source_comment(base)?.as_deref() == Some(key.as_str()) {
+    let build = if reuse && db_comment(base, SRC_DB)?.as_deref() == Some(key.as_str()) {
         say(&format!("reusing {SRC_DB} ({key})"));
         None
     } else {
@@ -71,6 +76,8 @@ pub fn prepare_source(
     let biggest_room: String = biggest.get(0);
     let mut source = Source {
         preset: short.to_string(),
+        db: SRC_DB.to_string(),
+        appended_from: None,
         key,
         rooms: count(
             &mut c,
@@ -115,14 +122,14 @@ fn source_key(short: &str, cfg: &MixConfig) -> String {
     )
 }
 
-/// The comment of `bench_src`, if it exists.
-fn source_comment(base: &str) -> Res<Option<String>> {
+/// The comment of the database `db` (what it holds), if it exists.
+pub fn db_comment(base: &str, db: &str) -> Res<Option<String>> {
     let mut admin = connect(base, "postgres")?;
     let row = pg(
-        "reading bench_src's comment",
+        &format!("reading {db}'s comment"),
         admin.query_opt(
             "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
-            &[&SRC_DB],
+            &[&db],
         ),
     )?;
     Ok(row.and_then(|r| r.get::<_, Option<String>>(0)))

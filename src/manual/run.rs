@@ -67,12 +67,7 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         .as_deref()
         .map(SqlOut::open)
         .transpose()?;
-    let (mut client, room_lock) = connect(config)?;
-    // Counted under the room's lock: no other compressor changes them.
-    let table_rows_before = match room_lock {
-        Some(_) => Some(stats::room_rows(&mut client, room)?),
-        None => None,
-    };
+    let (client, room_lock) = connect(config)?;
     let mut held = Held {
         client,
         room_lock,
@@ -85,6 +80,7 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         let windowed =
             window::compress_room(&mut held.client, config, window_size).map_err(damaged)?;
         if let Windowed::Done(done) = windowed {
+            let table_rows_before = held.room_rows_before(config, done.room_rows)?;
             let mut summary = Summary::of_room(room, done.figures, done.stats, done.timings);
             (summary.longest_chain_before, summary.longest_chain_after) = done.longest_chains;
             if ends_before_writing(config, &mut held, &mut summary, table_rows_before)? {
@@ -106,6 +102,7 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         }
     }
 
+    let table_rows_before = held.room_rows_before(config, None)?;
     let mut timings = Timings::default();
     let started = Instant::now();
     let loaded = load_room(&mut held.client, config).map_err(damaged)?;
@@ -272,6 +269,23 @@ impl Held {
         summary.interrupted = Some(signal);
         summary.timings.total = self.run_started.elapsed();
         Ok(true)
+    }
+
+    /// With `-c`, the room's rows before the run: `counted` when the load
+    /// counted them (a windowed read of the whole room), else counted here.
+    /// Either way under the room's lock: no other compressor changes them.
+    fn room_rows_before(
+        &mut self,
+        config: &ManualConfig,
+        counted: Option<u64>,
+    ) -> Result<Option<u64>> {
+        if self.room_lock.is_none() {
+            return Ok(None);
+        }
+        match counted {
+            Some(rows) => Ok(Some(rows)),
+            None => stats::room_rows(&mut self.client, &config.room_id).map(Some),
+        }
     }
 
     /// Releases the room's lock, if held.

@@ -117,6 +117,19 @@ impl Rewrite<'_> {
         client: &mut Client,
         groups: &[i64],
         on_batch: &mut dyn FnMut(usize) -> bool,
+        last: Option<LastTransaction<'_>>,
+    ) -> Result<WriteReport> {
+        self.write_listing(client, groups, &mut |batch, _| on_batch(batch.len()), last)
+    }
+
+    /// [`Rewrite::write`], telling `on_batch` each committed batch's groups
+    /// and, of them, those it rewrote (the others are left as another
+    /// writer has them).
+    pub fn write_listing(
+        &self,
+        client: &mut Client,
+        groups: &[i64],
+        on_batch: &mut dyn FnMut(&[i64], &[i64]) -> bool,
         mut last: Option<LastTransaction<'_>>,
     ) -> Result<WriteReport> {
         let mut all: Vec<&[i64]> = batches(self.new, groups).collect();
@@ -127,8 +140,9 @@ impl Rewrite<'_> {
         let mut report = WriteReport::default();
         for (i, batch) in all.into_iter().enumerate() {
             let last = if i + 1 == count { last.as_mut() } else { None };
-            report.add(self.commit_batch(client, batch, last)?);
-            if !on_batch(batch.len()) {
+            let (written, ready) = self.commit_batch(client, batch, last)?;
+            report.add(written);
+            if !on_batch(batch, &ready) {
                 break;
             }
         }
@@ -141,7 +155,7 @@ impl Rewrite<'_> {
         client: &mut Client,
         batch: &[i64],
         mut last: Option<&mut LastTransaction<'_>>,
-    ) -> Result<WriteReport> {
+    ) -> Result<(WriteReport, Vec<i64>)> {
         let mut attempt = 1;
         loop {
             let mut tx = client
@@ -171,15 +185,16 @@ impl Rewrite<'_> {
     }
 
     /// Writes one batch inside an open transaction (the caller commits):
-    /// lock, re-check, replace. Errors are PostgreSQL's own, so the caller
-    /// can tell a conflict worth retrying from a real failure.
+    /// lock, re-check, replace. Returns the figures and the groups
+    /// rewritten. Errors are PostgreSQL's own, so the caller can tell a
+    /// conflict worth retrying from a real failure.
     fn write_batch(
         &self,
         tx: &mut Transaction<'_>,
         batch: &[i64],
-    ) -> Result<WriteReport, postgres::Error> {
+    ) -> Result<(WriteReport, Vec<i64>), postgres::Error> {
         if batch.is_empty() {
-            return Ok(WriteReport::default());
+            return Ok((WriteReport::default(), Vec::new()));
         }
         let mut locked = self.lock(tx, batch)?;
         let ready = self.recheck(tx, batch, &mut locked)?;
@@ -191,7 +206,7 @@ impl Rewrite<'_> {
         if !ready.is_empty() {
             (report.rows_deleted, report.rows_inserted) = self.replace(tx, &ready)?;
         }
-        Ok(report)
+        Ok((report, ready))
     }
 
     /// Locks the batch's groups and bases and bumps the bases' pending

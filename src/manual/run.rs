@@ -67,12 +67,7 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         .as_deref()
         .map(SqlOut::open)
         .transpose()?;
-    let (mut client, room_lock) = connect(config)?;
-    // Counted under the room's lock: no other compressor changes them.
-    let table_rows_before = match room_lock {
-        Some(_) => Some(stats::room_rows(&mut client, room)?),
-        None => None,
-    };
+    let (client, room_lock) = connect(config)?;
     let mut held = Held {
         client,
         room_lock,
@@ -85,6 +80,7 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         let windowed =
             window::compress_room(&mut held.client, config, window_size).map_err(damaged)?;
         if let Windowed::Done(done) = windowed {
+            let table_rows_before = held.room_rows_before(config, done.room_rows)?;
             let mut summary = Summary::of_room(room, done.figures, done.stats, done.timings);
             (summary.longest_chain_before, summary.longest_chain_after) = done.longest_chains;
             if ends_before_writing(config, &mut held, &mut summary, table_rows_before)? {
@@ -106,6 +102,7 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
         }
     }
 
+    let table_rows_before = held.room_rows_before(config, None)?;
     let mut timings = Timings::default();
     let started = Instant::now();
     let loaded = load_room(&mut held.client, config).map_err(damaged)?;
@@ -194,7 +191,13 @@ fn ends_before_writing(
             out.nothing(&config.room_id, &why)?;
             summary.sql_file_written = true;
         }
-        finish_database(&mut held.client, config, summary, WriteReport::default())?;
+        finish_database(
+            &mut held.client,
+            config,
+            summary,
+            WriteReport::default(),
+            &[],
+        )?;
         summary.timings.total = held.run_started.elapsed();
         return Ok(true);
     }
@@ -228,7 +231,7 @@ fn write(
     if held.stop_if_asked(summary)? {
         return Ok(());
     }
-    let report = commit(&mut held.client, &config.room_id, new)?;
+    let (report, written) = commit(&mut held.client, &config.room_id, new)?;
     summary.timings.write = started.elapsed();
     // Exact: a group Synapse changed meanwhile keeps its rows, and so do
     // the groups of batches a stop left undone.
@@ -243,7 +246,7 @@ fn write(
         held.stop_if_asked(summary)?;
     }
     held.release()?;
-    finish_database(&mut held.client, config, summary, report)?;
+    finish_database(&mut held.client, config, summary, report, &written)?;
     summary.timings.total = held.run_started.elapsed();
     Ok(())
 }
@@ -274,6 +277,23 @@ impl Held {
         Ok(true)
     }
 
+    /// With `-c`, the room's rows before the run: `counted` when the load
+    /// counted them (a windowed read of the whole room), else counted here.
+    /// Either way under the room's lock: no other compressor changes them.
+    fn room_rows_before(
+        &mut self,
+        config: &ManualConfig,
+        counted: Option<u64>,
+    ) -> Result<Option<u64>> {
+        if self.room_lock.is_none() {
+            return Ok(None);
+        }
+        match counted {
+            Some(rows) => Ok(Some(rows)),
+            None => stats::room_rows(&mut self.client, &config.room_id).map(Some),
+        }
+    }
+
     /// Releases the room's lock, if held.
     fn release(&mut self) -> Result<()> {
         match self.room_lock.take() {
@@ -283,19 +303,23 @@ impl Held {
     }
 }
 
-/// With `-c`: the room's rows after the run, the table's size and the space
-/// the deleted rows left, and the VACUUM of `--vacuum`.
+/// With `-c`: the room's rows after the run (the `written` groups with
+/// their new edge and rows, see [`stats::room_rows_after_rewrite`]), the
+/// table's size and the space the deleted rows left, and the VACUUM of
+/// `--vacuum`.
 fn finish_database(
     client: &mut Client,
     config: &ManualConfig,
     summary: &mut Summary,
     report: WriteReport,
+    written: &[stats::Written],
 ) -> Result<()> {
     if !config.commit_changes {
         return Ok(());
     }
     summary.rows_deleted = report.rows_deleted;
-    summary.table_rows_after = Some(stats::room_rows(client, &config.room_id)?);
+    let rows_after = stats::room_rows_after_rewrite(client, &config.room_id, written)?;
+    summary.table_rows_after = Some(rows_after);
     summary.disk = stats::after_run(client, report.rows_deleted, config.vacuum)?;
     Ok(())
 }
@@ -424,8 +448,13 @@ fn reason_to_write_nothing(config: &ManualConfig, summary: &mut Summary) -> Opti
 
 /// Applies the changes to the database, batch after batch until done or
 /// asked to stop: what was written, and how many groups were left alone
-/// because they changed since they were loaded.
-fn commit(client: &mut Client, room: &str, new: NewStructure<'_>) -> Result<WriteReport> {
+/// because they changed since they were loaded; and each group rewritten,
+/// with the edge and the number of rows written.
+fn commit(
+    client: &mut Client,
+    room: &str,
+    new: NewStructure<'_>,
+) -> Result<(WriteReport, Vec<stats::Written>)> {
     let bar = progress::bar(new.changed.len() as u64, "Writing changes");
     let rewrite = db::write::Rewrite {
         room_id: room,
@@ -433,17 +462,22 @@ fn commit(client: &mut Client, room: &str, new: NewStructure<'_>) -> Result<Writ
         original: new.original,
         new: new.new,
     };
-    let mut go_on = |n: usize| {
-        bar.inc(n as u64);
+    let mut written = Vec::new();
+    let mut go_on = |batch: &[i64], rewritten: &[i64]| {
+        bar.inc(batch.len() as u64);
+        written.extend(rewritten.iter().map(|g| {
+            let entry = &new.new[g];
+            (*g, entry.prev, entry.delta.len() as i64)
+        }));
         interrupt::requested().is_none()
     };
-    let report = rewrite.write(client, new.changed, &mut go_on, None)?;
+    let report = rewrite.write_listing(client, new.changed, &mut go_on, None)?;
     bar.finish_and_clear();
     info!(
         "Committed changes to {} groups ({} rows deleted, {} inserted)",
         report.written, report.rows_deleted, report.rows_inserted
     );
-    Ok(report)
+    Ok((report, written))
 }
 
 /// Where the SQL of `-o` goes: a file (replaced whole, once complete), or

@@ -32,14 +32,21 @@
 //! only if the run goes on to write, as the whole-room path verifies only
 //! then.)
 //!
+//! The windows are read on a thread of their own, one window ahead of the
+//! compression ([`compress_room`]), so the server streams the next window
+//! while this one is compressed and verified.
+//!
 //! One case is left to the whole-room path ([`Windowed::NeedsWholeRoom`]):
 //! with a lower bound (`-b`), a predecessor without a `state_groups` row is
 //! compressed in id order among the range's groups, so one found only by a
 //! later window would come too late.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
+use indicatif::ProgressBar;
 use log::{info, warn};
 use postgres::Client;
 
@@ -96,6 +103,10 @@ pub enum Windowed {
 /// need.
 pub struct WindowedRoom {
     pub symbols: Symbols,
+    /// The room's rows in the read's snapshot, when the range is the whole
+    /// room and no row was dropped as a duplicate: counted as they were
+    /// read, so no count of the room is needed before the run.
+    pub room_rows: Option<u64>,
     /// How the changed groups and the groups without a `state_groups` row
     /// (possible bases) were loaded, as the writers check them.
     pub kept: Kept,
@@ -131,6 +142,14 @@ impl LoadedGroups for Kept {
 
 /// Loads, compresses and verifies the range of `config` in windows of
 /// `window` groups.
+///
+/// The windows are read on a thread of their own ([`read_windows`], which
+/// takes the connection and the snapshot for the time of the load), one
+/// window ahead: the server streams the next window's rows, and the
+/// reader turns them into groups, while this thread compresses and
+/// verifies the current one. At most two windows are in memory, the one
+/// being compressed and the one read ahead. `load` in the timings is the
+/// time spent waiting for a window.
 pub fn compress_room(
     client: &mut Client,
     config: &ManualConfig,
@@ -148,22 +167,23 @@ pub fn compress_room(
     };
 
     let rows_bar = progress::counter("Rows read");
+    let symbols = Mutex::new(Symbols::new());
     let mut run = Run {
         ids: &ids,
         min,
         verify: config.verify,
-        symbols: Symbols::new(),
+        symbols: &symbols,
         compressor: Compressor::new(config.level_sizes.empty_levels()),
         changes: GroupMap::new(),
         kept: Kept::default(),
         digests: config.output_file.is_some(),
         carried: GroupMap::new(),
-        recent: GroupMap::new(),
         included: BTreeSet::new(),
         outside: BTreeSet::new(),
         missing: BTreeSet::new(),
         in_range: 0,
         rows_before: 0,
+        rows_in_range: 0,
         rows_after_less_before: 0,
         duplicate_rows: 0,
         compared: 0,
@@ -174,43 +194,53 @@ pub fn compress_room(
         longest_chains: (0, 0),
         timings: &mut timings,
     };
-    let mut previous_last: Option<i64> = None;
-    let mut rows_read = 0u64;
-    for chunk in ids.chunks(window.max(1)) {
-        let started = Instant::now();
-        let known = std::mem::take(&mut run.recent);
-        let loaded = load::load_groups_after(
-            &mut snapshot,
-            &mut run.symbols,
-            room,
-            chunk,
-            &[],
-            known,
-            &mut |n| {
-                rows_bar.inc(n);
-                rows_read += n;
-            },
-        );
-        run.timings.load += started.elapsed();
-        let (map, report) = loaded?;
-        log::debug!(
-            "window up to group {}: {} groups loaded ({} in range, {} predecessors and recent)",
-            chunk.last().copied().unwrap_or_default(),
-            map.len(),
-            report.in_range,
-            report.out_of_range
-        );
-        if !run.window(map, report, previous_last, chunk)? {
-            rows_bar.finish_and_clear();
-            return Ok(Windowed::NeedsWholeRoom);
+    let chunks = ids.chunks(window.max(1));
+    let (done, rows_read) = std::thread::scope(|scope| -> Result<(bool, u64)> {
+        // A rendezvous: the reader hands a window over only when this
+        // thread takes it, so it is at most one window ahead.
+        let (to_compressor, windows) = sync_channel(0);
+        let reader = {
+            let (ids, symbols, bar) = (&ids, &symbols, rows_bar.clone());
+            scope.spawn(move || {
+                read_windows(snapshot, room, ids, window, symbols, &bar, to_compressor)
+            })
+        };
+        let mut previous_last: Option<i64> = None;
+        let mut done = true;
+        for chunk in chunks {
+            let started = Instant::now();
+            let received = windows.recv();
+            run.timings.load += started.elapsed();
+            // The reader hangs up early only when it panicked: the join
+            // below passes its panic on.
+            let Ok(loaded) = received else {
+                break;
+            };
+            let (map, report) = loaded?;
+            log::debug!(
+                "window up to group {}: {} groups loaded ({} in range, {} predecessors and recent)",
+                chunk.last().copied().unwrap_or_default(),
+                map.len(),
+                report.in_range,
+                report.out_of_range
+            );
+            if !run.window(map, report, previous_last, chunk)? {
+                done = false;
+                break;
+            }
+            previous_last = chunk.last().copied();
         }
-        previous_last = chunk.last().copied();
-    }
+        // Stops a reader still at work: its next hand-over fails.
+        drop(windows);
+        let rows_read = reader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        Ok((done, rows_read))
+    })?;
     rows_bar.finish_and_clear();
-    snapshot
-        .commit()
-        .map_err(|e| Error::db("finishing the read", e))?;
-
+    if !done {
+        return Ok(Windowed::NeedsWholeRoom);
+    }
     let missing: Vec<i64> = run.missing.iter().copied().collect();
     if !missing.is_empty() {
         warn!(
@@ -252,11 +282,18 @@ pub fn compress_room(
             compared: run.compared,
         }),
     });
+    // The range is the whole room and every row was taken as read: the
+    // in-range rows are the room's rows in the snapshot, counted.
+    let whole_room = config.min_state_group.is_none()
+        && config.max_state_group.is_none()
+        && config.groups_to_compress.is_none();
+    let room_rows = (whole_room && run.duplicate_rows == 0).then_some(run.rows_in_range as u64);
     let stats = run.compressor.stats();
     let longest_chains = run.longest_chains;
-    let (symbols, kept, changes) = (run.symbols, run.kept, run.changes);
+    let (kept, changes) = (run.kept, run.changes);
     Ok(Windowed::Done(Box::new(WindowedRoom {
-        symbols,
+        symbols: symbols.into_inner().unwrap_or_else(PoisonError::into_inner),
+        room_rows,
         kept,
         changes,
         figures,
@@ -274,7 +311,8 @@ struct Run<'a> {
     /// The range's lower bound (`-b`), exclusive.
     min: Option<i64>,
     verify: bool,
-    symbols: Symbols,
+    /// Shared with the reader, which interns each window's strings.
+    symbols: &'a Mutex<Symbols>,
     compressor: Compressor,
     /// New entries of the groups that really change (and, while a window
     /// is compressed, all of that window's new entries).
@@ -284,9 +322,6 @@ struct Run<'a> {
     digests: bool,
     /// Stand-ins for the groups the levels can reach (see the module doc).
     carried: GroupMap,
-    /// The original chains of the last window's last groups (see
-    /// [`RECENT_CHAINS`]).
-    recent: GroupMap,
     /// Groups without a `state_groups` row put in range (with `-b`).
     included: BTreeSet<i64>,
     /// Groups loaded only as predecessors that are outside the range.
@@ -295,6 +330,9 @@ struct Run<'a> {
     missing: BTreeSet<i64>,
     in_range: usize,
     rows_before: usize,
+    /// The rows of the groups in range (`rows_before` less those of the
+    /// groups outside it).
+    rows_in_range: usize,
     rows_after_less_before: i64,
     duplicate_rows: usize,
     compared: usize,
@@ -345,6 +383,7 @@ impl Run<'_> {
             if entry.in_range {
                 self.in_range += 1;
                 self.rows_before += entry.delta.len();
+                self.rows_in_range += entry.delta.len();
                 if chunk.binary_search(&id).is_err() {
                     self.included.insert(id);
                 }
@@ -386,17 +425,21 @@ impl Run<'_> {
         }
 
         let started = Instant::now();
+        // Only an SQL file needs the strings: then the reader may wait.
+        let symbols = self
+            .digests
+            .then(|| self.symbols.lock().unwrap_or_else(PoisonError::into_inner));
         for id in changed_groups(&map, &new) {
             let original = &map[&id];
-            let digest = self
-                .digests
-                .then(|| crate::output::sql::rows_digest(&self.symbols, &original.delta));
+            let digest = symbols
+                .as_ref()
+                .map(|symbols| crate::output::sql::rows_digest(symbols, &original.delta));
             self.kept.0.insert(id, (original.loaded(), digest));
             let entry = new.remove(&id).expect("a changed group has a new entry");
             self.changes.insert(id, entry);
         }
+        drop(symbols);
         self.carried = self.stand_ins(&map)?;
-        self.recent = recent_chains(map, chunk);
         self.timings.compress += started.elapsed();
         Ok(true)
     }
@@ -460,20 +503,69 @@ impl Run<'_> {
     }
 }
 
+/// A window as read: its groups and what the load found.
+type ReadWindow = Result<(GroupMap, load::LoadReport)>;
+
+/// The reading side of [`compress_room`]: reads the windows of `ids` in
+/// `snapshot`, each with the chains of the previous one's last groups
+/// given as known ([`recent_chains`]), and hands them over to `out` in
+/// order. Stops after handing over an error, or when the other side is
+/// gone (it stopped early); finishes the read and returns the rows read
+/// once every window is handed over.
+fn read_windows(
+    mut snapshot: postgres::Transaction<'_>,
+    room: &str,
+    ids: &[i64],
+    window: usize,
+    symbols: &Mutex<Symbols>,
+    bar: &ProgressBar,
+    out: SyncSender<ReadWindow>,
+) -> Result<u64> {
+    let mut rows_read = 0u64;
+    let mut known = GroupMap::new();
+    for chunk in ids.chunks(window.max(1)) {
+        let loaded = {
+            let mut symbols = symbols.lock().unwrap_or_else(PoisonError::into_inner);
+            load::load_groups_after(
+                &mut snapshot,
+                &mut symbols,
+                room,
+                chunk,
+                &[],
+                std::mem::take(&mut known),
+                &mut |n| {
+                    bar.inc(n);
+                    rows_read += n;
+                },
+            )
+        };
+        let failed = loaded.is_err();
+        if let Ok((map, _)) = &loaded {
+            known = recent_chains(map, chunk);
+        }
+        if out.send(loaded).is_err() || failed {
+            return Ok(rows_read);
+        }
+    }
+    snapshot
+        .commit()
+        .map_err(|e| Error::db("finishing the read", e))?;
+    Ok(rows_read)
+}
+
 /// The original entries of the last [`RECENT_CHAINS`] groups of `chunk`
-/// and of their predecessors, taken from `map` (the window's groups as
-/// loaded, whose chains never reach a stand-in: those are only added for
-/// groups the load did not hold).
-fn recent_chains(mut map: GroupMap, chunk: &[i64]) -> GroupMap {
+/// and of their predecessors, copied from `map` (the window's groups as
+/// loaded: their chains are all there).
+fn recent_chains(map: &GroupMap, chunk: &[i64]) -> GroupMap {
     let mut recent = GroupMap::new();
     for &last in chunk.iter().rev().take(RECENT_CHAINS) {
         let mut next = Some(last);
         while let Some(id) = next.filter(|id| !recent.contains_key(id)) {
-            let Some(entry) = map.remove(&id) else {
+            let Some(entry) = map.get(&id) else {
                 break;
             };
             next = entry.prev;
-            recent.insert(id, entry);
+            recent.insert(id, entry.clone());
         }
     }
     recent

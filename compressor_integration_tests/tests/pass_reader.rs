@@ -220,3 +220,39 @@ fn the_default_reader_takes_the_pass_only_for_runs_that_cover_much() {
         long.describe()
     );
 }
+
+#[test]
+fn the_default_reader_leaves_the_pass_when_the_planned_chunks_are_few_groups_of_the_range() {
+    // Twelve rooms; `--largest-rooms 11` compresses eleven of them to
+    // their end and leaves the scan position at the start. The next run may
+    // do many chunks (`-n`), but they hold only the last room's groups: a
+    // twelfth of what the pass would read for them.
+    let (db, _) = check::generated_db("auto_reader_few", &GenConfig::compressible(7, 12, 100));
+    let original = snapshot(&mut db.client()).states;
+    let first = tools::run_bin(
+        AUTO,
+        &[
+            "-p",
+            db.url(),
+            "-c",
+            "100",
+            "-n",
+            "10000",
+            "--largest-rooms",
+            "11",
+        ],
+    );
+    tools::assert_success(&first);
+    let nightly = tools::run_bin(AUTO, &["-p", db.url(), "-c", "100", "-n", "10000"]);
+    tools::assert_success(&nightly);
+    assert_eq!(pass_chunks(&nightly), None, "{}", nightly.describe());
+    assert!(
+        nightly
+            .stderr
+            .contains("Reading room by room: this run's 100 groups are few of the"),
+        "{}",
+        nightly.describe()
+    );
+    tools::assert_finished_all(&nightly);
+    assert_same_states(&original, &snapshot(&mut db.client()).states, "few");
+}

@@ -224,7 +224,7 @@ fn one_worker(
 /// left); `None` reads room by room.
 fn pass_reader(client: &mut Client, config: &AutoConfig) -> Result<Option<Client>> {
     let (_, left) = state_saving::groups_left_estimate(client)?;
-    if !config.reader.use_pass(config, left) {
+    if !config.reader.may_use_pass(config, left) {
         debug!(
             "Reading room by room ({:?} reader, about {left} groups left)",
             config.reader

@@ -67,9 +67,10 @@ pub enum Reader {
 const AUTO_SHARE: f64 = 0.1;
 
 impl Reader {
-    /// Whether this run reads with the pass, given about `left` groups past
-    /// the scan position.
-    pub fn use_pass(self, config: &AutoConfig, left: u64) -> bool {
+    /// Whether this run may read with the pass, given about `left` groups
+    /// past the scan position: a first look, before the plan, at what the
+    /// run could cover at most (`-n` full chunks).
+    pub fn may_use_pass(self, config: &AutoConfig, left: u64) -> bool {
         match self {
             Reader::Pass => true,
             Reader::Rooms => false,
@@ -78,6 +79,14 @@ impl Reader {
                 most >= left as f64 * AUTO_SHARE
             }
         }
+    }
+
+    /// Whether the planned run reads with the pass: its chunks' groups
+    /// against every group the pass would read for them. (A nightly run
+    /// whose chunks hold the few new groups of many rooms reads room by
+    /// room, though `-n` full chunks would have covered much.)
+    fn uses_pass(self, plan: &plan::Plan) -> bool {
+        self != Reader::Auto || plan.groups() as f64 >= plan.span_groups as f64 * AUTO_SHARE
     }
 }
 
@@ -112,6 +121,14 @@ pub(crate) fn run(
     let Some(first) = plan.chunks.first() else {
         return Ok(());
     };
+    if !config.reader.uses_pass(&plan) {
+        info!(
+            "Reading room by room: this run's {} groups are few of the {} from the scan position",
+            progress::count(plan.groups()),
+            progress::count(plan.span_groups)
+        );
+        return Ok(());
+    }
     info!(
         "Reading the table once for {} chunks of {} rooms ({} groups, ids {} to {}), \
          holding at most {} of unfinished chunks",

@@ -44,6 +44,9 @@ pub struct PlannedChunk {
 pub struct Plan {
     pub rooms: Vec<PlanRoom>,
     pub chunks: Vec<PlannedChunk>,
+    /// Groups from the scan position to the end of the last chunk: what
+    /// the pass would read, compressed or not.
+    pub span_groups: u64,
 }
 
 impl Plan {
@@ -100,7 +103,9 @@ pub fn read(
             params,
         )
         .map_err(|e| Error::db(ctx, e))?;
+    let mut seen = 0u64;
     while let Some(row) = rows.next().map_err(|e| Error::db(ctx, e))? {
+        seen += 1;
         let id: i64 = row.try_get(0).map_err(|e| Error::db(ctx, e))?;
         let room_id: &str = row.try_get(1).map_err(|e| Error::db(ctx, e))?;
         let saved: Option<i64> = row.try_get(2).map_err(|e| Error::db(ctx, e))?;
@@ -130,6 +135,7 @@ pub fn read(
             if (chunk.groups as i64) < chunk_size {
                 chunk.groups += 1;
                 chunk.last = id;
+                plan.span_groups = seen;
                 continue;
             }
             // The open chunk is full and its room goes on.
@@ -159,6 +165,7 @@ pub fn read(
         plan.rooms[cursor.room as usize].chunks.push(rank);
         cursor.open = Some(rank);
         unsettled += 1;
+        plan.span_groups = seen;
     }
     Ok(plan)
 }

@@ -49,6 +49,7 @@ mutants=(
     "pass-final-position-low|synapse_auto_compressor/src/manager.rs|s/(                    let position = walk.left.hold\(\).map_or\(first, .hold. hold.min\(first\)\);\n                    )state_saving::raise_scan_position\(client, position\)\?;/\$1let _ = position;/|--test pass_reader over_the_pass_memory|after the pass, the scan position stays where the loop's last pick left it"
     "pass-chunks-one-too-big|synapse_auto_compressor/src/pass/plan.rs|s/if \(chunk.groups as i64\) < chunk_size \{/if (chunk.groups as i64) <= chunk_size {/|--test pass_reader leaves_what_the_room|the pass plans chunks one group bigger than -c"
     "pass-auto-ignores-plan|synapse_auto_compressor/src/pass/mod.rs|s/self != Reader::Auto .. plan.groups\(\) as f64 >= plan.span_groups as f64 \* AUTO_SHARE/true/|--test pass_reader planned_chunks_are_few|the default reader takes the pass for a run whose chunks hold few of the groups it would read"
+    "pass-no-lead-check|synapse_auto_compressor/src/pass/given.rs|s/if !edges_unchanged\(&mut snapshot, &leads\)\? \{/if false \&\& !edges_unchanged(\&mut snapshot, \&leads)? {/|--test pass_reader rewrote_after_the_pass|the pass uses a chunk read before Synapse rewrote the group leading out of it"
     "damaged-room-not-left|synapse_auto_compressor/src/summary.rs|s/self.damaged = true;/self.damaged = false;/|--test damaged|a damaged room is not left alone (the run keeps loading it)"
 )
 

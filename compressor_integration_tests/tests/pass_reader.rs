@@ -7,10 +7,16 @@
 //! the pass as by the loop, and the default reader takes the pass only for
 //! runs that cover much of what is left.
 
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
 use compressor_integration_tests::check::{self, assert_same_states, saved_progress, snapshot};
 use compressor_integration_tests::generator::{GenConfig, Generated};
 use compressor_integration_tests::pg::{hold_room_lock, TestDb};
 use compressor_integration_tests::structure::{self, Structure};
+use compressor_integration_tests::synapse_imitation::{expectations_of, Imitator, ImitatorConfig};
 use compressor_integration_tests::tools::{self, ToolRun};
 
 const AUTO: &str = "synapse_auto_compressor";
@@ -255,4 +261,99 @@ fn the_default_reader_leaves_the_pass_when_the_planned_chunks_are_few_groups_of_
     );
     tools::assert_finished_all(&nightly);
     assert_same_states(&original, &snapshot(&mut db.client()).states, "few");
+}
+
+/// Synapse deletes a group and rewrites its successor as a full snapshot
+/// (de-deltas it) after the pass read the successor's chunk and before the
+/// chunk is used: the group the chunk led out by no longer has that edge,
+/// so the chunk is read again whole, and every state stays right.
+#[test]
+fn a_chunk_synapse_rewrote_after_the_pass_read_it_is_read_again() {
+    // Snapshots every 7 groups, so the second chunk (groups 31 to 60)
+    // does not start with one.
+    let config = GenConfig {
+        max_delta_hops: 7,
+        ..GenConfig::compressible(8, 1, 120)
+    };
+    let (db, generated) = check::generated_db("pass_reread", &config);
+    let before = snapshot(&mut db.client()).states;
+    // The room's first chunk (30 groups) is compressed first: the next
+    // chunk's first group has its predecessor outside the chunk.
+    run(&db, "rooms", "1", &[]);
+    let victim: i64 = db
+        .client()
+        .query_one(
+            "SELECT prev_state_group FROM state_group_edges WHERE state_group = $1",
+            &[&generated.rooms[0].group_ids[30]],
+        )
+        .expect("the second chunk's first group has a predecessor")
+        .get(0);
+
+    let mut child = Command::new(tools::bin_path(AUTO))
+        .args([
+            "-p",
+            db.url(),
+            "-c",
+            "30",
+            "-n",
+            "10000",
+            "-l",
+            "10,5",
+            "--reader",
+            "pass",
+        ])
+        .env("FAILPOINTS", "pass::hand-over=1*return(pause)")
+        .env("RUST_LOG", "info,synapse_auto_compressor::pass=debug")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the tool");
+    let (sender, lines) = mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the tool never paused:\n{}", seen.join("\n")));
+        let paused = line.contains("failpoint pass::hand-over: paused");
+        seen.push(line);
+        if paused {
+            break;
+        }
+    }
+    // Synapse's deletion of the chunk's way out, de-deltaing its successor.
+    let mut synapse = Imitator::new(
+        db.client(),
+        expectations_of(&generated),
+        ImitatorConfig {
+            de_delta: true,
+            ..ImitatorConfig::default()
+        },
+    );
+    synapse.delete_now(&[victim]).expect("deleting the group");
+    assert!(synapse.stats.de_deltas >= 1, "{:?}", synapse.stats);
+    writeln!(child.stdin.take().expect("stdin")).expect("resuming the tool");
+    seen.extend(lines.iter());
+    let status = child.wait().expect("waiting for the tool");
+    let stderr = seen.join("\n");
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(
+        stderr.contains("changed since the pass read it; loading the chunk again"),
+        "{stderr}"
+    );
+    let mut expected = before;
+    expected.remove(&victim);
+    assert_same_states(
+        &expected,
+        &snapshot(&mut db.client()).states,
+        "after the deletion",
+    );
 }

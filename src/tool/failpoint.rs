@@ -20,7 +20,11 @@
 //!   the process aborts right there, in the middle of a write transaction,
 //!   as a crash or a kill would stop it; with `return(wait-signal)` it says
 //!   so on stderr and waits there until a SIGINT or SIGTERM has come (the
-//!   test sends it on that line), so a stop lands at that exact moment.
+//!   test sends it on that line), so a stop lands at that exact moment;
+//! - `pass::hand-over` ([`stop_here`]): before the pass hands a complete
+//!   chunk to the chunk code; with `return(pause)` the run waits there
+//!   for a line on its standard input, so a test can change the database
+//!   between the pass's read of a chunk and its use.
 
 /// Keeps the points configured while it lives (holds nothing in a build
 /// without fault injection).
@@ -62,7 +66,8 @@ pub fn triggered(name: &str) -> bool {
 /// (`return(abort)`): no destructor runs, no transaction is rolled back
 /// politely, the server just loses the connection. With
 /// `return(wait-signal)`, waits here for a stop signal instead (at most a
-/// minute, then aborts), and goes on once it is recorded.
+/// minute, then aborts), and goes on once it is recorded. With
+/// `return(pause)`, waits for a line on standard input, then goes on.
 pub fn stop_here(name: &str) {
     #[cfg(feature = "failpoints")]
     if let Some(action) = fail::eval(name, |arg| arg) {
@@ -72,6 +77,13 @@ pub fn stop_here(name: &str) {
                 std::process::abort();
             }
             Some("wait-signal") => wait_for_signal(name),
+            Some("pause") => {
+                // The test changes the database meanwhile, then writes a
+                // line to the tool's standard input.
+                eprintln!("failpoint {name}: paused until a line comes on standard input");
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+            }
             _ => {}
         }
     }

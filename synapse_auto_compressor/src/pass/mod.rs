@@ -38,7 +38,7 @@ use synapse_compress_state::db::lock_wait::stop_requested;
 use synapse_compress_state::db::schema::Access;
 use synapse_compress_state::db::{Prepared, RoomLock};
 use synapse_compress_state::error::printable;
-use synapse_compress_state::tool::{interrupt, progress};
+use synapse_compress_state::tool::{failpoint, interrupt, progress};
 use synapse_compress_state::{Error, Result};
 
 use crate::chunk::{compress_chunk, Ahead, Walk};
@@ -162,7 +162,14 @@ pub(crate) fn run(
             loop {
                 let waited = Instant::now();
                 let piece = match pieces.recv_timeout(Duration::from_secs(1)) {
-                    Ok(piece) => piece?,
+                    Ok(Ok(piece)) => piece,
+                    Ok(Err(e)) => {
+                        // The pass's own connection failed (closed by the
+                        // server, say): what it has not handed over yet
+                        // is read room by room, as without a pass.
+                        warn!("The pass stopped reading ({e}); the rest is read room by room");
+                        return Ok(());
+                    }
                     Err(RecvTimeoutError::Timeout) => {
                         summary.timings.load += waited.elapsed();
                         if let Some(signal) = interrupt::requested() {
@@ -267,6 +274,7 @@ fn one_chunk(
     planned: &plan::PlannedChunk,
     assembled: Box<Assembled>,
 ) -> Result<Done> {
+    failpoint::stop_here("pass::hand-over");
     walk.bar.set_message(format!(
         "saved {} rows; room {}",
         progress::count(summary.rows_saved.max(0) as u64),

@@ -17,7 +17,7 @@
 //! room-by-room reader after it).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::SyncSender;
 
 use log::debug;
@@ -120,15 +120,17 @@ struct Assembler<'p> {
 /// Reads the plan's groups range by range on `client`, sending each chunk
 /// as it completes. Ends when every chunk is sent, when the run stops
 /// listening, or at a signal. Returns the most the open chunks held.
+/// `read_to` follows where the reading has got to (for the run's bar).
 pub fn run(
     client: &mut Client,
     plan: &Plan,
     left: &LeftPass,
     (budget, range_ids): (usize, i64),
+    read_to: &AtomicI64,
     out: &SyncSender<Result<Piece>>,
 ) -> usize {
     let mut assembler = Assembler::new(plan, left, budget, range_ids);
-    match assembler.read_all(client, out) {
+    match assembler.read_all(client, read_to, out) {
         Ok(()) => {}
         Err(e) => {
             let _ = out.send(Err(e));
@@ -160,7 +162,12 @@ impl<'p> Assembler<'p> {
         }
     }
 
-    fn read_all(&mut self, client: &mut Client, out: &SyncSender<Result<Piece>>) -> Result<()> {
+    fn read_all(
+        &mut self,
+        client: &mut Client,
+        read_to: &AtomicI64,
+        out: &SyncSender<Result<Piece>>,
+    ) -> Result<()> {
         let (Some(first), Some(end)) = (self.plan.chunks.first(), self.plan.end()) else {
             return Ok(());
         };
@@ -189,6 +196,7 @@ impl<'p> Assembler<'p> {
                 }
                 Err(e) => return Err(e),
             }
+            read_to.store(to, Ordering::Relaxed);
             let held: usize = self.open.values().map(Open::bytes).sum();
             self.peak_bytes = self.peak_bytes.max(held);
             if !self.send_complete(to, out) {

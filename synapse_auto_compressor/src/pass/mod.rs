@@ -29,6 +29,7 @@ pub mod assemble;
 pub(crate) mod given;
 pub mod plan;
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -142,19 +143,22 @@ pub(crate) fn run(
     summary.timings.load += started.elapsed();
     state_saving::raise_scan_position(client, first.first)?;
     let left_pass = LeftPass::new(plan.rooms.len());
+    let read_to = AtomicI64::new(first.first);
+    let end = plan.end().unwrap_or(first.first);
     let budget = config.pass_memory.bytes() as usize;
     let mut figures = PassFigures::default();
     let mut done = vec![false; plan.chunks.len()];
     let mut lowest = 0usize;
     std::thread::scope(|scope| {
         let (out, pieces) = sync_channel::<Result<Piece>>(2);
-        let (plan, left_pass) = (&plan, &left_pass);
+        let (plan, left_pass, read_to) = (&plan, &left_pass, &read_to);
         let assembler = scope.spawn(move || {
             assemble::run(
                 &mut reader,
                 plan,
                 left_pass,
                 (budget, config.pass_range_ids),
+                read_to,
                 &out,
             )
         });
@@ -176,6 +180,13 @@ pub(crate) fn run(
                             summary.interrupted = Some(signal);
                             return Ok(());
                         }
+                        // Chunks mostly complete late in the pass: until
+                        // they do, the bar says how far the reading is.
+                        walk.bar.set_message(format!(
+                            "reading the table: up to group {} of {}",
+                            progress::count(read_to.load(Ordering::Relaxed).max(0) as u64),
+                            progress::count(end.max(0) as u64)
+                        ));
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => return Ok(()),
@@ -220,13 +231,20 @@ pub(crate) fn run(
                 while lowest < done.len() && done[lowest] {
                     lowest += 1;
                 }
-                // Every chunk ranked below `lowest` is written: the scan
-                // position goes to the first one that is not (or, all
-                // written, to the last one's start, as the loop's last pick
-                // leaves it). A room left during the pass is left at one of
-                // its planned chunks, never written, so this is already at
-                // or below its hold; the cap only says so.
-                let next = plan.chunks[lowest.min(done.len() - 1)].first;
+                // The scan position: at or below every planned chunk not
+                // yet written (all below `lowest` are), and no higher than
+                // the start of the highest chunk done. When the chunks done
+                // are the first ones by rank, as at the end of a run or
+                // when a stop comes early, that is where the loop's last
+                // pick leaves it, so the saved progress is the loop's. A
+                // room left during the pass is left at one of its planned
+                // chunks, never written, so this is already at or below its
+                // hold; the cap only says so.
+                let highest = walk.pass_highest_first.unwrap_or(planned.first);
+                let next = plan
+                    .chunks
+                    .get(lowest)
+                    .map_or(highest, |unwritten| unwritten.first.min(highest));
                 let position = walk.left.hold().map_or(next, |hold| hold.min(next));
                 state_saving::raise_scan_position(client, position)?;
             }

@@ -173,11 +173,6 @@ pub struct RunSummary {
     pub interrupted: Option<Signal>,
     /// Workers that compressed rooms at the same time (`--jobs`).
     pub workers: usize,
-    /// The pass's reader (`crate::pass`), when the run used it: the most
-    /// its unfinished chunks held, and the rooms it gave to the loop to
-    /// stay within its budget.
-    pub pass_peak_bytes: usize,
-    pub pass_rooms_over_budget: usize,
 }
 
 impl RunSummary {

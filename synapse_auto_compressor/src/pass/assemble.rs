@@ -25,7 +25,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, Row, RowIter, Transaction};
 use synapse_compress_state::core::group::StateGroupEntry;
-use synapse_compress_state::core::state_map::{KeyId, StateMap, Symbols, ValueId};
+use synapse_compress_state::core::state_map::{IdBuildHasher, KeyId, StateMap, Symbols, ValueId};
 use synapse_compress_state::db::load;
 use synapse_compress_state::db::lock_wait::stop_requested;
 use synapse_compress_state::db::schema::Access;
@@ -106,7 +106,8 @@ struct Assembler<'p> {
     /// Per room: its chunk the next group may belong to (index into the
     /// room's chunk list).
     next: Vec<usize>,
-    open: HashMap<u32, Open>,
+    /// Open chunks by rank (looked up for every row read: a cheap hash).
+    open: HashMap<u32, Open, IdBuildHasher>,
     /// Chunks by last group, and how many of them are complete.
     by_last: Vec<u32>,
     completed: usize,
@@ -152,7 +153,7 @@ impl<'p> Assembler<'p> {
                 .map(|(i, r)| (r.room_id.as_str(), i as u32))
                 .collect(),
             next: vec![0; plan.rooms.len()],
-            open: HashMap::new(),
+            open: HashMap::default(),
             by_last,
             completed: 0,
             left,
@@ -212,7 +213,7 @@ impl<'p> Assembler<'p> {
     fn read_range(&mut self, tx: &mut Transaction<'_>, from: i64, to: i64) -> Result<()> {
         let ctx = "reading a range of state groups";
         // Which chunk each group of the range joins.
-        let mut member: HashMap<i64, u32> = HashMap::new();
+        let mut member: HashMap<i64, u32, IdBuildHasher> = HashMap::default();
         let mut rows = in_range(
             tx,
             "SELECT id, room_id FROM state_groups \
@@ -265,7 +266,7 @@ impl<'p> Assembler<'p> {
         tx: &mut Transaction<'_>,
         from: i64,
         to: i64,
-        member: &HashMap<i64, u32>,
+        member: &HashMap<i64, u32, IdBuildHasher>,
     ) -> Result<()> {
         let ctx = "reading a range of state group edges";
         let mut rows = in_range(
@@ -312,7 +313,7 @@ impl<'p> Assembler<'p> {
         tx: &mut Transaction<'_>,
         from: i64,
         to: i64,
-        member: &HashMap<i64, u32>,
+        member: &HashMap<i64, u32, IdBuildHasher>,
     ) -> Result<()> {
         let ctx = "reading a range of state rows";
         let mut rows = in_range(

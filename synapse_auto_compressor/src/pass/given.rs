@@ -3,6 +3,8 @@
 //! is read then, by index, after checking that the groups leading to it are
 //! unchanged (docs/reading.md, "Snapshots").
 
+use std::collections::HashMap;
+
 use log::debug;
 use postgres::types::Type;
 use postgres::Client;
@@ -125,6 +127,7 @@ fn edges_unchanged(
             &[(&ids, Type::INT8_ARRAY)],
         )
         .map_err(|e| Error::db("checking the chunk's edges", e))?;
+    let leads: HashMap<i64, i64> = leads.iter().copied().collect();
     let mut found = 0;
     for row in rows {
         let group: i64 = row
@@ -133,7 +136,7 @@ fn edges_unchanged(
         let prev: Option<i64> = row
             .try_get(1)
             .map_err(|e| Error::db("checking the chunk's edges", e))?;
-        if !leads.contains(&(group, prev.unwrap_or(i64::MIN))) {
+        if prev.is_none() || leads.get(&group) != prev.as_ref() {
             return Ok(false);
         }
         found += 1;

@@ -2,7 +2,8 @@
 //! database: the same edges and rows and the same progress tables (room
 //! levels and positions, and the scan position), run after run, whichever
 //! reader each run uses, with the pass reading in many small ranges and
-//! with rooms going over its memory budget. Every group's state is checked
+//! with rooms going over its memory budget, with one writing connection or
+//! several (`--jobs`). Every group's state is checked
 //! with Synapse's own query. A room another compressor holds is left by
 //! the pass as by the loop, and the default reader takes the pass only for
 //! runs that cover much of what is left.
@@ -96,13 +97,14 @@ fn the_pass_leaves_what_the_room_by_room_reader_leaves() {
         let (rooms, generated, _) = runs(&format!("rooms_{seed}"), seed, &steps("rooms"), &[]);
         let expected = result(&rooms);
         assert_ne!(expected.0, generated.structure(), "nothing was compressed");
-        // Many small ranges (chunks span several), then the default ones.
-        for range in ["23", "25000"] {
+        // Many small ranges (chunks span several), then the default ones,
+        // then small ranges written by three connections at once.
+        for (range, jobs) in [("23", "1"), ("25000", "1"), ("23", "3")] {
             let (pass, _, done) = runs(
-                &format!("pass_{seed}_{range}"),
+                &format!("pass_{seed}_{range}_{jobs}"),
                 seed,
                 &steps("pass"),
-                &["--pass-range", range],
+                &["--pass-range", range, "--jobs", jobs],
             );
             for run in &done {
                 let (chunks, over) =
@@ -113,11 +115,11 @@ fn the_pass_leaves_what_the_room_by_room_reader_leaves() {
             let got = result(&pass);
             assert!(
                 got.0 == expected.0,
-                "seed {seed}, ranges of {range}: edges or rows differ"
+                "seed {seed}, ranges of {range}, {jobs} writers: edges or rows differ"
             );
             assert_eq!(
                 got.1, expected.1,
-                "seed {seed}, ranges of {range}: progress"
+                "seed {seed}, ranges of {range}, {jobs} writers: progress"
             );
         }
     }

@@ -89,7 +89,7 @@ pub fn run(config: &AutoConfig) -> Result<RunSummary> {
         ..RunSummary::default()
     };
     if config.jobs.get() > 1 && largest.is_none() {
-        workers::run(&mut client, config, &mut summary)?;
+        several_workers(&mut client, config, &mut summary)?;
     } else {
         let rooms: Option<Vec<String>> =
             largest.map(|rooms| rooms.into_iter().map(|r| r.room_id).collect());
@@ -178,7 +178,7 @@ fn one_worker(
                     pass::run(
                         client,
                         reader,
-                        &mut prepared,
+                        Vec::new(),
                         config,
                         summary,
                         &mut walk,
@@ -196,17 +196,7 @@ fn one_worker(
                         &mut walk,
                     )?;
                 }
-                if let (None, Some(first)) = (summary.interrupted, walk.pass_highest_first) {
-                    // The loop's last pick leaves the position at the start
-                    // of the highest chunk done; after the pass, the loop's
-                    // own last pick may be a lower one (a room the pass
-                    // gave it), so the position goes where the loop alone
-                    // would have left it (never past a left room).
-                    let position = walk.left.hold().map_or(first, |hold| hold.min(first));
-                    state_saving::raise_scan_position(client, position)?;
-                }
-                walk.bar.finish_and_clear();
-                walk.figures.count_rooms_after(client, summary)?;
+                end_walk(client, summary, walk)?;
             }
         }
         if let Some(p) = &prefetcher {
@@ -217,6 +207,58 @@ fn one_worker(
         }
         Ok::<_, Error>(())
     })
+}
+
+/// `--jobs N`: the pass first when the run reads with it, writing on N
+/// connections, then N workers for what is left.
+fn several_workers(
+    client: &mut Client,
+    config: &AutoConfig,
+    summary: &mut RunSummary,
+) -> Result<()> {
+    let wanted = config.jobs.get() as usize;
+    workers::budget(client, config)?;
+    let mut walk = Walk::new(work_bar(client, config)?);
+    if let Some(reader) = pass_reader(client, config)? {
+        let allowed = Budget::read(client, config.reserve_connections)?
+            .allow(wanted - 1, "more writing connections for the pass");
+        let mut writers = Vec::with_capacity(allowed);
+        while writers.len() < allowed {
+            match db::connect_as(&config.db_url, "synapse_auto_compressor") {
+                Ok(writer) => writers.push(writer),
+                Err(e) => {
+                    warn!(
+                        "The pass writes on {} connection(s), not {wanted} (no more connections: {e})",
+                        writers.len() + 1
+                    );
+                    break;
+                }
+            }
+        }
+        let room_ids = RoomIds::default();
+        pass::run(
+            client, reader, writers, config, summary, &mut walk, &room_ids,
+        )?;
+    }
+    if summary.interrupted.is_none() {
+        workers::run(client, config, summary, &mut walk)?;
+    }
+    end_walk(client, summary, walk)
+}
+
+/// What a run does after its last chunk: the final scan position after a
+/// pass, and the rooms' rows counted.
+fn end_walk(client: &mut Client, summary: &mut RunSummary, walk: Walk) -> Result<()> {
+    if let (None, Some(first)) = (summary.interrupted, walk.pass_highest_first) {
+        // The loop's last pick leaves the position at the start of the
+        // highest chunk done; after the pass, the loop's own last pick may
+        // be a lower one (a room the pass gave it), so the position goes
+        // where the loop alone would have left it (never past a left room).
+        let position = walk.left.hold().map_or(first, |hold| hold.min(first));
+        state_saving::raise_scan_position(client, position)?;
+    }
+    walk.bar.finish_and_clear();
+    walk.figures.count_rooms_after(client, summary)
 }
 
 /// The pass's reading connection, when this run reads with the pass

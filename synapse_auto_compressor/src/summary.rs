@@ -176,6 +176,17 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
+    /// Adds what a worker's own summary of one chunk holds besides the
+    /// chunk's outcome (counted with [`RunSummary::add`]): rooms whose
+    /// levels were reset and the time per phase.
+    pub(crate) fn add_worker(&mut self, own: &RunSummary) {
+        self.levels_reset += own.levels_reset;
+        self.timings.load += own.timings.load;
+        self.timings.compress += own.timings.compress;
+        self.timings.verify += own.timings.verify;
+        self.timings.write += own.timings.write;
+    }
+
     /// Counts a chunk that was done (committed or skipped): each group in
     /// its own chunk only, rows saved from what the writes did.
     pub(crate) fn add(&mut self, outcome: &ChunkOutcome) {
@@ -310,6 +321,16 @@ impl RunFigures {
     /// The chain lengths kept for the rooms' next chunks.
     pub(crate) fn into_lengths(self) -> ChainLengths {
         self.lengths
+    }
+
+    /// Takes out the chain lengths kept for `room`, for a worker's chunk
+    /// (given back with [`RunFigures::merge_lengths`]).
+    pub(crate) fn split_lengths(&mut self, room: &str) -> ChainLengths {
+        self.lengths.split_off(room)
+    }
+
+    pub(crate) fn merge_lengths(&mut self, lengths: ChainLengths) {
+        self.lengths.merge(lengths);
     }
 
     /// Notes that the run touches `room` (for the rows counted at the end).

@@ -1,5 +1,7 @@
 //! `--jobs N`: N workers compress different rooms at the same time, each
-//! on its own connection.
+//! on its own connection. (When the run reads with the pass, the pass
+//! writes on N connections first, `crate::pass`; the workers then do what
+//! it leaves, continuing its rooms left, figures and carries.)
 //!
 //! Each worker does what the one-worker chunk loop does, a chunk at a time:
 //! pick the room of the lowest group not yet compressed, take the room's
@@ -32,7 +34,7 @@ use synapse_compress_state::{Error, Result};
 
 use crate::carry::Carries;
 use crate::chain_lengths::ChainLengths;
-use crate::chunk::{compress_chunk, Ahead};
+use crate::chunk::{compress_chunk, Ahead, Walk};
 use crate::config::AutoConfig;
 use crate::connections::Budget;
 use crate::room_ids::RoomIds;
@@ -49,9 +51,9 @@ struct Shared {
     /// damaged, as those are not counted).
     claimed: i64,
     summary: RunSummary,
+    /// The rooms touched and the chain lengths recorded by rooms' earlier
+    /// chunks.
     figures: RunFigures,
-    /// Chain lengths recorded by rooms' earlier chunks.
-    lengths: ChainLengths,
     /// Rooms' new structures, for their next chunks (`crate::carry`).
     carries: Carries,
     /// No more picks: the work is done, a signal came, or a worker failed.
@@ -67,19 +69,33 @@ struct Picked {
     carries: Carries,
 }
 
-/// Runs the chunks of this run with `config.jobs` workers; `client` (the
-/// run's own connection) counts the rooms' rows at the end.
-pub fn run(client: &mut Client, config: &AutoConfig, summary: &mut RunSummary) -> Result<()> {
+/// The server's connection budget for `--jobs`, refused when there is no
+/// connection to spare for a worker.
+pub(crate) fn budget(client: &mut Client, config: &AutoConfig) -> Result<Budget> {
     let budget = Budget::read(client, config.reserve_connections)?;
-    let wanted = config.jobs.get() as usize;
     if budget.spare() == 0 {
         return Err(Error::InvalidArgument(format!(
-            "--jobs {wanted}: no connection to spare for workers (the server has {} free and {} \
+            "--jobs {}: no connection to spare for workers (the server has {} free and {} \
              are kept for Synapse by --reserve-connections); run without --jobs",
-            budget.free, budget.reserve
+            config.jobs.get(),
+            budget.free,
+            budget.reserve
         )));
     }
-    let allowed = budget.allow(wanted, "workers");
+    Ok(budget)
+}
+
+/// Runs the chunks of this run with `config.jobs` workers, continuing
+/// `walk` (the rooms left, the figures and carries of the pass before, if
+/// one ran, whose chunks count towards `-n`).
+pub(crate) fn run(
+    client: &mut Client,
+    config: &AutoConfig,
+    summary: &mut RunSummary,
+    walk: &mut Walk,
+) -> Result<()> {
+    let wanted = config.jobs.get() as usize;
+    let allowed = budget(client, config)?.allow(wanted, "workers");
     let mut connections = Vec::new();
     for _ in 0..allowed {
         match db::connect_as(&config.db_url, "synapse_auto_compressor") {
@@ -98,17 +114,16 @@ pub fn run(client: &mut Client, config: &AutoConfig, summary: &mut RunSummary) -
     let workers = connections.len();
     info!("Compressing with {workers} workers, one room each at a time");
     let shared = Mutex::new(Shared {
-        left: LeftRooms::default(),
+        left: std::mem::take(&mut walk.left),
         in_flight: BTreeMap::new(),
-        claimed: 0,
+        claimed: summary.chunks as i64,
         summary: std::mem::take(summary),
-        figures: RunFigures::default(),
-        lengths: ChainLengths::default(),
-        carries: Carries::default(),
+        figures: std::mem::take(&mut walk.figures),
+        carries: std::mem::take(&mut walk.carries),
         stop: false,
         error: None,
     });
-    let bar = crate::manager::work_bar(client, config)?;
+    let bar = walk.bar.clone();
     let room_ids = RoomIds::default();
     std::thread::scope(|scope| {
         for connection in connections {
@@ -116,14 +131,14 @@ pub fn run(client: &mut Client, config: &AutoConfig, summary: &mut RunSummary) -
             scope.spawn(move || worker(connection, config, shared, bar, room_ids));
         }
     });
-    bar.finish_and_clear();
     let shared = shared.into_inner().unwrap_or_else(|e| e.into_inner());
     *summary = shared.summary;
     summary.workers = workers;
-    if let Some(e) = shared.error {
-        return Err(e);
+    (walk.left, walk.figures, walk.carries) = (shared.left, shared.figures, shared.carries);
+    match shared.error {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    shared.figures.count_rooms_after(client, summary)
 }
 
 /// One worker: chunks until there is nothing left it may take.
@@ -182,12 +197,8 @@ fn worker(
         .and_then(|outcome| lock.release(&mut client).map(|()| outcome));
         let mut s = lock_shared(shared);
         s.in_flight.remove(&room);
-        s.summary.levels_reset += own.levels_reset;
-        s.summary.timings.load += own.timings.load;
-        s.summary.timings.compress += own.timings.compress;
-        s.summary.timings.verify += own.timings.verify;
-        s.summary.timings.write += own.timings.write;
-        s.lengths.merge(figures.into_lengths());
+        s.summary.add_worker(&own);
+        s.figures.merge_lengths(figures.into_lengths());
         s.carries.merge(carries);
         match outcome {
             Ok(outcome) if outcome.damaged => {
@@ -260,7 +271,7 @@ fn pick(
         figures, summary, ..
     } = &mut *s;
     figures.touch(&room, summary);
-    let lengths = s.lengths.split_off(&room);
+    let lengths = s.figures.split_lengths(&room);
     let carries = s.carries.split_off(&room);
     Ok(Some(Picked {
         room,

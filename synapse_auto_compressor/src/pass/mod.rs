@@ -13,7 +13,8 @@
 //! 3. hands each complete chunk to the chunk code the loop uses (the room's
 //!    lock, its progress read under it, compress, decide, verify, write
 //!    with the progress), with the predecessors it needs beyond its own
-//!    groups read by index as today.
+//!    groups read by index as today ([`writers`]: on the run's connection,
+//!    or on `--jobs` connections at once).
 //!
 //! The result is the chunk loop's: each room's chunks are the same and run
 //! in their own order from the same levels; only the order between rooms
@@ -28,27 +29,24 @@
 pub mod assemble;
 pub(crate) mod given;
 pub mod plan;
+mod writers;
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::mpsc::{sync_channel, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicI64;
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
 
-use log::{debug, info, warn};
+use log::info;
 use postgres::Client;
-use synapse_compress_state::db::lock_wait::stop_requested;
-use synapse_compress_state::db::schema::Access;
-use synapse_compress_state::db::{Prepared, RoomLock};
-use synapse_compress_state::error::printable;
-use synapse_compress_state::tool::{failpoint, interrupt, progress};
-use synapse_compress_state::{Error, Result};
+use synapse_compress_state::tool::progress;
+use synapse_compress_state::Result;
 
-use crate::chunk::{compress_chunk, Ahead, Walk};
+use crate::chunk::Walk;
 use crate::config::AutoConfig;
 use crate::room_ids::RoomIds;
 use crate::state_saving;
 use crate::summary::RunSummary;
-use assemble::{Assembled, LeftPass, Piece};
-use given::Given;
+use assemble::{LeftPass, Piece};
+use writers::Writers;
 
 /// Which reader a run uses (`--reader`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -91,20 +89,14 @@ impl Reader {
     }
 }
 
-/// What the pass did, for the run's log.
-#[derive(Debug, Default)]
-struct PassFigures {
-    chunks: usize,
-    over_budget: usize,
-    peak_bytes: usize,
-}
-
-/// Runs the pass with `reader` as its reading connection; the walk's
-/// chunk loop does whatever is left afterwards.
+/// Runs the pass with `reader` as its reading connection and `client`
+/// (the run's own connection) plus `extra` as its writers; the walk's
+/// chunk loop (or `--jobs`' workers) does whatever is left afterwards.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     client: &mut Client,
     mut reader: Client,
-    prepared: &mut Prepared,
+    extra: Vec<Client>,
     config: &AutoConfig,
     summary: &mut RunSummary,
     walk: &mut Walk,
@@ -130,221 +122,62 @@ pub(crate) fn run(
         );
         return Ok(());
     }
+    let writers = 1 + extra.len();
     info!(
         "Reading the table once for {} chunks of {} rooms ({} groups, ids {} to {}), \
-         holding at most {} of unfinished chunks",
+         holding at most {} of unfinished chunks{}",
         plan.chunks.len(),
         plan.rooms.len(),
         progress::count(plan.groups()),
         first.first,
         plan.end().unwrap_or(first.first),
-        config.pass_memory
+        config.pass_memory,
+        match writers {
+            1 => String::new(),
+            n => format!(", writing on {n} connections"),
+        }
     );
     summary.timings.load += started.elapsed();
     state_saving::raise_scan_position(client, first.first)?;
     let left_pass = LeftPass::new(plan.rooms.len());
     let read_to = AtomicI64::new(first.first);
-    let end = plan.end().unwrap_or(first.first);
     let budget = config.pass_memory.bytes() as usize;
-    let mut figures = PassFigures::default();
-    let mut done = vec![false; plan.chunks.len()];
-    let mut lowest = 0usize;
-    std::thread::scope(|scope| {
-        let (out, pieces) = sync_channel::<Result<Piece>>(2);
-        let (plan, left_pass, read_to) = (&plan, &left_pass, &read_to);
-        let assembler = scope.spawn(move || {
-            assemble::run(
-                &mut reader,
-                plan,
-                left_pass,
-                (budget, config.pass_range_ids),
-                read_to,
-                &out,
-            )
-        });
-        let result = (|| -> Result<()> {
-            loop {
-                let waited = Instant::now();
-                let piece = match pieces.recv_timeout(Duration::from_secs(1)) {
-                    Ok(Ok(piece)) => piece,
-                    Ok(Err(e)) => {
-                        // The pass's own connection failed (closed by the
-                        // server, say): what it has not handed over yet
-                        // is read room by room, as without a pass.
-                        warn!("The pass stopped reading ({e}); the rest is read room by room");
-                        return Ok(());
-                    }
-                    Err(RecvTimeoutError::Timeout) => {
-                        summary.timings.load += waited.elapsed();
-                        if let Some(signal) = interrupt::requested() {
-                            summary.interrupted = Some(signal);
-                            return Ok(());
-                        }
-                        // Chunks mostly complete late in the pass: until
-                        // they do, the bar says how far the reading is.
-                        walk.bar.set_message(format!(
-                            "reading the table: up to group {} of {}",
-                            progress::count(read_to.load(Ordering::Relaxed).max(0) as u64),
-                            progress::count(end.max(0) as u64)
-                        ));
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
-                };
-                summary.timings.load += waited.elapsed();
-                let assembled = match piece {
-                    Piece::OverBudget { room } => {
-                        figures.over_budget += 1;
-                        debug!(
-                            "Room {} leaves the pass (over its memory budget)",
-                            plan.rooms[room as usize].room_id
-                        );
-                        continue;
-                    }
-                    Piece::Chunk(assembled) => assembled,
-                };
-                let rank = assembled.chunk;
-                let planned = &plan.chunks[rank as usize];
-                if left_pass.has_left(planned.room) {
-                    continue;
-                }
-                // The safe point, as in the chunk loop.
-                if let Some(signal) = stop_requested(client, Access::Read)? {
-                    summary.interrupted = Some(signal);
-                    return Ok(());
-                }
-                let room = plan.room_of(rank);
-                match one_chunk(
-                    client, prepared, config, summary, walk, room_ids, room, planned, assembled,
-                )? {
-                    Done::Written => {}
-                    Done::Stopped => return Ok(()),
-                    Done::Left => {
-                        left_pass.leave(planned.room);
-                        continue;
-                    }
-                    Done::Moved => left_pass.leave(planned.room),
-                }
-                figures.chunks += 1;
-                done[rank as usize] = true;
-                walk.pass_highest_first = walk.pass_highest_first.max(Some(planned.first));
-                while lowest < done.len() && done[lowest] {
-                    lowest += 1;
-                }
-                // The scan position: at or below every planned chunk not
-                // yet written (all below `lowest` are), and no higher than
-                // the start of the highest chunk done. When the chunks done
-                // are the first ones by rank, as at the end of a run or
-                // when a stop comes early, that is where the loop's last
-                // pick leaves it, so the saved progress is the loop's. A
-                // room left during the pass is left at one of its planned
-                // chunks, never written, so this is already at or below its
-                // hold; the cap only says so.
-                let highest = walk.pass_highest_first.unwrap_or(planned.first);
-                let next = plan
-                    .chunks
-                    .get(lowest)
-                    .map_or(highest, |unwritten| unwritten.first.min(highest));
-                let position = walk.left.hold().map_or(next, |hold| hold.min(next));
-                state_saving::raise_scan_position(client, position)?;
+    let (figures, peak_bytes, error) = {
+        let writers = Writers::new(&plan, &left_pass, &read_to, writers, summary, walk);
+        let peak_bytes = std::thread::scope(|scope| {
+            let (out, pieces) = sync_channel::<Result<Piece>>(1);
+            let (plan, left_pass, read_to, writers) = (&plan, &left_pass, &read_to, &writers);
+            let assembler = scope.spawn(move || {
+                assemble::run(
+                    &mut reader,
+                    plan,
+                    left_pass,
+                    (budget, config.pass_range_ids),
+                    read_to,
+                    &out,
+                )
+            });
+            scope.spawn(move || writers.feed(pieces));
+            for mut connection in extra {
+                scope.spawn(move || writers.write(&mut connection, config, room_ids, false));
             }
-        })();
-        // Stops the reader (at its next range) if the run ended first.
-        drop(pieces);
-        figures.peak_bytes = assembler.join().unwrap_or_default();
-        result
-    })?;
+            writers.write(client, config, room_ids, true);
+            // The feeder ends once the writers stop, and with it the
+            // reader (at its next chunk).
+            assembler.join().unwrap_or_default()
+        });
+        let (figures, error) = writers.finish();
+        (figures, peak_bytes, error)
+    };
+    if let Some(e) = error {
+        return Err(e);
+    }
     info!(
         "The pass did {} chunks; {} rooms went over its memory budget ({}, most held {:.1} MiB) and are done room by room",
         figures.chunks,
         figures.over_budget,
         config.pass_memory,
-        figures.peak_bytes as f64 / (1024.0 * 1024.0)
+        peak_bytes as f64 / (1024.0 * 1024.0)
     );
     Ok(())
-}
-
-/// How one chunk of the pass went.
-enum Done {
-    /// Written, or skipped as not worth writing: the chunk is done.
-    Written,
-    /// A signal came: the run stops.
-    Stopped,
-    /// The room is left for a later run (busy, damaged).
-    Left,
-    /// Done, but not as planned: another compressor moved the room on, so
-    /// its later chunks are the loop's.
-    Moved,
-}
-
-/// Does one complete chunk of the pass through the chunk code.
-#[allow(clippy::too_many_arguments)]
-fn one_chunk(
-    client: &mut Client,
-    prepared: &mut Prepared,
-    config: &AutoConfig,
-    summary: &mut RunSummary,
-    walk: &mut Walk,
-    room_ids: &RoomIds,
-    room: &str,
-    planned: &plan::PlannedChunk,
-    assembled: Box<Assembled>,
-) -> Result<Done> {
-    failpoint::stop_here("pass::hand-over");
-    walk.bar.set_message(format!(
-        "saved {} rows; room {}",
-        progress::count(summary.rows_saved.max(0) as u64),
-        printable(room)
-    ));
-    let lock = match RoomLock::try_acquire(client, room) {
-        Ok(lock) => lock,
-        Err(Error::RoomBusy { holder, .. }) => {
-            warn!("Room {room} is being compressed by {holder}; leaving it for a later run");
-            summary.rooms_busy += 1;
-            walk.left.leave(room.to_owned(), planned.first);
-            return Ok(Done::Left);
-        }
-        Err(e) => return Err(e),
-    };
-    walk.figures.touch(room, summary);
-    let ahead = Ahead::assembled(
-        &walk.left,
-        room_ids,
-        &mut walk.carries,
-        Given {
-            assembled,
-            after: planned.after,
-            more: planned.more,
-        },
-    );
-    let outcome = compress_chunk(
-        client,
-        prepared,
-        room,
-        config,
-        summary,
-        &mut walk.figures,
-        ahead,
-    );
-    let outcome = match outcome {
-        Err(Error::Interrupted(signal)) => {
-            lock.release(client)?;
-            summary.interrupted = Some(signal);
-            return Ok(Done::Stopped);
-        }
-        outcome => outcome?,
-    };
-    lock.release(client)?;
-    if outcome.damaged {
-        summary.rooms_damaged += 1;
-        walk.left.leave(room.to_owned(), planned.first);
-        return Ok(Done::Left);
-    }
-    summary.add(&outcome);
-    walk.bar.set_position(summary.groups as u64);
-    Ok(if outcome.last == planned.last {
-        Done::Written
-    } else {
-        Done::Moved
-    })
 }

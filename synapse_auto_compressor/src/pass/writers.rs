@@ -1,0 +1,477 @@
+//! The pass's writers: each complete chunk through the chunk code, on the
+//! run's own connection, or on several at once with `--jobs`.
+//!
+//! The reader hands complete chunks over in the order of their last group;
+//! a feeder puts them in a short queue (so the reader stays a few chunks
+//! ahead, no more). A writer takes the first queued chunk of a room no
+//! other writer has: a room's chunks keep their order, its next one waits
+//! until the one before is written. It does the chunk as the loop would
+//! (the room's lock, its progress read under it, compress, decide, verify,
+//! write with the progress), then raises the scan position to the lowest
+//! first group of the planned chunks not yet written. With one writer, the
+//! default, the chunks go in the reader's order.
+//!
+//! Several writers keep the server's cores and disk busy while the reader
+//! reads: most chunks complete late in the pass (a room's first chunk
+//! spans the whole id range), so one writer would do their writes one
+//! after the other at the end.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use postgres::Client;
+use synapse_compress_state::db::lock_wait::stop_requested;
+use synapse_compress_state::db::schema::Access;
+use synapse_compress_state::db::{Prepared, RoomLock};
+use synapse_compress_state::error::printable;
+use synapse_compress_state::tool::interrupt::Signal;
+use synapse_compress_state::tool::{failpoint, interrupt, progress};
+use synapse_compress_state::{Error, Result};
+
+use super::assemble::{Assembled, LeftPass, Piece};
+use super::given::Given;
+use super::plan::{Plan, PlannedChunk};
+use crate::carry::Carries;
+use crate::chunk::{compress_chunk, Ahead, Walk};
+use crate::config::AutoConfig;
+use crate::room_ids::RoomIds;
+use crate::state_saving::{self, LeftRooms};
+use crate::summary::{ChunkOutcome, RunFigures, RunSummary};
+
+/// Most queued chunks of rooms in flight: beyond, the room with the most
+/// of them leaves the pass (the queue's memory stays bounded).
+const MAX_BLOCKED: usize = 16;
+
+/// What the pass did, for the run's log.
+#[derive(Debug, Default)]
+pub(super) struct PassFigures {
+    pub(super) chunks: usize,
+    pub(super) over_budget: usize,
+}
+
+/// What the feeder and the writers share, behind one mutex.
+struct Shared<'w> {
+    /// Complete chunks not yet taken, in the reader's order.
+    queue: VecDeque<Box<Assembled>>,
+    /// Rooms (by their index in the plan) a writer is doing a chunk of.
+    in_flight: HashSet<u32>,
+    /// The reader may still hand chunks over.
+    reading: bool,
+    /// No more chunks: a signal came or a writer failed.
+    stop: bool,
+    error: Option<Error>,
+    summary: &'w mut RunSummary,
+    walk: &'w mut Walk,
+    /// Planned chunks done, by rank, and the lowest rank not done.
+    done: Vec<bool>,
+    lowest: usize,
+    figures: PassFigures,
+}
+
+/// The pass's queue and writers.
+pub(super) struct Writers<'w> {
+    shared: Mutex<Shared<'w>>,
+    /// Signalled whenever the queue, the rooms in flight or `stop` change.
+    changed: Condvar,
+    plan: &'w Plan,
+    left_pass: &'w LeftPass,
+    /// Where the reading has got to, and where it ends (for the bar).
+    read_to: &'w AtomicI64,
+    end: i64,
+    /// Most complete chunks queued.
+    capacity: usize,
+}
+
+/// A chunk a writer took, with what the room carries from its chunks
+/// before.
+struct Taken {
+    assembled: Box<Assembled>,
+    carries: Carries,
+    figures: RunFigures,
+}
+
+/// How one chunk of the pass went.
+enum Done {
+    /// Written, or skipped as not worth writing: the chunk is done.
+    Written(ChunkOutcome),
+    /// Done, but not as planned: another compressor moved the room on, so
+    /// its later chunks are the loop's.
+    Moved(ChunkOutcome),
+    /// Another compressor holds the room: left for a later run.
+    Busy,
+    /// The room's data cannot be read safely: left for a later run.
+    Damaged,
+    /// A signal came: the run stops.
+    Stopped(Signal),
+}
+
+impl<'w> Writers<'w> {
+    pub(super) fn new(
+        plan: &'w Plan,
+        left_pass: &'w LeftPass,
+        read_to: &'w AtomicI64,
+        writers: usize,
+        summary: &'w mut RunSummary,
+        walk: &'w mut Walk,
+    ) -> Self {
+        Writers {
+            shared: Mutex::new(Shared {
+                queue: VecDeque::new(),
+                in_flight: HashSet::new(),
+                reading: true,
+                stop: false,
+                error: None,
+                summary,
+                walk,
+                done: vec![false; plan.chunks.len()],
+                lowest: 0,
+                figures: PassFigures::default(),
+            }),
+            changed: Condvar::new(),
+            plan,
+            left_pass,
+            read_to,
+            end: plan.end().unwrap_or(0),
+            capacity: writers + 1,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared<'w>> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pass's figures and the first error a writer met, once every
+    /// writer is done.
+    pub(super) fn finish(self) -> (PassFigures, Option<Error>) {
+        let shared = self.shared.into_inner().unwrap_or_else(|e| e.into_inner());
+        (shared.figures, shared.error)
+    }
+
+    /// Moves the reader's pieces into the queue until the reader is done
+    /// or the writers stop.
+    pub(super) fn feed(&self, pieces: Receiver<Result<Piece>>) {
+        for piece in pieces.iter() {
+            let assembled = match piece {
+                Ok(Piece::Chunk(assembled)) => assembled,
+                Ok(Piece::OverBudget { room }) => {
+                    debug!(
+                        "Room {} leaves the pass (over its memory budget)",
+                        self.plan.rooms[room as usize].room_id
+                    );
+                    self.lock().figures.over_budget += 1;
+                    continue;
+                }
+                Err(e) => {
+                    // The pass's own connection failed (closed by the
+                    // server, say): what it has not handed over yet is
+                    // read room by room, as without a pass.
+                    warn!("The pass stopped reading ({e}); the rest is read room by room");
+                    break;
+                }
+            };
+            let mut s = self.lock();
+            // Chunks of rooms in flight wait in the queue without holding
+            // up the others (a room whose write waits on Synapse's locks,
+            // or the biggest room's chunks one after the other).
+            while s.queue.len() - self.blocked(&s) >= self.capacity && !s.stop {
+                s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+            if s.stop {
+                break;
+            }
+            s.queue.push_back(assembled);
+            if self.blocked(&s) > MAX_BLOCKED {
+                self.leave_most_queued(&mut s);
+            }
+            self.changed.notify_all();
+        }
+        self.lock().reading = false;
+        self.changed.notify_all();
+    }
+
+    /// Queued chunks of rooms in flight (none of them can be taken yet).
+    fn blocked(&self, s: &Shared<'_>) -> usize {
+        s.queue
+            .iter()
+            .filter(|a| {
+                s.in_flight
+                    .contains(&self.plan.chunks[a.chunk as usize].room)
+            })
+            .count()
+    }
+
+    /// The room with the most chunks in the queue leaves the pass: its
+    /// queued chunks are dropped, and done by the loop after the pass.
+    fn leave_most_queued(&self, s: &mut Shared<'_>) {
+        let mut counts: HashMap<u32, usize> = HashMap::new();
+        for a in &s.queue {
+            *counts
+                .entry(self.plan.chunks[a.chunk as usize].room)
+                .or_default() += 1;
+        }
+        let Some((room, _)) = counts.into_iter().max_by_key(|&(room, n)| (n, room)) else {
+            return;
+        };
+        debug!(
+            "Room {} leaves the pass (its chunks wait for its write)",
+            self.plan.rooms[room as usize].room_id
+        );
+        self.left_pass.leave(room);
+        s.queue
+            .retain(|a| self.plan.chunks[a.chunk as usize].room != room);
+        s.figures.over_budget += 1;
+    }
+
+    /// One writer: chunks until none is left or the run stops. An error
+    /// stops the other writers too, and is the run's.
+    pub(super) fn write(
+        &self,
+        client: &mut Client,
+        config: &AutoConfig,
+        room_ids: &RoomIds,
+        first: bool,
+    ) {
+        let mut prepared = Prepared::new();
+        if let Err(e) = self.write_chunks(client, &mut prepared, config, room_ids, first) {
+            let mut s = self.lock();
+            s.stop = true;
+            s.error.get_or_insert(e);
+            self.changed.notify_all();
+        }
+    }
+
+    fn write_chunks(
+        &self,
+        client: &mut Client,
+        prepared: &mut Prepared,
+        config: &AutoConfig,
+        room_ids: &RoomIds,
+        first: bool,
+    ) -> Result<()> {
+        while let Some(mut taken) = self.take(first) {
+            let rank = taken.assembled.chunk;
+            let planned = &self.plan.chunks[rank as usize];
+            let room = self.plan.room_of(rank);
+            // The safe point, as in the chunk loop.
+            let done = match stop_requested(client, Access::Read)? {
+                Some(signal) => Done::Stopped(signal),
+                None => {
+                    let mut own = RunSummary::default();
+                    let done = one_chunk(
+                        client, prepared, config, room_ids, room, planned, &mut taken, &mut own,
+                    )?;
+                    self.lock().summary.add_worker(&own);
+                    done
+                }
+            };
+            if let Some(position) = self.chunk_done(rank as usize, room, planned, taken, done) {
+                state_saving::raise_scan_position(client, position)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next chunk for a writer, or `None` when there is none left or
+    /// the run stops. While it waits, the first writer keeps the bar
+    /// saying how far the reading is.
+    fn take(&self, first: bool) -> Option<Taken> {
+        let mut s = self.lock();
+        let waited = Instant::now();
+        loop {
+            if s.stop {
+                return None;
+            }
+            let free = s.queue.iter().position(|a| {
+                !s.in_flight
+                    .contains(&self.plan.chunks[a.chunk as usize].room)
+            });
+            if let Some(i) = free {
+                let assembled = s.queue.remove(i).expect("a queued chunk");
+                self.changed.notify_all();
+                let planned = &self.plan.chunks[assembled.chunk as usize];
+                if self.left_pass.has_left(planned.room) {
+                    continue;
+                }
+                s.in_flight.insert(planned.room);
+                s.summary.timings.load += waited.elapsed();
+                let room = self.plan.room_of(assembled.chunk);
+                let carries = s.walk.carries.split_off(room);
+                let figures = RunFigures::with_lengths(s.walk.figures.split_lengths(room));
+                return Some(Taken {
+                    assembled,
+                    carries,
+                    figures,
+                });
+            }
+            if !s.reading && s.queue.is_empty() {
+                s.summary.timings.load += waited.elapsed();
+                return None;
+            }
+            let (guard, wait) = self
+                .changed
+                .wait_timeout(s, Duration::from_secs(1))
+                .unwrap_or_else(|e| e.into_inner());
+            s = guard;
+            if wait.timed_out() {
+                if let Some(signal) = interrupt::requested() {
+                    s.summary.interrupted = Some(signal);
+                    s.stop = true;
+                    self.changed.notify_all();
+                    return None;
+                }
+                // Chunks mostly complete late in the pass: until they do,
+                // the bar says how far the reading is.
+                if first && s.in_flight.is_empty() {
+                    s.walk.bar.set_message(format!(
+                        "reading the table: up to group {} of {}",
+                        progress::count(self.read_to.load(Ordering::Relaxed).max(0) as u64),
+                        progress::count(self.end.max(0) as u64)
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Counts a chunk a writer finished; returns the scan position to save
+    /// when it is done.
+    fn chunk_done(
+        &self,
+        rank: usize,
+        room: &str,
+        planned: &PlannedChunk,
+        taken: Taken,
+        done: Done,
+    ) -> Option<i64> {
+        let mut s = self.lock();
+        s.in_flight.remove(&planned.room);
+        s.walk.carries.merge(taken.carries);
+        s.walk.figures.merge_lengths(taken.figures.into_lengths());
+        self.changed.notify_all();
+        let outcome = match done {
+            Done::Written(outcome) => outcome,
+            Done::Moved(outcome) => {
+                self.left_pass.leave(planned.room);
+                outcome
+            }
+            Done::Busy | Done::Damaged => {
+                let Shared { walk, summary, .. } = &mut *s;
+                if matches!(done, Done::Busy) {
+                    summary.rooms_busy += 1;
+                } else {
+                    walk.figures.touch(room, summary);
+                    summary.rooms_damaged += 1;
+                }
+                walk.left.leave(room.to_owned(), planned.first);
+                self.left_pass.leave(planned.room);
+                return None;
+            }
+            Done::Stopped(signal) => {
+                s.summary.interrupted = Some(signal);
+                s.stop = true;
+                return None;
+            }
+        };
+        let Shared {
+            walk,
+            summary,
+            done,
+            lowest,
+            figures,
+            ..
+        } = &mut *s;
+        walk.figures.touch(room, summary);
+        summary.add(&outcome);
+        walk.bar.set_position(summary.groups as u64);
+        walk.bar.set_message(format!(
+            "saved {} rows; room {}",
+            progress::count(summary.rows_saved.max(0) as u64),
+            printable(room)
+        ));
+        figures.chunks += 1;
+        done[rank] = true;
+        walk.pass_highest_first = walk.pass_highest_first.max(Some(planned.first));
+        while *lowest < done.len() && done[*lowest] {
+            *lowest += 1;
+        }
+        // The scan position: at or below every planned chunk not yet
+        // written (all below `lowest` are; chunks in flight are not done),
+        // and no higher than the start of the highest chunk done. When the
+        // chunks done are the first ones by rank, as at the end of a run or
+        // when a stop comes early, that is where the loop's last pick
+        // leaves it, so the saved progress is the loop's. A room left
+        // during the pass is left at one of its planned chunks, never
+        // written, so this is already at or below its hold; the cap only
+        // says so. Writers may save their positions out of order: each is
+        // right when computed, and the saved one only ever rises.
+        let highest = walk.pass_highest_first.unwrap_or(planned.first);
+        let next = self
+            .plan
+            .chunks
+            .get(*lowest)
+            .map_or(highest, |unwritten| unwritten.first.min(highest));
+        Some(walk.left.hold().map_or(next, |hold| hold.min(next)))
+    }
+}
+
+/// Does one complete chunk of the pass through the chunk code.
+#[allow(clippy::too_many_arguments)]
+fn one_chunk(
+    client: &mut Client,
+    prepared: &mut Prepared,
+    config: &AutoConfig,
+    room_ids: &RoomIds,
+    room: &str,
+    planned: &PlannedChunk,
+    taken: &mut Taken,
+    own: &mut RunSummary,
+) -> Result<Done> {
+    failpoint::stop_here("pass::hand-over");
+    let lock = match RoomLock::try_acquire(client, room) {
+        Ok(lock) => lock,
+        Err(Error::RoomBusy { holder, .. }) => {
+            warn!("Room {room} is being compressed by {holder}; leaving it for a later run");
+            return Ok(Done::Busy);
+        }
+        Err(e) => return Err(e),
+    };
+    // No loading ahead in the pass: the rooms left are not looked at.
+    let no_rooms = LeftRooms::default();
+    let ahead = Ahead::assembled(
+        &no_rooms,
+        room_ids,
+        &mut taken.carries,
+        Given {
+            assembled: std::mem::take(&mut taken.assembled),
+            after: planned.after,
+            more: planned.more,
+        },
+    );
+    let outcome = compress_chunk(
+        client,
+        prepared,
+        room,
+        config,
+        own,
+        &mut taken.figures,
+        ahead,
+    );
+    let outcome = match outcome {
+        Err(Error::Interrupted(signal)) => {
+            lock.release(client)?;
+            return Ok(Done::Stopped(signal));
+        }
+        outcome => outcome?,
+    };
+    lock.release(client)?;
+    Ok(if outcome.damaged {
+        Done::Damaged
+    } else if outcome.last == planned.last {
+        Done::Written(outcome)
+    } else {
+        Done::Moved(outcome)
+    })
+}

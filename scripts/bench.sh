@@ -41,9 +41,9 @@
 #
 # Environment: BENCH_SHARED_BUFFERS (default 512MB, 128MB cold), BENCH_ARGS (extra
 # arguments for the bench binary, e.g. "--runs manual", "--samples 0",
-# "--jobs 1,2,4" for one automatic run per worker count (above 1 the workers
-# read room by room: one run each), "--readers auto,pass,rooms" for one
-# automatic run per reader, "--nightly" for the nightly case),
+# "--jobs 1,2,4" for one automatic run per worker count and reader,
+# "--readers auto,pass,rooms" for one automatic run per reader, "--nightly"
+# for the nightly case),
 # PG_BIN (PostgreSQL's binaries), CARGO_TARGET_DIR.
 set -euo pipefail
 

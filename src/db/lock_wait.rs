@@ -143,10 +143,18 @@ pub fn stop_requested(client: &mut Client, access: Access) -> Result<Option<Sign
 
 /// One try: the locks `statements` take, within [`TRY`], given back at
 /// once.
+/// One round trip when the locks are free (this runs before every chunk);
+/// a failed try leaves its transaction aborted, rolled back here.
 fn try_lock(client: &mut Client, statements: &str) -> std::result::Result<(), postgres::Error> {
-    let mut transaction = client.transaction()?;
-    transaction.batch_execute(&format!("SET LOCAL lock_timeout = '{TRY}'; {statements}"))?;
-    transaction.rollback()
+    let tried = client.batch_execute(&format!(
+        "BEGIN; SET LOCAL lock_timeout = '{TRY}'; {statements}; ROLLBACK"
+    ));
+    if tried.is_err() {
+        // Ends the aborted transaction; a connection that is gone reports
+        // the first error.
+        let _ = client.batch_execute("ROLLBACK");
+    }
+    tried
 }
 
 /// Who holds or waits for a lock of a `blocking` mode on the state tables,

@@ -11,8 +11,8 @@
 //!   most rows;
 //! - `auto`: `synapse_auto_compressor -p URL -c 500 -n N` with `N` large
 //!   enough to go through the whole database, once per `--reader` in
-//!   `--readers` and per `--jobs` value (several jobs read room by room
-//!   whatever the reader: one run each, without `--reader`);
+//!   `--readers` and per `--jobs` value (with the pass, several jobs write
+//!   its chunks on as many connections);
 //! - `nightly` (`--nightly`): `synapse_auto_compressor -p URL -c 500 -n 100`,
 //!   the playbooks' nightly run, on a copy of `bench_compressed` (`bench_src`
 //!   compressed to completion, then about 2% more groups: see `nightly`),
@@ -86,8 +86,7 @@ struct Args {
     #[arg(long)]
     nightly: bool,
     /// The automatic tool's readers (--reader), comma-separated: one `auto`
-    /// and one `nightly` run each (runs with --jobs above 1 read room by
-    /// room whatever the reader: one run each)
+    /// run per reader and --jobs value, and one `nightly` run each
     #[arg(long, value_enum, default_value = "auto", value_delimiter = ',')]
     readers: Vec<Reader>,
     /// Directory holding synapse_compress_state and synapse_auto_compressor
@@ -281,8 +280,7 @@ fn run(args: Args) -> Res<()> {
 }
 
 /// The runs of `tool`: the manual tool once; the automatic one per reader
-/// and per `--jobs` value (once per value above 1: its workers read room by
-/// room); the nightly run once per reader.
+/// and per `--jobs` value; the nightly run once per reader.
 fn jobs_of(tool: Tool, args: &Args) -> Vec<Job> {
     let per_reader = |jobs: u32| {
         args.readers.iter().map(move |&reader| Job {
@@ -300,14 +298,7 @@ fn jobs_of(tool: Tool, args: &Args) -> Vec<Job> {
         Tool::Auto => args
             .jobs
             .iter()
-            .flat_map(|&jobs| match jobs {
-                0 | 1 => per_reader(1).collect::<Vec<_>>(),
-                n => vec![Job {
-                    tool,
-                    jobs: n,
-                    reader: None,
-                }],
-            })
+            .flat_map(|&jobs| per_reader(jobs.max(1)))
             .collect(),
         Tool::Nightly => per_reader(1).collect(),
     }

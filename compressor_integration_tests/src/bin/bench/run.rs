@@ -76,8 +76,7 @@ impl fmt::Display for Reader {
 }
 
 /// A run of the table: a tool, and for the automatic one its `--jobs` and
-/// `--reader` (none with several jobs: the workers read room by room
-/// whatever it says).
+/// `--reader`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Job {
     pub tool: Tool,

@@ -69,6 +69,9 @@ struct Shared<'w> {
     /// Planned chunks done, by rank, and the lowest rank not done.
     done: Vec<bool>,
     lowest: usize,
+    /// The highest scan position a writer was told to save (saving a lower
+    /// or equal one changes nothing: the saved one only rises).
+    raised: i64,
     figures: PassFigures,
 }
 
@@ -129,6 +132,7 @@ impl<'w> Writers<'w> {
                 walk,
                 done: vec![false; plan.chunks.len()],
                 lowest: 0,
+                raised: i64::MIN,
                 figures: PassFigures::default(),
             }),
             changed: Condvar::new(),
@@ -337,7 +341,7 @@ impl<'w> Writers<'w> {
     }
 
     /// Counts a chunk a writer finished; returns the scan position to save
-    /// when it is done.
+    /// when it is done and higher than any saved before.
     fn chunk_done(
         &self,
         rank: usize,
@@ -380,6 +384,7 @@ impl<'w> Writers<'w> {
             summary,
             done,
             lowest,
+            raised,
             figures,
             ..
         } = &mut *s;
@@ -413,7 +418,11 @@ impl<'w> Writers<'w> {
             .chunks
             .get(*lowest)
             .map_or(highest, |unwritten| unwritten.first.min(highest));
-        Some(walk.left.hold().map_or(next, |hold| hold.min(next)))
+        let position = walk.left.hold().map_or(next, |hold| hold.min(next));
+        (position > *raised).then(|| {
+            *raised = position;
+            position
+        })
     }
 }
 

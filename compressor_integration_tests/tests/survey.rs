@@ -481,3 +481,56 @@ fn the_default_reader_surveys_with_the_pass_only_for_runs_that_cover_much() {
         long.describe()
     );
 }
+
+/// The server closes the pass's connection part-way through a survey: the
+/// chunks it had not handed over are surveyed room by room, and the
+/// figures are still the room-by-room survey's.
+#[test]
+fn a_survey_whose_pass_connection_fails_finishes_room_by_room() {
+    let (db, _) = check::generated_db(
+        "survey_pass_killed",
+        &GenConfig {
+            fork_probability: 0.06,
+            reset_probability: 0.02,
+            ..GenConfig::compressible(53, 5, 240)
+        },
+    );
+    let options = ["-c", "30", "-n", "100000", "--pass-range", "5"];
+    let (rooms, _) = survey_json(db.url(), &[&options[..], &["--reader", "rooms"]].concat());
+    let url = db.url().to_owned();
+    let args: Vec<String> = options
+        .iter()
+        .chain(&["--reader", "pass"])
+        .map(|s| s.to_string())
+        .collect();
+    let tool = std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        survey_json(&url, &args)
+    });
+    // The pass's connection is the one reading ranges of state_groups.
+    let mut watcher = db.client();
+    let mut killed = false;
+    while !killed && !tool.is_finished() {
+        killed = watcher
+            .query_opt(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                   AND query LIKE '%AND state_group < $2%' LIMIT 1",
+                &[],
+            )
+            .expect("looking for the pass's connection")
+            .is_some_and(|row| row.get(0));
+    }
+    let (json, run) = tool.join().expect("the survey's thread panicked");
+    assert!(
+        killed,
+        "the pass was never caught reading: {}",
+        run.describe()
+    );
+    assert!(
+        run.stderr.contains("The pass stopped reading"),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(without_times(json), without_times(rooms));
+}

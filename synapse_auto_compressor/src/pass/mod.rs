@@ -256,37 +256,25 @@ pub(crate) fn run(
     Ok(())
 }
 
-/// What [`read_chunks`] read.
-pub(crate) struct Read {
-    /// Chunks handed over.
-    pub(crate) chunks: usize,
-    /// The pass's connection failed (its error): the chunks it did not
-    /// hand over are the caller's to read room by room.
-    pub(crate) failed: Option<Error>,
-}
-
 /// Reads `plan`'s chunks on `reader` and hands each complete one, with its
 /// rank, to `each` on this thread, in the order they complete (a room's
 /// chunks in their own order), as a [`Given`] to use in place of a load;
 /// until `each` says to stop (false) or fails. Rooms that leave the pass
 /// (`left_pass`: over the memory budget, or left by `each`) get no more
-/// chunks: they are the caller's to read room by room afterwards. The
-/// survey's reader (`--dry-run`); a run writes with [`run`].
+/// chunks: they are the caller's to read room by room afterwards, as are
+/// those not handed over when the pass's connection fails. The survey's
+/// reader (`--dry-run`); a run writes with [`run`].
 pub(crate) fn read_chunks(
     mut reader: Client,
     plan: &plan::Plan,
     left_pass: &LeftPass,
     config: &AutoConfig,
     mut each: impl FnMut(u32, Given) -> Result<bool>,
-) -> Result<Read> {
+) -> Result<()> {
     log_reading(plan, config, 1);
     let read_to = AtomicI64::new(plan.chunks.first().map_or(0, |c| c.first));
     let budget = config.pass_memory.bytes() as usize;
-    let mut read = Read {
-        chunks: 0,
-        failed: None,
-    };
-    let mut over_budget = 0;
+    let (mut chunks, mut over_budget) = (0, 0);
     let (outcome, peak_bytes) = std::thread::scope(|scope| {
         let (out, pieces) = sync_channel::<Result<Piece>>(1);
         let read_to = &read_to;
@@ -304,7 +292,6 @@ pub(crate) fn read_chunks(
                 }
                 Err(e) => {
                     warn!("The pass stopped reading ({e}); the rest is read room by room");
-                    read.failed = Some(e);
                     break;
                 }
             };
@@ -318,7 +305,7 @@ pub(crate) fn read_chunks(
                 after: planned.after,
                 more: planned.more,
             };
-            read.chunks += 1;
+            chunks += 1;
             match each(rank, given) {
                 Ok(true) => {}
                 Ok(false) => break,
@@ -333,6 +320,6 @@ pub(crate) fn read_chunks(
         (outcome, assembler.join().unwrap_or_default())
     });
     outcome?;
-    log_done(config, read.chunks, over_budget, peak_bytes);
-    Ok(read)
+    log_done(config, chunks, over_budget, peak_bytes);
+    Ok(())
 }

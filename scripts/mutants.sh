@@ -52,6 +52,8 @@ mutants=(
     "pass-queue-held-by-room-in-flight|synapse_auto_compressor/src/pass/writers.rs|s/while s.queue.len\(\) - self.blocked\(&s\) >= self.capacity && !s.stop \{/while s.queue.len() >= self.capacity \&\& !s.stop {/|--test jobs in_flight_holds|--jobs with the pass: chunks of a room in flight fill the queue and hold up the other rooms"
     "pass-no-lead-check|synapse_auto_compressor/src/pass/given.rs|s/if !edges_unchanged\(&mut snapshot, &leads\)\? \{/if false \&\& !edges_unchanged(\&mut snapshot, \&leads)? {/|--test pass_reader rewrote_after_the_pass|the pass uses a chunk read before Synapse rewrote the group leading out of it"
     "damaged-room-not-left|synapse_auto_compressor/src/summary.rs|s/self.damaged = true;/self.damaged = false;/|--test damaged|a damaged room is not left alone (the run keeps loading it)"
+    "survey-pass-no-fallback|synapse_auto_compressor/src/survey.rs|s/        self.scan = plan.chunks\[rest\].first;/        self.scan = plan.end().unwrap_or(0) + 1 + 0 * plan.chunks[rest].first;/|--test survey the_pass_surveys|after the pass, the survey's room-by-room loop starts past the plan, missing the chunks the pass left"
+    "survey-pass-no-carry|synapse_auto_compressor/src/survey.rs|s/Some\(given\) => given.into_loaded\(client, &request\)\?,/Some(given) => given.into_loaded(client, \&ChunkRequest { carried: None, ..request.clone() })?,/|--test survey the_pass_surveys|the survey's chunks from the pass forget the new structure their room's chunk before left"
 )
 
 if [ "${1:-}" = "--check" ]; then

@@ -100,6 +100,19 @@ impl ToolRun {
         )
     }
 
+    /// The automatic tool's pass: the chunks it did and the rooms that went
+    /// over its memory budget, from its last line (`None`: no pass ran).
+    pub fn pass_chunks(&self) -> Option<(u64, u64)> {
+        let line = self.stderr.lines().find(|l| l.contains("The pass did "))?;
+        let tail = &line[line.find("The pass did ").unwrap()..];
+        let numbers: Vec<u64> = tail
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        assert!(numbers.len() >= 2, "{line}");
+        Some((numbers[0], numbers[1]))
+    }
+
     /// Lines of stderr starting with `error: `.
     pub fn error_lines(&self) -> Vec<&str> {
         self.stderr

@@ -59,19 +59,6 @@ fn run(db: &TestDb, reader: &str, chunks: &str, extra: &[&str]) -> ToolRun {
     run
 }
 
-/// The chunks the pass did and the rooms that went over its budget, from
-/// its last line (`None`: no pass ran).
-fn pass_chunks(run: &ToolRun) -> Option<(u64, u64)> {
-    let line = run.stderr.lines().find(|l| l.contains("The pass did "))?;
-    let tail = &line[line.find("The pass did ").unwrap()..];
-    let numbers: Vec<u64> = tail
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    assert!(numbers.len() >= 2, "{line}");
-    Some((numbers[0], numbers[1]))
-}
-
 /// Runs `steps` (reader, chunks) on a fresh copy of `seed`'s data, with
 /// `extra` options, checking every group's state after.
 fn runs(
@@ -107,8 +94,9 @@ fn the_pass_leaves_what_the_room_by_room_reader_leaves() {
                 &["--pass-range", range, "--jobs", jobs],
             );
             for run in &done {
-                let (chunks, over) =
-                    pass_chunks(run).unwrap_or_else(|| panic!("no pass: {}", run.describe()));
+                let (chunks, over) = run
+                    .pass_chunks()
+                    .unwrap_or_else(|| panic!("no pass: {}", run.describe()));
                 assert!(chunks > 0, "the pass did nothing: {}", run.describe());
                 assert_eq!(over, 0, "{}", run.describe());
             }
@@ -139,7 +127,7 @@ fn rooms_over_the_pass_memory_budget_are_done_room_by_room_with_the_same_result(
         &steps("pass"),
         &["--pass-range", "40", "--pass-memory", "24KiB"],
     );
-    let (chunks, over) = pass_chunks(&done[1]).expect("the pass ran");
+    let (chunks, over) = done[1].pass_chunks().expect("the pass ran");
     assert!(chunks > 0 && over > 0, "{}", done[1].describe());
     let got = result(&pass);
     assert!(got.0 == expected.0, "edges or rows differ");
@@ -219,11 +207,11 @@ fn the_default_reader_takes_the_pass_only_for_runs_that_cover_much() {
     // 7 rooms of 220 groups: one chunk of 10 is far below a tenth.
     let short = tools::run_bin(AUTO, &args("1"));
     tools::assert_success(&short);
-    assert_eq!(pass_chunks(&short), None, "{}", short.describe());
+    assert_eq!(short.pass_chunks(), None, "{}", short.describe());
     let long = tools::run_bin(AUTO, &args("10000"));
     tools::assert_success(&long);
     assert!(
-        pass_chunks(&long).is_some_and(|(c, _)| c > 0),
+        long.pass_chunks().is_some_and(|(c, _)| c > 0),
         "{}",
         long.describe()
     );
@@ -253,7 +241,7 @@ fn the_default_reader_leaves_the_pass_when_the_planned_chunks_are_few_groups_of_
     tools::assert_success(&first);
     let nightly = tools::run_bin(AUTO, &["-p", db.url(), "-c", "100", "-n", "10000"]);
     tools::assert_success(&nightly);
-    assert_eq!(pass_chunks(&nightly), None, "{}", nightly.describe());
+    assert_eq!(nightly.pass_chunks(), None, "{}", nightly.describe());
     assert!(
         nightly
             .stderr

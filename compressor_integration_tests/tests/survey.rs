@@ -7,7 +7,9 @@
 //! run compressed, before and after. Covered: first runs (no progress
 //! tables), runs that stop mid-room, runs continuing saved progress, and
 //! rooms whose chunks would grow (skipped, fresh levels after), and a room
-//! damaged part-way, which both leave alone.
+//! damaged part-way, which both leave alone. The survey reads as the run
+//! would (`--reader`): with the pass, its figures are exactly those of the
+//! room-by-room survey, and it still changes nothing.
 
 use std::collections::BTreeMap;
 
@@ -114,11 +116,17 @@ fn auto(url: &str, options: &[&str], extra: &[&str]) -> ToolRun {
     run
 }
 
-/// The survey's rooms from `--json`, by room id, and their order.
-fn survey(url: &str, options: &[&str]) -> (BTreeMap<String, Figures>, Vec<String>, Value) {
+/// The survey's `--json`, and the run that gave it.
+fn survey_json(url: &str, options: &[&str]) -> (Value, ToolRun) {
     let run = auto(url, options, &["--dry-run", "--json"]);
     let json: Value = serde_json::from_str(run.stdout.trim())
         .unwrap_or_else(|e| panic!("--dry-run --json gave no JSON ({e}): {}", run.describe()));
+    (json, run)
+}
+
+/// The survey's rooms from `--json`, by room id, and their order.
+fn survey(url: &str, options: &[&str]) -> (BTreeMap<String, Figures>, Vec<String>, Value) {
+    let (json, _) = survey_json(url, options);
     let rooms = json["rooms"].as_array().expect("rooms");
     let order = rooms
         .iter()
@@ -282,7 +290,8 @@ fn a_survey_with_saved_levels_of_another_size_matches_the_run() {
 
 /// A room damaged part-way (an edge into another room, which a run leaves
 /// alone from that chunk on): the survey says so and its figures, those of
-/// the chunks before and of every other room, are still the run's.
+/// the chunks before and of every other room, are still the run's, with
+/// either reader.
 #[test]
 fn a_damaged_room_is_left_alone_as_a_run_leaves_it() {
     let (db, generated) =
@@ -300,6 +309,8 @@ fn a_damaged_room_is_left_alone_as_a_run_leaves_it() {
         .collect();
     let group = ids[ids.len() / 2];
     check::edge_into_other_room(&mut client, group, other);
+    // The pass finds the damage as the room-by-room reader does.
+    pass_survey_is_the_rooms_survey(&db, "damaged_pass", &["-c", "30", "-n", "100000"]);
     let json = survey_then_run(&db, "damaged", &["-c", "30", "-n", "100000"]);
     let listed = json["rooms"]
         .as_array()
@@ -339,4 +350,187 @@ fn the_time_estimate_is_the_whole_survey_plus_the_writes() {
         seconds("survey"),
         real["seconds"]["total"].as_f64().unwrap()
     );
+}
+
+/// Rooms with forks, state resolutions and resets interleaved by id, then
+/// rooms of Synapse's own shape whose chunks mostly would grow.
+fn forked_db(hint: &str, seed: u64) -> TestDb {
+    let config = GenConfig {
+        fork_probability: 0.06,
+        resolve_probability: 0.04,
+        reset_probability: 0.02,
+        empty_delta_probability: 0.02,
+        ..GenConfig::compressible(seed, 6, 220)
+    };
+    let (db, _) = check::generated_db(hint, &config);
+    generator::generate_into(
+        &mut db.client(),
+        &GenConfig {
+            seed: seed + 100,
+            rooms: 2,
+            groups_per_room: 300,
+            first_group_id: 100_000,
+            ..GenConfig::default()
+        },
+    )
+    .expect("generating the second kind of rooms");
+    db
+}
+
+/// The survey's figures, without its times.
+fn without_times(mut json: Value) -> Value {
+    json["total"]
+        .as_object_mut()
+        .expect("total")
+        .remove("seconds");
+    json
+}
+
+/// Surveys with `options` as a SELECT-only role, with the room-by-room
+/// reader and with the pass (small ranges, the default ones, and a memory
+/// budget some rooms go over): the same rooms, figures and totals, the
+/// pass really used, and the database unchanged by any of them. Returns
+/// how many rooms went over the small budget.
+fn pass_survey_is_the_rooms_survey(db: &TestDb, hint: &str, options: &[&str]) -> u64 {
+    let role = reader(db, hint);
+    let before = dump(db);
+    let with = |reader: &[&str]| {
+        let mut all = options.to_vec();
+        all.extend_from_slice(reader);
+        survey_json(&role.url(), &all)
+    };
+    let (rooms, run) = with(&["--reader", "rooms"]);
+    assert_eq!(run.pass_chunks(), None, "{}", run.describe());
+    let expected = without_times(rooms);
+    assert!(expected["total"]["chunks"].as_i64() > Some(0), "{expected}");
+    let readers: [&[&str]; 3] = [
+        &["--reader", "pass", "--pass-range", "23"],
+        &["--reader", "pass"],
+        &[
+            "--reader",
+            "pass",
+            "--pass-range",
+            "40",
+            "--pass-memory",
+            "24KiB",
+        ],
+    ];
+    let mut over_budget = 0;
+    for reader in readers {
+        let (json, run) = with(reader);
+        let (chunks, over) = run
+            .pass_chunks()
+            .unwrap_or_else(|| panic!("{reader:?}: no pass: {}", run.describe()));
+        assert!(
+            chunks > 0,
+            "{reader:?}: the pass did nothing: {}",
+            run.describe()
+        );
+        over_budget += over;
+        assert_eq!(
+            without_times(json),
+            expected,
+            "{options:?} {reader:?}: the pass's survey vs the room-by-room one"
+        );
+    }
+    assert!(
+        dump(db) == before,
+        "a survey {options:?} changed the database"
+    );
+    over_budget
+}
+
+#[test]
+fn the_pass_surveys_exactly_what_the_room_by_room_survey_does() {
+    let db = forked_db("survey_pass", 51);
+    // From scratch (no progress tables), to the end and stopping at -n.
+    let over = pass_survey_is_the_rooms_survey(&db, "scratch", &["-c", "30", "-n", "100000"]);
+    assert!(
+        over > 0,
+        "no room went over the pass's budget: its fallback is untested"
+    );
+    pass_survey_is_the_rooms_survey(&db, "scratch_n", &["-c", "30", "-n", "11", "-l", "10,5"]);
+    // After a real run that stopped part-way: saved positions and levels.
+    auto(db.url(), &["-c", "30", "-n", "3", "-l", "10,5"], &[]);
+    pass_survey_is_the_rooms_survey(&db, "partial", &["-c", "30", "-n", "100000", "-l", "10,5"]);
+    pass_survey_is_the_rooms_survey(&db, "partial_n", &["-c", "45", "-n", "9", "-l", "10,5"]);
+    // And the pass's survey is what the real run then does.
+    let options = ["-c", "30", "-n", "100000", "-l", "10,5", "--reader", "pass"];
+    let json = survey_then_run(
+        &db,
+        "pass_run",
+        &[&options[..], &["--pass-range", "23"]].concat(),
+    );
+    assert_eq!(json["total"]["finished_all"], true, "{json}");
+    assert!(json["total"]["chunks_skipped"].as_i64() > Some(0), "{json}");
+}
+
+/// `--reader auto`: the survey reads with the pass when the run would (a
+/// long run), room by room for a short one.
+#[test]
+fn the_default_reader_surveys_with_the_pass_only_for_runs_that_cover_much() {
+    let db = forked_db("survey_auto", 52);
+    let role = reader(&db, "auto");
+    // 8 rooms of 220 to 300 groups: one chunk of 10 is far below a tenth.
+    let (_, short) = survey_json(&role.url(), &["-c", "10", "-n", "1"]);
+    assert_eq!(short.pass_chunks(), None, "{}", short.describe());
+    let (_, long) = survey_json(&role.url(), &["-c", "10", "-n", "10000"]);
+    assert!(
+        long.pass_chunks().is_some_and(|(c, _)| c > 0),
+        "{}",
+        long.describe()
+    );
+}
+
+/// The server closes the pass's connection part-way through a survey: the
+/// chunks it had not handed over are surveyed room by room, and the
+/// figures are still the room-by-room survey's.
+#[test]
+fn a_survey_whose_pass_connection_fails_finishes_room_by_room() {
+    let (db, _) = check::generated_db(
+        "survey_pass_killed",
+        &GenConfig {
+            fork_probability: 0.06,
+            reset_probability: 0.02,
+            ..GenConfig::compressible(53, 5, 240)
+        },
+    );
+    let options = ["-c", "30", "-n", "100000", "--pass-range", "5"];
+    let (rooms, _) = survey_json(db.url(), &[&options[..], &["--reader", "rooms"]].concat());
+    let url = db.url().to_owned();
+    let args: Vec<String> = options
+        .iter()
+        .chain(&["--reader", "pass"])
+        .map(|s| s.to_string())
+        .collect();
+    let tool = std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        survey_json(&url, &args)
+    });
+    // The pass's connection is the one reading ranges of state_groups.
+    let mut watcher = db.client();
+    let mut killed = false;
+    while !killed && !tool.is_finished() {
+        killed = watcher
+            .query_opt(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                   AND query LIKE '%AND state_group < $2%' LIMIT 1",
+                &[],
+            )
+            .expect("looking for the pass's connection")
+            .is_some_and(|row| row.get(0));
+    }
+    let (json, run) = tool.join().expect("the survey's thread panicked");
+    assert!(
+        killed,
+        "the pass was never caught reading: {}",
+        run.describe()
+    );
+    assert!(
+        run.stderr.contains("The pass stopped reading"),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(without_times(json), without_times(rooms));
 }

@@ -266,31 +266,7 @@ fn end_walk(client: &mut Client, summary: &mut RunSummary, walk: Walk) -> Result
 /// left); `None` reads room by room.
 fn pass_reader(client: &mut Client, config: &AutoConfig) -> Result<Option<Client>> {
     let (_, left) = state_saving::groups_left_estimate(client)?;
-    if !config.reader.may_use_pass(config, left) {
-        debug!(
-            "Reading room by room ({:?} reader, about {left} groups left)",
-            config.reader
-        );
-        return Ok(None);
-    }
-    if Budget::read(client, config.reserve_connections)?.allow(1, "pass reading connection") == 0 {
-        warn!("No connection to spare for the pass; reading room by room");
-        return Ok(None);
-    }
-    match db::connect_as(&config.db_url, "synapse_auto_compressor") {
-        Ok(mut reader) => {
-            // A range held up by a lock fails soon and is read again once
-            // the lock is visibly gone: a stop never waits for the reader.
-            reader
-                .batch_execute("SET lock_timeout = '1s'")
-                .map_err(|e| Error::db("setting up the pass's connection", e))?;
-            Ok(Some(reader))
-        }
-        Err(e) => {
-            warn!("No connection for the pass ({e}); reading room by room");
-            Ok(None)
-        }
-    }
+    pass::connect(client, config, left)
 }
 
 /// Runs chunks until the run's count is reached or nothing is left.

@@ -559,17 +559,24 @@ pub fn predict_next_room(
 }
 
 /// The saved scan position and about how many groups are left at or past
-/// it, without scanning: the ids from there to the highest, times the
-/// share of the id range in use (the table's row estimate from ANALYZE;
-/// all of it before the first ANALYZE). Rooms compressed further than the
-/// scan position (`--largest-rooms`) are counted as left.
+/// it (see [`groups_left_from`]).
 pub fn groups_left_estimate(client: &mut Client) -> Result<(i64, u64)> {
+    let scan = read_scan_position(client, true)?;
+    Ok((scan, groups_left_from(client, scan)?))
+}
+
+/// About how many groups are left at or past the scan position `scan`,
+/// without scanning: the ids from there to the highest, times the share of
+/// the id range in use (the table's row estimate from ANALYZE; all of it
+/// before the first ANALYZE). Rooms compressed further than the scan
+/// position (`--largest-rooms`) are counted as left. Reads only
+/// `state_groups` and the catalog (the survey has no progress tables to
+/// read on a first run).
+pub fn groups_left_from(client: &mut Client, scan: i64) -> Result<u64> {
     let ctx = "estimating the groups left";
     let row = client
         .query_one(
-            "SELECT COALESCE((SELECT lowest_uncompressed_group \
-                              FROM state_compressor_total_progress), 0), \
-                    (SELECT min(id) FROM state_groups), \
+            "SELECT (SELECT min(id) FROM state_groups), \
                     (SELECT max(id) FROM state_groups), \
                     (SELECT reltuples::float8 FROM pg_class \
                      WHERE oid = 'state_groups'::regclass)",
@@ -580,17 +587,17 @@ pub fn groups_left_estimate(client: &mut Client) -> Result<(i64, u64)> {
         row.try_get::<_, Option<i64>>(i)
             .map_err(|e| Error::db(ctx, e))
     };
-    let (scan, min, max) = (get(0)?.unwrap_or(0), get(1)?, get(2)?);
-    let rows: Option<f64> = row.try_get(3).map_err(|e| Error::db(ctx, e))?;
+    let (min, max) = (get(0)?, get(1)?);
+    let rows: Option<f64> = row.try_get(2).map_err(|e| Error::db(ctx, e))?;
     let (Some(min), Some(max)) = (min, max) else {
-        return Ok((scan, 0));
+        return Ok(0);
     };
     let ids_left = (max - scan.max(min) + 1).max(0) as f64;
     let density = match rows {
         Some(rows) if rows >= 0.0 => (rows / (max - min + 1) as f64).min(1.0),
         _ => 1.0,
     };
-    Ok((scan, (ids_left * density).round() as u64))
+    Ok((ids_left * density).round() as u64)
 }
 
 /// Moves the saved scan position up to `group` (never down): the pass

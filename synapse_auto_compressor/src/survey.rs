@@ -10,6 +10,16 @@
 //! (`chunk::take_loaded`, `chunk::would_grow`), so the
 //! decisions are the run's.
 //!
+//! It reads as the run would (`--reader`): room by room, each chunk through
+//! the indexes, or with the pass (`crate::pass`), which plans the chunks
+//! from `state_groups` and reads the table once on a second read-only
+//! connection, handing each chunk over as it completes. The survey keeps
+//! every room's progress in memory, so chunks of different rooms may come
+//! in any order; a room's own come in order. What the pass leaves (rooms
+//! over its memory budget, damaged ones, what a failed pass connection did
+//! not hand over, and the rest of `-n`) is surveyed room by room after it.
+//! The figures are the same either way (`tests/survey.rs` compares them).
+//!
 //! One thing differs from a real run: a later chunk of a room would find
 //! its level heads and their predecessors along the edges as they are,
 //! where the run would find the edges the earlier chunk wrote. The states
@@ -49,6 +59,7 @@ use synapse_compress_state::{compress, Error, GroupMap, Level, Result};
 use crate::carry::{Carry, CarryRef};
 use crate::chunk::{heads, take_loaded, would_grow, Loaded};
 use crate::config::AutoConfig;
+use crate::pass::{self, assemble::LeftPass, given::Given};
 use crate::prefetch::{load_chunk, ChunkRequest};
 use crate::room_ids::RoomIds;
 use crate::state_saving::{self, LeftRooms};
@@ -301,10 +312,7 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
     let started = Instant::now();
     crate::config::warn_about_settings(config);
     let mut client = db::connect_as(&config.db_url, "synapse_auto_compressor")?;
-    // Anything that tried to write would fail, whatever the role may do.
-    client
-        .batch_execute("SET default_transaction_read_only = on")
-        .map_err(|e| Error::db("making the session read-only", e))?;
+    read_only(&mut client)?;
     schema::require_state_tables(&mut client)?;
     let exists = schema::tables_exist(&mut client, &state_saving::PROGRESS_TABLES)?;
     let reads: Vec<schema::Need> = state_saving::PROGRESS_TABLES
@@ -318,93 +326,31 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
     interrupt::begin_work();
     // Saved positions and levels are read when both their tables exist (a
     // real run creates missing ones empty, so their rooms start afresh).
-    let saved = exists[0] && exists[1];
-    let mut scan = state_saving::read_scan_position(&mut client, exists[2])?;
-
-    let mut prepared = Prepared::new();
-    let mut survey = Survey::default();
-    let mut rooms: HashMap<String, RoomSurvey> = HashMap::new();
-    let mut positions: HashMap<String, Position> = HashMap::new();
-    let room_ids = RoomIds::default();
-    let mut left = LeftRooms::default();
-    while (survey.chunks as i64) < config.number_of_chunks.get() {
-        if let Some(signal) = stop_requested(&mut client, schema::Access::Read)? {
-            warn!("{signal} received: the survey stops here and covers only the chunks before");
-            survey.interrupted = Some(signal);
-            break;
-        }
-        let known = |room: &str| positions.get(room).map(|p| p.last);
-        let Some(next) =
-            state_saving::peek_next_room(&mut client, &mut prepared, scan, &known, &left, saved)?
-        else {
-            survey.finished_all = true;
-            break;
-        };
-        // Where the scan got to: the rooms it leaves are left out of the
-        // query, so it need not start back at them (as the run's scan,
-        // see `LeftRooms`).
-        scan = next.group;
-        let room = next.room_id;
-        let (after, levels, carried) = match positions.remove(&room) {
-            Some(p) => (Some(p.last), p.levels, p.carried),
-            None if saved => {
-                let progress = state_saving::read_room_progress(
-                    &mut client,
-                    &mut prepared,
-                    &room,
-                    &config.default_levels,
-                )?;
-                if let Some(reason) = &progress.reset_reason {
-                    warn!("Room {room}: {reason}");
-                }
-                (progress.last_compressed, progress.levels, None)
-            }
-            None => (None, config.default_levels.empty_levels(), None),
-        };
-        let figures = rooms.entry(room.clone()).or_insert_with(|| RoomSurvey {
-            room_id: room.clone(),
-            ..RoomSurvey::default()
-        });
-        let start = Start {
-            after,
-            levels,
-            carried,
-        };
-        match survey_chunk(&mut client, config, &room, start, &room_ids, &mut survey)? {
-            Surveyed::Gone => {
-                // The run saves fresh levels at the old position.
-                figures.finished = true;
-                if let Some(last) = after {
-                    positions.insert(
-                        room,
-                        Position {
-                            last,
-                            levels: config.default_levels.empty_levels(),
-                            carried: None,
-                        },
-                    );
-                }
-                figures.chunks += 1;
-                survey.chunks += 1;
-            }
-            Surveyed::Damaged(why) => {
-                warn!("Room {room} is damaged ({why}); a run would leave it alone");
-                figures.damaged = true;
-                left.leave(room, next.group);
-            }
-            Surveyed::Done(done) => {
-                figures.chunks += 1;
-                figures.chunks_skipped += usize::from(done.skipped);
-                figures.groups += done.groups;
-                figures.rows_now += done.rows_now;
-                figures.rows_after += done.rows_after;
-                figures.rows_written += done.rows_written;
-                figures.finished = !done.more;
-                survey.chunks += 1;
-                positions.insert(room, done.next);
-            }
-        }
+    let scan = state_saving::read_scan_position(&mut client, exists[2])?;
+    let mut surveying = Surveying {
+        config,
+        saved: exists[0] && exists[1],
+        scan,
+        prepared: Prepared::new(),
+        survey: Survey::default(),
+        rooms: HashMap::new(),
+        positions: HashMap::new(),
+        room_ids: RoomIds::default(),
+        left: LeftRooms::default(),
+    };
+    // The reader a real run would choose (`--reader`), on a connection of
+    // its own, read-only too.
+    let left = state_saving::groups_left_from(&mut client, scan)?;
+    if let Some(mut reader) = pass::connect(&mut client, config, left)? {
+        read_only(&mut reader)?;
+        surveying.with_pass(&mut client, reader)?;
     }
+    if surveying.survey.interrupted.is_none() {
+        surveying.room_by_room(&mut client)?;
+    }
+    let Surveying {
+        mut survey, rooms, ..
+    } = surveying;
     let mut list: Vec<RoomSurvey> = rooms.into_values().collect();
     list.sort_by(|a, b| {
         b.rows_saved()
@@ -420,6 +366,194 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
         survey.elapsed.as_secs_f64()
     );
     Ok(survey)
+}
+
+/// Anything that tried to write would fail, whatever the role may do.
+fn read_only(client: &mut Client) -> Result<()> {
+    client
+        .batch_execute("SET default_transaction_read_only = on")
+        .map_err(|e| Error::db("making the session read-only", e))
+}
+
+/// The survey under way: the run's progress as it would have saved it,
+/// kept in memory, and the figures so far.
+struct Surveying<'c> {
+    config: &'c AutoConfig,
+    /// The progress tables exist: rooms not surveyed yet start where saved.
+    saved: bool,
+    /// Where the next room is looked for.
+    scan: i64,
+    prepared: Prepared,
+    survey: Survey,
+    rooms: HashMap<String, RoomSurvey>,
+    positions: HashMap<String, Position>,
+    room_ids: RoomIds,
+    left: LeftRooms,
+}
+
+impl Surveying<'_> {
+    /// Whether a signal asks the survey to stop (it then covers the chunks
+    /// before only).
+    fn stopped(&mut self, client: &mut Client) -> Result<bool> {
+        let Some(signal) = stop_requested(client, schema::Access::Read)? else {
+            return Ok(false);
+        };
+        warn!("{signal} received: the survey stops here and covers only the chunks before");
+        self.survey.interrupted = Some(signal);
+        Ok(true)
+    }
+
+    /// The chunk loop's order: the room of the lowest group not compressed
+    /// yet, its next chunk, and again, until `-n` chunks are surveyed or
+    /// none is left.
+    fn room_by_room(&mut self, client: &mut Client) -> Result<()> {
+        while (self.survey.chunks as i64) < self.config.number_of_chunks.get() {
+            if self.stopped(client)? {
+                break;
+            }
+            let positions = &self.positions;
+            let known = |room: &str| positions.get(room).map(|p| p.last);
+            let Some(next) = state_saving::peek_next_room(
+                client,
+                &mut self.prepared,
+                self.scan,
+                &known,
+                &self.left,
+                self.saved,
+            )?
+            else {
+                self.survey.finished_all = true;
+                break;
+            };
+            // Where the scan got to: the rooms it leaves are left out of the
+            // query, so it need not start back at them (as the run's scan,
+            // see `LeftRooms`).
+            self.scan = next.group;
+            self.chunk(client, next.room_id, next.group, None)?;
+        }
+        Ok(())
+    }
+
+    /// The planned chunks as the pass reads them, each surveyed as it
+    /// completes (a room's chunks in their own order; the order between
+    /// rooms changes nothing, as every room's progress is kept here).
+    /// What the pass leaves (rooms over its memory budget, damaged or not
+    /// where the plan has them, chunks after a failed pass connection) is
+    /// left to [`Self::room_by_room`], from the lowest chunk not surveyed.
+    fn with_pass(&mut self, client: &mut Client, reader: Client) -> Result<()> {
+        let Some(plan) = pass::plan(
+            client,
+            self.config,
+            self.scan,
+            self.left.rooms(),
+            self.saved,
+        )?
+        else {
+            return Ok(());
+        };
+        let left_pass = LeftPass::new(plan.rooms.len());
+        let mut done = vec![false; plan.chunks.len()];
+        let mut waited = Instant::now();
+        pass::read_chunks(reader, &plan, &left_pass, self.config, |rank, given| {
+            self.survey.load += waited.elapsed();
+            if self.stopped(client)? {
+                return Ok(false);
+            }
+            let planned = &plan.chunks[rank as usize];
+            let room = plan.room_of(rank);
+            self.chunk(client, room.to_owned(), planned.first, Some(given))?;
+            done[rank as usize] = true;
+            // Gone, damaged, or moved on: the room's later chunks are not
+            // the planned ones.
+            if self.positions.get(room).map(|p| p.last) != Some(planned.last) {
+                left_pass.leave(planned.room);
+            }
+            waited = Instant::now();
+            Ok(true)
+        })?;
+        // Every group below the lowest chunk not surveyed is surveyed or
+        // in a room left alone; every chunk after the plan starts after
+        // the plan's last one.
+        let rest = done.iter().position(|&d| !d).unwrap_or(done.len() - 1);
+        self.scan = plan.chunks[rest].first;
+        Ok(())
+    }
+
+    /// Surveys `room`'s next chunk (whose first group, found by the scan or
+    /// planned, is `first`), as the pass read it if `given`.
+    fn chunk(
+        &mut self,
+        client: &mut Client,
+        room: String,
+        first: i64,
+        given: Option<Given>,
+    ) -> Result<()> {
+        let config = self.config;
+        let (after, levels, carried) = match self.positions.remove(&room) {
+            Some(p) => (Some(p.last), p.levels, p.carried),
+            None if self.saved => {
+                let progress = state_saving::read_room_progress(
+                    client,
+                    &mut self.prepared,
+                    &room,
+                    &config.default_levels,
+                )?;
+                if let Some(reason) = &progress.reset_reason {
+                    warn!("Room {room}: {reason}");
+                }
+                (progress.last_compressed, progress.levels, None)
+            }
+            None => (None, config.default_levels.empty_levels(), None),
+        };
+        let figures = self
+            .rooms
+            .entry(room.clone())
+            .or_insert_with(|| RoomSurvey {
+                room_id: room.clone(),
+                ..RoomSurvey::default()
+            });
+        let start = Start {
+            after,
+            levels,
+            carried,
+        };
+        let survey = &mut self.survey;
+        match survey_chunk(client, config, &room, start, given, &self.room_ids, survey)? {
+            Surveyed::Gone => {
+                // The run saves fresh levels at the old position.
+                figures.finished = true;
+                if let Some(last) = after {
+                    self.positions.insert(
+                        room,
+                        Position {
+                            last,
+                            levels: config.default_levels.empty_levels(),
+                            carried: None,
+                        },
+                    );
+                }
+                figures.chunks += 1;
+                survey.chunks += 1;
+            }
+            Surveyed::Damaged(why) => {
+                warn!("Room {room} is damaged ({why}); a run would leave it alone");
+                figures.damaged = true;
+                self.left.leave(room, first);
+            }
+            Surveyed::Done(done) => {
+                figures.chunks += 1;
+                figures.chunks_skipped += usize::from(done.skipped);
+                figures.groups += done.groups;
+                figures.rows_now += done.rows_now;
+                figures.rows_after += done.rows_after;
+                figures.rows_written += done.rows_written;
+                figures.finished = !done.more;
+                survey.chunks += 1;
+                self.positions.insert(room, done.next);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One chunk as the survey sees it.
@@ -455,13 +589,15 @@ struct Start {
     carried: Option<CarryRef>,
 }
 
-/// Loads, compresses and verifies `room`'s chunk from `start` as a run
-/// would, adding the time each phase took to `times`.
+/// Loads (or takes as the pass read it, when `given` is that chunk),
+/// compresses and verifies `room`'s chunk from `start` as a run would,
+/// adding the time each phase took to `times`.
 fn survey_chunk(
     client: &mut Client,
     config: &AutoConfig,
     room: &str,
     start: Start,
+    given: Option<Given>,
     room_ids: &RoomIds,
     times: &mut Survey,
 ) -> Result<Surveyed> {
@@ -478,10 +614,15 @@ fn survey_chunk(
         carried,
     };
     let loading = Instant::now();
-    let loaded = take_loaded(
-        load_chunk(client, &request, room_ids, &mut |_| {})?,
-        &request,
-    )?;
+    let given = match given {
+        Some(given) => given.into_loaded(client, &request)?,
+        None => None,
+    };
+    let loaded = match given {
+        Some(loaded) => loaded,
+        None => load_chunk(client, &request, room_ids, &mut |_| {})?,
+    };
+    let loaded = take_loaded(loaded, &request)?;
     times.load += loading.elapsed();
     let chunk = match loaded {
         Loaded::Chunk(chunk) => chunk,
@@ -571,7 +712,8 @@ pub fn trial_chunk(
         levels,
         carried: None,
     };
-    let surveyed = survey_chunk(client, config, room, start, &RoomIds::default(), &mut times)?;
+    let room_ids = RoomIds::default();
+    let surveyed = survey_chunk(client, config, room, start, None, &room_ids, &mut times)?;
     Ok(match surveyed {
         Surveyed::Done(done) => Some(Trial {
             groups: done.groups,

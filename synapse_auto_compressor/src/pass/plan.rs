@@ -78,13 +78,16 @@ struct Cursor {
 /// Scans `state_groups` from `start` (the saved scan position) and plans up
 /// to `chunks` chunks of `chunk_size` groups, leaving out `left` rooms.
 /// The scan stops once every planned chunk knows its end and whether its
-/// room goes on.
+/// room goes on. Rooms start after their saved `last_compressed` when
+/// `saved`; from their first group otherwise (the progress tables do not
+/// exist: a survey reads only, and a run would create them empty).
 pub fn read(
     client: &mut Client,
     start: i64,
     chunk_size: i64,
     chunks: i64,
     left: &[String],
+    saved: bool,
 ) -> Result<Plan> {
     let ctx = "planning the pass over state_groups";
     let mut plan = Plan::default();
@@ -94,14 +97,18 @@ pub fn read(
     let mut unsettled = 0usize;
     let params: [(&(dyn ToSql + Sync), Type); 2] =
         [(&start, Type::INT8), (&left, Type::TEXT_ARRAY)];
+    let sql = if saved {
+        "SELECT g.id, g.room_id, p.last_compressed FROM state_groups AS g \
+         LEFT JOIN state_compressor_progress AS p USING (room_id) \
+         WHERE g.id >= $1 AND g.room_id IS NOT NULL AND g.room_id <> ALL($2) \
+         ORDER BY g.id"
+    } else {
+        "SELECT g.id, g.room_id, NULL::bigint FROM state_groups AS g \
+         WHERE g.id >= $1 AND g.room_id IS NOT NULL AND g.room_id <> ALL($2) \
+         ORDER BY g.id"
+    };
     let mut rows = client
-        .query_typed_raw(
-            "SELECT g.id, g.room_id, p.last_compressed FROM state_groups AS g \
-             LEFT JOIN state_compressor_progress AS p USING (room_id) \
-             WHERE g.id >= $1 AND g.room_id IS NOT NULL AND g.room_id <> ALL($2) \
-             ORDER BY g.id",
-            params,
-        )
+        .query_typed_raw(sql, params)
         .map_err(|e| Error::db(ctx, e))?;
     let mut seen = 0u64;
     while let Some(row) = rows.next().map_err(|e| Error::db(ctx, e))? {

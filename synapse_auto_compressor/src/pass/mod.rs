@@ -26,6 +26,7 @@
 //! chunks the run still has to do.
 
 pub mod assemble;
+mod fetch;
 pub(crate) mod given;
 pub mod plan;
 

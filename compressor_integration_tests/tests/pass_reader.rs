@@ -5,11 +5,12 @@
 //! with rooms going over its memory budget, with one writing connection or
 //! several (`--jobs`). Every group's state is checked
 //! with Synapse's own query. A room another compressor holds is left by
-//! the pass as by the loop, and the default reader takes the pass only for
-//! runs that cover much of what is left.
+//! the pass as by the loop, the default reader takes the pass only for
+//! runs that cover much of what is left, and a range that meets a lock is
+//! read again.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -39,8 +40,9 @@ fn result(db: &TestDb) -> (Structure, Vec<String>) {
     (tree, saved_progress(db))
 }
 
-/// One run with `reader` and `extra` options, which must succeed.
-fn run(db: &TestDb, reader: &str, chunks: &str, extra: &[&str]) -> ToolRun {
+/// The tests' options for a run with `reader`, at most `chunks` chunks,
+/// and `extra`.
+fn args<'a>(db: &'a TestDb, reader: &'a str, chunks: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "-p",
         db.url(),
@@ -54,7 +56,12 @@ fn run(db: &TestDb, reader: &str, chunks: &str, extra: &[&str]) -> ToolRun {
         reader,
     ];
     args.extend_from_slice(extra);
-    let run = tools::run_bin(AUTO, &args);
+    args
+}
+
+/// One run with `reader` and `extra` options, which must succeed.
+fn run(db: &TestDb, reader: &str, chunks: &str, extra: &[&str]) -> ToolRun {
+    let run = tools::run_bin(AUTO, &args(db, reader, chunks, extra));
     tools::assert_success(&run);
     run
 }
@@ -279,46 +286,11 @@ fn a_chunk_synapse_rewrote_after_the_pass_read_it_is_read_again() {
         .expect("the second chunk's first group has a predecessor")
         .get(0);
 
-    let mut child = Command::new(tools::bin_path(AUTO))
-        .args([
-            "-p",
-            db.url(),
-            "-c",
-            "30",
-            "-n",
-            "10000",
-            "-l",
-            "10,5",
-            "--reader",
-            "pass",
-        ])
-        .env("FAILPOINTS", "pass::hand-over=1*return(pause)")
-        .env("RUST_LOG", "info,synapse_auto_compressor::pass=debug")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the tool");
-    let (sender, lines) = mpsc::channel();
-    let stderr = child.stderr.take().expect("stderr");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("the tool never paused:\n{}", seen.join("\n")));
-        let paused = line.contains("failpoint pass::hand-over: paused");
-        seen.push(line);
-        if paused {
-            break;
-        }
-    }
+    let mut tool = Watched::start(
+        &args(&db, "pass", "10000", &[]),
+        "pass::hand-over=1*return(pause)",
+    );
+    tool.wait_for("failpoint pass::hand-over: paused");
     // Synapse's deletion of the chunk's way out, de-deltaing its successor.
     let mut synapse = Imitator::new(
         db.client(),
@@ -330,11 +302,8 @@ fn a_chunk_synapse_rewrote_after_the_pass_read_it_is_read_again() {
     );
     synapse.delete_now(&[victim]).expect("deleting the group");
     assert!(synapse.stats.de_deltas >= 1, "{:?}", synapse.stats);
-    writeln!(child.stdin.take().expect("stdin")).expect("resuming the tool");
-    seen.extend(lines.iter());
-    let status = child.wait().expect("waiting for the tool");
-    let stderr = seen.join("\n");
-    assert!(status.success(), "{status}\n{stderr}");
+    tool.resume();
+    let stderr = tool.finish();
     assert!(
         stderr.contains("changed since the pass read it; loading the chunk again"),
         "{stderr}"
@@ -346,4 +315,98 @@ fn a_chunk_synapse_rewrote_after_the_pass_read_it_is_read_again() {
         &snapshot(&mut db.client()).states,
         "after the deletion",
     );
+}
+
+/// The pass's connection meets a lock taken after its check that the
+/// tables are free (the check is skipped, as if the lock came just after
+/// it): the range's read of rows fails on `lock_timeout` after its groups
+/// were taken in, they are forgotten, the range is read again once the
+/// lock is gone, and the result is the room-by-room reader's.
+#[test]
+fn a_range_that_meets_a_lock_is_read_again_with_the_same_result() {
+    let seed = 9;
+    let (rooms, _, _) = runs("lock_rooms", seed, &[("rooms", "10000")], &[]);
+    let expected = result(&rooms);
+    let (db, _) = check::generated_db("lock_pass", &config(seed));
+    let original = snapshot(&mut db.client()).states;
+    let mut locker = db.client();
+    let mut lock = locker.transaction().expect("starting the locker");
+    lock.batch_execute("LOCK TABLE state_groups_state IN ACCESS EXCLUSIVE MODE")
+        .expect("locking the rows");
+    let mut tool = Watched::start(
+        &args(&db, "pass", "10000", &["--pass-range", "40"]),
+        "lock-wait::skip=return",
+    );
+    tool.wait_for("met a lock; reading it again");
+    lock.rollback().expect("releasing the lock");
+    let stderr = tool.finish();
+    assert_same_states(&original, &snapshot(&mut db.client()).states, "lock");
+    let got = result(&db);
+    assert!(got.0 == expected.0, "edges or rows differ\n{stderr}");
+    assert_eq!(got.1, expected.1, "progress\n{stderr}");
+}
+
+/// A run of the automatic tool whose standard error is followed line by
+/// line, with fault points set and the pass's debug lines on.
+struct Watched {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Watched {
+    fn start(args: &[&str], failpoints: &str) -> Watched {
+        let mut child = Command::new(tools::bin_path(AUTO))
+            .args(args)
+            .env("FAILPOINTS", failpoints)
+            .env("RUST_LOG", "info,synapse_auto_compressor::pass=debug")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the tool");
+        let (sender, lines) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Watched {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (a minute at most) for a line holding `text`.
+    fn wait_for(&mut self, text: &str) {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no line {text:?}:\n{}", self.seen.join("\n")));
+            let found = line.contains(text);
+            self.seen.push(line);
+            if found {
+                return;
+            }
+        }
+    }
+
+    /// Lets a paused run go on.
+    fn resume(&mut self) {
+        writeln!(self.child.stdin.take().expect("stdin")).expect("resuming the tool");
+    }
+
+    /// The whole standard error, once the run has succeeded.
+    fn finish(mut self) -> String {
+        self.seen.extend(self.lines.iter());
+        let status = self.child.wait().expect("waiting for the tool");
+        let stderr = self.seen.join("\n");
+        assert!(status.success(), "{status}\n{stderr}");
+        stderr
+    }
 }

@@ -7,7 +7,9 @@
 //! walked once, in about its own order, however the rooms interleave.
 //! A group's edge and rows always come from one snapshot, so each group read
 //! is a state Synapse had (Synapse never changes a group's state; a group it
-//! deletes meanwhile is caught by the write's re-check).
+//! deletes meanwhile is caught by the write's re-check). The statements run
+//! on a thread of their own ([`super::fetch`]); this one files their rows
+//! into the open chunks meanwhile.
 //!
 //! A planned chunk is complete once the range holding its last group is
 //! read; complete chunks go to the run in the order of their last group,
@@ -18,19 +20,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
-use log::debug;
-use postgres::fallible_iterator::FallibleIterator;
-use postgres::types::{ToSql, Type};
-use postgres::{Client, Row, RowIter, Transaction};
+use postgres::{Client, Row};
 use synapse_compress_state::core::group::StateGroupEntry;
 use synapse_compress_state::core::state_map::{IdBuildHasher, KeyId, StateMap, Symbols, ValueId};
-use synapse_compress_state::db::load;
-use synapse_compress_state::db::lock_wait::stop_requested;
-use synapse_compress_state::db::schema::Access;
 use synapse_compress_state::{Error, GroupMap, Result};
 
+use super::fetch::{Fetched, Fetcher};
 use super::plan::Plan;
 
 /// Ids per range by default: a few hundred thousand rows at most on
@@ -97,31 +94,40 @@ impl Open {
     fn damage(&mut self, why: String) {
         self.chunk.damaged.get_or_insert(why);
     }
+
+    /// Makes `rows` (read of `group` since its last part, emptied) part
+    /// of the group's delta. Rows read earlier go first, so the last row
+    /// read of a key wins however the parts fell (stored apart, or in
+    /// other slices), as in `db::load`.
+    fn add_rows(&mut self, group: i64, rows: &mut Vec<(KeyId, ValueId)>) {
+        let entry = self.chunk.groups.get_mut(&group).expect("a member is held");
+        let mut all: Vec<_> = entry.delta.iter().collect();
+        all.append(rows);
+        let (delta, duplicates) = StateMap::from_unsorted(all);
+        self.chunk.duplicate_rows += duplicates;
+        entry.delta = delta;
+    }
 }
 
 /// The state of the pass.
 struct Assembler<'p> {
     plan: &'p Plan,
-    room_index: HashMap<&'p str, u32>,
-    /// Per room: its chunk the next group may belong to (index into the
-    /// room's chunk list).
-    next: Vec<usize>,
-    /// Open chunks by rank (looked up for every row read: a cheap hash).
+    /// Open chunks by rank (looked up for every group read: a cheap hash).
     open: HashMap<u32, Open, IdBuildHasher>,
     /// Chunks by last group, and how many of them are complete.
     by_last: Vec<u32>,
     completed: usize,
     left: &'p LeftPass,
     budget: usize,
-    range_ids: i64,
     /// The most the open chunks held, for the summary.
     pub peak_bytes: usize,
 }
 
-/// Reads the plan's groups range by range on `client`, sending each chunk
-/// as it completes. Ends when every chunk is sent, when the run stops
-/// listening, or at a signal. Returns the most the open chunks held.
-/// `read_to` follows where the reading has got to (for the run's bar).
+/// Reads the plan's groups range by range on `client` (on a thread of its
+/// own, [`super::fetch`]), sending each chunk as it completes. Ends when
+/// every chunk is sent, when the run stops listening, or at a signal.
+/// Returns the most the open chunks held. `read_to` follows where the
+/// reading has got to (for the run's bar).
 pub fn run(
     client: &mut Client,
     plan: &Plan,
@@ -130,153 +136,99 @@ pub fn run(
     read_to: &AtomicI64,
     out: &SyncSender<Result<Piece>>,
 ) -> usize {
-    let mut assembler = Assembler::new(plan, left, budget, range_ids);
-    match assembler.read_all(client, read_to, out) {
-        Ok(()) => {}
-        Err(e) => {
+    let mut assembler = Assembler::new(plan, left, budget);
+    std::thread::scope(|scope| {
+        let (send, fetched) = sync_channel(1);
+        let fetcher = Fetcher::new(plan, left, range_ids);
+        scope.spawn(move || fetcher.run(client, &send));
+        if let Err(e) = assembler.assemble(&fetched, read_to, out) {
             let _ = out.send(Err(e));
         }
-    }
+        // Stops the reading at its next piece if the assembling ended
+        // first.
+        drop(fetched);
+    });
     assembler.peak_bytes
 }
 
 impl<'p> Assembler<'p> {
-    fn new(plan: &'p Plan, left: &'p LeftPass, budget: usize, range_ids: i64) -> Self {
+    fn new(plan: &'p Plan, left: &'p LeftPass, budget: usize) -> Self {
         let mut by_last: Vec<u32> = (0..plan.chunks.len() as u32).collect();
         by_last.sort_by_key(|&c| plan.chunks[c as usize].last);
         Self {
             plan,
-            room_index: plan
-                .rooms
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (r.room_id.as_str(), i as u32))
-                .collect(),
-            next: vec![0; plan.rooms.len()],
             open: HashMap::default(),
             by_last,
             completed: 0,
             left,
             budget,
-            range_ids,
             peak_bytes: 0,
         }
     }
 
-    fn read_all(
+    /// Files what the reading connection sends into the open chunks, and
+    /// after each range sends the chunks it completed.
+    fn assemble(
         &mut self,
-        client: &mut Client,
+        fetched: &Receiver<Result<Fetched>>,
         read_to: &AtomicI64,
         out: &SyncSender<Result<Piece>>,
     ) -> Result<()> {
-        let (Some(first), Some(end)) = (self.plan.chunks.first(), self.plan.end()) else {
-            return Ok(());
-        };
-        let mut from = first.first;
-        while from <= end {
-            let to = from
-                .saturating_add(self.range_ids)
-                .min(end.saturating_add(1));
-            // Waits visibly while the tables are held; a signal ends the
-            // pass (the run sees it too).
-            if stop_requested(client, Access::Read)?.is_some() {
-                return Ok(());
-            }
-            let mut snapshot = load::snapshot(client)?;
-            match self.read_range(&mut snapshot, from, to) {
-                Ok(()) => snapshot
-                    .commit()
-                    .map_err(|e| Error::db("finishing a range of the pass", e))?,
-                Err(e) if is_lock_timeout(&e) => {
-                    // A lock taken just after the check: forget the range's
-                    // groups and read it again once the lock is gone.
-                    drop(snapshot);
-                    debug!("range {from}..{to} met a lock; reading it again");
+        // Which chunk each group of the range being read joins.
+        let mut member: HashMap<i64, u32, IdBuildHasher> = HashMap::default();
+        for piece in fetched {
+            match piece? {
+                Fetched::Groups(groups) => self.join(groups, &mut member),
+                Fetched::Edges(rows) => self.read_edges(&rows, &member)?,
+                Fetched::Rows(rows) => self.read_rows(&rows, &member)?,
+                Fetched::Again { from } => {
+                    member.clear();
                     self.forget_from(from);
-                    continue;
                 }
-                Err(e) => return Err(e),
+                Fetched::Done { to } => {
+                    member.clear();
+                    read_to.store(to, Ordering::Relaxed);
+                    let held: usize = self.open.values().map(Open::bytes).sum();
+                    self.peak_bytes = self.peak_bytes.max(held);
+                    if !self.send_complete(to, out) {
+                        return Ok(());
+                    }
+                    self.keep_to_budget(out);
+                }
             }
-            read_to.store(to, Ordering::Relaxed);
-            let held: usize = self.open.values().map(Open::bytes).sum();
-            self.peak_bytes = self.peak_bytes.max(held);
-            if !self.send_complete(to, out) {
-                return Ok(());
-            }
-            self.keep_to_budget(out);
-            from = to;
         }
         Ok(())
     }
 
-    /// Reads the ids, edges and rows of `[from, to)` into the open chunks.
-    fn read_range(&mut self, tx: &mut Transaction<'_>, from: i64, to: i64) -> Result<()> {
-        let ctx = "reading a range of state groups";
-        // Which chunk each group of the range joins.
-        let mut member: HashMap<i64, u32, IdBuildHasher> = HashMap::default();
-        let mut rows = in_range(
-            tx,
-            "SELECT id, room_id FROM state_groups \
-             WHERE id >= $1 AND id < $2 AND room_id IS NOT NULL ORDER BY id",
-            (from, to),
-            ctx,
-        )?;
-        while let Some(row) = rows.next().map_err(|e| Error::db(ctx, e))? {
-            let id: i64 = row.try_get(0).map_err(|e| Error::db(ctx, e))?;
-            let room: &str = row.try_get(1).map_err(|e| Error::db(ctx, e))?;
-            if let Some(chunk) = self.chunk_of(id, room) {
-                member.insert(id, chunk);
-                let open = self.open.entry(chunk).or_default();
-                open.chunk.chunk = chunk;
-                open.chunk.ids.push(id);
-                open.chunk.groups.insert(
-                    id,
-                    StateGroupEntry {
-                        in_range: true,
-                        ..Default::default()
-                    },
-                );
+    /// Opens the range's groups in their chunks. A room that left the pass
+    /// since the reading connection looked (over the budget at the last
+    /// range, say) is not.
+    fn join(&mut self, groups: Vec<(i64, u32)>, member: &mut HashMap<i64, u32, IdBuildHasher>) {
+        for (id, chunk) in groups {
+            if self.left.has_left(self.plan.chunks[chunk as usize].room) {
+                continue;
             }
+            member.insert(id, chunk);
+            let open = self.open.entry(chunk).or_default();
+            open.chunk.chunk = chunk;
+            open.chunk.ids.push(id);
+            open.chunk.groups.insert(
+                id,
+                StateGroupEntry {
+                    in_range: true,
+                    ..Default::default()
+                },
+            );
         }
-        drop(rows);
-        if member.is_empty() {
-            return Ok(());
-        }
-        self.read_edges(tx, from, to, &member)?;
-        self.read_rows(tx, from, to, &member)
-    }
-
-    /// The planned chunk group `id` of `room` belongs to, if any.
-    fn chunk_of(&mut self, id: i64, room: &str) -> Option<u32> {
-        let &room = self.room_index.get(room)?;
-        if self.left.has_left(room) {
-            return None;
-        }
-        let chunks = &self.plan.rooms[room as usize].chunks;
-        let next = &mut self.next[room as usize];
-        while *next < chunks.len() && self.plan.chunks[chunks[*next] as usize].last < id {
-            *next += 1;
-        }
-        let &chunk = chunks.get(*next)?;
-        (self.plan.chunks[chunk as usize].first <= id).then_some(chunk)
     }
 
     fn read_edges(
         &mut self,
-        tx: &mut Transaction<'_>,
-        from: i64,
-        to: i64,
+        rows: &[Row],
         member: &HashMap<i64, u32, IdBuildHasher>,
     ) -> Result<()> {
         let ctx = "reading a range of state group edges";
-        let mut rows = in_range(
-            tx,
-            "SELECT state_group, prev_state_group FROM state_group_edges \
-             WHERE state_group >= $1 AND state_group < $2",
-            (from, to),
-            ctx,
-        )?;
-        while let Some(row) = rows.next().map_err(|e| Error::db(ctx, e))? {
+        for row in rows {
             let group: i64 = row.try_get(0).map_err(|e| Error::db(ctx, e))?;
             let Some(chunk) = member.get(&group) else {
                 continue;
@@ -308,63 +260,39 @@ impl<'p> Assembler<'p> {
         Ok(())
     }
 
-    fn read_rows(
-        &mut self,
-        tx: &mut Transaction<'_>,
-        from: i64,
-        to: i64,
-        member: &HashMap<i64, u32, IdBuildHasher>,
-    ) -> Result<()> {
+    fn read_rows(&mut self, rows: &[Row], member: &HashMap<i64, u32, IdBuildHasher>) -> Result<()> {
         let ctx = "reading a range of state rows";
-        let mut rows = in_range(
-            tx,
-            "SELECT state_group, type, state_key, event_id FROM state_groups_state \
-             WHERE state_group >= $1 AND state_group < $2",
-            (from, to),
-            ctx,
-        )?;
-        // A group's rows mostly come together: gathered here, then made
-        // its delta when another group's row comes (merged if it came in
-        // parts, as rows stored apart do).
+        let groups: Vec<i64> = rows
+            .iter()
+            .map(|row| row.try_get(0).map_err(|e| Error::db(ctx, e)))
+            .collect::<Result<_>>()?;
+        // A group's rows mostly come together: each run of them is looked
+        // up once and made part of the group's delta (merged with the
+        // parts before when they came apart, as rows stored apart do).
         let mut scratch: Vec<(KeyId, ValueId)> = Vec::new();
-        let mut current: Option<(i64, u32)> = None;
-        while let Some(row) = rows.next().map_err(|e| Error::db(ctx, e))? {
-            let group: i64 = row.try_get(0).map_err(|e| Error::db(ctx, e))?;
-            let Some(&chunk) = member.get(&group) else {
+        let mut start = 0;
+        while start < rows.len() {
+            let group = groups[start];
+            let end = start + groups[start..].iter().take_while(|&&g| g == group).count();
+            let run = &rows[start..end];
+            start = end;
+            let Some(chunk) = member.get(&group) else {
                 continue;
             };
-            if current.map(|(g, _)| g) != Some(group) {
-                self.flush(current, &mut scratch);
-                current = Some((group, chunk));
-            }
-            let open = self.open.get_mut(&chunk).expect("a member's chunk is open");
-            match row_strings(&row, group) {
-                Ok((ty, state_key, event_id)) => {
-                    let symbols = &mut open.chunk.symbols;
-                    scratch.push((symbols.key(ty, state_key), symbols.value(event_id)));
-                    open.rows += 1;
+            let open = self.open.get_mut(chunk).expect("a member's chunk is open");
+            for row in run {
+                match row_strings(row, group) {
+                    Ok((ty, state_key, event_id)) => {
+                        let symbols = &mut open.chunk.symbols;
+                        scratch.push((symbols.key(ty, state_key), symbols.value(event_id)));
+                        open.rows += 1;
+                    }
+                    Err(why) => open.damage(why),
                 }
-                Err(why) => open.damage(why),
             }
+            open.add_rows(group, &mut scratch);
         }
-        self.flush(current, &mut scratch);
         Ok(())
-    }
-
-    /// Makes the scratch rows the delta of their group (`current`).
-    fn flush(&mut self, current: Option<(i64, u32)>, scratch: &mut Vec<(KeyId, ValueId)>) {
-        let Some((group, chunk)) = current else {
-            return;
-        };
-        let open = self.open.get_mut(&chunk).expect("a member's chunk is open");
-        let entry = open.chunk.groups.get_mut(&group).expect("a member is held");
-        let mut rows = std::mem::take(scratch);
-        if !entry.delta.is_empty() {
-            rows.extend(entry.delta.iter());
-        }
-        let (delta, duplicates) = StateMap::from_unsorted(rows);
-        open.chunk.duplicate_rows += duplicates;
-        entry.delta = delta;
     }
 
     /// Forgets every group from `from` on (a range read again).
@@ -421,18 +349,6 @@ impl<'p> Assembler<'p> {
     }
 }
 
-/// Streams `sql`'s rows for the range `[from, to)` (its `$1` and `$2`).
-fn in_range<'t>(
-    tx: &'t mut Transaction<'_>,
-    sql: &str,
-    (from, to): (i64, i64),
-    ctx: &str,
-) -> Result<RowIter<'t>> {
-    let range: [(&(dyn ToSql + Sync), Type); 2] = [(&from, Type::INT8), (&to, Type::INT8)];
-    tx.query_typed_raw(sql, range)
-        .map_err(|e| Error::db(ctx, e))
-}
-
 /// The type, state_key and event_id of a row, or why the group is damaged.
 fn row_strings(row: &Row, group: i64) -> std::result::Result<(&str, &str, &str), String> {
     let get = |i: usize, name: &str| match row.try_get::<_, Option<&str>>(i) {
@@ -445,9 +361,4 @@ fn row_strings(row: &Row, group: i64) -> std::result::Result<(&str, &str, &str),
         )),
     };
     Ok((get(1, "type")?, get(2, "state_key")?, get(3, "event_id")?))
-}
-
-/// Whether a statement failed on `lock_timeout`.
-fn is_lock_timeout(e: &Error) -> bool {
-    e.sqlstate() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE)
 }

@@ -31,6 +31,7 @@
 //! in-memory chunk code instead of writing it.
 
 pub mod assemble;
+mod fetch;
 pub(crate) mod given;
 pub mod plan;
 mod writers;

@@ -539,12 +539,18 @@ const KILL_A_READER: &str = "\
         LIMIT 1 \
     ) SELECT pid, pg_terminate_backend(pid) FROM victim";
 
-/// Starts a run on `db` and kills up to `readers` of its reader
-/// connections, each while it loads. The run's output and how many were
-/// killed (the run may end first).
-fn run_and_kill_readers(db: &TestDb, app: &str, readers: usize) -> (ToolRun, usize) {
+/// Starts a run on `db` with `extra` options and kills up to `readers` of
+/// its reading connections (the loading ones, or the pass's), each while it
+/// reads. The run's output and how many were killed (the run may end
+/// first).
+fn run_and_kill_readers(
+    db: &TestDb,
+    app: &str,
+    readers: usize,
+    extra: &'static [&'static str],
+) -> (ToolRun, usize) {
     let url = format!("{}?application_name={app}", db.url());
-    let tool = std::thread::spawn(move || auto(&url, "50", "100000", &[]));
+    let tool = std::thread::spawn(move || auto(&url, "50", "100000", extra));
     let mut watcher = db.client();
     let mut killed: Vec<i32> = Vec::new();
     while killed.len() < readers && !tool.is_finished() {
@@ -563,8 +569,11 @@ fn run_and_kill_readers(db: &TestDb, app: &str, readers: usize) -> (ToolRun, usi
     (run, killed.len())
 }
 
-/// One reader killed: its chunk is loaded again on the main connection.
-/// Both killed: the run goes on loading every chunk itself.
+/// Room by room, one loading connection killed: its chunk is loaded again
+/// on the main connection; both killed: the run goes on loading every
+/// chunk itself. With the pass (read in many small ranges, so it is
+/// reading most of the time), its connection killed: the chunks it has not
+/// handed over are done room by room.
 #[test]
 fn a_loading_connection_killed_mid_run_never_hangs_the_run() {
     let cfg = config(95, 4, 800);
@@ -573,10 +582,13 @@ fn a_loading_connection_killed_mid_run_never_hangs_the_run() {
     tools::assert_success(&auto(reference.url(), "50", "100000", &[]));
     let expected = snapshot(&mut reference.client()).structure;
 
-    for readers in [1, 2] {
-        let (db, _) = check::generated_db(&format!("damaged_kill_{readers}"), &cfg);
+    const ROOMS: &[&str] = &["--reader", "rooms"];
+    const PASS: &[&str] = &["--reader", "pass", "--pass-range", "10"];
+    for (readers, extra) in [(1, ROOMS), (2, ROOMS), (1, PASS)] {
+        let (db, _) = check::generated_db(&format!("damaged_kill_{readers}_{}", extra[1]), &cfg);
         let before = snapshot(&mut db.client());
-        let (run, killed) = run_and_kill_readers(&db, &format!("{}_tool", db.name()), readers);
+        let (run, killed) =
+            run_and_kill_readers(&db, &format!("{}_tool", db.name()), readers, extra);
         eprintln!("killed {killed} of {readers} reader(s) asked");
         assert!(
             killed >= 1,

@@ -12,6 +12,7 @@
 
 use log::warn;
 use postgres::Client;
+use synapse_compress_state::db;
 use synapse_compress_state::{Error, Result};
 
 /// Connections left free for Synapse unless `--reserve-connections` says
@@ -69,4 +70,16 @@ impl Budget {
         }
         spare.min(wanted)
     }
+}
+
+/// One more connection for the run (loading ahead, the pass's reading),
+/// set up with `setup` (its `lock_timeout`, say). Failing to set it up is
+/// an error like failing to connect: the callers do without it (a server
+/// that drops the new session at once must not end the run).
+pub fn open(url: &str, setup: &str) -> Result<Client> {
+    let mut client = db::connect_as(url, "synapse_auto_compressor")?;
+    client
+        .batch_execute(setup)
+        .map_err(|e| Error::db("setting up a connection", e))?;
+    Ok(client)
 }

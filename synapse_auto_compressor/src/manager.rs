@@ -43,7 +43,7 @@ use synapse_compress_state::{Error, Result};
 use crate::carry::Carries;
 use crate::chunk::{compress_chunk, Ahead, Walk};
 use crate::config::{warn_about_settings, AutoConfig};
-use crate::connections::Budget;
+use crate::connections::{self, Budget};
 use crate::pass;
 use crate::prefetch::Prefetcher;
 use crate::room_ids::RoomIds;
@@ -141,16 +141,11 @@ fn one_worker(
     };
     let mut readers = Vec::with_capacity(wanted);
     while readers.len() < wanted {
-        match db::connect_as(&config.db_url, "synapse_auto_compressor") {
-            Ok(mut reader) => {
-                // A load held up by a lock fails soon and is done again on
-                // the main connection, which waits visibly at its safe
-                // point: a stop never waits for a reader.
-                reader
-                    .batch_execute("SET lock_timeout = '1s'")
-                    .map_err(|e| Error::db("setting up a loading connection", e))?;
-                readers.push(reader);
-            }
+        // A load held up by a lock fails soon and is done again on the
+        // main connection, which waits visibly at its safe point: a stop
+        // never waits for a reader.
+        match connections::open(&config.db_url, "SET lock_timeout = '1s'") {
+            Ok(reader) => readers.push(reader),
             Err(e) => {
                 warn!(
                     "Loading ahead on {} connection(s), not {wanted} (no more connections: {e})",
@@ -266,7 +261,7 @@ fn end_walk(client: &mut Client, summary: &mut RunSummary, walk: Walk) -> Result
 /// left); `None` reads room by room.
 fn pass_reader(client: &mut Client, config: &AutoConfig) -> Result<Option<Client>> {
     let (_, left) = state_saving::groups_left_estimate(client)?;
-    pass::connect(client, config, left)
+    pass::connect(client, config, left, "")
 }
 
 /// Runs chunks until the run's count is reached or nothing is left.

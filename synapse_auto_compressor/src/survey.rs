@@ -341,8 +341,7 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
     // The reader a real run would choose (`--reader`), on a connection of
     // its own, read-only too.
     let left = state_saving::groups_left_from(&mut client, scan)?;
-    if let Some(mut reader) = pass::connect(&mut client, config, left)? {
-        read_only(&mut reader)?;
+    if let Some(reader) = pass::connect(&mut client, config, left, READ_ONLY)? {
         surveying.with_pass(&mut client, reader)?;
     }
     if surveying.survey.interrupted.is_none() {
@@ -369,9 +368,11 @@ pub fn run(config: &AutoConfig) -> Result<Survey> {
 }
 
 /// Anything that tried to write would fail, whatever the role may do.
+const READ_ONLY: &str = "SET default_transaction_read_only = on";
+
 fn read_only(client: &mut Client) -> Result<()> {
     client
-        .batch_execute("SET default_transaction_read_only = on")
+        .batch_execute(READ_ONLY)
         .map_err(|e| Error::db("making the session read-only", e))
 }
 

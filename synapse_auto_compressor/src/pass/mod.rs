@@ -42,13 +42,12 @@ use std::time::Instant;
 
 use log::{debug, info, warn};
 use postgres::Client;
-use synapse_compress_state::db;
 use synapse_compress_state::tool::progress;
-use synapse_compress_state::{Error, Result};
+use synapse_compress_state::Result;
 
 use crate::chunk::Walk;
 use crate::config::AutoConfig;
-use crate::connections::Budget;
+use crate::connections::{self, Budget};
 use crate::room_ids::RoomIds;
 use crate::state_saving;
 use crate::summary::RunSummary;
@@ -133,11 +132,13 @@ pub(crate) fn plan(
 
 /// The pass's reading connection, when a run (or survey) with about
 /// `left` groups past the scan position reads with the pass (`--reader`)
-/// and a connection can be spared; `None` reads room by room.
+/// and a connection can be spared; `None` reads room by room. `setup`
+/// holds the caller's own settings for it (the survey's read-only).
 pub(crate) fn connect(
     client: &mut Client,
     config: &AutoConfig,
     left: u64,
+    setup: &str,
 ) -> Result<Option<Client>> {
     if !config.reader.may_use_pass(config, left) {
         debug!(
@@ -150,15 +151,10 @@ pub(crate) fn connect(
         warn!("No connection to spare for the pass; reading room by room");
         return Ok(None);
     }
-    match db::connect_as(&config.db_url, "synapse_auto_compressor") {
-        Ok(mut reader) => {
-            // A range held up by a lock fails soon and is read again once
-            // the lock is visibly gone: a stop never waits for the reader.
-            reader
-                .batch_execute("SET lock_timeout = '1s'")
-                .map_err(|e| Error::db("setting up the pass's connection", e))?;
-            Ok(Some(reader))
-        }
+    // A range held up by a lock fails soon and is read again once the lock
+    // is visibly gone: a stop never waits for the reader.
+    match connections::open(&config.db_url, &format!("SET lock_timeout = '1s'; {setup}")) {
+        Ok(reader) => Ok(Some(reader)),
         Err(e) => {
             warn!("No connection for the pass ({e}); reading room by room");
             Ok(None)

@@ -2,9 +2,10 @@
 //! time. Runs to completion with 2 and 4 workers leave exactly the edges,
 //! rows and saved progress of one worker; runs killed at random moments
 //! resume to that same result; two rooms really are in flight at once
-//! (seen in `pg_locks`, not guessed from timing); and a room in flight
+//! (seen in `pg_locks`, not guessed from timing); a room in flight
 //! holds the scan position back, so a room below the others' ids is still
-//! finished.
+//! finished; and with the pass, a room whose write waits leaves it once
+//! its chunks pile up.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -225,19 +226,22 @@ fn restating_room(room: &str, ids: std::ops::RangeInclusive<i64>) -> Vec<GenGrou
     .collect()
 }
 
-/// A room in flight holds the saved scan position back, as a room left for
-/// later does. Room A alone holds ids 1-200 and room B 201-600; A's
-/// worker is held at its first write (the test locks A's groups FOR
-/// SHARE) while the other worker compresses all of B, which moves the scan
-/// past A's ids. Once A's first chunk is written, its worker must still
-/// find A's next chunk: the run ends with both rooms compressed to their
-/// last group.
-#[test]
-fn a_room_in_flight_holds_the_scan_position_back() {
-    let db = TestDb::create("jobs_hold_scan");
+/// Rooms A (ids `a_ids`) and B (`b_ids`), each a restating chain, run with
+/// `extra` options (`--jobs 2`) while the test locks A's groups FOR SHARE:
+/// A's worker waits at its first write while B is compressed to its last
+/// group, then the lock goes. Returns the finished run, after checking
+/// that both rooms end at their last group with every state unchanged.
+fn run_with_a_held(
+    hint: &str,
+    a_ids: std::ops::RangeInclusive<i64>,
+    b_ids: std::ops::RangeInclusive<i64>,
+    extra: &[&str],
+) -> (TestDb, tools::ToolRun) {
+    let db = TestDb::create(hint);
     let (a, b) = ("!a:example.org", "!b:example.org");
-    let mut groups = restating_room(a, 1..=200);
-    groups.extend(restating_room(b, 201..=600));
+    let (a_last, b_last) = (*a_ids.end(), *b_ids.end());
+    let mut groups = restating_room(a, a_ids);
+    groups.extend(restating_room(b, b_ids));
     generator::write_groups(&mut db.client(), &groups).unwrap();
     let original = snapshot(&mut db.client()).states;
 
@@ -248,7 +252,7 @@ fn a_room_in_flight_holds_the_scan_position_back() {
         &[&a],
     )
     .unwrap();
-    let started = tools::start_bin(AUTO, &args(&db, "2", "10000"));
+    let started = tools::start_bin(AUTO, &[&args(&db, "2", "10000")[..], extra].concat());
     // Bounded polling of the server until B is done while A waits.
     let mut watcher = db.client();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -264,8 +268,8 @@ fn a_room_in_flight_holds_the_scan_position_back() {
             && watcher
                 .query_opt(
                     "SELECT 1 FROM state_compressor_progress \
-                     WHERE room_id = $1 AND last_compressed = 600",
-                    &[&b],
+                     WHERE room_id = $1 AND last_compressed = $2",
+                    &[&b, &b_last],
                 )
                 .unwrap()
                 .is_some();
@@ -304,9 +308,57 @@ fn a_room_in_flight_holds_the_scan_position_back() {
         .collect();
     assert_eq!(
         positions,
-        [(a.to_owned(), 200), (b.to_owned(), 600)],
+        [(a.to_owned(), a_last), (b.to_owned(), b_last)],
         "a room was left part-way\n{}",
         run.describe()
     );
     assert_same_states(&original, &snapshot(&mut db.client()).states, "--jobs 2");
+    (db, run)
+}
+
+/// A room in flight holds the saved scan position back, as a room left for
+/// later does. Room A alone holds ids 1-200 and room B 201-600; A's
+/// worker is held at its first write while the other worker compresses
+/// all of B, which moves the scan past A's ids. Once A's first chunk is
+/// written, its worker must still find A's next chunk: the run ends with
+/// both rooms compressed to their last group.
+#[test]
+fn a_room_in_flight_holds_the_scan_position_back() {
+    run_with_a_held("jobs_hold_scan", 1..=200, 201..=600, &[]);
+}
+
+/// With the pass writing on two connections, the chunks of a room whose
+/// write waits pile up in the queue without holding the other room up;
+/// past 16 of them the room leaves the pass (the queue's memory stays
+/// bounded) and the workers finish it afterwards, with the result of one
+/// worker reading room by room.
+#[test]
+fn a_waiting_room_whose_chunks_pile_up_leaves_the_pass() {
+    let (a_ids, b_ids) = (1..=800, 801..=1200);
+    let (held, run) = run_with_a_held(
+        "jobs_pile_up",
+        a_ids.clone(),
+        b_ids.clone(),
+        &["--reader", "pass"],
+    );
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("The pass did "))
+        .unwrap_or_else(|| panic!("no pass\n{}", run.describe()));
+    assert!(
+        line.contains("; 1 rooms went over its memory budget"),
+        "room A did not leave the pass: {line}"
+    );
+    // The same rooms, one worker, room by room.
+    let alone = TestDb::create("jobs_pile_up_alone");
+    let mut groups = restating_room("!a:example.org", a_ids);
+    groups.extend(restating_room("!b:example.org", b_ids));
+    generator::write_groups(&mut alone.client(), &groups).unwrap();
+    let mut one = args(&alone, "1", "10000");
+    one.extend(["--reader", "rooms"]);
+    tools::assert_finished_all(&tools::run_bin(AUTO, &one));
+    let (got, expected) = (result(&held), result(&alone));
+    assert!(got.0 == expected.0, "edges or rows differ");
+    assert_eq!(got.1, expected.1, "progress");
 }

@@ -78,8 +78,32 @@ impl Budget {
 /// that drops the new session at once must not end the run).
 pub fn open(url: &str, setup: &str) -> Result<Client> {
     let mut client = db::connect_as(url, "synapse_auto_compressor")?;
-    client
-        .batch_execute(setup)
-        .map_err(|e| Error::db("setting up a connection", e))?;
+    if !setup.is_empty() {
+        client
+            .batch_execute(setup)
+            .map_err(|e| Error::db("setting up a connection", e))?;
+    }
     Ok(client)
+}
+
+/// Up to `wanted` more connections, each [`open`]ed with `setup`; fewer
+/// when one fails, said in one line made by `fewer` from how many were
+/// opened and the error.
+pub fn open_up_to(
+    url: &str,
+    setup: &str,
+    wanted: usize,
+    fewer: impl Fn(usize, &Error) -> String,
+) -> Vec<Client> {
+    let mut opened = Vec::with_capacity(wanted);
+    while opened.len() < wanted {
+        match open(url, setup) {
+            Ok(client) => opened.push(client),
+            Err(e) => {
+                warn!("{}", fewer(opened.len(), &e));
+                break;
+            }
+        }
+    }
+    opened
 }

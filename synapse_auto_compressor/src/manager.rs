@@ -139,22 +139,17 @@ fn one_worker(
         0 => 0,
         _ => Budget::read(client, config.reserve_connections)?.allow(wanted, "loading connections"),
     };
-    let mut readers = Vec::with_capacity(wanted);
-    while readers.len() < wanted {
-        // A load held up by a lock fails soon and is done again on the
-        // main connection, which waits visibly at its safe point: a stop
-        // never waits for a reader.
-        match connections::open(&config.db_url, "SET lock_timeout = '1s'") {
-            Ok(reader) => readers.push(reader),
-            Err(e) => {
-                warn!(
-                    "Loading ahead on {} connection(s), not {wanted} (no more connections: {e})",
-                    readers.len()
-                );
-                break;
-            }
-        }
-    }
+    // A load held up by a lock fails soon and is done again on the main
+    // connection, which waits visibly at its safe point: a stop never
+    // waits for a reader.
+    let readers = connections::open_up_to(
+        &config.db_url,
+        "SET lock_timeout = '1s'",
+        wanted,
+        |got, e| {
+            format!("Loading ahead on {got} connection(s), not {wanted} (no more connections: {e})")
+        },
+    );
     let room_ids = RoomIds::default();
     let pass_reader = match rooms {
         Some(_) => None,
@@ -217,19 +212,12 @@ fn several_workers(
     if let Some(reader) = pass_reader(client, config)? {
         let allowed = Budget::read(client, config.reserve_connections)?
             .allow(wanted - 1, "more writing connections for the pass");
-        let mut writers = Vec::with_capacity(allowed);
-        while writers.len() < allowed {
-            match db::connect_as(&config.db_url, "synapse_auto_compressor") {
-                Ok(writer) => writers.push(writer),
-                Err(e) => {
-                    warn!(
-                        "The pass writes on {} connection(s), not {wanted} (no more connections: {e})",
-                        writers.len() + 1
-                    );
-                    break;
-                }
-            }
-        }
+        let writers = connections::open_up_to(&config.db_url, "", allowed, |got, e| {
+            format!(
+                "The pass writes on {} connection(s), not {wanted} (no more connections: {e})",
+                got + 1
+            )
+        });
         let room_ids = RoomIds::default();
         pass::run(
             client, reader, writers, config, summary, &mut walk, &room_ids,

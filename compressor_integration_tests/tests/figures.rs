@@ -236,6 +236,23 @@ fn auto_figures_over_a_whole_database_match_sql() {
     assert_same_states(&states, &snapshot(&mut db.client()).states, "whole run");
 }
 
+/// The same with the pass writing on two connections, and with rooms read
+/// one by one: the rooms' rows after come from what each chunk loaded and
+/// wrote, whichever worker did it.
+#[test]
+fn auto_figures_of_whole_runs_by_every_reader_and_two_writers_match_sql() {
+    for reader in ["pass", "rooms"] {
+        let (db, _) = check::generated_db(&format!("figures_whole_{reader}"), &config(31));
+        let rows_before: i64 = rows_per_room(&mut db.client()).values().sum();
+        let json = auto_run_matches_sql(
+            &db,
+            &["-c", "100", "-n", "1000", "--jobs", "2", "--reader", reader],
+        );
+        assert_eq!(int(&json, "table_rows_before"), rows_before, "{json}");
+        assert_eq!(int(&json, "rooms_finished"), 3, "{json}");
+    }
+}
+
 #[test]
 fn auto_figures_of_runs_that_stop_part_way_match_sql() {
     let (db, _) = check::generated_db("figures_part", &config(32));

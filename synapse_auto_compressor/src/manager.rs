@@ -327,7 +327,7 @@ fn chunk_loop(
             left.leave(room, next.group);
             continue;
         }
-        summary.add(&outcome);
+        figures.add(&outcome, summary);
         bar.set_position(summary.groups as u64);
     }
     Ok(())
@@ -394,7 +394,7 @@ fn room_by_room(
                 summary.rooms_damaged += 1;
                 break;
             }
-            summary.add(&outcome);
+            figures.add(&outcome, summary);
             bar.set_position(summary.chunks as u64);
             if outcome.room_finished {
                 break;

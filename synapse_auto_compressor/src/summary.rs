@@ -5,10 +5,11 @@
 //!
 //! Each group is counted once, in its own chunk; rows saved come from what
 //! the writes actually deleted and inserted; the rows of the rooms touched
-//! are counted in the table once, at the end, and the table's size and the
+//! come from what the chunks loaded and wrote, plus the rooms' other groups
+//! counted in the table once, at the end; the table's size and the
 //! optional VACUUM come last (`db::stats`).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use log::{info, warn};
@@ -87,6 +88,15 @@ impl ChunkOutcome {
         }
     }
 
+    /// Rows this chunk's writes removed (none when it was not written).
+    fn saved(&self) -> i64 {
+        if self.committed {
+            self.rows_deleted as i64 - self.rows_inserted as i64
+        } else {
+            0
+        }
+    }
+
     /// Takes in the compressor's figures for the chunk, and logs them.
     pub(crate) fn record(&mut self, original: &GroupMap, compressed: &Compressed) {
         (self.rows_before, self.rows_after) = in_range_row_counts(original, &compressed.changes);
@@ -134,13 +144,15 @@ pub struct RunSummary {
     /// Rows the run's writes deleted (the space they held is what VACUUM
     /// makes reusable).
     pub rows_deleted: u64,
-    /// Rows of `state_groups_state` of the rooms the run touched: after is
-    /// counted (not estimated) at the end of the run, in one query; before
-    /// is that count plus the rows the run removed (`rows_saved`), so
-    /// Synapse's own writes meanwhile are in both. One count instead of one
-    /// per room before its first chunk: that cost as much server time as
-    /// loading the chunks (9.9 s against 8.9 s over the benchmark's 3m
-    /// database). None when the run touched no room.
+    /// Rows of `state_groups_state` of the rooms the run touched. After:
+    /// the groups of each room's chunks with the rows they were loaded with
+    /// less what the run removed from them, plus the room's other groups
+    /// counted in the table at the end of the run, in one query (one count
+    /// per room before its first chunk cost as much server time as loading
+    /// the chunks: 9.9 s against 8.9 s over the benchmark's 3m database;
+    /// counting the chunks' groups again at the end read the whole table
+    /// after a full run, dead rows included). Before: after plus the rows
+    /// the run removed (`rows_saved`). None when the run touched no room.
     pub table_rows_before: Option<u64>,
     pub table_rows_after: Option<u64>,
     /// Rooms whose rows those counts cover.
@@ -198,7 +210,7 @@ impl RunSummary {
         if outcome.committed {
             self.groups_changed += outcome.groups_changed;
             self.forced_resets += outcome.forced_resets;
-            self.rows_saved += outcome.rows_deleted as i64 - outcome.rows_inserted as i64;
+            self.rows_saved += outcome.saved();
             self.rows_deleted += outcome.rows_deleted;
             self.groups_written += outcome.groups_written;
             self.groups_skipped_live += outcome.groups_skipped_live;
@@ -279,7 +291,7 @@ impl RunSummary {
         );
         if let (Some(before), Some(after)) = (self.table_rows_before, self.table_rows_after) {
             info!(
-                "state_groups_state rows of the {} rooms touched: {after} now (counted), {before} before the run (that plus the rows the run removed)",
+                "state_groups_state rows of the {} rooms touched: {after} now, {before} before the run (that plus the rows the run removed)",
                 self.rooms_touched
             );
         }
@@ -295,11 +307,30 @@ impl RunSummary {
     }
 }
 
+/// How the rows of a room the run touched are counted at the end.
+enum Counted {
+    /// No chunk of it was done: all its groups in the table.
+    Nothing,
+    /// Its chunks covered its groups `after < id <= last`: those count as
+    /// loaded, less what the run removed from them (`rows_after`); the
+    /// others in the table. Counting the covered ones in the table again
+    /// would read every row the run deleted (after a full run, the whole
+    /// table). A group Synapse deletes after its chunk still counts.
+    Covered {
+        after: Option<i64>,
+        last: i64,
+        rows_after: i64,
+    },
+    /// Synapse changed groups of one of its chunks meanwhile: all its
+    /// groups in the table.
+    InTable,
+}
+
 /// What the run keeps between chunks for its figures.
 #[derive(Default)]
 pub(crate) struct RunFigures {
-    /// Rooms whose rows were counted before their first chunk.
-    rooms: BTreeSet<String>,
+    /// The rooms touched, with the groups their chunks covered.
+    rooms: BTreeMap<String, Counted>,
     /// For groups of earlier chunks, their chain's length before the run: a
     /// later chunk's chains run through those groups, which the loaded
     /// structure already shows rewritten (within a budget, see
@@ -313,7 +344,7 @@ impl RunFigures {
     /// [`RunFigures::into_lengths`] when it is done.
     pub(crate) fn with_lengths(lengths: ChainLengths) -> RunFigures {
         RunFigures {
-            rooms: BTreeSet::new(),
+            rooms: BTreeMap::new(),
             lengths,
         }
     }
@@ -335,14 +366,47 @@ impl RunFigures {
 
     /// Notes that the run touches `room` (for the rows counted at the end).
     pub(crate) fn touch(&mut self, room: &str, summary: &mut RunSummary) {
-        if !self.rooms.contains(room) {
-            self.rooms.insert(room.to_owned());
+        if !self.rooms.contains_key(room) {
+            self.rooms.insert(room.to_owned(), Counted::Nothing);
             summary.rooms_touched += 1;
         }
     }
 
-    /// Counts the rows of the rooms the run touched, after its last chunk,
-    /// and derives the count before from what the run removed.
+    /// Counts a chunk that was done (committed or skipped) in `summary`,
+    /// and its groups' rows for its room's count ([`Counted`]).
+    pub(crate) fn add(&mut self, outcome: &ChunkOutcome, summary: &mut RunSummary) {
+        summary.add(outcome);
+        self.touch(&outcome.room_id, summary);
+        let rows_after = outcome.rows_before as i64 - outcome.saved();
+        let counted = self.rooms.get_mut(&outcome.room_id).expect("touched above");
+        *counted = match std::mem::replace(counted, Counted::InTable) {
+            // Synapse changed some of the chunk's groups meanwhile: the
+            // rows loaded no longer say what they hold.
+            _ if outcome.groups_skipped_live > 0 => Counted::InTable,
+            Counted::Nothing => Counted::Covered {
+                after: outcome.after,
+                last: outcome.last,
+                rows_after,
+            },
+            // A room's chunks follow one another; one that does not (never
+            // seen) has its groups counted in the table instead.
+            Counted::Covered {
+                after,
+                last,
+                rows_after: before,
+            } if outcome.after == Some(last) => Counted::Covered {
+                after,
+                last: outcome.last,
+                rows_after: before + rows_after,
+            },
+            other => other,
+        };
+    }
+
+    /// Counts the rows of the rooms the run touched, after its last chunk:
+    /// the groups its chunks covered from what they loaded and wrote, the
+    /// rooms' other groups in the table. Derives the count before from
+    /// what the run removed.
     pub(crate) fn count_rooms_after(
         &self,
         client: &mut Client,
@@ -351,10 +415,26 @@ impl RunFigures {
         if self.rooms.is_empty() {
             return Ok(());
         }
-        let rooms: Vec<&str> = self.rooms.iter().map(String::as_str).collect();
-        let after = stats::rooms_rows(client, &rooms)?;
-        summary.table_rows_after = Some(after);
-        summary.table_rows_before = Some((after as i64 + summary.rows_saved).max(0) as u64);
+        let mut known = 0i64;
+        let spans: Vec<stats::Span> = self
+            .rooms
+            .iter()
+            .map(|(room, counted)| match *counted {
+                Counted::Covered {
+                    after,
+                    last,
+                    rows_after,
+                } => {
+                    known += rows_after;
+                    stats::Span::covering(room, after, last)
+                }
+                Counted::Nothing | Counted::InTable => stats::Span::none(room),
+            })
+            .collect();
+        let outside = stats::rooms_rows_outside(client, &spans)?;
+        let after = (outside as i64 + known).max(0);
+        summary.table_rows_after = Some(after as u64);
+        summary.table_rows_before = Some((after + summary.rows_saved).max(0) as u64);
         Ok(())
     }
 

@@ -207,7 +207,10 @@ fn worker(
                 s.left.leave(room, picked.next_group);
             }
             Ok(outcome) => {
-                s.summary.add(&outcome);
+                let Shared {
+                    figures, summary, ..
+                } = &mut *s;
+                figures.add(&outcome, summary);
                 bar.set_position(s.summary.groups as u64);
                 bar.set_message(format!(
                     "saved {} rows; room {}",

@@ -388,8 +388,7 @@ impl<'w> Writers<'w> {
             figures,
             ..
         } = &mut *s;
-        walk.figures.touch(room, summary);
-        summary.add(&outcome);
+        walk.figures.add(&outcome, summary);
         walk.bar.set_position(summary.groups as u64);
         walk.bar.set_message(format!(
             "saved {} rows; room {}",

@@ -58,6 +58,7 @@ fn a_group_whose_rows_changed_but_not_its_edge_is_left_alone() {
 
     let rewrite = write::Rewrite {
         room_id: &room,
+        room_of: None,
         symbols: &symbols,
         original: &original,
         new: &compressed.changes,

@@ -70,13 +70,15 @@ fn hops_continue(groups: &impl Groups, path: &[i64]) -> bool {
 
 /// The longest chain of `original`'s in-range groups before (in `original`,
 /// walks ending at groups of `known` as [`chain_hops`] says) and after (with
-/// `changes` laid over it, or as it is without them), and each in-range
-/// group's length before.
+/// `changes` laid over it, or as it is without them; walks ending at groups
+/// of `known_after`, the lengths earlier groups have after their own
+/// rewrite), and each in-range group's length before and after.
 pub fn longest_chains(
     original: &GroupMap,
     changes: Option<&GroupMap>,
     known: &HashMap<i64, u32>,
-) -> (u32, u32, HashMap<i64, u32>) {
+    known_after: &HashMap<i64, u32>,
+) -> OwnChains {
     let ids: Vec<i64> = original
         .iter()
         .filter(|(_, e)| e.in_range)
@@ -86,22 +88,33 @@ pub fn longest_chains(
     let after = match changes {
         Some(changes) => {
             let new = Overlay { original, changes };
-            longest(
-                &chain_hops(&new, ids.iter().copied(), &HashMap::new()),
-                ids.iter().copied(),
-            )
+            chain_hops(&new, ids.iter().copied(), known_after)
         }
-        None if known.is_empty() => longest(&before, ids.iter().copied()),
-        None => longest(
-            &chain_hops(original, ids.iter().copied(), &HashMap::new()),
-            ids.iter().copied(),
-        ),
+        None if known.is_empty() && known_after.is_empty() => before.clone(),
+        None => chain_hops(original, ids.iter().copied(), known_after),
     };
-    let own: HashMap<i64, u32> = ids
-        .iter()
-        .filter_map(|id| Some((*id, *before.get(id)?)))
-        .collect();
-    (longest(&own, ids), after, own)
+    let own = |hops: &HashMap<i64, u32>| -> HashMap<i64, u32> {
+        ids.iter()
+            .filter_map(|id| Some((*id, *hops.get(id)?)))
+            .collect()
+    };
+    let (own_before, own_after) = (own(&before), own(&after));
+    OwnChains {
+        before: longest(&own_before, ids.iter().copied()),
+        after: longest(&own_after, ids.iter().copied()),
+        own_before,
+        own_after,
+    }
+}
+
+/// What [`longest_chains`] found.
+pub struct OwnChains {
+    /// The longest chain before and after.
+    pub before: u32,
+    pub after: u32,
+    /// Each in-range group's length before and after.
+    pub own_before: HashMap<i64, u32>,
+    pub own_after: HashMap<i64, u32>,
 }
 
 /// The longest of `hops` over `ids` (0 for none).

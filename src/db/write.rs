@@ -35,6 +35,22 @@ use crate::error::{Error, Result};
 
 /// Most groups in one write transaction.
 const MAX_GROUPS_PER_BATCH: usize = 500;
+/// The test knob: most groups in one write transaction, instead of
+/// [`MAX_GROUPS_PER_BATCH`] (small batches let a test stop a write between
+/// two of them on small data).
+pub const BATCH_ENV: &str = "SYNAPSE_COMPRESS_STATE_BATCH";
+
+/// Most groups in one write transaction for this run.
+fn max_groups_per_batch() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var(BATCH_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(MAX_GROUPS_PER_BATCH)
+    })
+}
 /// A batch is closed once it holds this many new rows.
 const MAX_ROWS_PER_BATCH: usize = 50_000;
 
@@ -75,9 +91,31 @@ const MAX_ATTEMPTS: usize = 5;
 #[derive(Clone, Copy)]
 pub struct Rewrite<'a> {
     pub room_id: &'a str,
+    /// The room of each group, when the groups are of several rooms
+    /// (`room_id` is then not used).
+    pub room_of: Option<&'a dyn RoomOf>,
     pub symbols: &'a Symbols,
     pub original: &'a dyn LoadedGroups,
     pub new: &'a GroupMap,
+}
+
+/// The rooms of the groups of a [`Rewrite`] of several rooms.
+pub trait RoomOf: Sync {
+    fn room_of(&self, group: i64) -> &str;
+}
+
+/// Work done in a batch's transaction, after its writes: told the batch's
+/// groups and those rewritten (the others are left as another writer has
+/// them). It commits with the batch.
+pub type InTransaction<'f> = &'f mut dyn FnMut(&mut Transaction<'_>, &[i64], &[i64]) -> Result<()>;
+
+/// What [`Rewrite::write_each`] does around each batch.
+pub struct BatchHooks<'f> {
+    /// Before the batch's transaction, on the connection: whether to go on
+    /// (the batches written so far are complete).
+    pub before: &'f mut dyn FnMut(&mut Client) -> Result<bool>,
+    /// In the batch's transaction, after its writes.
+    pub in_transaction: InTransaction<'f>,
 }
 
 /// What the locks of a batch found.
@@ -132,19 +170,67 @@ impl Rewrite<'_> {
         on_batch: &mut dyn FnMut(&[i64], &[i64]) -> bool,
         mut last: Option<LastTransaction<'_>>,
     ) -> Result<WriteReport> {
+        let count = batches(self.new, groups).count();
+        let at_least_one = last.is_some();
+        let mut i = 0;
+        let mut in_transaction = |tx: &mut Transaction<'_>, _: &[i64], _: &[i64]| {
+            i += 1;
+            match last.as_mut() {
+                Some(last) if i >= count => last(tx),
+                _ => Ok(()),
+            }
+        };
+        let go_on = std::cell::Cell::new(true);
+        self.write_batches(
+            client,
+            groups,
+            at_least_one,
+            &mut |_| Ok(go_on.get()),
+            &mut in_transaction,
+            &mut |batch, rewritten| go_on.set(on_batch(batch, rewritten)),
+        )
+    }
+
+    /// Writes `groups` (ascending) batch after batch, with `hooks` around
+    /// each; there is always at least one transaction, so the hooks' work
+    /// is done even when there is nothing to write.
+    pub fn write_each(
+        &self,
+        client: &mut Client,
+        groups: &[i64],
+        hooks: BatchHooks<'_>,
+    ) -> Result<WriteReport> {
+        self.write_batches(
+            client,
+            groups,
+            true,
+            hooks.before,
+            hooks.in_transaction,
+            &mut |_, _| {},
+        )
+    }
+
+    fn write_batches(
+        &self,
+        client: &mut Client,
+        groups: &[i64],
+        at_least_one: bool,
+        before: &mut dyn FnMut(&mut Client) -> Result<bool>,
+        in_transaction: InTransaction<'_>,
+        after: &mut dyn FnMut(&[i64], &[i64]),
+    ) -> Result<WriteReport> {
         let mut all: Vec<&[i64]> = batches(self.new, groups).collect();
-        if all.is_empty() && last.is_some() {
+        if all.is_empty() && at_least_one {
             all.push(&[]);
         }
-        let count = all.len();
         let mut report = WriteReport::default();
-        for (i, batch) in all.into_iter().enumerate() {
-            let last = if i + 1 == count { last.as_mut() } else { None };
-            let (written, ready) = self.commit_batch(client, batch, last)?;
-            report.add(written);
-            if !on_batch(batch, &ready) {
+        for batch in all {
+            if !before(client)? {
                 break;
             }
+            let (written, ready) = self.commit_batch(client, batch, in_transaction)?;
+            report.add(written);
+            after(batch, &ready);
         }
         Ok(report)
     }
@@ -154,7 +240,7 @@ impl Rewrite<'_> {
         &self,
         client: &mut Client,
         batch: &[i64],
-        mut last: Option<&mut LastTransaction<'_>>,
+        in_transaction: InTransaction<'_>,
     ) -> Result<(WriteReport, Vec<i64>)> {
         let mut attempt = 1;
         loop {
@@ -162,13 +248,11 @@ impl Rewrite<'_> {
                 .transaction()
                 .map_err(|e| Error::db("starting a write transaction", e))?;
             match self.write_batch(&mut tx, batch) {
-                Ok(written) => {
-                    if let Some(last) = last.as_mut() {
-                        last(&mut tx)?;
-                    }
+                Ok((written, ready)) => {
+                    in_transaction(&mut tx, batch, &ready)?;
                     tx.commit()
                         .map_err(|e| Error::db("committing rewritten state groups", e))?;
-                    return Ok(written);
+                    return Ok((written, ready));
                 }
                 Err(e) if attempt < MAX_ATTEMPTS && worth_retrying(&e) => {
                     warn!(
@@ -380,10 +464,11 @@ impl Rewrite<'_> {
             &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT],
         );
         for group in ready {
+            let room_id = self.room_of.map_or(self.room_id, |r| r.room_of(*group));
             for (key, value) in self.new[group].delta.iter() {
                 let (ty, state_key) = self.symbols.key_str(key);
                 let event_id = self.symbols.value_str(value);
-                writer.write(&[group, &self.room_id, &ty, &state_key, &event_id])?;
+                writer.write(&[group, &room_id, &ty, &state_key, &event_id])?;
             }
         }
         Ok((deleted, writer.finish()?))
@@ -439,13 +524,14 @@ impl std::fmt::Display for Conflict {
 /// Splits `groups` into consecutive batches bounded in groups and rows.
 pub fn batches<'a>(new: &'a GroupMap, groups: &'a [i64]) -> impl Iterator<Item = &'a [i64]> + 'a {
     let mut rest = groups;
+    let max_groups = max_groups_per_batch();
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
         }
         let mut rows = 0;
         let mut len = 0;
-        while len < rest.len() && len < MAX_GROUPS_PER_BATCH {
+        while len < rest.len() && len < max_groups {
             rows += new[&rest[len]].delta.len();
             len += 1;
             if rows >= MAX_ROWS_PER_BATCH {

@@ -125,8 +125,13 @@ pub fn run(config: &ManualConfig) -> Result<Summary> {
     timings.compress = started.elapsed();
     let mut summary = Summary::new(room, &loaded, &compressed, timings);
     let original = &loaded.original;
-    (summary.longest_chain_before, summary.longest_chain_after, _) =
-        longest_chains(original, Some(&compressed.changes), &Default::default());
+    let chains = longest_chains(
+        original,
+        Some(&compressed.changes),
+        &Default::default(),
+        &Default::default(),
+    );
+    (summary.longest_chain_before, summary.longest_chain_after) = (chains.before, chains.after);
     if ends_before_writing(config, &mut held, &mut summary, table_rows_before)? {
         return Ok(summary);
     }
@@ -458,6 +463,7 @@ fn commit(
     let bar = progress::bar(new.changed.len() as u64, "Writing changes");
     let rewrite = db::write::Rewrite {
         room_id: room,
+        room_of: None,
         symbols: new.symbols,
         original: new.original,
         new: new.new,

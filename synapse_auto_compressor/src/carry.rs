@@ -142,7 +142,7 @@ impl Carry {
 }
 
 /// `delta` (in `from`'s ids) in `to`'s ids.
-fn translate(delta: &StateMap, from: &Symbols, to: &mut Symbols) -> StateMap {
+pub(crate) fn translate(delta: &StateMap, from: &Symbols, to: &mut Symbols) -> StateMap {
     let entries = delta
         .iter()
         .map(|(key, value)| {

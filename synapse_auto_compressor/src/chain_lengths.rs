@@ -1,9 +1,12 @@
-//! Chain lengths before the run, kept for rooms' next chunks within a
-//! budget.
+//! Chain lengths before the run (and after each group's own chunk), kept
+//! for rooms' next chunks within a budget.
 //!
 //! The "longest chain before" of a room's later chunk runs through groups of
 //! its earlier chunks, which the database already shows rewritten, so the
-//! lengths those groups had before the run are kept here. Kept for every
+//! lengths those groups had before the run are kept here. Its "longest
+//! chain after" runs through them too, and with the pass's sweep
+//! (`crate::pass`) the database may not show them rewritten yet, so the
+//! lengths they have after their own chunk are kept beside. Kept for every
 //! group of the run, they grew with the database (on the benchmark's 1.7
 //! million groups, keeping them all made the run's peak 115 MiB instead of
 //! 101). So:
@@ -32,8 +35,16 @@ pub const LENGTHS: usize = 1_000_000;
 /// Most lengths kept for one room: those of its highest groups.
 pub const PER_ROOM: usize = 1_000;
 
-/// Groups' chain lengths before the run, by group id.
-pub type Lengths = HashMap<i64, u32>;
+/// Groups' chain lengths before the run, and after their own chunk's
+/// rewrite, by group id.
+pub type Lengths = HashMap<i64, Length>;
+
+/// A group's chain length before the run and after its chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Length {
+    pub before: u32,
+    pub after: u32,
+}
 
 /// One room's lengths.
 #[derive(Debug)]
@@ -41,7 +52,7 @@ struct RoomLengths {
     /// The last group of the chunk that kept them.
     last: i64,
     /// By ascending group id.
-    lengths: Box<[(i64, u32)]>,
+    lengths: Box<[(i64, Length)]>,
 }
 
 impl Kept for RoomLengths {
@@ -86,10 +97,10 @@ impl ChainLengths {
     /// Keeps `lengths` (those of the room's highest groups) for `room`'s
     /// next chunk, after its chunk ending at `last`, within the budget.
     pub fn keep(&mut self, room: &str, last: i64, lengths: Lengths) {
-        let mut sorted: Vec<(i64, u32)> = lengths.into_iter().collect();
-        sorted.sort_unstable();
+        let mut sorted: Vec<(i64, Length)> = lengths.into_iter().collect();
+        sorted.sort_unstable_by_key(|(id, _)| *id);
         let cut = sorted.len().saturating_sub(self.per_room);
-        let lengths: Box<[(i64, u32)]> = sorted.drain(cut..).collect();
+        let lengths: Box<[(i64, Length)]> = sorted.drain(cut..).collect();
         if lengths.is_empty() {
             self.rooms.take(room);
         } else {
@@ -126,7 +137,17 @@ mod tests {
     use super::*;
 
     fn lengths(ids: std::ops::Range<i64>) -> Lengths {
-        ids.map(|id| (id, id as u32)).collect()
+        ids.map(|id| {
+            let n = id as u32;
+            (
+                id,
+                Length {
+                    before: n,
+                    after: n / 2,
+                },
+            )
+        })
+        .collect()
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::config::AutoConfig;
 use crate::pass::given::Given;
 use crate::prefetch::{load_chunk, ChunkRequest, LoadedChunk, Prefetcher};
 use crate::room_ids::RoomIds;
-use crate::state_saving::{self, LeftRooms};
+use crate::state_saving::{self, LeftRooms, RoomProgress};
 use crate::summary::{ChunkOutcome, RunFigures, RunSummary};
 
 /// What the chunk loop (and the pass before it) keep over a run.
@@ -72,6 +72,9 @@ pub(crate) struct Ahead<'p> {
     pub(crate) carries: &'p mut Carries,
     /// The chunk as the pass read it (`crate::pass`).
     pub(crate) given: Option<Given>,
+    /// The room's progress as a chunk decided but not written yet leaves
+    /// it (the pass's sweep), instead of the saved one.
+    pub(crate) progress: Option<RoomProgress>,
 }
 
 impl<'p> Ahead<'p> {
@@ -89,6 +92,7 @@ impl<'p> Ahead<'p> {
             room_ids,
             carries,
             given: None,
+            progress: None,
         }
     }
 
@@ -239,8 +243,99 @@ pub(crate) fn compress_chunk(
     figures: &mut RunFigures,
     mut ahead: Ahead<'_>,
 ) -> Result<ChunkOutcome> {
-    let progress =
-        state_saving::read_room_progress(client, prepared, room, &config.default_levels)?;
+    let decided = decide_chunk(client, prepared, room, config, summary, figures, &mut ahead)?;
+    let mut pending = match decided {
+        Decided::Final(outcome) => return Ok(outcome),
+        Decided::SaveOnly { outcome, last } => {
+            save_progress_only(client, prepared, room, &config.default_levels, last)?;
+            return Ok(outcome);
+        }
+        Decided::Write(pending) => pending,
+    };
+    // The tables may have been taken during the load (a VACUUM FULL or a
+    // CREATE INDEX begun meanwhile): wait visibly; a signal meanwhile gives
+    // the chunk up, nothing of it written.
+    if let Some(signal) = wait_for_state_tables(client, Access::Write)? {
+        return Err(Error::Interrupted(signal));
+    }
+    let started = Instant::now();
+    let report = write_chunk(client, prepared, room, &pending)?;
+    summary.timings.write += started.elapsed();
+    pending.record_write(&report);
+    // What the next chunk of the room would read back, unless Synapse left
+    // some group otherwise than this chunk wrote it.
+    if report.skipped == 0 {
+        pending.keep_carry(ahead.carries)?;
+    }
+    Ok(pending.outcome)
+}
+
+/// What deciding a chunk came to.
+pub(crate) enum Decided {
+    /// Nothing to write or save (the room is damaged, or has no groups
+    /// left and no position yet).
+    Final(ChunkOutcome),
+    /// Only the room's position to save, at `last`, with fresh levels: the
+    /// chunk is skipped as not worth writing, or its groups are gone.
+    SaveOnly { outcome: ChunkOutcome, last: i64 },
+    /// A verified new structure to write with the new levels.
+    Write(Box<Pending>),
+}
+
+/// A chunk compressed and verified, not written yet.
+pub(crate) struct Pending {
+    pub(crate) outcome: ChunkOutcome,
+    pub(crate) chunk: Chunk,
+    pub(crate) compressed: Compressed,
+    /// The groups whose entries change, ascending.
+    pub(crate) changed: Vec<i64>,
+}
+
+impl Pending {
+    /// Takes in what the write did.
+    pub(crate) fn record_write(&mut self, report: &WriteReport) {
+        let outcome = &mut self.outcome;
+        outcome.groups_written = report.written;
+        outcome.groups_skipped_live = report.skipped;
+        outcome.rows_deleted = report.rows_deleted;
+        outcome.rows_inserted = report.rows_inserted;
+        outcome.committed = true;
+    }
+
+    /// Keeps the new structure for the room's next chunk, if it has one.
+    pub(crate) fn keep_carry(&self, carries: &mut Carries) -> Result<()> {
+        if self.chunk.more {
+            carries.keep(
+                &self.outcome.room_id,
+                Carry::after_chunk(
+                    &self.chunk.original,
+                    &self.compressed.changes,
+                    &self.chunk.symbols,
+                    &self.compressed.levels,
+                    self.chunk.last,
+                )?,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Reads `room`'s progress, loads its next chunk, compresses it, decides
+/// whether it is worth writing and verifies it: everything up to the
+/// write. The chain figures are taken here, as the write will leave them.
+pub(crate) fn decide_chunk(
+    client: &mut Client,
+    prepared: &mut Prepared,
+    room: &str,
+    config: &AutoConfig,
+    summary: &mut RunSummary,
+    figures: &mut RunFigures,
+    ahead: &mut Ahead<'_>,
+) -> Result<Decided> {
+    let progress = match ahead.progress.take() {
+        Some(progress) => progress,
+        None => state_saving::read_room_progress(client, prepared, room, &config.default_levels)?,
+    };
     if let Some(reason) = &progress.reset_reason {
         warn!("Room {room}: {reason}");
         summary.levels_reset += 1;
@@ -260,19 +355,19 @@ pub(crate) fn compress_chunk(
     if let Some(carry) = &request.carried {
         debug!("Room {room}: the chunk after {after:?} continues from the carried {carry:?}");
     }
-    let chunk = match load(client, &mut ahead, &request)? {
+    let chunk = match load(client, ahead, &request)? {
         Loaded::Chunk(chunk) => chunk,
         Loaded::Gone => {
             warn!("Room {room} has no groups after {after:?} any more; skipping it");
             outcome.room_finished = true;
-            if let Some(last) = after {
-                save_progress_only(client, prepared, room, &config.default_levels, last)?;
-            }
-            return Ok(outcome);
+            return Ok(match after {
+                Some(last) => Decided::SaveOnly { outcome, last },
+                None => Decided::Final(outcome),
+            });
         }
         Loaded::Damaged { last, why } => {
             outcome.last = last;
-            return Ok(outcome.leave_damaged(&why));
+            return Ok(Decided::Final(outcome.leave_damaged(&why)));
         }
     };
     summary.timings.load += started.elapsed();
@@ -284,7 +379,7 @@ pub(crate) fn compress_chunk(
     let started = Instant::now();
     let compressed = match compress(&chunk.original, progress.levels) {
         Ok(compressed) => compressed,
-        Err(Error::Damaged(why)) => return Ok(outcome.leave_damaged(&why)),
+        Err(Error::Damaged(why)) => return Ok(Decided::Final(outcome.leave_damaged(&why))),
         Err(e) => return Err(e),
     };
     summary.timings.compress += started.elapsed();
@@ -299,45 +394,21 @@ pub(crate) fn compress_chunk(
         );
         let fresh = config.default_levels.empty_levels();
         ahead.start_same_room(config, room, last, &fresh);
-        save_progress_only(client, prepared, room, &config.default_levels, last)?;
-        return Ok(outcome);
+        return Ok(Decided::SaveOnly { outcome, last });
     }
 
     let started = Instant::now();
     verify(&chunk.original, &compressed.changes)?;
     summary.timings.verify += started.elapsed();
-
-    // The tables may have been taken during the load (a VACUUM FULL or a
-    // CREATE INDEX begun meanwhile): wait visibly; a signal meanwhile gives
-    // the chunk up, nothing of it written.
-    if let Some(signal) = wait_for_state_tables(client, Access::Write)? {
-        return Err(Error::Interrupted(signal));
-    }
-    let started = Instant::now();
-    let report = write_chunk(client, prepared, room, &chunk, &compressed)?;
-    summary.timings.write += started.elapsed();
-    outcome.groups_written = report.written;
-    outcome.groups_skipped_live = report.skipped;
-    outcome.rows_deleted = report.rows_deleted;
-    outcome.rows_inserted = report.rows_inserted;
-    outcome.committed = true;
-    // What the next chunk of the room would read back, unless Synapse left
-    // some group otherwise than this chunk wrote it.
-    if chunk.more && report.skipped == 0 {
-        ahead.carries.keep(
-            room,
-            Carry::after_chunk(
-                &chunk.original,
-                &compressed.changes,
-                &chunk.symbols,
-                &compressed.levels,
-                last,
-            )?,
-        );
-    }
     (outcome.longest_chain_before, outcome.longest_chain_after) =
         figures.chains(room, &chunk.original, Some(&compressed), last, chunk.more);
-    Ok(outcome)
+    let changed = changed_groups(&chunk.original, &compressed.changes);
+    Ok(Decided::Write(Box::new(Pending {
+        outcome,
+        chunk,
+        compressed,
+        changed,
+    })))
 }
 
 /// Loads the chunk `request` (or takes it from the loads made ahead).
@@ -387,19 +458,24 @@ fn write_chunk(
     client: &mut Client,
     prepared: &mut Prepared,
     room: &str,
-    chunk: &Chunk,
-    compressed: &Compressed,
+    pending: &Pending,
 ) -> Result<WriteReport> {
-    let changed = changed_groups(&chunk.original, &compressed.changes);
+    let Pending {
+        chunk,
+        compressed,
+        changed,
+        ..
+    } = pending;
     let rewrite = Rewrite {
         room_id: room,
+        room_of: None,
         symbols: &chunk.symbols,
         original: &chunk.original,
         new: &compressed.changes,
     };
     rewrite.write(
         client,
-        &changed,
+        changed,
         // Never stopped between batches: the chunk's progress is saved in
         // its last transaction, and interruptions wait for it.
         &mut |_| true,

@@ -310,6 +310,7 @@ fn chunk_loop(
             room_ids,
             carries,
             given: None,
+            progress: None,
         };
         figures.touch(&room, summary);
         let outcome = compress_chunk(client, prepared, &room, config, summary, figures, ahead);

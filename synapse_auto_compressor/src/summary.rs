@@ -21,7 +21,7 @@ use synapse_compress_state::tool::interrupt::Signal;
 use synapse_compress_state::tool::timings::Timings;
 use synapse_compress_state::{Compressed, GroupMap, Result};
 
-use crate::chain_lengths::ChainLengths;
+use crate::chain_lengths::{ChainLengths, Length};
 
 /// What happened to one chunk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -459,11 +459,17 @@ impl RunFigures {
     ) -> (u32, u32) {
         let changes = new.map(|c| &c.changes);
         let mut known = self.lengths.take(room);
-        let (before, after, lengths) = longest_chains(chunk, changes, &known);
+        let before_run = known.iter().map(|(&id, l)| (id, l.before)).collect();
+        let after_chunk = known.iter().map(|(&id, l)| (id, l.after)).collect();
+        let chains = longest_chains(chunk, changes, &before_run, &after_chunk);
         if more {
-            known.extend(lengths);
+            known.extend(chains.own_before.iter().map(|(&id, &before)| {
+                let after = chains.own_after.get(&id).copied().unwrap_or(before);
+                (id, Length { before, after })
+            }));
             self.lengths.keep(room, last, known);
         }
+        let (before, after) = (chains.before, chains.after);
         (before, after)
     }
 }

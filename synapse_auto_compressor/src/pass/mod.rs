@@ -13,8 +13,9 @@
 //! 3. hands each complete chunk to the chunk code the loop uses (the room's
 //!    lock, its progress read under it, compress, decide, verify, write
 //!    with the progress), with the predecessors it needs beyond its own
-//!    groups read by index as today ([`writers`]: on the run's connection,
-//!    or on `--jobs` connections at once).
+//!    groups read by index as today ([`writers`]: on `--jobs` connections
+//!    at once; with one writer, the writes of many chunks are kept and done
+//!    together in sweeps of ascending ids, [`sweep`]).
 //!
 //! The result is the chunk loop's: each room's chunks are the same and run
 //! in their own order from the same levels; only the order between rooms
@@ -34,6 +35,7 @@ pub mod assemble;
 mod fetch;
 pub(crate) mod given;
 pub mod plan;
+mod sweep;
 mod writers;
 
 use std::sync::atomic::AtomicI64;

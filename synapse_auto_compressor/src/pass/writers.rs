@@ -35,8 +35,9 @@ use synapse_compress_state::{Error, Result};
 use super::assemble::{Assembled, LeftPass, Piece};
 use super::given::Given;
 use super::plan::{Plan, PlannedChunk};
+use super::sweep::Sweep;
 use crate::carry::Carries;
-use crate::chunk::{compress_chunk, Ahead, Walk};
+use crate::chunk::{compress_chunk, decide_chunk, Ahead, Decided, Pending, Walk};
 use crate::config::AutoConfig;
 use crate::room_ids::RoomIds;
 use crate::state_saving::{self, LeftRooms};
@@ -87,6 +88,9 @@ pub(super) struct Writers<'w> {
     end: i64,
     /// Most complete chunks queued.
     capacity: usize,
+    /// One writer: chunks are decided as they come and written together
+    /// in sweeps ([`super::sweep`]).
+    sweeping: bool,
 }
 
 /// A chunk a writer took, with what the room carries from its chunks
@@ -141,6 +145,7 @@ impl<'w> Writers<'w> {
             read_to,
             end: plan.end().unwrap_or(0),
             capacity: writers + 1,
+            sweeping: writers == 1,
         }
     }
 
@@ -248,6 +253,10 @@ impl<'w> Writers<'w> {
         }
     }
 
+    /// A writer's loop. With one writer, each chunk is decided as it
+    /// comes and its writes are kept in a [`Sweep`], written with others'
+    /// when what is kept reaches the pass's memory budget, and when the
+    /// reading is over; with several, each chunk is written as it comes.
     fn write_chunks(
         &self,
         client: &mut Client,
@@ -256,25 +265,111 @@ impl<'w> Writers<'w> {
         room_ids: &RoomIds,
         first: bool,
     ) -> Result<()> {
+        let budget = config.pass_memory.bytes() as usize;
+        let mut sweep = self.sweeping.then(Sweep::default);
         while let Some(mut taken) = self.take(first) {
             let rank = taken.assembled.chunk;
             let planned = &self.plan.chunks[rank as usize];
             let room = self.plan.room_of(rank);
             // The safe point, as in the chunk loop.
-            let done = match stop_requested(client, Access::Read)? {
-                Some(signal) => Done::Stopped(signal),
-                None => {
-                    let mut own = RunSummary::default();
-                    let done = one_chunk(
-                        client, prepared, config, room_ids, room, planned, &mut taken, &mut own,
+            if let Some(signal) = stop_requested(client, Access::Read)? {
+                self.chunk_done(rank as usize, room, planned, taken, Done::Stopped(signal));
+                continue;
+            }
+            let mut own = RunSummary::default();
+            let chunk = (room, planned);
+            let done = match sweep.as_mut() {
+                None => one_chunk(
+                    client, prepared, config, room_ids, chunk, &mut taken, &mut own,
+                )?,
+                Some(sweep) => {
+                    let decision = decide_one(
+                        client, prepared, config, room_ids, chunk, &mut taken, &mut own, sweep,
                     )?;
-                    self.lock().summary.add_worker(&own);
-                    done
+                    match decision {
+                        Decision::Done(done) => done,
+                        Decision::Write(pending) => {
+                            self.lock().summary.add_worker(&own);
+                            self.release(planned, taken);
+                            sweep.add_write(rank, *pending);
+                            self.flush_over(client, prepared, sweep, budget)?;
+                            continue;
+                        }
+                        Decision::SaveOnly(outcome) => {
+                            self.lock().summary.add_worker(&own);
+                            self.release(planned, taken);
+                            sweep.add_progress(rank, outcome, config.default_levels.empty_levels());
+                            self.flush_over(client, prepared, sweep, budget)?;
+                            continue;
+                        }
+                    }
                 }
             };
+            self.lock().summary.add_worker(&own);
             if let Some(position) = self.chunk_done(rank as usize, room, planned, taken, done) {
                 state_saving::raise_scan_position(client, position)?;
             }
+        }
+        match sweep {
+            Some(sweep) if !self.lock().stop => self.flush(client, prepared, sweep),
+            Some(sweep) if !sweep.is_empty() => {
+                debug!(
+                    "The run stops: the chunks decided and not written are left for the next run"
+                );
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes what `sweep` holds when it holds more than `budget`.
+    fn flush_over(
+        &self,
+        client: &mut Client,
+        prepared: &mut Prepared,
+        sweep: &mut Sweep,
+        budget: usize,
+    ) -> Result<()> {
+        if sweep.bytes() > budget {
+            self.flush(client, prepared, std::mem::take(sweep))?;
+        }
+        Ok(())
+    }
+
+    /// Writes what `sweep` holds, and counts the chunks whose writes and
+    /// progress committed. A signal stops it between two batches.
+    fn flush(&self, client: &mut Client, prepared: &mut Prepared, sweep: Sweep) -> Result<()> {
+        if sweep.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut before = |client: &mut Client| -> Result<bool> {
+            let Some(signal) = stop_requested(client, Access::Write)? else {
+                return Ok(true);
+            };
+            let mut s = self.lock();
+            s.summary.interrupted = Some(signal);
+            s.stop = true;
+            self.changed.notify_all();
+            Ok(false)
+        };
+        let parts = sweep.write(client, prepared, &mut before)?;
+        self.lock().summary.timings.write += started.elapsed();
+        let mut raised = None;
+        for part in parts {
+            let planned = &self.plan.chunks[part.rank as usize];
+            let room = self.plan.room_of(part.rank);
+            let done = if part.outcome.last == planned.last {
+                Done::Written(part.outcome)
+            } else {
+                Done::Moved(part.outcome)
+            };
+            raised = self
+                .count(part.rank as usize, room, planned, done)
+                .or(raised);
+        }
+        if let Some(position) = raised {
+            state_saving::raise_scan_position(client, position)?;
         }
         Ok(())
     }
@@ -350,11 +445,22 @@ impl<'w> Writers<'w> {
         taken: Taken,
         done: Done,
     ) -> Option<i64> {
+        self.release(planned, taken);
+        self.count(rank, room, planned, done)
+    }
+
+    /// Gives a taken chunk's room back: its next chunk may be taken.
+    fn release(&self, planned: &PlannedChunk, taken: Taken) {
         let mut s = self.lock();
         s.in_flight.remove(&planned.room);
         s.walk.carries.merge(taken.carries);
         s.walk.figures.merge_lengths(taken.figures.into_lengths());
         self.changed.notify_all();
+    }
+
+    /// Counts a chunk that is done (see [`Writers::chunk_done`]).
+    fn count(&self, rank: usize, room: &str, planned: &PlannedChunk, done: Done) -> Option<i64> {
+        let mut s = self.lock();
         let outcome = match done {
             Done::Written(outcome) => outcome,
             Done::Moved(outcome) => {
@@ -425,61 +531,122 @@ impl<'w> Writers<'w> {
     }
 }
 
-/// Does one complete chunk of the pass through the chunk code.
+/// How deciding one chunk of the pass for a sweep went.
+enum Decision {
+    /// Nothing for the sweep: the room is busy or damaged, a signal came,
+    /// or the chunk is done with nothing to write or save.
+    Done(Done),
+    /// Verified changes to write, with the new progress.
+    Write(Box<Pending>),
+    /// Only the progress to save (a chunk not worth writing).
+    SaveOnly(ChunkOutcome),
+}
+
+/// Decides one complete chunk of the pass (the chunk code up to the
+/// write), under the room's lock, from the progress the room's last chunk
+/// in `sweep` leaves, if it has one there. The room's carry is kept as the
+/// write will leave it.
 #[allow(clippy::too_many_arguments)]
+fn decide_one(
+    client: &mut Client,
+    prepared: &mut Prepared,
+    config: &AutoConfig,
+    room_ids: &RoomIds,
+    (room, planned): (&str, &PlannedChunk),
+    taken: &mut Taken,
+    own: &mut RunSummary,
+    sweep: &Sweep,
+) -> Result<Decision> {
+    let decided = under_room_lock(client, room, |client| {
+        let no_rooms = LeftRooms::default();
+        let (mut ahead, figures) = taken.ahead(&no_rooms, room_ids, planned);
+        ahead.progress = sweep.progress_of(room);
+        decide_chunk(client, prepared, room, config, own, figures, &mut ahead)
+    })?;
+    Ok(match decided {
+        Err(done) => Decision::Done(done),
+        Ok(Decided::Final(outcome)) => Decision::Done(Done::of(outcome, planned)),
+        Ok(Decided::SaveOnly { outcome, .. }) => Decision::SaveOnly(outcome),
+        Ok(Decided::Write(pending)) => {
+            pending.keep_carry(&mut taken.carries)?;
+            Decision::Write(pending)
+        }
+    })
+}
+
+/// Does one complete chunk of the pass through the chunk code.
 fn one_chunk(
     client: &mut Client,
     prepared: &mut Prepared,
     config: &AutoConfig,
     room_ids: &RoomIds,
-    room: &str,
-    planned: &PlannedChunk,
+    (room, planned): (&str, &PlannedChunk),
     taken: &mut Taken,
     own: &mut RunSummary,
 ) -> Result<Done> {
+    let outcome = under_room_lock(client, room, |client| {
+        let no_rooms = LeftRooms::default();
+        let (ahead, figures) = taken.ahead(&no_rooms, room_ids, planned);
+        compress_chunk(client, prepared, room, config, own, figures, ahead)
+    })?;
+    Ok(match outcome {
+        Err(done) => done,
+        Ok(outcome) => Done::of(outcome, planned),
+    })
+}
+
+/// Runs `work` under `room`'s lock: `Done::Busy` when another compressor
+/// holds it, `Done::Stopped` when a signal came during the work.
+fn under_room_lock<T>(
+    client: &mut Client,
+    room: &str,
+    work: impl FnOnce(&mut Client) -> Result<T>,
+) -> Result<std::result::Result<T, Done>> {
     failpoint::stop_here("pass::hand-over");
     let lock = match RoomLock::try_acquire(client, room) {
         Ok(lock) => lock,
         Err(Error::RoomBusy { holder, .. }) => {
             warn!("Room {room} is being compressed by {holder}; leaving it for a later run");
-            return Ok(Done::Busy);
+            return Ok(Err(Done::Busy));
         }
         Err(e) => return Err(e),
     };
-    // No loading ahead in the pass: the rooms left are not looked at.
-    let no_rooms = LeftRooms::default();
-    let ahead = Ahead::assembled(
-        &no_rooms,
-        room_ids,
-        &mut taken.carries,
-        Given {
-            assembled: std::mem::take(&mut taken.assembled),
-            after: planned.after,
-            more: planned.more,
-        },
-    );
-    let outcome = compress_chunk(
-        client,
-        prepared,
-        room,
-        config,
-        own,
-        &mut taken.figures,
-        ahead,
-    );
-    let outcome = match outcome {
-        Err(Error::Interrupted(signal)) => {
-            lock.release(client)?;
-            return Ok(Done::Stopped(signal));
-        }
-        outcome => outcome?,
+    let result = match work(client) {
+        Err(Error::Interrupted(signal)) => Err(Done::Stopped(signal)),
+        result => Ok(result?),
     };
     lock.release(client)?;
-    Ok(if outcome.damaged {
-        Done::Damaged
-    } else if outcome.last == planned.last {
-        Done::Written(outcome)
-    } else {
-        Done::Moved(outcome)
-    })
+    Ok(result)
+}
+
+impl Taken {
+    /// What the chunk code draws on for this chunk (no loading ahead in the
+    /// pass: the rooms left are not looked at), and the room's figures.
+    fn ahead<'p>(
+        &'p mut self,
+        no_rooms: &'p LeftRooms,
+        room_ids: &'p RoomIds,
+        planned: &PlannedChunk,
+    ) -> (Ahead<'p>, &'p mut RunFigures) {
+        let given = Given {
+            assembled: std::mem::take(&mut self.assembled),
+            after: planned.after,
+            more: planned.more,
+        };
+        let ahead = Ahead::assembled(no_rooms, room_ids, &mut self.carries, given);
+        (ahead, &mut self.figures)
+    }
+}
+
+impl Done {
+    /// How a chunk the chunk code did went, against its plan.
+    fn of(outcome: ChunkOutcome, planned: &PlannedChunk) -> Done {
+        if outcome.damaged {
+            Done::Damaged
+        } else if outcome.last == planned.last {
+            Done::Written(outcome)
+        } else {
+            Done::Moved(outcome)
+        }
+    }
 }

@@ -26,7 +26,15 @@ pub const TABLE: &str = "state_groups_state";
 /// (a damaged database) are not counted. This is an exact count, unlike
 /// `pg_class.reltuples`, which is an estimate as of the last ANALYZE.
 pub fn room_rows(client: &mut impl GenericClient, room: &str) -> Result<u64> {
-    rooms_rows_outside(client, &[Span::none(room)])
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM state_groups_state \
+             WHERE state_group IN (SELECT id FROM state_groups WHERE room_id = $1)",
+            &[&room],
+        )
+        .map_err(|e| Error::db("counting the room's rows", e))?
+        .get(0);
+    Ok(n as u64)
 }
 
 /// A room's groups left out of [`rooms_rows_outside`]'s count: those with
@@ -40,12 +48,12 @@ pub struct Span<'a> {
 
 impl<'a> Span<'a> {
     /// Leaves out `room`'s groups after `after` (all when `None`) up to
-    /// `last`.
-    pub fn covering(room: &'a str, after: Option<i64>, last: i64) -> Self {
+    /// `last` (all when `None`).
+    pub fn covering(room: &'a str, after: Option<i64>, last: Option<i64>) -> Self {
         Span {
             room,
             after: after.unwrap_or(i64::MIN),
-            last,
+            last: last.unwrap_or(i64::MAX),
         }
     }
 
@@ -57,35 +65,33 @@ impl<'a> Span<'a> {
             last: i64::MAX,
         }
     }
+
+    /// Whether it leaves out every group of its room.
+    fn whole(&self) -> bool {
+        self.after == i64::MIN && self.last == i64::MAX
+    }
 }
 
 /// The rows of the spans' rooms in `state_groups_state`, counted as
 /// [`room_rows`] counts, but only for the groups each span does not cover.
-///
-/// The groups are counted in `state_groups` first (a small table, through
-/// its room index): when there are none, as after a run that covered whole
-/// rooms, the big table is not read at all; otherwise PostgreSQL chooses
-/// how to count their rows.
+/// Rooms covered whole are not looked at, so after a run that did whole
+/// rooms nothing is read (a query that visited every group of those rooms
+/// only to find none took 43 s on `20m` with the server in 256 MiB).
 pub fn rooms_rows_outside(client: &mut impl GenericClient, spans: &[Span<'_>]) -> Result<u64> {
+    let spans: Vec<&Span> = spans.iter().filter(|s| !s.whole()).collect();
+    if spans.is_empty() {
+        return Ok(0);
+    }
     let rooms: Vec<&str> = spans.iter().map(|s| s.room).collect();
     let afters: Vec<i64> = spans.iter().map(|s| s.after).collect();
     let lasts: Vec<i64> = spans.iter().map(|s| s.last).collect();
-    const OUTSIDE: &str = "SELECT g.id FROM state_groups AS g \
-         JOIN unnest($1::text[], $2::bigint[], $3::bigint[]) AS s(room, after, last) \
-         ON g.room_id = s.room WHERE NOT (g.id > s.after AND g.id <= s.last)";
-    let params: [&(dyn postgres::types::ToSql + Sync); 3] = [&rooms, &afters, &lasts];
-    let any: bool = client
-        .query_one(&format!("SELECT EXISTS ({OUTSIDE})") as &str, &params)
-        .map_err(|e| Error::db("counting the rooms' rows", e))?
-        .get(0);
-    if !any {
-        return Ok(0);
-    }
     let n: i64 = client
         .query_one(
-            &format!("SELECT count(*) FROM state_groups_state WHERE state_group IN ({OUTSIDE})")
-                as &str,
-            &params,
+            "SELECT count(*) FROM state_groups_state WHERE state_group IN ( \
+                 SELECT g.id FROM state_groups AS g \
+                 JOIN unnest($1::text[], $2::bigint[], $3::bigint[]) AS s(room, after, last) \
+                 ON g.room_id = s.room WHERE NOT (g.id > s.after AND g.id <= s.last))",
+            &[&rooms, &afters, &lasts],
         )
         .map_err(|e| Error::db("counting the rooms' rows", e))?
         .get(0);

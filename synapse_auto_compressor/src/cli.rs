@@ -132,6 +132,8 @@ pub struct AutoArgs {
 
     /// Most memory the pass may hold in chunks not yet complete (e.g.
     /// 256MiB, 1GiB); rooms beyond it are read room by room after the pass.
+    /// With one writer, also the most held in decided chunks waiting to be
+    /// written together.
     #[arg(long = "pass-memory", value_name = "SIZE", default_value_t = DEFAULT_PASS_MEMORY)]
     pub pass_memory: MemorySize,
 

@@ -319,6 +319,8 @@ enum Counted {
     Covered {
         after: Option<i64>,
         last: i64,
+        /// The room has no groups after `last`.
+        finished: bool,
         rows_after: i64,
     },
     /// Synapse changed groups of one of its chunks meanwhile: all its
@@ -386,6 +388,7 @@ impl RunFigures {
             Counted::Nothing => Counted::Covered {
                 after: outcome.after,
                 last: outcome.last,
+                finished: outcome.room_finished,
                 rows_after,
             },
             // A room's chunks follow one another; one that does not (never
@@ -394,9 +397,11 @@ impl RunFigures {
                 after,
                 last,
                 rows_after: before,
+                ..
             } if outcome.after == Some(last) => Counted::Covered {
                 after,
                 last: outcome.last,
+                finished: outcome.room_finished,
                 rows_after: before + rows_after,
             },
             other => other,
@@ -423,10 +428,14 @@ impl RunFigures {
                 Counted::Covered {
                     after,
                     last,
+                    finished,
                     rows_after,
                 } => {
                     known += rows_after;
-                    stats::Span::covering(room, after, last)
+                    // A room the run finished has no groups after its last
+                    // chunk but those Synapse added meanwhile, which are
+                    // not the run's to count.
+                    stats::Span::covering(room, after, (!finished).then_some(last))
                 }
                 Counted::Nothing | Counted::InTable => stats::Span::none(room),
             })

@@ -32,7 +32,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use log::debug;
 use postgres::{Client, Transaction};
 use synapse_compress_state::core::group::{Loaded, LoadedGroups};
 use synapse_compress_state::core::state_map::Symbols;
@@ -116,6 +115,16 @@ impl Sweep {
 
     pub(super) fn is_empty(&self) -> bool {
         self.parts.is_empty()
+    }
+
+    /// What it holds, in words, for the log and the bar.
+    pub(super) fn describe(&self) -> String {
+        format!(
+            "{} decided chunks of {} rooms ({} groups to rewrite)",
+            self.parts.len(),
+            self.rooms.len(),
+            self.changed.len()
+        )
     }
 
     /// The progress `room`'s last part here leaves it at, if it has one:
@@ -229,12 +238,6 @@ impl Sweep {
         before: &mut dyn FnMut(&mut Client) -> Result<bool>,
     ) -> Result<Vec<Part>> {
         self.changed.sort_unstable();
-        debug!(
-            "sweep: {} chunks of {} rooms, {} groups to rewrite",
-            self.parts.len(),
-            self.rooms.len(),
-            self.changed.len()
-        );
         let Sweep {
             symbols,
             new,

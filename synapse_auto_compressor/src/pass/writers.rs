@@ -22,7 +22,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 use postgres::Client;
 use synapse_compress_state::db::lock_wait::stop_requested;
 use synapse_compress_state::db::schema::Access;
@@ -343,6 +343,12 @@ impl<'w> Writers<'w> {
             return Ok(());
         }
         let started = Instant::now();
+        let what = sweep.describe();
+        info!("Writing {what} in one sweep of ascending group ids");
+        self.lock()
+            .walk
+            .bar
+            .set_message(format!("writing {what} in one sweep"));
         let mut before = |client: &mut Client| -> Result<bool> {
             let Some(signal) = stop_requested(client, Access::Write)? else {
                 return Ok(true);
@@ -355,6 +361,11 @@ impl<'w> Writers<'w> {
         };
         let parts = sweep.write(client, prepared, &mut before)?;
         self.lock().summary.timings.write += started.elapsed();
+        info!(
+            "Sweep done in {:.1}s: {} chunks committed with their progress",
+            started.elapsed().as_secs_f64(),
+            parts.len()
+        );
         let mut raised = None;
         for part in parts {
             let planned = &self.plan.chunks[part.rank as usize];

@@ -34,6 +34,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use synapse_compress_state::core::group::StateGroupEntry;
+use synapse_compress_state::core::resolve::full_state;
 use synapse_compress_state::core::state_map::{StateMap, Symbols};
 use synapse_compress_state::{Error, GroupMap, Level, Result};
 
@@ -103,6 +104,36 @@ impl Carry {
             heads: heads(levels),
             symbols: own,
             groups,
+            rows,
+        })
+    }
+
+    /// After a chunk ending at `last` that was skipped (not worth writing):
+    /// the room continues with fresh levels, so nothing is built on, but
+    /// the next chunk's first groups lead into this one, whose chains are
+    /// as Synapse wrote them (up to a hundred groups back to a snapshot,
+    /// read again from the database). Its last group, which they mostly
+    /// lead to, is carried as a stand-in holding its whole state.
+    pub fn after_skipped(original: &GroupMap, symbols: &Symbols, last: i64) -> Result<Carry> {
+        let state = full_state(original, last)?;
+        let mut own = Symbols::new();
+        let delta = translate(&StateMap::from_full(&state), symbols, &mut own);
+        let rows = delta.len();
+        let missing_group_row = original.get(&last).is_some_and(|e| e.missing_group_row);
+        own.shrink_to_fit();
+        Ok(Carry {
+            last,
+            heads: Vec::new(),
+            symbols: own,
+            groups: vec![(
+                last,
+                StateGroupEntry {
+                    in_range: false,
+                    prev: None,
+                    delta,
+                    missing_group_row,
+                },
+            )],
             rows,
         })
     }

@@ -184,16 +184,25 @@ impl Ahead<'_> {
 
     /// Starts loading the next chunk of the same room after a chunk that
     /// rewrites nothing and leaves `levels`, when that chunk comes next.
-    fn start_same_room(&mut self, config: &AutoConfig, room: &str, last: i64, levels: &[Level]) {
-        if let Some(prefetcher) = self.prefetcher.as_deref_mut().filter(|_| self.same_room) {
-            prefetcher.start(ChunkRequest {
-                room_id: room.to_owned(),
-                after: Some(last),
-                heads: heads(levels),
-                chunk_size: config.chunk_size.get(),
-                carried: None,
-            });
-        }
+    /// Whether it started one.
+    fn start_same_room(
+        &mut self,
+        config: &AutoConfig,
+        room: &str,
+        last: i64,
+        levels: &[Level],
+    ) -> bool {
+        let Some(prefetcher) = self.prefetcher.as_deref_mut().filter(|_| self.same_room) else {
+            return false;
+        };
+        prefetcher.start(ChunkRequest {
+            room_id: room.to_owned(),
+            after: Some(last),
+            heads: heads(levels),
+            chunk_size: config.chunk_size.get(),
+            carried: None,
+        });
+        true
     }
 }
 
@@ -393,7 +402,15 @@ pub(crate) fn decide_chunk(
             outcome.rows_before, outcome.rows_after
         );
         let fresh = config.default_levels.empty_levels();
-        ahead.start_same_room(config, room, last, &fresh);
+        // The next chunk's load, started ahead now, reads what a carry
+        // would hold (a carry would not match that load).
+        let loading = ahead.start_same_room(config, room, last, &fresh);
+        if chunk.more && !loading {
+            ahead.carries.keep(
+                room,
+                Carry::after_skipped(&chunk.original, &chunk.symbols, last)?,
+            );
+        }
         return Ok(Decided::SaveOnly { outcome, last });
     }
 

@@ -34,7 +34,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use synapse_compress_state::core::group::StateGroupEntry;
-use synapse_compress_state::core::resolve::full_state;
 use synapse_compress_state::core::state_map::{StateMap, Symbols};
 use synapse_compress_state::{Error, GroupMap, Level, Result};
 
@@ -112,30 +111,39 @@ impl Carry {
     /// the room continues with fresh levels, so nothing is built on, but
     /// the next chunk's first groups lead into this one, whose chains are
     /// as Synapse wrote them (up to a hundred groups back to a snapshot,
-    /// read again from the database). Its last group, which they mostly
-    /// lead to, is carried as a stand-in holding its whole state.
-    pub fn after_skipped(original: &GroupMap, symbols: &Symbols, last: i64) -> Result<Carry> {
-        let state = full_state(original, last)?;
+    /// read again from the database otherwise). So the chain of its last
+    /// group, which they mostly lead to, is carried as loaded, as far as
+    /// it was loaded.
+    pub fn after_skipped(original: &GroupMap, symbols: &Symbols, last: i64) -> Carry {
         let mut own = Symbols::new();
-        let delta = translate(&StateMap::from_full(&state), symbols, &mut own);
-        let rows = delta.len();
-        let missing_group_row = original.get(&last).is_some_and(|e| e.missing_group_row);
+        let mut groups = Vec::new();
+        let mut rows = 0;
+        let mut next = Some(last);
+        while let Some(entry) = next.and_then(|id| original.get(&id).map(|e| (id, e))) {
+            let (id, entry) = entry;
+            if groups.len() > original.len() {
+                break; // a loop (a damaged structure is refused elsewhere)
+            }
+            rows += entry.delta.len();
+            groups.push((
+                id,
+                StateGroupEntry {
+                    in_range: false,
+                    prev: entry.prev,
+                    delta: translate(&entry.delta, symbols, &mut own),
+                    missing_group_row: entry.missing_group_row,
+                },
+            ));
+            next = entry.prev;
+        }
         own.shrink_to_fit();
-        Ok(Carry {
+        Carry {
             last,
             heads: Vec::new(),
             symbols: own,
-            groups: vec![(
-                last,
-                StateGroupEntry {
-                    in_range: false,
-                    prev: None,
-                    delta,
-                    missing_group_row,
-                },
-            )],
+            groups,
             rows,
-        })
+        }
     }
 
     /// Whether this carry continues a room whose saved progress is

@@ -408,7 +408,7 @@ pub(crate) fn decide_chunk(
         if chunk.more && !loading {
             ahead.carries.keep(
                 room,
-                Carry::after_skipped(&chunk.original, &chunk.symbols, last)?,
+                Carry::after_skipped(&chunk.original, &chunk.symbols, last),
             );
         }
         return Ok(Decided::SaveOnly { outcome, last });

@@ -9,9 +9,11 @@ use log::debug;
 use postgres::types::Type;
 use postgres::Client;
 use synapse_compress_state::db::load;
-use synapse_compress_state::{Error, Result};
+use synapse_compress_state::core::state_map::Symbols;
+use synapse_compress_state::{Error, GroupMap, Result};
 
 use super::assemble::Assembled;
+use crate::carry::translate;
 use crate::prefetch::{ChunkRequest, LoadedChunk};
 
 /// A chunk the pass put together, given to the chunk code in place of a
@@ -21,6 +23,11 @@ pub(crate) struct Given {
     /// Where the plan has it start, and whether its room goes on.
     pub(crate) after: Option<i64>,
     pub(crate) more: bool,
+    /// The room's groups decided and not written yet (the pass's sweep),
+    /// with their new entries in the symbols given: the database still
+    /// shows them as they were, and the chunk must see them as they will
+    /// be, as it would had they been written first.
+    pub(crate) pending: Option<(GroupMap, Symbols)>,
 }
 
 impl Given {
@@ -66,11 +73,17 @@ impl Given {
                 groups: Some(Err(Error::Damaged(why))),
             }));
         }
-        let known = request
+        let mut known = request
             .carried
             .as_ref()
             .map(|carry| carry.lay_out_into(&mut symbols))
             .unwrap_or_default();
+        if let Some((pending, from)) = self.pending {
+            for (id, mut entry) in pending {
+                entry.delta = translate(&entry.delta, &from, &mut symbols);
+                known.entry(id).or_insert(entry);
+            }
+        }
         // The groups whose predecessor is outside the chunk: their
         // predecessors are read now, in a later snapshot than the groups.
         // If Synapse has changed one of them since (it rewrites a group

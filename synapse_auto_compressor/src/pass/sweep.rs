@@ -72,6 +72,8 @@ pub(super) struct Sweep {
     room_index: HashMap<String, u32>,
     /// The room (index) of each changed group.
     group_room: HashMap<i64, u32>,
+    /// Each room's changed groups.
+    room_groups: HashMap<u32, Vec<i64>>,
     /// The part (index) of each changed group.
     group_part: HashMap<i64, u32>,
     /// Each room's last part.
@@ -127,6 +129,23 @@ impl Sweep {
         )
     }
 
+    /// `room`'s groups waiting here, with their new entries (in a symbol
+    /// table of their own): its next chunk must see them as they will be.
+    pub(super) fn pending_of(&self, room: &str) -> Option<(GroupMap, Symbols)> {
+        let groups = self.room_groups.get(self.room_index.get(room)?)?;
+        let mut symbols = Symbols::new();
+        let map = groups
+            .iter()
+            .map(|id| {
+                let mut entry = self.new[id].clone();
+                entry.in_range = false;
+                entry.delta = translate(&entry.delta, &self.symbols, &mut symbols);
+                (*id, entry)
+            })
+            .collect();
+        Some((map, symbols))
+    }
+
     /// The progress `room`'s last part here leaves it at, if it has one:
     /// its next chunk continues from there, not from the saved progress.
     pub(super) fn progress_of(&self, room: &str) -> Option<RoomProgress> {
@@ -178,6 +197,7 @@ impl Sweep {
                 },
             );
             self.group_room.insert(group, room);
+            self.room_groups.entry(room).or_default().push(group);
             self.group_part.insert(group, part);
         }
         self.changed.extend_from_slice(&changed);

@@ -572,6 +572,9 @@ fn decide_one(
         let no_rooms = LeftRooms::default();
         let (mut ahead, figures) = taken.ahead(&no_rooms, room_ids, planned);
         ahead.progress = sweep.progress_of(room);
+        if let Some(given) = ahead.given.as_mut() {
+            given.pending = sweep.pending_of(room);
+        }
         decide_chunk(client, prepared, room, config, own, figures, &mut ahead)
     })?;
     Ok(match decided {
@@ -643,6 +646,7 @@ impl Taken {
             assembled: std::mem::take(&mut self.assembled),
             after: planned.after,
             more: planned.more,
+            pending: None,
         };
         let ahead = Ahead::assembled(no_rooms, room_ids, &mut self.carries, given);
         (ahead, &mut self.figures)

@@ -526,12 +526,11 @@ fn read_windows(
     for chunk in ids.chunks(window.max(1)) {
         let loaded = {
             let mut symbols = symbols.lock().unwrap_or_else(PoisonError::into_inner);
-            load::load_groups_after(
+            load::load_groups_batched(
                 &mut snapshot,
                 &mut symbols,
                 room,
                 chunk,
-                &[],
                 std::mem::take(&mut known),
                 &mut |n| {
                     bar.inc(n);

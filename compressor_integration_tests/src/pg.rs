@@ -88,20 +88,36 @@ pub fn refused_url() -> String {
 /// # Panics
 /// When none does within the bound.
 pub fn wait_for_lock_wait(watcher: &mut Client, name: &str) {
+    poll_until(
+        watcher,
+        "SELECT count(*) > 0 FROM pg_stat_activity \
+         WHERE application_name = $1 AND wait_event_type = 'Lock'",
+        &[&name],
+        &format!("no session named {name} waited for a lock"),
+    );
+}
+
+/// Polls the server (bounded, no sleeping) until `query` (one boolean)
+/// returns true.
+///
+/// # Panics
+/// With `never` when it does not within the bound.
+pub fn poll_until(
+    watcher: &mut Client,
+    query: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+    never: &str,
+) {
     for _ in 0..200_000 {
-        let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
-                &[&name],
-            )
-            .expect("reading pg_stat_activity")
+        let done: bool = watcher
+            .query_one(query, params)
+            .expect("polling the server")
             .get(0);
-        if waiting > 0 {
+        if done {
             return;
         }
     }
-    panic!("no session named {name} waited for a lock");
+    panic!("{never}");
 }
 
 /// Quotes an SQL identifier.

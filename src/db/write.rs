@@ -22,6 +22,8 @@
 //! be row-locked: it counts as present while it still has its edge and rows.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc::channel;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{debug, warn};
@@ -53,6 +55,14 @@ fn max_groups_per_batch() -> usize {
 }
 /// A batch is closed once it holds this many new rows.
 const MAX_ROWS_PER_BATCH: usize = 50_000;
+
+/// A batch of a pipelined write ([`Rewrite::write_pipelined`]) holds at
+/// most this many groups, and is closed before it reaches this many old
+/// rows to delete (most of a batch's time on the server goes to deleting
+/// them): smaller batches of about the same time keep both connections
+/// busy, where a last long batch would run alone.
+const PIPELINED_GROUPS: usize = 250;
+const PIPELINED_OLD_ROWS: usize = 200_000;
 
 /// What writing a set of groups did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -95,7 +105,7 @@ pub struct Rewrite<'a> {
     /// (`room_id` is then not used).
     pub room_of: Option<&'a dyn RoomOf>,
     pub symbols: &'a Symbols,
-    pub original: &'a dyn LoadedGroups,
+    pub original: &'a (dyn LoadedGroups + Sync),
     pub new: &'a GroupMap,
 }
 
@@ -125,6 +135,98 @@ struct Locked {
     existing: BTreeSet<i64>,
     /// The groups' new bases.
     bases: BTreeSet<i64>,
+}
+
+/// Where the batches of a pipelined write stand
+/// ([`Rewrite::write_pipelined`]). Batch k takes its locks only once the
+/// batches before it hold theirs (or have committed), and commits only
+/// once they have committed. So a lock that two batches both need (a
+/// shared base's pending-deletion row) goes to the earlier one first, and
+/// the later one waits on the server for a transaction that never waits
+/// for it. Should an earlier batch let its locks go to try again, every
+/// later batch not yet committed rolls back and starts over after it, so
+/// the earlier one never waits on the server for a later one that waits
+/// for it here.
+#[derive(Default)]
+struct Turns {
+    /// Batches `0..locked` hold their locks or have committed.
+    locked: usize,
+    /// Batches `0..committed` have committed.
+    committed: usize,
+    /// Batches from this one on do not commit: one of them failed, or
+    /// the caller stopped after the one before.
+    closed_from: Option<usize>,
+}
+
+impl Turns {
+    /// Whether batch `index` may still commit.
+    fn open(&self, index: usize) -> bool {
+        self.closed_from.is_none_or(|closed| index < closed)
+    }
+}
+
+/// [`Turns`], shared by the connections of a pipelined write.
+#[derive(Default)]
+struct Pipeline {
+    turns: Mutex<Turns>,
+    changed: Condvar,
+}
+
+/// What a batch that has taken its locks does next.
+enum Turn {
+    Go,
+    Again,
+    Closed,
+}
+
+impl Pipeline {
+    /// The turns, locked, with the condition to tell of a change.
+    fn take(&self) -> (MutexGuard<'_, Turns>, &Condvar) {
+        let turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
+        (turns, &self.changed)
+    }
+
+    /// Waits until `ready` holds (true) or batch `index` may no longer
+    /// commit (false).
+    fn wait_for(&self, index: usize, ready: impl Fn(&Turns) -> bool) -> bool {
+        let mut turns = self.take().0;
+        while turns.open(index) && !ready(&turns) {
+            turns = self
+                .changed
+                .wait(turns)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        turns.open(index)
+    }
+
+    /// Batch `index` holds its locks: whether it goes on.
+    fn locked(&self, index: usize) -> Turn {
+        let (mut turns, changed) = self.take();
+        if !turns.open(index) {
+            return Turn::Closed;
+        }
+        if turns.locked < index {
+            return Turn::Again;
+        }
+        turns.locked = index + 1;
+        changed.notify_all();
+        Turn::Go
+    }
+
+    /// Batch `index` let its locks go (to try again): the later ones start
+    /// over.
+    fn let_go(&self, index: usize) {
+        let (mut turns, changed) = self.take();
+        turns.locked = turns.locked.min(index);
+        changed.notify_all();
+    }
+
+    /// Batches from `index` on do not commit.
+    fn close_from(&self, index: usize) {
+        let (mut turns, changed) = self.take();
+        turns.closed_from = Some(turns.closed_from.map_or(index, |c| c.min(index)));
+        changed.notify_all();
+    }
 }
 
 impl Rewrite<'_> {
@@ -235,6 +337,171 @@ impl Rewrite<'_> {
         Ok(report)
     }
 
+    /// [`Rewrite::write_listing`] on several connections at once (one
+    /// batch in flight on each), with the same outcome as on one: the
+    /// batches still commit one at a time in ascending order, so what is
+    /// committed at any instant is a prefix of the batches, as on one
+    /// connection ([`Turns`] says how). While batch k's transaction works
+    /// on the server, batch k+1's locks, re-check, deletes and copy run on
+    /// the next connection; it commits right after batch k.
+    ///
+    /// `on_batch` is told of each committed batch in order; once it says no,
+    /// the batches not yet committed are rolled back (one may have
+    /// committed meanwhile: it is told too). An error in a batch
+    /// rolls back the later ones and is returned once every connection is
+    /// done (the earlier batches commit or roll back as they would alone).
+    pub fn write_pipelined(
+        &self,
+        clients: &mut [&mut Client],
+        groups: &[i64],
+        on_batch: &mut dyn FnMut(&[i64], &[i64]) -> bool,
+    ) -> Result<WriteReport> {
+        let all: Vec<&[i64]> = batches(self.new, groups)
+            .flat_map(|batch| self.split_for_pipeline(batch))
+            .collect();
+        if clients.len() < 2 || all.len() < 2 {
+            let client = clients.first_mut().expect("a connection to write on");
+            return self.write_listing(client, groups, on_batch, None);
+        }
+        let turns = Pipeline::default();
+        let (to_caller, committed) = channel();
+        let width = clients.len();
+        let mut report = WriteReport::default();
+        let mut going_on = true;
+        let failures: Vec<Error> = std::thread::scope(|scope| {
+            let workers: Vec<_> = clients
+                .iter_mut()
+                .enumerate()
+                .map(|(first, client)| {
+                    let (turns, to_caller, all) = (&turns, to_caller.clone(), &all);
+                    scope.spawn(move || -> Result<()> {
+                        for index in (first..all.len()).step_by(width) {
+                            let batch = all[index];
+                            let tell = |(written, ready)| {
+                                let _ = to_caller.send((index, written, batch, ready));
+                            };
+                            match self.pipelined_batch(client, index, batch, turns, tell) {
+                                Ok(true) => {}
+                                Ok(false) => return Ok(()),
+                                Err(e) => {
+                                    turns.close_from(index);
+                                    return Err(e);
+                                }
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            drop(to_caller);
+            // Every committed batch is told, also one that committed
+            // while the caller was saying no to the one before.
+            for (index, written, batch, ready) in committed {
+                report.add(written);
+                if !on_batch(batch, &ready) && going_on {
+                    going_on = false;
+                    turns.close_from(index + 1);
+                }
+            }
+            workers
+                .into_iter()
+                .filter_map(|w| {
+                    w.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                        .err()
+                })
+                .collect()
+        });
+        match failures.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    /// `batch` in parts of at most [`PIPELINED_GROUPS`] groups and
+    /// [`PIPELINED_OLD_ROWS`] old rows (a group with more is a part alone),
+    /// so that the parts of a pipelined write take about the same time on
+    /// the server.
+    fn split_for_pipeline<'b>(&self, batch: &'b [i64]) -> Vec<&'b [i64]> {
+        let mut parts = Vec::new();
+        let (mut start, mut rows) = (0, 0);
+        for (i, &group) in batch.iter().enumerate() {
+            let old = self.loaded(group).rows;
+            if i > start && (rows + old > PIPELINED_OLD_ROWS || i - start == PIPELINED_GROUPS) {
+                parts.push(&batch[start..i]);
+                (start, rows) = (i, 0);
+            }
+            rows += old;
+        }
+        parts.push(&batch[start..]);
+        parts
+    }
+
+    /// Batch `index` of a pipelined write on `client`: its transaction
+    /// taken in turn ([`Turns`]), tried again after a conflict; once
+    /// committed, `tell` is given its figures and groups rewritten, still
+    /// in turn (so batches are told in order). False when the write was
+    /// closed (an error elsewhere, or the caller stopped) before this batch
+    /// committed: it is rolled back.
+    fn pipelined_batch(
+        &self,
+        client: &mut Client,
+        index: usize,
+        batch: &[i64],
+        turns: &Pipeline,
+        tell: impl FnOnce((WriteReport, Vec<i64>)),
+    ) -> Result<bool> {
+        let mut attempt = 1;
+        loop {
+            if !turns.wait_for(index, |t| t.locked >= index) {
+                return Ok(false);
+            }
+            let mut tx = client
+                .transaction()
+                .map_err(|e| Error::db("starting a write transaction", e))?;
+            let step = match self.lock(&mut tx, batch) {
+                Ok(locked) => match turns.locked(index) {
+                    Turn::Closed => return Ok(false),
+                    // An earlier batch let its locks go to try again: ours
+                    // may be in its way, so this one starts over after it.
+                    Turn::Again => {
+                        drop(tx);
+                        continue;
+                    }
+                    Turn::Go => self.finish_batch(&mut tx, batch, locked),
+                },
+                Err(e) => Err(e),
+            };
+            match step {
+                Ok(written) => {
+                    if !turns.wait_for(index, |t| t.committed == index || t.locked <= index) {
+                        return Ok(false);
+                    }
+                    let (mut held, changed) = turns.take();
+                    if held.locked <= index {
+                        // As above: an earlier batch is trying again.
+                        drop(held);
+                        drop(tx);
+                        continue;
+                    }
+                    tx.commit()
+                        .map_err(|e| Error::db("committing rewritten state groups", e))?;
+                    held.committed = index + 1;
+                    tell(written);
+                    changed.notify_all();
+                    return Ok(true);
+                }
+                Err(e) if attempt < MAX_ATTEMPTS && worth_retrying(&e) => {
+                    drop(tx);
+                    turns.let_go(index);
+                    warn_retry(batch, &e);
+                    attempt += 1;
+                }
+                Err(e) => return Err(Error::db("rewriting state groups", e)),
+            }
+        }
+    }
+
     /// One batch in its own transaction, tried again after a conflict.
     fn commit_batch(
         &self,
@@ -255,12 +522,7 @@ impl Rewrite<'_> {
                     return Ok((written, ready));
                 }
                 Err(e) if attempt < MAX_ATTEMPTS && worth_retrying(&e) => {
-                    warn!(
-                        "writing state groups {}..={}: {}; trying the batch again",
-                        batch[0],
-                        batch[batch.len() - 1],
-                        e.as_db_error().map_or("conflict", |d| d.message())
-                    );
+                    warn_retry(batch, &e);
                     attempt += 1;
                 }
                 Err(e) => return Err(Error::db("rewriting state groups", e)),
@@ -280,7 +542,18 @@ impl Rewrite<'_> {
         if batch.is_empty() {
             return Ok((WriteReport::default(), Vec::new()));
         }
-        let mut locked = self.lock(tx, batch)?;
+        let locked = self.lock(tx, batch)?;
+        self.finish_batch(tx, batch, locked)
+    }
+
+    /// The rest of [`Rewrite::write_batch`] once the batch is locked:
+    /// re-check, replace.
+    fn finish_batch(
+        &self,
+        tx: &mut Transaction<'_>,
+        batch: &[i64],
+        mut locked: Locked,
+    ) -> Result<(WriteReport, Vec<i64>), postgres::Error> {
         let ready = self.recheck(tx, batch, &mut locked)?;
         let mut report = WriteReport {
             written: ready.len(),
@@ -473,6 +746,16 @@ impl Rewrite<'_> {
         }
         Ok((deleted, writer.finish()?))
     }
+}
+
+/// Says that `batch` met `err` and is tried again.
+fn warn_retry(batch: &[i64], err: &postgres::Error) {
+    warn!(
+        "writing state groups {}..={}: {}; trying the batch again",
+        batch[0],
+        batch[batch.len() - 1],
+        err.as_db_error().map_or("conflict", |d| d.message())
+    );
 }
 
 /// Errors that come from another writer's timing, not from us: the batch

@@ -167,7 +167,7 @@ struct NewStructure<'a> {
     symbols: &'a Symbols,
     /// The original entries of (at least) the changed groups and of the
     /// groups loaded without a `state_groups` row.
-    original: &'a dyn LoadedGroups,
+    original: &'a (dyn LoadedGroups + Sync),
     /// The new entries of (at least) the changed groups.
     new: &'a GroupMap,
     /// The groups that change, ascending.
@@ -236,7 +236,7 @@ fn write(
     if held.stop_if_asked(summary)? {
         return Ok(());
     }
-    let (report, written) = commit(&mut held.client, &config.room_id, new)?;
+    let (report, written) = commit(&mut held.client, config, new)?;
     summary.timings.write = started.elapsed();
     // Exact: a group Synapse changed meanwhile keeps its rows, and so do
     // the groups of batches a stop left undone.
@@ -455,14 +455,23 @@ fn reason_to_write_nothing(config: &ManualConfig, summary: &mut Summary) -> Opti
 /// asked to stop: what was written, and how many groups were left alone
 /// because they changed since they were loaded; and each group rewritten,
 /// with the edge and the number of rows written.
+///
+/// With more than one batch, the batches are written on two connections
+/// ([`db::write::Rewrite::write_pipelined`]): the server works on the next
+/// batch while the current one finishes, and they still commit in order.
 fn commit(
     client: &mut Client,
-    room: &str,
+    config: &ManualConfig,
     new: NewStructure<'_>,
 ) -> Result<(WriteReport, Vec<stats::Written>)> {
     let bar = progress::bar(new.changed.len() as u64, "Writing changes");
+    let mut second = (db::write::batches(new.new, new.changed).nth(1).is_some())
+        .then(|| second_writer(config))
+        .flatten();
+    let mut clients = vec![client];
+    clients.extend(second.as_mut());
     let rewrite = db::write::Rewrite {
-        room_id: room,
+        room_id: &config.room_id,
         room_of: None,
         symbols: new.symbols,
         original: new.original,
@@ -477,13 +486,21 @@ fn commit(
         }));
         interrupt::requested().is_none()
     };
-    let report = rewrite.write_listing(client, new.changed, &mut go_on, None)?;
+    let report = rewrite.write_pipelined(&mut clients, new.changed, &mut go_on)?;
     bar.finish_and_clear();
     info!(
         "Committed changes to {} groups ({} rows deleted, {} inserted)",
         report.written, report.rows_deleted, report.rows_inserted
     );
     Ok((report, written))
+}
+
+/// A second connection for the writes, if one can be had: without it the
+/// batches are written on the run's connection alone, as safely.
+fn second_writer(config: &ManualConfig) -> Option<Client> {
+    db::connect(&config.db_url)
+        .inspect_err(|e| info!("Writing on one connection (a second one failed: {e})"))
+        .ok()
 }
 
 /// Where the SQL of `-o` goes: a file (replaced whole, once complete), or

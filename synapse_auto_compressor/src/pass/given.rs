@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use log::debug;
 use postgres::types::Type;
 use postgres::Client;
-use synapse_compress_state::db::load;
 use synapse_compress_state::core::state_map::Symbols;
+use synapse_compress_state::db::load;
 use synapse_compress_state::{Error, GroupMap, Result};
 
 use super::assemble::Assembled;

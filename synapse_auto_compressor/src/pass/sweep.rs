@@ -45,6 +45,10 @@ use crate::chunk::Pending;
 use crate::state_saving::{self, RoomProgress};
 use crate::summary::ChunkOutcome;
 
+/// Most chunks of one room a sweep holds before it is written (see
+/// [`Sweep::room_is_full`]).
+const MAX_ROOM_PARTS: usize = 4;
+
 /// A decided chunk waiting for the sweep.
 pub(super) struct Part {
     /// Its rank in the pass's plan.
@@ -78,6 +82,8 @@ pub(super) struct Sweep {
     group_part: HashMap<i64, u32>,
     /// Each room's last part.
     room_last: HashMap<u32, usize>,
+    /// Each room's parts.
+    room_parts: HashMap<u32, usize>,
     parts: Vec<Part>,
     changed: Vec<i64>,
     bytes: usize,
@@ -127,6 +133,17 @@ impl Sweep {
             self.rooms.len(),
             self.changed.len()
         )
+    }
+
+    /// Whether `room` has so many chunks waiting here that handing its
+    /// groups to its next chunk ([`Sweep::pending_of`]) would cost more
+    /// than writing them first: each chunk of a big room would otherwise be
+    /// given all of the room's groups waiting, chunk after chunk.
+    pub(super) fn room_is_full(&self, room: &str) -> bool {
+        self.room_index
+            .get(room)
+            .and_then(|i| self.room_parts.get(i))
+            .is_some_and(|&n| n >= MAX_ROOM_PARTS)
     }
 
     /// `room`'s groups waiting here, with their new entries (in a symbol
@@ -234,6 +251,7 @@ impl Sweep {
         let room = self.room(&outcome.room_id);
         let index = self.parts.len();
         let before = self.room_last.insert(room, index);
+        *self.room_parts.entry(room).or_default() += 1;
         self.bytes += 256;
         self.parts.push(Part {
             rank,

@@ -292,14 +292,14 @@ impl<'w> Writers<'w> {
                             self.lock().summary.add_worker(&own);
                             self.release(planned, taken);
                             sweep.add_write(rank, *pending);
-                            self.flush_over(client, prepared, sweep, budget)?;
+                            self.flush_over(client, prepared, (sweep, room), budget)?;
                             continue;
                         }
                         Decision::SaveOnly(outcome) => {
                             self.lock().summary.add_worker(&own);
                             self.release(planned, taken);
                             sweep.add_progress(rank, outcome, config.default_levels.empty_levels());
-                            self.flush_over(client, prepared, sweep, budget)?;
+                            self.flush_over(client, prepared, (sweep, room), budget)?;
                             continue;
                         }
                     }
@@ -322,15 +322,16 @@ impl<'w> Writers<'w> {
         }
     }
 
-    /// Writes what `sweep` holds when it holds more than `budget`.
+    /// Writes what `sweep` holds when it holds more than `budget`, or too
+    /// many chunks of `room`.
     fn flush_over(
         &self,
         client: &mut Client,
         prepared: &mut Prepared,
-        sweep: &mut Sweep,
+        (sweep, room): (&mut Sweep, &str),
         budget: usize,
     ) -> Result<()> {
-        if sweep.bytes() > budget {
+        if sweep.bytes() > budget || sweep.room_is_full(room) {
             self.flush(client, prepared, std::mem::take(sweep))?;
         }
         Ok(())

@@ -55,7 +55,7 @@ mutants=(
     "damaged-room-not-left|synapse_auto_compressor/src/summary.rs|s/self.damaged = true;/self.damaged = false;/|--test damaged|a damaged room is not left alone (the run keeps loading it)"
     "survey-pass-no-fallback|synapse_auto_compressor/src/survey.rs|s/        self.scan = plan.chunks\[rest\].first;/        self.scan = plan.end().unwrap_or(0) + 1 + 0 * plan.chunks[rest].first;/|--test survey the_pass_surveys|after the pass, the survey's room-by-room loop starts past the plan, missing the chunks the pass left"
     "survey-pass-no-carry|synapse_auto_compressor/src/survey.rs|s/Some\(given\) => given.into_loaded\(client, &request\)\?,/Some(given) => given.into_loaded(client, \&ChunkRequest { carried: None, ..request.clone() })?,/|--test survey the_pass_surveys|the survey's chunks from the pass forget the new structure their room's chunk before left"
-    "sweep-progress-early|synapse_auto_compressor/src/pass/sweep.rs|s/let reached = batch.last\(\).copied\(\).unwrap_or\(i64::MAX\);/let reached = i64::MAX;/|--test interrupt auto_tool_stopped_at_each_safe_point|the pass's sweep saves a chunk's progress before all its groups are written"
+    "sweep-progress-early|synapse_auto_compressor/src/pass/sweep.rs|s/let reached = batch.last\(\).copied\(\).unwrap_or\(i64::MAX\);/let reached = i64::MAX;/|--test kills auto_tool_with_big_chunks|the pass's sweep saves a chunk's progress before all its groups are written"
     "sweep-stale-progress|synapse_auto_compressor/src/pass/writers.rs|s/ahead.progress = sweep.progress_of\(room\);/ahead.progress = sweep.progress_of(\"-\");/|--test pass_reader leaves_what_the_room|the pass decides a room's next chunk from its saved progress while its chunk before waits in the sweep"
 )
 

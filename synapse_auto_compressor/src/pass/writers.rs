@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use postgres::Client;
-use synapse_compress_state::db::lock_wait::stop_requested;
+use synapse_compress_state::db::lock_wait::{stop_requested, wait_for_state_tables};
 use synapse_compress_state::db::schema::Access;
 use synapse_compress_state::db::{Prepared, RoomLock};
 use synapse_compress_state::error::printable;
@@ -337,8 +337,16 @@ impl<'w> Writers<'w> {
         Ok(())
     }
 
+    /// The run stops after what it is doing: `signal` came.
+    fn stopped(&self, signal: Signal) {
+        let mut s = self.lock();
+        s.summary.interrupted.get_or_insert(signal);
+        s.stop = true;
+        self.changed.notify_all();
+    }
+
     /// Writes what `sweep` holds, and counts the chunks whose writes and
-    /// progress committed. A signal stops it between two batches.
+    /// progress committed.
     fn flush(&self, client: &mut Client, prepared: &mut Prepared, sweep: Sweep) -> Result<()> {
         if sweep.is_empty() {
             return Ok(());
@@ -350,15 +358,27 @@ impl<'w> Writers<'w> {
             .walk
             .bar
             .set_message(format!("writing {what} in one sweep"));
+        // A signal lets the sweep finish: stopped between two batches, it
+        // would leave chunks with some of their groups rewritten and their
+        // progress not saved, which the next run may decide otherwise (see
+        // docs/reading.md, "Kills"). A second signal ends the process at
+        // once, as ever. Only a signal that comes while the tables are
+        // taken (waiting for them) stops it between two batches.
         let mut before = |client: &mut Client| -> Result<bool> {
-            let Some(signal) = stop_requested(client, Access::Write)? else {
-                return Ok(true);
+            let signal = match interrupt::requested() {
+                Some(signal) => {
+                    self.stopped(signal);
+                    return Ok(true);
+                }
+                None => wait_for_state_tables(client, Access::Write)?,
             };
-            let mut s = self.lock();
-            s.summary.interrupted = Some(signal);
-            s.stop = true;
-            self.changed.notify_all();
-            Ok(false)
+            match signal {
+                Some(signal) => {
+                    self.stopped(signal);
+                    Ok(false)
+                }
+                None => Ok(true),
+            }
         };
         let parts = sweep.write(client, prepared, &mut before)?;
         self.lock().summary.timings.write += started.elapsed();

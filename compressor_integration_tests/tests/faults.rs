@@ -13,6 +13,7 @@ use compressor_integration_tests::check::{self, assert_same_states, snapshot, Db
 use compressor_integration_tests::generator::GenConfig;
 use compressor_integration_tests::pg::TestDb;
 use compressor_integration_tests::tools::{self, ToolRun};
+use synapse_compress_state::db::write::BATCH_ENV;
 
 const MANUAL: &str = "synapse_compress_state";
 const AUTO: &str = "synapse_auto_compressor";
@@ -26,7 +27,20 @@ fn db(hint: &str, seed: u64) -> (TestDb, String) {
 /// Runs `tool` with `FAILPOINTS` set; `None` (after saying why) when the
 /// binaries were built without fault injection, which fails under CI.
 fn run_with_faults(tool: &str, args: &[&str], failpoints: &str) -> Option<ToolRun> {
-    let run = tools::run_bin_with_env(tool, args, &[("FAILPOINTS", failpoints)]);
+    run_with_faults_and(tool, args, failpoints, None)
+}
+
+/// [`run_with_faults`], with one more variable in the tool's environment.
+fn run_with_faults_and(
+    tool: &str,
+    args: &[&str],
+    failpoints: &str,
+    also: Option<(&str, &str)>,
+) -> Option<ToolRun> {
+    let env: Vec<(&str, &str)> = std::iter::once(("FAILPOINTS", failpoints))
+        .chain(also)
+        .collect();
+    let run = tools::run_bin_with_env(tool, args, &env);
     if run.stderr.contains("fault injection is on") {
         Some(run)
     } else {
@@ -179,7 +193,10 @@ fn an_automatic_write_stopped_mid_transaction_resumes_exactly() {
         let (clean, _) = db("faults_auto_clean", seed);
         let original = snapshot(&mut stopped.client());
         let args = ["-p", stopped.url(), "-c", "50", "-n", "1000"];
-        let Some(run) = run_with_faults(AUTO, &args, &format!("{point}={actions}")) else {
+        // The pass writes its chunks together in sweeps: batches of 20
+        // groups, so the points are met as many times as chunk by chunk.
+        let fault = format!("{point}={actions}");
+        let Some(run) = run_with_faults_and(AUTO, &args, &fault, Some((BATCH_ENV, "20"))) else {
             return;
         };
         assert_aborted_cleanly(&run, point, &stopped, &original);

@@ -12,23 +12,27 @@
 //!
 //! So with one writer, the pass decides each complete chunk as it comes
 //! (the room's lock, its progress read under it, compress, decide, verify:
-//! [`decide_chunk`]) and keeps what it will write here instead: the changed
-//! groups' new entries in one symbol table, how each was loaded, and the
-//! room's new levels. When what is kept reaches the pass's memory budget,
-//! or the reading is over, one sweep writes all of it in batches of
-//! ascending ids across rooms, each batch one transaction with the usual
-//! locks and re-checks (`db::write`). A chunk's progress (levels and
-//! position) is saved in the transaction of the batch that holds its
-//! highest changed group, and never before the progress of the room's
-//! chunk before it: a stop between batches leaves every room at the end of
-//! a chunk whose groups are all written, or at its chunk before with some
-//! of the next chunk's groups rewritten already, each onto a base that
-//! keeps its state.
+//! `crate::chunk::decide_chunk`) and keeps what it will write here instead:
+//! the changed groups' new entries in one symbol table, how each was
+//! loaded, and the room's new levels. When what is kept reaches the pass's
+//! memory budget, when a room has four chunks waiting, or when the reading
+//! is over, one sweep writes all of it in batches of ascending ids across
+//! rooms, each batch one transaction with the usual locks and re-checks
+//! (`db::write`). A chunk's progress (levels and position) is saved in the
+//! transaction of the batch that holds its highest changed group, and never
+//! before the progress of the room's chunk before it: a kill between
+//! batches leaves every room at the end of a chunk whose groups are all
+//! written, or at its chunk before with some of the next chunk's groups
+//! rewritten already, each onto a base that keeps its state. (A signal lets
+//! the sweep finish: `super::writers`.)
 //!
-//! A room's next chunk is decided from the structure its chunk before will
-//! write (its carry), before that is written. The sweep's re-checks then
-//! guard it as any write: a group Synapse changed meanwhile is left as it
-//! is, and a group whose new base is gone keeps its old entry.
+//! A room's next chunk is decided from what its chunk before will leave:
+//! that chunk's levels and position, its carry, and the room's groups
+//! waiting here with their new entries ([`Sweep::pending_of`]), given to
+//! its load as known groups, since the database still shows them as they
+//! were. The sweep's re-checks then guard the writes as any write: a group
+//! Synapse changed meanwhile is left as it is, and a group whose new base
+//! is gone keeps its old entry.
 
 use std::collections::{BTreeMap, HashMap};
 

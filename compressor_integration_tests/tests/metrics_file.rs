@@ -142,6 +142,8 @@ fn the_metrics_file_says_how_each_run_ended() {
 
     // An interrupted run: SIGTERM while its first chunk's write waits for
     // the groups' rows (as for a Synapse writer); it stops after that chunk.
+    // Room by room: the pass would decide all three chunks first and let
+    // their one sweep finish.
     let name = format!("metrics_{}", std::process::id());
     let url = format!("{}?application_name={name}", db.url());
     let mut holder = db.client();
@@ -150,6 +152,7 @@ fn the_metrics_file_says_how_each_run_ended() {
         .unwrap();
     let child = Command::new(tools::bin_path(AUTO))
         .args(args(&url))
+        .args(["--reader", "rooms"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

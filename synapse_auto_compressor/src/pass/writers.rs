@@ -381,6 +381,10 @@ impl<'w> Writers<'w> {
             }
         };
         let parts = sweep.write(client, prepared, &mut before)?;
+        // A signal during the last batch: the run stops after the sweep.
+        if let Some(signal) = interrupt::requested() {
+            self.stopped(signal);
+        }
         self.lock().summary.timings.write += started.elapsed();
         info!(
             "Sweep done in {:.1}s: {} chunks committed with their progress",

@@ -87,15 +87,7 @@ impl Carry {
                 })?;
             todo.extend(entry.prev);
             rows += entry.delta.len();
-            groups.push((
-                id,
-                StateGroupEntry {
-                    in_range: false,
-                    prev: entry.prev,
-                    delta: translate(&entry.delta, symbols, &mut own),
-                    missing_group_row: entry.missing_group_row,
-                },
-            ));
+            groups.push((id, out_of_range(entry, symbols, &mut own)));
         }
         own.shrink_to_fit();
         Ok(Carry {
@@ -125,15 +117,7 @@ impl Carry {
                 break; // a loop (a damaged structure is refused elsewhere)
             }
             rows += entry.delta.len();
-            groups.push((
-                id,
-                StateGroupEntry {
-                    in_range: false,
-                    prev: entry.prev,
-                    delta: translate(&entry.delta, symbols, &mut own),
-                    missing_group_row: entry.missing_group_row,
-                },
-            ));
+            groups.push((id, out_of_range(entry, symbols, &mut own)));
             next = entry.prev;
         }
         own.shrink_to_fit();
@@ -177,6 +161,21 @@ impl Carry {
     /// Rows carried.
     pub fn rows(&self) -> usize {
         self.rows
+    }
+}
+
+/// `entry` (in `from`'s ids) as a loaded group out of range, in `to`'s ids:
+/// how a group a chunk builds on, but does not rewrite, is handed to it.
+pub(crate) fn out_of_range(
+    entry: &StateGroupEntry,
+    from: &Symbols,
+    to: &mut Symbols,
+) -> StateGroupEntry {
+    StateGroupEntry {
+        in_range: false,
+        prev: entry.prev,
+        delta: translate(&entry.delta, from, to),
+        missing_group_row: entry.missing_group_row,
     }
 }
 

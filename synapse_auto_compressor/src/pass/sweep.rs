@@ -42,9 +42,9 @@ use synapse_compress_state::core::state_map::Symbols;
 use synapse_compress_state::db::write::{BatchHooks, Rewrite, RoomOf};
 use synapse_compress_state::db::Prepared;
 use synapse_compress_state::tool::failpoint;
-use synapse_compress_state::{GroupMap, Level, Result, StateGroupEntry};
+use synapse_compress_state::{GroupMap, Level, LevelSizes, Result, StateGroupEntry};
 
-use crate::carry::translate;
+use crate::carry::{out_of_range, translate};
 use crate::chunk::Pending;
 use crate::state_saving::{self, RoomProgress};
 use crate::summary::ChunkOutcome;
@@ -52,6 +52,14 @@ use crate::summary::ChunkOutcome;
 /// Most chunks of one room a sweep holds before it is written (see
 /// [`Sweep::room_is_full`]).
 const MAX_ROOM_PARTS: usize = 4;
+
+/// What deciding a chunk leaves for the sweep.
+pub(super) enum Kept {
+    /// Verified changes to write, with the new progress.
+    Write(Box<Pending>),
+    /// Only the progress to save (a chunk not worth writing).
+    Progress(ChunkOutcome),
+}
 
 /// A decided chunk waiting for the sweep.
 pub(super) struct Part {
@@ -75,7 +83,7 @@ pub(super) struct Part {
 pub(super) struct Sweep {
     symbols: Symbols,
     new: GroupMap,
-    loaded: Kept,
+    loaded: AsLoaded,
     rooms: Vec<String>,
     room_index: HashMap<String, u32>,
     /// The room (index) of each changed group.
@@ -95,9 +103,9 @@ pub(super) struct Sweep {
 
 /// How the sweep's groups were loaded.
 #[derive(Default)]
-struct Kept(BTreeMap<i64, Loaded>);
+struct AsLoaded(BTreeMap<i64, Loaded>);
 
-impl LoadedGroups for Kept {
+impl LoadedGroups for AsLoaded {
     fn loaded(&self, id: i64) -> Option<Loaded> {
         self.0.get(&id).copied()
     }
@@ -158,10 +166,10 @@ impl Sweep {
         let map = groups
             .iter()
             .map(|id| {
-                let mut entry = self.new[id].clone();
-                entry.in_range = false;
-                entry.delta = translate(&entry.delta, &self.symbols, &mut symbols);
-                (*id, entry)
+                (
+                    *id,
+                    out_of_range(&self.new[id], &self.symbols, &mut symbols),
+                )
             })
             .collect();
         Some((map, symbols))
@@ -178,15 +186,24 @@ impl Sweep {
         })
     }
 
+    /// Keeps a decided chunk: its writes, or only its position with fresh
+    /// levels of `sizes` when it is not worth writing.
+    pub(super) fn add(&mut self, rank: u32, kept: Kept, sizes: &LevelSizes) {
+        match kept {
+            Kept::Write(pending) => self.add_write(rank, *pending),
+            Kept::Progress(outcome) => self.add_progress(rank, outcome, sizes.empty_levels()),
+        }
+    }
+
     /// Keeps a chunk with nothing to write: its position (with `levels`)
     /// to save.
-    pub(super) fn add_progress(&mut self, rank: u32, outcome: ChunkOutcome, levels: Vec<Level>) {
+    fn add_progress(&mut self, rank: u32, outcome: ChunkOutcome, levels: Vec<Level>) {
         let last = outcome.last;
         self.add_part(rank, outcome, levels, last, None, false);
     }
 
     /// Keeps a decided chunk's changes, its new levels and position.
-    pub(super) fn add_write(&mut self, rank: u32, pending: Pending) {
+    fn add_write(&mut self, rank: u32, pending: Pending) {
         let Pending {
             outcome,
             chunk,

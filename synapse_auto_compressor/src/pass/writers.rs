@@ -35,9 +35,9 @@ use synapse_compress_state::{Error, Result};
 use super::assemble::{Assembled, LeftPass, Piece};
 use super::given::Given;
 use super::plan::{Plan, PlannedChunk};
-use super::sweep::Sweep;
+use super::sweep::{Kept, Sweep};
 use crate::carry::Carries;
-use crate::chunk::{compress_chunk, decide_chunk, Ahead, Decided, Pending, Walk};
+use crate::chunk::{compress_chunk, decide_chunk, Ahead, Decided, Walk};
 use crate::config::AutoConfig;
 use crate::room_ids::RoomIds;
 use crate::state_saving::{self, LeftRooms};
@@ -283,22 +283,15 @@ impl<'w> Writers<'w> {
                     client, prepared, config, room_ids, chunk, &mut taken, &mut own,
                 )?,
                 Some(sweep) => {
-                    let decision = decide_one(
+                    let kept = decide_one(
                         client, prepared, config, room_ids, chunk, &mut taken, &mut own, sweep,
                     )?;
-                    match decision {
-                        Decision::Done(done) => done,
-                        Decision::Write(pending) => {
+                    match kept {
+                        Err(done) => done,
+                        Ok(kept) => {
                             self.lock().summary.add_worker(&own);
                             self.release(planned, taken);
-                            sweep.add_write(rank, *pending);
-                            self.flush_over(client, prepared, (sweep, room), budget)?;
-                            continue;
-                        }
-                        Decision::SaveOnly(outcome) => {
-                            self.lock().summary.add_worker(&own);
-                            self.release(planned, taken);
-                            sweep.add_progress(rank, outcome, config.default_levels.empty_levels());
+                            sweep.add(rank, kept, &config.default_levels);
                             self.flush_over(client, prepared, (sweep, room), budget)?;
                             continue;
                         }
@@ -567,21 +560,11 @@ impl<'w> Writers<'w> {
     }
 }
 
-/// How deciding one chunk of the pass for a sweep went.
-enum Decision {
-    /// Nothing for the sweep: the room is busy or damaged, a signal came,
-    /// or the chunk is done with nothing to write or save.
-    Done(Done),
-    /// Verified changes to write, with the new progress.
-    Write(Box<Pending>),
-    /// Only the progress to save (a chunk not worth writing).
-    SaveOnly(ChunkOutcome),
-}
-
 /// Decides one complete chunk of the pass (the chunk code up to the
 /// write), under the room's lock, from the progress the room's last chunk
-/// in `sweep` leaves, if it has one there. The room's carry is kept as the
-/// write will leave it.
+/// in `sweep` leaves, if it has one there: what to keep for the sweep, or
+/// how the chunk went when there is nothing to keep. The room's carry is
+/// kept as the write will leave it.
 #[allow(clippy::too_many_arguments)]
 fn decide_one(
     client: &mut Client,
@@ -592,7 +575,7 @@ fn decide_one(
     taken: &mut Taken,
     own: &mut RunSummary,
     sweep: &Sweep,
-) -> Result<Decision> {
+) -> Result<std::result::Result<Kept, Done>> {
     let decided = under_room_lock(client, room, |client| {
         let no_rooms = LeftRooms::default();
         let (mut ahead, figures) = taken.ahead(&no_rooms, room_ids, planned);
@@ -603,12 +586,12 @@ fn decide_one(
         decide_chunk(client, prepared, room, config, own, figures, &mut ahead)
     })?;
     Ok(match decided {
-        Err(done) => Decision::Done(done),
-        Ok(Decided::Final(outcome)) => Decision::Done(Done::of(outcome, planned)),
-        Ok(Decided::SaveOnly { outcome, .. }) => Decision::SaveOnly(outcome),
+        Err(done) => Err(done),
+        Ok(Decided::Final(outcome)) => Err(Done::of(outcome, planned)),
+        Ok(Decided::SaveOnly { outcome, .. }) => Ok(Kept::Progress(outcome)),
         Ok(Decided::Write(pending)) => {
             pending.keep_carry(&mut taken.carries)?;
-            Decision::Write(pending)
+            Ok(Kept::Write(pending))
         }
     })
 }

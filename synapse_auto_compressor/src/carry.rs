@@ -28,7 +28,12 @@
 //!
 //! Memory: the carries of a run hold at most [`CARRY_ROWS`] rows in all;
 //! beyond that, those of the rooms needed last are dropped (their rooms'
-//! next chunks read the groups from the database, as before).
+//! next chunks read the groups from the database, as before). The pass
+//! (`crate::pass`) has every room of the run under way at once, so it lets
+//! them hold as many rows as its memory budget (`--pass-memory`) pays for
+//! ([`Carries::raise_for_pass`]): out of cache, a dropped carry means its
+//! room's next chunk reads the heads' chains back by index, at random. On
+//! `20m` in 256 MiB that was 32 s of a 90 s run (docs/reading.md).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -44,6 +49,10 @@ use crate::room_store::{Kept, RoomStore};
 /// about 15 MiB measured at the limit (strings included). On the benchmark's
 /// 3-million-row database this much spares over 90% of the re-reading.
 pub const CARRY_ROWS: usize = 100_000;
+
+/// What a carried row costs in memory, strings and maps included (about
+/// 15 MiB for [`CARRY_ROWS`], measured).
+const CARRY_ROW_BYTES: u64 = 160;
 
 /// Groups of a room's new structure: the levels' heads and every group up
 /// their new edges, with the strings of their rows (each chunk is loaded
@@ -253,6 +262,13 @@ impl Carries {
     /// Carries within `budget` rows.
     pub fn with_budget(budget: usize) -> Self {
         Carries(RoomStore::with_budget(budget))
+    }
+
+    /// Lets the carries hold as many rows as `bytes` pay for, if that is
+    /// more than they may hold now (the pass's budget, `--pass-memory`).
+    pub fn raise_for_pass(&mut self, bytes: u64) {
+        self.0
+            .raise_budget(usize::try_from(bytes / CARRY_ROW_BYTES).unwrap_or(usize::MAX));
     }
 
     /// The carry of `room`, if it continues the progress `last`/`heads`.

@@ -41,6 +41,12 @@ impl<T: Kept> RoomStore<T> {
         }
     }
 
+    /// Lets the store hold up to `budget` once it is more than it had (a
+    /// pass keeps every room going at once: `crate::carry::Carries::for_pass`).
+    pub fn raise_budget(&mut self, budget: usize) {
+        self.budget = self.budget.max(budget);
+    }
+
     /// `room`'s value, if kept.
     pub fn get(&self, room: &str) -> Option<&T> {
         self.rooms.get(room).map(|(_, value)| value)

@@ -221,6 +221,7 @@ pub(crate) fn run(
     let left_pass = LeftPass::new(plan.rooms.len());
     let read_to = AtomicI64::new(first);
     let budget = config.pass_memory.bytes() as usize;
+    walk.carries.raise_for_pass(config.pass_memory.bytes());
     let (figures, peak_bytes, error) = {
         let writers = Writers::new(&plan, &left_pass, &read_to, writers, summary, walk);
         let peak_bytes = std::thread::scope(|scope| {

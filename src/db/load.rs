@@ -24,7 +24,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{FromSql, ToSql, Type};
 use postgres::{GenericClient, Row};
 
-use crate::core::group::GroupMap;
+use crate::core::group::{GroupMap, StateGroupEntry};
 use crate::core::state_map::{KeyId, StateMap, Symbols, ValueId};
 use crate::error::{Error, Result};
 
@@ -154,24 +154,49 @@ pub fn load_groups_batched(
 /// [`load_groups_after`] for groups whose edges and rows were read already
 /// (the automatic tool's pass over the table, `in_range` in `symbols`' ids):
 /// only what they need besides, `extra` and every predecessor, is loaded.
-/// `duplicate_rows` is what the earlier read dropped, for the report.
+/// `later` are groups to take from the caller wherever the load meets them.
 pub fn complete_groups(
     client: &mut (impl GenericClient + Send),
     symbols: &mut Symbols,
     room_id: &str,
-    in_range: GroupMap,
+    read: ReadGroups,
     extra: &[i64],
     known: GroupMap,
-    duplicate_rows: usize,
+    later: Option<&dyn LaterGroups>,
 ) -> Result<(GroupMap, LoadReport)> {
     let mut builder = Builder::with_known(symbols, known);
-    builder.duplicate_rows = duplicate_rows;
-    for (id, entry) in in_range {
+    builder.duplicate_rows = read.duplicate_rows;
+    for (id, entry) in read.groups {
         builder.add_known(id, entry);
         builder.groups.entry(id).or_default().in_range = true;
     }
-    builder.load_predecessors(client, room_id, extra, &mut |_| {})?;
+    builder.load_predecessors(client, room_id, extra, later, &mut |_| {})?;
     builder.finish()
+}
+
+/// Groups in range whose edges and rows a caller read already.
+pub struct ReadGroups {
+    pub groups: GroupMap,
+    /// What that read dropped as duplicates, for the report.
+    pub duplicate_rows: usize,
+}
+
+/// Most of a [`LaterGroups`]' ids (the highest, nearest the groups loaded)
+/// the recursive walk of the chains is told to stop at.
+const MAX_STOPS: usize = 2_000;
+
+/// Groups a load takes from its caller instead of the database wherever
+/// it meets them: the caller has decided their new entries and not written
+/// them yet (the automatic tool's sweep), so the database still shows them
+/// as they were, and the load must see them as they will be. Only the ones
+/// the load reaches are asked for, so a room with many of them waiting
+/// costs each load only what it walks through.
+pub trait LaterGroups {
+    /// Their ids, ascending.
+    fn ids(&self) -> &[i64];
+    /// Group `id`'s entry as it will be written, its strings put in
+    /// `symbols`; `None` if `id` is not one of them.
+    fn entry(&self, id: i64, symbols: &mut Symbols) -> Option<StateGroupEntry>;
 }
 
 /// Marks the loaded groups without a `state_groups` row whose id is in
@@ -211,6 +236,7 @@ fn ancestors(
     client: &mut impl GenericClient,
     ids: &[i64],
     room_id: &str,
+    stops: &[i64],
 ) -> Result<Vec<(i64, bool)>> {
     let rows = client
         .query_typed(
@@ -219,12 +245,16 @@ fn ancestors(
                  UNION \
                  SELECT e.prev_state_group FROM state_group_edges AS e \
                  JOIN chain AS c ON e.state_group = c.id \
-                 WHERE e.prev_state_group IS NOT NULL \
+                 WHERE e.prev_state_group IS NOT NULL AND c.id <> ALL($3::bigint[]) \
              ) SELECT c.id, g.id IS NOT NULL, \
                       CASE WHEN g.id IS NOT NULL AND g.room_id IS DISTINCT FROM $2 \
                            THEN coalesce(g.room_id, 'NULL') END \
              FROM chain AS c LEFT JOIN state_groups AS g ON g.id = c.id ORDER BY c.id",
-            &[(&ids, Type::INT8_ARRAY), (&room_id, Type::TEXT)],
+            &[
+                (&ids, Type::INT8_ARRAY),
+                (&room_id, Type::TEXT),
+                (&stops, Type::INT8_ARRAY),
+            ],
         )
         .map_err(|e| Error::db("finding predecessor chains", e))?;
     rows.iter()
@@ -412,7 +442,7 @@ impl<'s> Builder<'s> {
         // join on room_id lets the planner pick a merge join over the whole
         // rows index, which costs the whole table for every chunk.)
         self.read_by_ids(client, ids, on_rows)?;
-        self.load_predecessors(client, room_id, extra, on_rows)?;
+        self.load_predecessors(client, room_id, extra, None, on_rows)?;
         self.finish()
     }
 
@@ -438,6 +468,7 @@ impl<'s> Builder<'s> {
         client: &mut (impl GenericClient + Send),
         room_id: &str,
         extra: &[i64],
+        later: Option<&dyn LaterGroups>,
         on_rows: &mut dyn FnMut(u64),
     ) -> Result<()> {
         let mut wanted: BTreeSet<i64> = extra
@@ -445,6 +476,12 @@ impl<'s> Builder<'s> {
             .copied()
             .filter(|id| !self.groups.contains_key(id))
             .collect();
+        // The walk by SQL stops at them (a bound on how many are named: one
+        // it walks through only costs reading what it leads to).
+        let stops = later.map_or(&[][..], |l| {
+            let ids = l.ids();
+            &ids[ids.len().saturating_sub(MAX_STOPS)..]
+        });
         loop {
             wanted.extend(
                 self.edges
@@ -452,17 +489,45 @@ impl<'s> Builder<'s> {
                     .copied()
                     .filter(|prev| !self.groups.contains_key(prev)),
             );
+            if let Some(later) = later {
+                let before = wanted.len();
+                wanted.retain(|&id| !self.take_later(later, id));
+                if wanted.len() < before {
+                    // What those lead to is wanted in turn.
+                    continue;
+                }
+            }
             if wanted.is_empty() {
                 return Ok(());
             }
             // All their ancestors at once (one recursive query, as Synapse
-            // reads a chain), rather than one generation per round trip.
+            // reads a chain), rather than one generation per round trip;
+            // the walk stops at the groups taken from `later`, whose edges
+            // in the database are not the ones they will have.
             let start: Vec<i64> = std::mem::take(&mut wanted).into_iter().collect();
-            let found: Vec<(i64, bool)> = ancestors(client, &start, room_id)?
-                .into_iter()
-                .filter(|(id, _)| !self.groups.contains_key(id))
-                .collect();
+            let mut found = Vec::new();
+            for (id, exists) in ancestors(client, &start, room_id, stops)? {
+                if !self.groups.contains_key(&id) && !later.is_some_and(|l| self.take_later(l, id))
+                {
+                    found.push((id, exists));
+                }
+            }
             self.load_out_of_range(client, &found, on_rows)?;
+        }
+    }
+
+    /// Takes group `id` from `later` if it is one of them (its
+    /// predecessor is then wanted in the next round). Whether it was.
+    fn take_later(&mut self, later: &dyn LaterGroups, id: i64) -> bool {
+        if later.ids().binary_search(&id).is_err() {
+            return false;
+        }
+        match later.entry(id, self.symbols) {
+            Some(entry) => {
+                self.add_known(id, entry);
+                true
+            }
+            None => false,
         }
     }
 

@@ -50,6 +50,17 @@ use crate::room_store::{Kept, RoomStore};
 /// 3-million-row database this much spares over 90% of the re-reading.
 pub const CARRY_ROWS: usize = 100_000;
 
+/// The test knob: the most rows the carries of a run may hold, whatever the
+/// run (0 drops every carry), so a test can make rooms load what their
+/// carries would hold, on small data.
+pub const CARRY_ENV: &str = "SYNAPSE_COMPRESS_STATE_CARRY_ROWS";
+
+/// The carries' budget the test knob sets, if it does.
+fn carry_rows_set() -> Option<usize> {
+    static SET: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| std::env::var(CARRY_ENV).ok().and_then(|v| v.parse().ok()))
+}
+
 /// What a carried row costs in memory, strings and maps included (about
 /// 15 MiB for [`CARRY_ROWS`], measured).
 const CARRY_ROW_BYTES: u64 = 160;
@@ -254,7 +265,7 @@ pub struct Carries(RoomStore<CarryRef>);
 
 impl Default for Carries {
     fn default() -> Self {
-        Self::with_budget(CARRY_ROWS)
+        Self::with_budget(carry_rows_set().unwrap_or(CARRY_ROWS))
     }
 }
 
@@ -267,8 +278,10 @@ impl Carries {
     /// Lets the carries hold as many rows as `bytes` pay for, if that is
     /// more than they may hold now (the pass's budget, `--pass-memory`).
     pub fn raise_for_pass(&mut self, bytes: u64) {
-        self.0
-            .raise_budget(usize::try_from(bytes / CARRY_ROW_BYTES).unwrap_or(usize::MAX));
+        if carry_rows_set().is_none() {
+            self.0
+                .raise_budget(usize::try_from(bytes / CARRY_ROW_BYTES).unwrap_or(usize::MAX));
+        }
     }
 
     /// The carry of `room`, if it continues the progress `last`/`heads`.

@@ -17,7 +17,7 @@ use postgres::Client;
 use synapse_compress_state::core::group::{changed_groups, row_count, row_count_after};
 use synapse_compress_state::core::state_map::Symbols;
 use synapse_compress_state::core::verify::verify;
-use synapse_compress_state::db::load::{self, LoadReport};
+use synapse_compress_state::db::load::{self, LaterGroups, LoadReport};
 use synapse_compress_state::db::lock_wait::wait_for_state_tables;
 use synapse_compress_state::db::schema::Access;
 use synapse_compress_state::db::write::{Rewrite, WriteReport};
@@ -75,6 +75,9 @@ pub(crate) struct Ahead<'p> {
     /// The room's progress as a chunk decided but not written yet leaves
     /// it (the pass's sweep), instead of the saved one.
     pub(crate) progress: Option<RoomProgress>,
+    /// The room's groups decided but not written yet (the pass's sweep),
+    /// taken by the given chunk's load in place of what the database shows.
+    pub(crate) later: Option<&'p dyn LaterGroups>,
 }
 
 impl<'p> Ahead<'p> {
@@ -93,6 +96,7 @@ impl<'p> Ahead<'p> {
             carries,
             given: None,
             progress: None,
+            later: None,
         }
     }
 
@@ -115,7 +119,7 @@ impl Ahead<'_> {
     /// The chunk `request`: loaded ahead if it was, else loaded now.
     fn load(&mut self, client: &mut Client, request: &ChunkRequest) -> Result<LoadedChunk> {
         if let Some(given) = self.given.take() {
-            if let Some(chunk) = given.into_loaded(client, request)? {
+            if let Some(chunk) = given.into_loaded(client, request, self.later)? {
                 return Ok(chunk);
             }
         }

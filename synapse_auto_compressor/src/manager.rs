@@ -311,6 +311,7 @@ fn chunk_loop(
             carries,
             given: None,
             progress: None,
+            later: None,
         };
         figures.touch(&room, summary);
         let outcome = compress_chunk(client, prepared, &room, config, summary, figures, ahead);

@@ -616,7 +616,7 @@ fn survey_chunk(
     };
     let loading = Instant::now();
     let given = match given {
-        Some(given) => given.into_loaded(client, &request)?,
+        Some(given) => given.into_loaded(client, &request, None)?,
         None => None,
     };
     let loaded = match given {

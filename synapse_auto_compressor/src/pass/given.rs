@@ -8,12 +8,10 @@ use std::collections::HashMap;
 use log::debug;
 use postgres::types::Type;
 use postgres::Client;
-use synapse_compress_state::core::state_map::Symbols;
-use synapse_compress_state::db::load;
-use synapse_compress_state::{Error, GroupMap, Result};
+use synapse_compress_state::db::load::{self, LaterGroups};
+use synapse_compress_state::{Error, Result};
 
 use super::assemble::Assembled;
-use crate::carry::translate;
 use crate::prefetch::{ChunkRequest, LoadedChunk};
 
 /// A chunk the pass put together, given to the chunk code in place of a
@@ -23,11 +21,6 @@ pub(crate) struct Given {
     /// Where the plan has it start, and whether its room goes on.
     pub(crate) after: Option<i64>,
     pub(crate) more: bool,
-    /// The room's groups decided and not written yet (the pass's sweep),
-    /// with their new entries in the symbols given: the database still
-    /// shows them as they were, and the chunk must see them as they will
-    /// be, as it would had they been written first.
-    pub(crate) pending: Option<(GroupMap, Symbols)>,
 }
 
 impl Given {
@@ -36,10 +29,16 @@ impl Given {
     /// one planned (another compressor moved the room), or when one of the
     /// groups that lead outside the chunk changed since it was read: the
     /// chunk is then loaded as usual.
+    ///
+    /// `later` are the room's groups decided and not written yet (the
+    /// pass's sweep): the database still shows them as they were, and the
+    /// chunk must see them as they will be, as it would had they been
+    /// written first.
     pub(crate) fn into_loaded(
         self,
         client: &mut Client,
         request: &ChunkRequest,
+        later: Option<&dyn LaterGroups>,
     ) -> Result<Option<LoadedChunk>> {
         if request.after != self.after {
             debug!(
@@ -73,17 +72,11 @@ impl Given {
                 groups: Some(Err(Error::Damaged(why))),
             }));
         }
-        let mut known = request
+        let known = request
             .carried
             .as_ref()
             .map(|carry| carry.lay_out_into(&mut symbols))
             .unwrap_or_default();
-        if let Some((pending, from)) = self.pending {
-            for (id, mut entry) in pending {
-                entry.delta = translate(&entry.delta, &from, &mut symbols);
-                known.entry(id).or_insert(entry);
-            }
-        }
         // The groups whose predecessor is outside the chunk: their
         // predecessors are read now, in a later snapshot than the groups.
         // If Synapse has changed one of them since (it rewrites a group
@@ -105,10 +98,13 @@ impl Given {
             &mut snapshot,
             &mut symbols,
             &request.room_id,
-            groups,
+            load::ReadGroups {
+                groups,
+                duplicate_rows,
+            },
             &request.heads,
             known,
-            duplicate_rows,
+            later,
         );
         if loaded.is_ok() {
             snapshot

@@ -304,7 +304,6 @@ pub(crate) fn read_chunks(
                 assembled,
                 after: planned.after,
                 more: planned.more,
-                pending: None,
             };
             chunks += 1;
             match each(rank, given) {

@@ -15,8 +15,8 @@
 //! `crate::chunk::decide_chunk`) and keeps what it will write here instead:
 //! the changed groups' new entries in one symbol table, how each was
 //! loaded, and the room's new levels. When what is kept reaches the pass's
-//! memory budget, when a room has four chunks waiting, or when the reading
-//! is over, one sweep writes all of it in batches of ascending ids across
+//! memory budget, or when the reading is over, one sweep writes all of it
+//! in batches of ascending ids across
 //! rooms, each batch one transaction with the usual locks and re-checks
 //! (`db::write`). A chunk's progress (levels and position) is saved in the
 //! transaction of the batch that holds its highest changed group, and never
@@ -28,9 +28,14 @@
 //!
 //! A room's next chunk is decided from what its chunk before will leave:
 //! that chunk's levels and position, its carry, and the room's groups
-//! waiting here with their new entries ([`Sweep::pending_of`]), given to
-//! its load as known groups, since the database still shows them as they
-//! were. The sweep's re-checks then guard the writes as any write: a group
+//! waiting here with their new entries ([`Sweep::later_of`]), which its
+//! load takes wherever it meets them instead of what the database still
+//! shows (`db::load::LaterGroups`). Only the groups the load reaches are
+//! translated, so a big room with many chunks waiting costs each of its
+//! chunks what it walks through, not all of the room's waiting groups (a
+//! first version handed them all over and had to write a room once it had
+//! four chunks waiting: 21 sweeps over the table on `20m` instead of one).
+//! The sweep's re-checks then guard the writes as any write: a group
 //! Synapse changed meanwhile is left as it is, and a group whose new base
 //! is gone keeps its old entry.
 
@@ -39,6 +44,7 @@ use std::collections::{BTreeMap, HashMap};
 use postgres::{Client, Transaction};
 use synapse_compress_state::core::group::{Loaded, LoadedGroups};
 use synapse_compress_state::core::state_map::Symbols;
+use synapse_compress_state::db::load::LaterGroups;
 use synapse_compress_state::db::write::{BatchHooks, Rewrite, RoomOf};
 use synapse_compress_state::db::Prepared;
 use synapse_compress_state::tool::failpoint;
@@ -48,10 +54,6 @@ use crate::carry::{out_of_range, translate};
 use crate::chunk::Pending;
 use crate::state_saving::{self, RoomProgress};
 use crate::summary::ChunkOutcome;
-
-/// Most chunks of one room a sweep holds before it is written (see
-/// [`Sweep::room_is_full`]).
-const MAX_ROOM_PARTS: usize = 4;
 
 /// What deciding a chunk leaves for the sweep.
 pub(super) enum Kept {
@@ -101,6 +103,30 @@ pub(super) struct Sweep {
     bytes: usize,
 }
 
+/// One room's groups waiting in a sweep, for its next chunk's load
+/// ([`LaterGroups`]): each is translated into the chunk's symbols only if
+/// the load reaches it, so a big room with many chunks waiting costs each
+/// of its chunks only what it walks through.
+pub(super) struct RoomLater<'a> {
+    sweep: &'a Sweep,
+    ids: &'a [i64],
+}
+
+impl LaterGroups for RoomLater<'_> {
+    fn ids(&self) -> &[i64] {
+        self.ids
+    }
+
+    fn entry(&self, id: i64, symbols: &mut Symbols) -> Option<StateGroupEntry> {
+        self.ids.binary_search(&id).ok()?;
+        Some(out_of_range(
+            self.sweep.new.get(&id)?,
+            &self.sweep.symbols,
+            symbols,
+        ))
+    }
+}
+
 /// How the sweep's groups were loaded.
 #[derive(Default)]
 struct AsLoaded(BTreeMap<i64, Loaded>);
@@ -147,32 +173,12 @@ impl Sweep {
         )
     }
 
-    /// Whether `room` has so many chunks waiting here that handing its
-    /// groups to its next chunk ([`Sweep::pending_of`]) would cost more
-    /// than writing them first: each chunk of a big room would otherwise be
-    /// given all of the room's groups waiting, chunk after chunk.
-    pub(super) fn room_is_full(&self, room: &str) -> bool {
-        self.room_index
-            .get(room)
-            .and_then(|i| self.room_parts.get(i))
-            .is_some_and(|&n| n >= MAX_ROOM_PARTS)
-    }
-
-    /// `room`'s groups waiting here, with their new entries (in a symbol
-    /// table of their own): its next chunk must see them as they will be.
-    pub(super) fn pending_of(&self, room: &str) -> Option<(GroupMap, Symbols)> {
-        let groups = self.room_groups.get(self.room_index.get(room)?)?;
-        let mut symbols = Symbols::new();
-        let map = groups
-            .iter()
-            .map(|id| {
-                (
-                    *id,
-                    out_of_range(&self.new[id], &self.symbols, &mut symbols),
-                )
-            })
-            .collect();
-        Some((map, symbols))
+    /// `room`'s groups waiting here, as its next chunk's load takes them
+    /// where it meets them: it must see them as they will be.
+    pub(super) fn later_of(&self, room: &str) -> Option<RoomLater<'_>> {
+        let ids = self.room_groups.get(self.room_index.get(room)?)?;
+        debug_assert!(ids.is_sorted());
+        Some(RoomLater { sweep: self, ids })
     }
 
     /// The progress `room`'s last part here leaves it at, if it has one:

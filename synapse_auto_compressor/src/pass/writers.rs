@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use postgres::Client;
+use synapse_compress_state::db::load::LaterGroups;
 use synapse_compress_state::db::lock_wait::{stop_requested, wait_for_state_tables};
 use synapse_compress_state::db::schema::Access;
 use synapse_compress_state::db::{Prepared, RoomLock};
@@ -292,7 +293,7 @@ impl<'w> Writers<'w> {
                             self.lock().summary.add_worker(&own);
                             self.release(planned, taken);
                             sweep.add(rank, kept, &config.default_levels);
-                            self.flush_over(client, prepared, (sweep, room), budget)?;
+                            self.flush_over(client, prepared, sweep, budget)?;
                             continue;
                         }
                     }
@@ -315,16 +316,15 @@ impl<'w> Writers<'w> {
         }
     }
 
-    /// Writes what `sweep` holds when it holds more than `budget`, or too
-    /// many chunks of `room`.
+    /// Writes what `sweep` holds when it holds more than `budget`.
     fn flush_over(
         &self,
         client: &mut Client,
         prepared: &mut Prepared,
-        (sweep, room): (&mut Sweep, &str),
+        sweep: &mut Sweep,
         budget: usize,
     ) -> Result<()> {
-        if sweep.bytes() > budget || sweep.room_is_full(room) {
+        if sweep.bytes() > budget {
             self.flush(client, prepared, std::mem::take(sweep))?;
         }
         Ok(())
@@ -578,11 +578,10 @@ fn decide_one(
 ) -> Result<std::result::Result<Kept, Done>> {
     let decided = under_room_lock(client, room, |client| {
         let no_rooms = LeftRooms::default();
+        let later = sweep.later_of(room);
         let (mut ahead, figures) = taken.ahead(&no_rooms, room_ids, planned);
         ahead.progress = sweep.progress_of(room);
-        if let Some(given) = ahead.given.as_mut() {
-            given.pending = sweep.pending_of(room);
-        }
+        ahead.later = later.as_ref().map(|l| l as &dyn LaterGroups);
         decide_chunk(client, prepared, room, config, own, figures, &mut ahead)
     })?;
     Ok(match decided {
@@ -654,7 +653,6 @@ impl Taken {
             assembled: std::mem::take(&mut self.assembled),
             after: planned.after,
             more: planned.more,
-            pending: None,
         };
         let ahead = Ahead::assembled(no_rooms, room_ids, &mut self.carries, given);
         (ahead, &mut self.figures)

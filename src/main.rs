@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use synapse_compress_state::manual::{self, ManualArgs};
 use synapse_compress_state::output::sql;
-use synapse_compress_state::tool::{self, args};
+use synapse_compress_state::tool::{self, args, say};
 
 fn main() -> ExitCode {
     let args: ManualArgs = match args::parse() {
@@ -26,15 +26,15 @@ fn main() -> ExitCode {
     let sql_on_stdout = args.output_file.as_deref().is_some_and(sql::is_stdout);
     let print = |text: String| {
         if sql_on_stdout {
-            eprintln!("{text}");
+            say::err(&text);
         } else {
-            println!("{text}");
+            say::out(&text);
         }
     };
     match manual::run(&args.into_config()) {
         Ok(summary) => {
             if let Some(signal) = summary.interrupted {
-                eprintln!("{summary}");
+                say::err(&summary.to_string());
                 if json {
                     print(summary.to_json().to_string());
                 }
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
             });
         }
         Err(err) => {
-            eprintln!("error: {err}");
+            say::err(&format!("error: {err}"));
             return err.exit_code();
         }
     }

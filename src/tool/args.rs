@@ -184,7 +184,7 @@ fn report_clap_error(err: &clap::Error) -> ExitCode {
             line.push_str(item.trim());
         }
     }
-    eprintln!("{line} (see --help)");
+    super::say::err(&format!("{line} (see --help)"));
     ExitCode::from(2)
 }
 

@@ -73,14 +73,16 @@ pub fn stop_here(name: &str) {
     if let Some(action) = fail::eval(name, |arg| arg) {
         match action.as_deref() {
             Some("abort") => {
-                eprintln!("failpoint {name}: aborting");
+                super::say::err(&format!("failpoint {name}: aborting"));
                 std::process::abort();
             }
             Some("wait-signal") => wait_for_signal(name),
             Some("pause") => {
                 // The test changes the database meanwhile, then writes a
                 // line to the tool's standard input.
-                eprintln!("failpoint {name}: paused until a line comes on standard input");
+                super::say::err(&format!(
+                    "failpoint {name}: paused until a line comes on standard input"
+                ));
                 let mut line = String::new();
                 let _ = std::io::stdin().read_line(&mut line);
             }
@@ -95,11 +97,11 @@ pub fn stop_here(name: &str) {
 #[cfg(feature = "failpoints")]
 fn wait_for_signal(name: &str) {
     use std::time::{Duration, Instant};
-    eprintln!("failpoint {name}: waiting for a signal");
+    super::say::err(&format!("failpoint {name}: waiting for a signal"));
     let started = Instant::now();
     while crate::tool::interrupt::requested().is_none() {
         if started.elapsed() > Duration::from_secs(60) {
-            eprintln!("failpoint {name}: no signal came; aborting");
+            super::say::err(&format!("failpoint {name}: no signal came; aborting"));
             std::process::abort();
         }
         std::thread::sleep(Duration::from_millis(2));

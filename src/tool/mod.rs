@@ -11,6 +11,7 @@ pub mod memory;
 pub mod progress;
 #[cfg(feature = "pyo3")]
 pub mod python;
+pub mod say;
 pub mod timings;
 
 /// What a binary sets up before its run: log output, fault injection (test

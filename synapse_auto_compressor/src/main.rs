@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use synapse_auto_compressor::cli::AutoArgs;
 use synapse_auto_compressor::metrics;
-use synapse_compress_state::tool::{self, args};
+use synapse_compress_state::tool::{self, args, say};
 
 fn main() -> ExitCode {
     let args: AutoArgs = match args::parse() {
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     let started_at = SystemTime::now();
     if let Some(path) = &args.metrics_file {
         if let Err(err) = metrics::check(path) {
-            eprintln!("error: {err}");
+            say::err(&format!("error: {err}"));
             return err.exit_code();
         }
     }
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
             if let Err(err) = metrics::write(path, &end) {
                 // The run's own error, if any, is the one to report.
                 if run.is_ok() {
-                    eprintln!("error: {err}");
+                    say::err(&format!("error: {err}"));
                     return err.exit_code();
                 }
                 log::warn!("{err}");
@@ -69,14 +69,14 @@ fn main() -> ExitCode {
     };
     match output {
         Ok((text, interrupted)) => {
-            print!("{}", text.unwrap_or_default());
+            say::out_raw(&text.unwrap_or_default());
             match interrupted {
                 Some(signal) => ExitCode::from(signal.exit_status()),
                 None => ExitCode::SUCCESS,
             }
         }
         Err(err) => {
-            eprintln!("error: {err}");
+            say::err(&format!("error: {err}"));
             err.exit_code()
         }
     }

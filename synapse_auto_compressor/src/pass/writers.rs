@@ -357,9 +357,16 @@ impl<'w> Writers<'w> {
         // docs/reading.md, "Kills"). A second signal ends the process at
         // once, as ever. Only a signal that comes while the tables are
         // taken (waiting for them) stops it between two batches.
+        let mut told = false;
         let mut before = |client: &mut Client| -> Result<bool> {
             let signal = match interrupt::requested() {
                 Some(signal) => {
+                    if !std::mem::replace(&mut told, true) {
+                        info!(
+                            "The run stops once this sweep's writes are done ({what}); \
+                             a second Ctrl-C or SIGTERM stops at once, which is safe too"
+                        );
+                    }
                     self.stopped(signal);
                     return Ok(true);
                 }

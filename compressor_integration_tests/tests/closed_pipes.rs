@@ -66,9 +66,23 @@ fn both_tools_finish_and_exit_0_when_their_output_is_gone() {
     assert!(after_manual < rows_before, "the manual tool wrote nothing");
     let code = run_with_closed_pipes(
         "synapse_auto_compressor",
-        &["-p", db.url(), "-c", "50", "-n", "100", "-l", "10,5", "--json"],
+        &[
+            "-p",
+            db.url(),
+            "-c",
+            "50",
+            "-n",
+            "100",
+            "-l",
+            "10,5",
+            "--json",
+        ],
     );
     assert_eq!(code, 0, "the automatic tool");
     assert!(rows(&db) < after_manual, "the automatic tool wrote nothing");
-    assert_same_states(&before.states, &snapshot(&mut db.client()).states, "closed pipes");
+    assert_same_states(
+        &before.states,
+        &snapshot(&mut db.client()).states,
+        "closed pipes",
+    );
 }

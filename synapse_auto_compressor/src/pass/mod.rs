@@ -228,18 +228,14 @@ pub(crate) fn run(
             let (out, pieces) = sync_channel::<Result<Piece>>(1);
             let (plan, left_pass, read_to, writers) = (&plan, &left_pass, &read_to, &writers);
             let assembler = scope.spawn(move || {
-                let peak = assemble::run(
+                assemble::run(
                     &mut reader,
                     plan,
                     left_pass,
                     (budget, config.pass_range_ids),
                     read_to,
                     &out,
-                );
-                // Before `out` goes, so the writers have it for the last
-                // sweep.
-                writers.give_spare(reader);
-                peak
+                )
             });
             scope.spawn(move || writers.feed(pieces));
             for mut connection in extra {

@@ -292,20 +292,15 @@ impl Sweep {
         });
     }
 
-    /// Writes everything kept, batch after batch, on each of `writers`
-    /// (a connection and its prepared statements) at once: each writes the
-    /// groups of its share of the rooms, in ascending ids, so a room's
-    /// batches stay in order on one connection and no two connections
-    /// touch the same room's groups, bases or progress. `before` runs
-    /// before each batch and may stop that connection's writes there.
-    /// Returns the parts whose writes and progress committed, in the order
-    /// they did on each connection, with their outcomes filled in; the
-    /// others are given up (a later run does them again). The first error
-    /// ends the sweep, once every connection has stopped.
+    /// Writes everything kept, batch after batch; `before` runs before each
+    /// batch and may stop the sweep there. Returns the parts whose writes
+    /// and progress committed, in the order they did, with their outcomes
+    /// filled in; the others are given up (a later run does them again).
     pub(super) fn write(
         mut self,
-        writers: Vec<(&mut Client, &mut Prepared)>,
-        before: &(dyn Fn(&mut Client) -> Result<bool> + Sync),
+        client: &mut Client,
+        prepared: &mut Prepared,
+        before: &mut dyn FnMut(&mut Client) -> Result<bool>,
     ) -> Result<Vec<Part>> {
         self.changed.sort_unstable();
         let Sweep {
@@ -313,29 +308,12 @@ impl Sweep {
             new,
             loaded,
             rooms,
-            room_index,
             group_room,
             group_part,
-            parts,
+            mut parts,
             changed,
             ..
         } = self;
-        let ways = writers.len().max(1);
-        let share_of_room = |room: u32| room as usize % ways;
-        // Each share's parts, with their indices in it.
-        let mut local = vec![0u32; parts.len()];
-        let mut shares: Vec<Vec<Part>> = (0..ways).map(|_| Vec::new()).collect();
-        for (i, mut part) in parts.into_iter().enumerate() {
-            let share = &mut shares[share_of_room(room_index[&part.outcome.room_id])];
-            local[i] = share.len() as u32;
-            // The room's part before it came before it, in the same share.
-            part.before = part.before.map(|b| local[b] as usize);
-            share.push(part);
-        }
-        let mut groups: Vec<Vec<i64>> = (0..ways).map(|_| Vec::new()).collect();
-        for group in changed {
-            groups[share_of_room(group_room[&group])].push(group);
-        }
         let room_of = Rooms {
             rooms: &rooms,
             group_room: &group_room,
@@ -347,66 +325,14 @@ impl Sweep {
             original: &loaded,
             new: &new,
         };
-        let shared = Shared {
-            rewrite: &rewrite,
-            group_part: &group_part,
-            local: &local,
-            loaded: &loaded,
-            new: &new,
-        };
-        let results: Vec<Result<Vec<Part>>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = writers
-                .into_iter()
-                .zip(shares)
-                .zip(groups)
-                .map(|(((client, prepared), parts), groups)| {
-                    let shared = &shared;
-                    scope.spawn(move || shared.write(client, prepared, &groups, parts, before))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        });
-        let mut committed = Vec::new();
-        for result in results {
-            committed.extend(result?);
-        }
-        Ok(committed)
-    }
-}
-
-/// What every connection of a sweep reads ([`Sweep::write`]).
-struct Shared<'a> {
-    rewrite: &'a Rewrite<'a>,
-    group_part: &'a HashMap<i64, u32>,
-    /// Each part's index in its share.
-    local: &'a [u32],
-    loaded: &'a AsLoaded,
-    new: &'a GroupMap,
-}
-
-impl Shared<'_> {
-    /// Writes one share's `groups` on `client`, saving each of its `parts`'
-    /// progress in the batch that completes it, after the room's part
-    /// before it: the parts that committed, in that order.
-    fn write(
-        &self,
-        client: &mut Client,
-        prepared: &mut Prepared,
-        groups: &[i64],
-        mut parts: Vec<Part>,
-        before: &(dyn Fn(&mut Client) -> Result<bool> + Sync),
-    ) -> Result<Vec<Part>> {
         let mut order = Vec::with_capacity(parts.len());
         let mut in_transaction = |tx: &mut Transaction<'_>, batch: &[i64], ready: &[i64]| {
             for &group in batch {
-                let part = &mut parts[self.local[self.group_part[&group] as usize] as usize];
+                let part = &mut parts[group_part[&group] as usize];
                 if ready.binary_search(&group).is_ok() {
                     part.outcome.groups_written += 1;
-                    part.outcome.rows_deleted += self.loaded.0[&group].rows as u64;
-                    part.outcome.rows_inserted += self.new[&group].delta.len() as u64;
+                    part.outcome.rows_deleted += loaded.0[&group].rows as u64;
+                    part.outcome.rows_inserted += new[&group].delta.len() as u64;
                 } else {
                     part.outcome.groups_skipped_live += 1;
                 }
@@ -434,12 +360,11 @@ impl Shared<'_> {
             }
             Ok(())
         };
-        let mut before = |client: &mut Client| before(client);
-        self.rewrite.write_each(
+        rewrite.write_each(
             client,
-            groups,
+            &changed,
             BatchHooks {
-                before: &mut before,
+                before,
                 in_transaction: &mut in_transaction,
             },
         )?;

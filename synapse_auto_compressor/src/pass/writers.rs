@@ -17,7 +17,7 @@
 //! after the other at the end.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -92,9 +92,6 @@ pub(super) struct Writers<'w> {
     /// One writer: chunks are decided as they come and written together
     /// in sweeps ([`super::sweep`]).
     sweeping: bool,
-    /// The reading connection, once the reading is over: the last sweep
-    /// writes on it too.
-    spare: Mutex<Option<Client>>,
 }
 
 /// A chunk a writer took, with what the room carries from its chunks
@@ -150,23 +147,6 @@ impl<'w> Writers<'w> {
             end: plan.end().unwrap_or(0),
             capacity: writers + 1,
             sweeping: writers == 1,
-            spare: Mutex::new(None),
-        }
-    }
-
-    /// Takes the pass's reading connection once its reading is over, for
-    /// the last sweep to write on (with one writer; otherwise it is
-    /// dropped). Its `lock_timeout` goes: a sweep waits for row locks as
-    /// the run's own connection does.
-    pub(super) fn give_spare(&self, mut reader: Client) {
-        if !self.sweeping {
-            return;
-        }
-        match reader.batch_execute("RESET lock_timeout") {
-            Ok(()) => *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = Some(reader),
-            Err(e) => {
-                debug!("The reading connection cannot write ({e}); the last sweep writes on one")
-            }
         }
     }
 
@@ -325,10 +305,7 @@ impl<'w> Writers<'w> {
             }
         }
         match sweep {
-            Some(sweep) if !self.lock().stop => {
-                let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
-                self.flush(client, prepared, sweep, spare)
-            }
+            Some(sweep) if !self.lock().stop => self.flush(client, prepared, sweep),
             Some(sweep) if !sweep.is_empty() => {
                 debug!(
                     "The run stops: the chunks decided and not written are left for the next run"
@@ -348,7 +325,7 @@ impl<'w> Writers<'w> {
         budget: usize,
     ) -> Result<()> {
         if sweep.bytes() > budget {
-            self.flush(client, prepared, std::mem::take(sweep), None)?;
+            self.flush(client, prepared, std::mem::take(sweep))?;
         }
         Ok(())
     }
@@ -361,28 +338,15 @@ impl<'w> Writers<'w> {
         self.changed.notify_all();
     }
 
-    /// Writes what `sweep` holds, on `client` and `spare` if there is one,
-    /// and counts the chunks whose writes and progress committed.
-    fn flush(
-        &self,
-        client: &mut Client,
-        prepared: &mut Prepared,
-        sweep: Sweep,
-        mut spare: Option<Client>,
-    ) -> Result<()> {
+    /// Writes what `sweep` holds, and counts the chunks whose writes and
+    /// progress committed.
+    fn flush(&self, client: &mut Client, prepared: &mut Prepared, sweep: Sweep) -> Result<()> {
         if sweep.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
         let what = sweep.describe();
-        info!(
-            "Writing {what} in one sweep of ascending group ids{}",
-            if spare.is_some() {
-                " on two connections"
-            } else {
-                ""
-            }
-        );
+        info!("Writing {what} in one sweep of ascending group ids");
         self.lock()
             .walk
             .bar
@@ -393,11 +357,11 @@ impl<'w> Writers<'w> {
         // docs/reading.md, "Kills"). A second signal ends the process at
         // once, as ever. Only a signal that comes while the tables are
         // taken (waiting for them) stops it between two batches.
-        let told = AtomicBool::new(false);
-        let before = |client: &mut Client| -> Result<bool> {
+        let mut told = false;
+        let mut before = |client: &mut Client| -> Result<bool> {
             let signal = match interrupt::requested() {
                 Some(signal) => {
-                    if !told.swap(true, Ordering::Relaxed) {
+                    if !std::mem::replace(&mut told, true) {
                         info!(
                             "The run stops once this sweep's writes are done ({what}); \
                              a second Ctrl-C or SIGTERM stops at once, which is safe too"
@@ -416,12 +380,7 @@ impl<'w> Writers<'w> {
                 None => Ok(true),
             }
         };
-        let mut spare_prepared = Prepared::new();
-        let mut writers = vec![(&mut *client, &mut *prepared)];
-        if let Some(spare) = spare.as_mut() {
-            writers.push((spare, &mut spare_prepared));
-        }
-        let parts = sweep.write(writers, &before)?;
+        let parts = sweep.write(client, prepared, &mut before)?;
         // A signal during the last batch: the run stops after the sweep.
         if let Some(signal) = interrupt::requested() {
             self.stopped(signal);

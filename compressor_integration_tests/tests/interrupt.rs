@@ -13,7 +13,8 @@
 //! match what it wrote; the automatic tool's saved progress must be
 //! exactly that of a run of as many chunks that was not interrupted. A
 //! following run must finish the work with the very tree an uninterrupted
-//! run makes. A signal that comes after the last safe point finds the work
+//! run makes (but for a manual run killed between write batches whose
+//! rerun finds the rest not worth writing: docs/safety.md). A signal that comes after the last safe point finds the work
 //! done: exit 0, not interrupted.
 //!
 //! A second signal stops at once, even inside a write transaction: the
@@ -740,11 +741,24 @@ fn a_second_signal_stops_at_once() {
                 Some(130) => assert!(ending.stderr.contains("Interrupted by SIGINT")),
                 _ => panic!("{context}: {}", ending.describe()),
             }
-            assert_intact(&db, &original, &context);
+            let stopped = assert_intact(&db, &original, &context);
             let rerun = run(program, args, None);
             assert_eq!(rerun.code, Some(0), "{context}\n{}", rerun.describe());
             let now = assert_intact(&db, &original, &context);
-            assert!(now == reference, "{context}: another tree after a rerun");
+            // The one case that may differ (docs/safety.md, "Kills and
+            // crashes"): the manual tool killed between two write batches
+            // leaves a room with fewer rows than either tree, and the rerun,
+            // which computes the same tree, finds that finishing it would
+            // add rows, so it writes nothing. Every state is kept either way.
+            let declined = program == COMPRESSOR
+                && rerun.stdout.contains("would not remove any rows")
+                && now == stopped
+                && now != generated.structure();
+            assert!(
+                now == reference || declined,
+                "{context}: another tree after a rerun\n{}",
+                rerun.describe()
+            );
         }
     }
     eprintln!("second signal: {at_once} of 6 runs ended at once");

@@ -363,8 +363,8 @@ impl<'w> Writers<'w> {
                 Some(signal) => {
                     if !std::mem::replace(&mut told, true) {
                         info!(
-                            "The run stops once this sweep's writes are done ({what}); \
-                             a second Ctrl-C or SIGTERM stops at once, which is safe too"
+                            "The run stops once this sweep is written (see above); a \
+                             second Ctrl-C or SIGTERM stops at once, which is safe too"
                         );
                     }
                     self.stopped(signal);

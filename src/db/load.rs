@@ -519,9 +519,6 @@ impl<'s> Builder<'s> {
     /// Takes group `id` from `later` if it is one of them (its
     /// predecessor is then wanted in the next round). Whether it was.
     fn take_later(&mut self, later: &dyn LaterGroups, id: i64) -> bool {
-        if later.ids().binary_search(&id).is_err() {
-            return false;
-        }
         match later.entry(id, self.symbols) {
             Some(entry) => {
                 self.add_known(id, entry);

@@ -96,8 +96,6 @@ pub(super) struct Sweep {
     group_part: HashMap<i64, u32>,
     /// Each room's last part.
     room_last: HashMap<u32, usize>,
-    /// Each room's parts.
-    room_parts: HashMap<u32, usize>,
     parts: Vec<Part>,
     changed: Vec<i64>,
     bytes: usize,
@@ -278,7 +276,6 @@ impl Sweep {
         let room = self.room(&outcome.room_id);
         let index = self.parts.len();
         let before = self.room_last.insert(room, index);
-        *self.room_parts.entry(room).or_default() += 1;
         self.bytes += 256;
         self.parts.push(Part {
             rank,

@@ -138,7 +138,9 @@ pub fn run(
 ) -> usize {
     let mut assembler = Assembler::new(plan, left, budget);
     std::thread::scope(|scope| {
-        let (send, fetched) = sync_channel(1);
+        // A few of the reader's pieces in hand, so that neither side waits
+        // on the other's every step (`writers::SPARE_CHUNKS` says why).
+        let (send, fetched) = sync_channel(4);
         let fetcher = Fetcher::new(plan, left, range_ids);
         scope.spawn(move || fetcher.run(client, &send));
         if let Err(e) = assembler.assemble(&fetched, read_to, out) {

@@ -225,7 +225,8 @@ pub(crate) fn run(
     let (figures, peak_bytes, error) = {
         let writers = Writers::new(&plan, &left_pass, &read_to, writers, summary, walk);
         let peak_bytes = std::thread::scope(|scope| {
-            let (out, pieces) = sync_channel::<Result<Piece>>(1);
+            // A few complete chunks in hand (`writers::SPARE_CHUNKS`).
+            let (out, pieces) = sync_channel::<Result<Piece>>(4);
             let (plan, left_pass, read_to, writers) = (&plan, &left_pass, &read_to, &writers);
             let assembler = scope.spawn(move || {
                 assemble::run(

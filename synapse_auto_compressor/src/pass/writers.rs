@@ -48,6 +48,13 @@ use crate::summary::{ChunkOutcome, RunFigures, RunSummary};
 /// of them leaves the pass (the queue's memory stays bounded).
 const MAX_BLOCKED: usize = 16;
 
+/// Complete chunks queued beyond one per writer. The reader hands chunks
+/// over in bursts (a range completes many rooms' chunks at once) while the
+/// writer takes them one by one: with one spare the writer and the reader
+/// kept waiting on each other, and on `20m` in cache the reading took 33 s
+/// where eight spares take 28 s, for about 13 MiB more at the peak.
+const SPARE_CHUNKS: usize = 8;
+
 /// What the pass did, for the run's log.
 #[derive(Debug, Default)]
 pub(super) struct PassFigures {
@@ -145,7 +152,7 @@ impl<'w> Writers<'w> {
             left_pass,
             read_to,
             end: plan.end().unwrap_or(0),
-            capacity: writers + 1,
+            capacity: writers + SPARE_CHUNKS,
             sweeping: writers == 1,
         }
     }

@@ -248,6 +248,14 @@ impl TestDb {
             .expect("setting statement_timeout");
         client
     }
+
+    /// How many rows `state_groups_state` holds now.
+    pub fn state_rows(&self) -> i64 {
+        self.client()
+            .query_one("SELECT count(*) FROM state_groups_state", &[])
+            .expect("counting state_groups_state")
+            .get(0)
+    }
 }
 
 impl Drop for TestDb {

@@ -9,7 +9,6 @@ use std::process::{Command, Stdio};
 
 use compressor_integration_tests::check::{self, assert_same_states, snapshot};
 use compressor_integration_tests::generator::GenConfig;
-use compressor_integration_tests::pg::TestDb;
 use compressor_integration_tests::tools;
 
 fn config() -> GenConfig {
@@ -21,13 +20,6 @@ fn config() -> GenConfig {
         max_delta_hops: 8,
         ..GenConfig::default()
     }
-}
-
-fn rows(db: &TestDb) -> i64 {
-    db.client()
-        .query_one("SELECT count(*) FROM state_groups_state", &[])
-        .unwrap()
-        .get(0)
 }
 
 /// Runs `name args` with stdout and stderr pipes whose reading ends are
@@ -55,14 +47,14 @@ fn run_with_closed_pipes(name: &str, args: &[&str]) -> i32 {
 fn both_tools_finish_and_exit_0_when_their_output_is_gone() {
     let (db, generated) = check::generated_db("closed_pipes", &config());
     let before = snapshot(&mut db.client());
-    let rows_before = rows(&db);
+    let rows_before = db.state_rows();
     let room = generated.rooms[0].room_id.as_str();
     let code = run_with_closed_pipes(
         "synapse_compress_state",
         &["-p", db.url(), "-r", room, "-c", "-l", "10,5"],
     );
     assert_eq!(code, 0, "the manual tool");
-    let after_manual = rows(&db);
+    let after_manual = db.state_rows();
     assert!(after_manual < rows_before, "the manual tool wrote nothing");
     let code = run_with_closed_pipes(
         "synapse_auto_compressor",
@@ -79,7 +71,10 @@ fn both_tools_finish_and_exit_0_when_their_output_is_gone() {
         ],
     );
     assert_eq!(code, 0, "the automatic tool");
-    assert!(rows(&db) < after_manual, "the automatic tool wrote nothing");
+    assert!(
+        db.state_rows() < after_manual,
+        "the automatic tool wrote nothing"
+    );
     assert_same_states(
         &before.states,
         &snapshot(&mut db.client()).states,

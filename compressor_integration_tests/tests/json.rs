@@ -3,7 +3,6 @@
 
 use compressor_integration_tests::check::{self, assert_same_states, snapshot};
 use compressor_integration_tests::generator::GenConfig;
-use compressor_integration_tests::pg::TestDb;
 use compressor_integration_tests::tools::{self, ToolRun};
 use serde_json::Value;
 
@@ -17,13 +16,6 @@ fn config(seed: u64) -> GenConfig {
         nasty_strings: true,
         ..GenConfig::default()
     }
-}
-
-fn rows(db: &TestDb) -> i64 {
-    db.client()
-        .query_one("SELECT count(*) FROM state_groups_state", &[])
-        .unwrap()
-        .get(0)
 }
 
 fn parse(run: &ToolRun) -> Value {
@@ -47,7 +39,7 @@ fn manual_tool_json_matches_the_database() {
     let (db, generated) = check::generated_db("json_manual", &config(5));
     let room = &generated.rooms[1].room_id;
     let before = snapshot(&mut db.client());
-    let rows_before = rows(&db);
+    let rows_before = db.state_rows();
 
     let run = tools::run_bin(
         "synapse_compress_state",
@@ -61,7 +53,11 @@ fn manual_tool_json_matches_the_database() {
         json["rows_after"].as_i64().unwrap(),
     );
     assert_eq!(json_before, generated.room_row_count(room) as i64);
-    assert_eq!(rows_before - rows(&db), json_before - json_after, "{json}");
+    assert_eq!(
+        rows_before - db.state_rows(),
+        json_before - json_after,
+        "{json}"
+    );
     assert_eq!(
         json["rows_saved"].as_i64().unwrap(),
         json_before - json_after
@@ -80,7 +76,7 @@ fn manual_tool_json_matches_the_database() {
 fn automatic_tool_json_matches_the_database() {
     let (db, _) = check::generated_db("json_auto", &config(6));
     let before = snapshot(&mut db.client());
-    let rows_before = rows(&db);
+    let rows_before = db.state_rows();
 
     let run = tools::run_bin(
         "synapse_auto_compressor",
@@ -90,7 +86,7 @@ fn automatic_tool_json_matches_the_database() {
     assert!(json["chunks"].as_u64().unwrap() >= 9, "{json}");
     assert_eq!(
         json["rows_saved"].as_i64().unwrap(),
-        rows_before - rows(&db),
+        rows_before - db.state_rows(),
         "{json}"
     );
     assert!(json["rows_saved"].as_i64().unwrap() > 0, "{json}");

@@ -138,9 +138,7 @@ pub fn run(
 ) -> usize {
     let mut assembler = Assembler::new(plan, left, budget);
     std::thread::scope(|scope| {
-        // A few of the reader's pieces in hand, so that neither side waits
-        // on the other's every step (`writers::SPARE_CHUNKS` says why).
-        let (send, fetched) = sync_channel(4);
+        let (send, fetched) = sync_channel(super::PIECES_IN_HAND);
         let fetcher = Fetcher::new(plan, left, range_ids);
         scope.spawn(move || fetcher.run(client, &send));
         if let Err(e) = assembler.assemble(&fetched, read_to, out) {

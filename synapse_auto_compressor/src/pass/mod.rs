@@ -70,6 +70,11 @@ pub enum Reader {
     Rooms,
 }
 
+/// Pieces each channel of the pass holds between its threads (the reader,
+/// the assembler, the writers' feeder), so that neither side waits on the
+/// other's every step (`writers::SPARE_CHUNKS` says why).
+const PIECES_IN_HAND: usize = 4;
+
 /// The pass pays for itself when the run's groups are at least this share
 /// of the groups left past the scan position (docs/reading.md).
 const AUTO_SHARE: f64 = 0.1;
@@ -225,8 +230,7 @@ pub(crate) fn run(
     let (figures, peak_bytes, error) = {
         let writers = Writers::new(&plan, &left_pass, &read_to, writers, summary, walk);
         let peak_bytes = std::thread::scope(|scope| {
-            // A few complete chunks in hand (`writers::SPARE_CHUNKS`).
-            let (out, pieces) = sync_channel::<Result<Piece>>(4);
+            let (out, pieces) = sync_channel::<Result<Piece>>(PIECES_IN_HAND);
             let (plan, left_pass, read_to, writers) = (&plan, &left_pass, &read_to, &writers);
             let assembler = scope.spawn(move || {
                 assemble::run(

@@ -25,7 +25,7 @@ use postgres::types::{FromSql, ToSql, Type};
 use postgres::{GenericClient, Row};
 
 use crate::core::group::{GroupMap, StateGroupEntry};
-use crate::core::state_map::{KeyId, StateMap, Symbols, ValueId};
+use crate::core::state_map::{Echo, KeyId, StateMap, Symbols, ValueId};
 use crate::error::{Error, Result};
 
 /// What a load found besides the groups.
@@ -381,6 +381,8 @@ struct Builder<'s> {
     deltas: BTreeMap<i64, StateMap>,
     scratch: Vec<(KeyId, ValueId)>,
     scratch_group: Option<i64>,
+    /// Finds most rows' ids from the last snapshot's.
+    echo: Echo,
     duplicate_rows: usize,
     missing: Vec<i64>,
     fetch: Fetch,
@@ -411,6 +413,7 @@ impl<'s> Builder<'s> {
             deltas: BTreeMap::new(),
             scratch: Vec::new(),
             scratch_group: None,
+            echo: Echo::default(),
             duplicate_rows: 0,
             missing: Vec::new(),
             fetch: Fetch::Streamed,
@@ -630,15 +633,15 @@ impl<'s> Builder<'s> {
         if self.scratch_group != Some(group) {
             self.flush();
             self.scratch_group = Some(group);
+            self.echo.next_group();
         }
-        let key = self.symbols.key(
+        let ids = self.echo.row(
+            self.symbols,
             group_column(row, 1, group, ROWS, "type")?,
             group_column(row, 2, group, ROWS, "state_key")?,
+            group_column(row, 3, group, ROWS, "event_id")?,
         );
-        let value = self
-            .symbols
-            .value(group_column(row, 3, group, ROWS, "event_id")?);
-        self.scratch.push((key, value));
+        self.scratch.push(ids);
         Ok(())
     }
 

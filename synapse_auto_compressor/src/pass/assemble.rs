@@ -24,7 +24,9 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use postgres::{Client, Row};
 use synapse_compress_state::core::group::StateGroupEntry;
-use synapse_compress_state::core::state_map::{IdBuildHasher, KeyId, StateMap, Symbols, ValueId};
+use synapse_compress_state::core::state_map::{
+    Echo, IdBuildHasher, KeyId, StateMap, Symbols, ValueId,
+};
 use synapse_compress_state::{Error, GroupMap, Result};
 
 use super::fetch::{Fetched, Fetcher};
@@ -83,12 +85,14 @@ impl LeftPass {
 struct Open {
     chunk: Assembled,
     rows: usize,
+    /// Finds most rows' ids from the room's last snapshot's.
+    echo: Echo,
 }
 
 impl Open {
     /// About the memory it holds: its rows, its groups and its strings.
     fn bytes(&self) -> usize {
-        self.rows * 8 + self.chunk.ids.len() * 72 + self.chunk.symbols.bytes()
+        self.rows * 8 + self.chunk.ids.len() * 72 + self.chunk.symbols.bytes() + self.echo.bytes()
     }
 
     fn damage(&mut self, why: String) {
@@ -280,11 +284,12 @@ impl<'p> Assembler<'p> {
                 continue;
             };
             let open = self.open.get_mut(chunk).expect("a member's chunk is open");
+            open.echo.next_group();
             for row in run {
                 match row_strings(row, group) {
                     Ok((ty, state_key, event_id)) => {
                         let symbols = &mut open.chunk.symbols;
-                        scratch.push((symbols.key(ty, state_key), symbols.value(event_id)));
+                        scratch.push(open.echo.row(symbols, ty, state_key, event_id));
                         open.rows += 1;
                     }
                     Err(why) => open.damage(why),

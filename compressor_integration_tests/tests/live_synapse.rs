@@ -128,6 +128,31 @@ struct Outcome {
     orphans: usize,
 }
 
+/// The lines of `logs` (run by run) that name a group some problem
+/// names, at most 60.
+fn lines_naming(logs: &[String], problems: &[String]) -> String {
+    let groups: BTreeSet<String> = problems
+        .iter()
+        .flat_map(|p| p.split(|c: char| !c.is_ascii_digit()))
+        .filter(|w| w.len() >= 2)
+        .map(str::to_owned)
+        .collect();
+    let names = |line: &str| {
+        line.split(|c: char| !c.is_ascii_digit())
+            .any(|w| groups.contains(w))
+    };
+    logs.iter()
+        .enumerate()
+        .flat_map(|(run, log)| {
+            log.lines()
+                .filter(|l| names(l))
+                .map(move |l| format!("run {run}: {l}"))
+        })
+        .take(60)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Chunks of `run` that continued from carried groups.
 fn carried_chunks(run: &ToolRun) -> usize {
     run.stderr.matches("continues from the carried").count()
@@ -154,10 +179,14 @@ fn beside_synapse(seed: u64, tool: Tool, de_delta: bool) -> Outcome {
     let mut runs = 0;
     let mut skipped_by_tool = 0;
     let mut carried = 0;
+    // Every run's log, to show what the tool did with a group a failure
+    // names.
+    let mut logs: Vec<String> = Vec::new();
     while runs < RUNS_BESIDE && !synapse.is_finished() {
         let run = run_tool(&db, tool, &rooms, runs);
         skipped_by_tool += live_skips(&run);
         carried += carried_chunks(&run);
+        logs.push(run.stderr);
         runs += 1;
     }
     let _ = stop.send(());
@@ -173,6 +202,7 @@ fn beside_synapse(seed: u64, tool: Tool, de_delta: bool) -> Outcome {
         skipped_by_tool += live_skips(&run);
         carried += carried_chunks(&run);
         runs += 1;
+        logs.push(run.stderr.clone());
         finished = match tool {
             Tool::Auto { .. } => run.finished_all(),
             Tool::Manual { .. } => turn + 1 >= rooms.len(),
@@ -194,9 +224,11 @@ fn beside_synapse(seed: u64, tool: Tool, de_delta: bool) -> Outcome {
         .expect("verifying the database");
     assert!(
         verification.problems.is_empty(),
-        "seed {seed}: {} problem(s) after compressing beside Synapse:\n{}\n{stats:?}",
+        "seed {seed}: {} problem(s) after compressing beside Synapse:\n{}\n{stats:?}\n\
+         the tool's lines naming those groups:\n{}",
         verification.problems.len(),
-        verification.problems[..verification.problems.len().min(10)].join("\n")
+        verification.problems[..verification.problems.len().min(10)].join("\n"),
+        lines_naming(&logs, &verification.problems)
     );
     assert_eq!(verification.groups_checked, imitator.expected().len());
     if !verification.orphaned_groups.is_empty() {

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use compressor_integration_tests::check::{self, assert_same_states, small_db, snapshot};
 use compressor_integration_tests::synapse_state::state_of_group;
 use synapse_compress_state::core::group::changed_groups;
+use synapse_compress_state::core::levels::Level;
 use synapse_compress_state::core::state_map::Symbols;
 use synapse_compress_state::db::{self, load, write};
 use synapse_compress_state::{compress, LevelSizes};
@@ -86,5 +87,82 @@ fn a_group_whose_rows_changed_but_not_its_edge_is_left_alone() {
         report.rows_deleted as i64 - report.rows_inserted as i64,
         "{report:?}"
     );
+    assert_same_states(&before.states, &snapshot(&mut c).states, "after the write");
+}
+
+/// A saved level head that Synapse deletes between the check of the run's
+/// progress and the chunk's load is read as a group with no `state_groups`
+/// row, no edge and no rows. The groups the compressor builds on it must be
+/// left as they are: an edge to it would point at nothing (seen beside the
+/// Synapse imitation in `live_synapse.rs`).
+#[test]
+fn groups_built_on_a_head_deleted_before_the_load_are_left_alone() {
+    let (db, room) = small_db("write_head_deleted", 120);
+    let mut client = db::connect(db.url()).expect("connecting");
+    let ids = load::range_ids(&mut client, &room, None, None, None).expect("ids");
+    let (first, rest) = ids.split_at(ids.len() / 2);
+    // The head: the last group of the first half that nothing is built on,
+    // deleted as Synapse deletes a group (all of it, in one transaction).
+    let head: i64 = db
+        .client()
+        .query_one(
+            "SELECT max(g.id) FROM state_groups AS g WHERE g.room_id = $1 AND g.id <= $2 \
+             AND NOT EXISTS (SELECT 1 FROM state_group_edges AS e WHERE e.prev_state_group = g.id)",
+            &[&room, first.last().unwrap()],
+        )
+        .unwrap()
+        .get(0);
+    {
+        let mut c = db.client();
+        let mut tx = c.transaction().unwrap();
+        for table in ["state_groups_state", "state_group_edges"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE state_group = $1"),
+                &[&head],
+            )
+            .unwrap();
+        }
+        tx.execute("DELETE FROM state_groups WHERE id = $1", &[&head])
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let before = snapshot(&mut db.client());
+
+    let mut symbols = Symbols::new();
+    let (original, report) =
+        load::load_groups(&mut client, &mut symbols, &room, rest, &[head], &mut |_| {})
+            .expect("load");
+    assert_eq!(report.missing_predecessors, vec![head], "{report:?}");
+    let levels = vec![Level::restore(10, 1, Some(head)), Level::new(10)];
+    let compressed = compress(&original, levels).expect("compress");
+    let changed = changed_groups(&original, &compressed.changes);
+    let on_head: Vec<i64> = changed
+        .iter()
+        .copied()
+        .filter(|g| compressed.changes[g].prev == Some(head))
+        .collect();
+    assert!(!on_head.is_empty(), "no group was built on the head");
+
+    let rewrite = write::Rewrite {
+        room_id: &room,
+        room_of: None,
+        symbols: &symbols,
+        original: &original,
+        new: &compressed.changes,
+    };
+    let report = rewrite
+        .write(&mut client, &changed, &mut |_| true, None)
+        .expect("writing");
+
+    assert!(report.skipped >= on_head.len(), "{report:?}");
+    let mut c = db.client();
+    let edges_to_head: i64 = c
+        .query_one(
+            "SELECT count(*) FROM state_group_edges WHERE prev_state_group = $1",
+            &[&head],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(edges_to_head, 0, "an edge now points at the deleted head");
     assert_same_states(&before.states, &snapshot(&mut c).states, "after the write");
 }

@@ -629,8 +629,7 @@ impl Rewrite<'_> {
     /// while we waited for them. Groups loaded without a `state_groups` row
     /// cannot be locked: one that still has none counts as present as long
     /// as its edge and rows are there (checked here for the rewritten ones; a
-    /// base outside the batch must still have an edge or a row, unless it
-    /// was loaded with neither).
+    /// base outside the batch must still have an edge or a row).
     fn recheck(
         &self,
         tx: &mut Transaction<'_>,
@@ -661,10 +660,13 @@ impl Rewrite<'_> {
         }
         let existing = &mut locked.existing;
         existing.extend(batch.iter().filter(|&&g| self.loaded(g).missing_group_row));
+        // A base with neither is nothing at all now: whether it was loaded
+        // that way or not, it cannot be told from a group deleted since (a
+        // saved level head Synapse deleted between the check of the run's
+        // progress and the load), and an edge to it would point at nothing.
         existing.extend(unlockable.iter().copied().filter(|b| {
-            let loaded = self.loaded(*b);
             let (edges, rows) = &now[b];
-            !edges.is_empty() || *rows > 0 || (loaded.prev.is_none() && loaded.rows == 0)
+            !edges.is_empty() || *rows > 0
         }));
 
         let mut ready = Vec::with_capacity(batch.len());

@@ -6,10 +6,61 @@ use std::str::FromStr;
 use compressor_integration_tests::check::{self, assert_same_states, small_db, snapshot};
 use compressor_integration_tests::synapse_state::state_of_group;
 use synapse_compress_state::core::group::changed_groups;
-use synapse_compress_state::core::levels::Level;
 use synapse_compress_state::core::state_map::Symbols;
 use synapse_compress_state::db::{self, load, write};
-use synapse_compress_state::{compress, LevelSizes};
+use synapse_compress_state::{compress, Compressed, GroupMap, Level, LevelSizes};
+
+/// A room's groups loaded and compressed as the tools do, to be written
+/// once the test has changed the database under them.
+struct Case {
+    room: String,
+    symbols: Symbols,
+    original: GroupMap,
+    report: load::LoadReport,
+    compressed: Compressed,
+    /// The groups the compression changed.
+    changed: Vec<i64>,
+}
+
+impl Case {
+    /// Loads `ids` of `room` (and the heads `extra`) and compresses them
+    /// on top of `levels`.
+    fn new(
+        client: &mut postgres::Client,
+        room: &str,
+        ids: &[i64],
+        extra: &[i64],
+        levels: Vec<Level>,
+    ) -> Self {
+        let mut symbols = Symbols::new();
+        let (original, report) =
+            load::load_groups(client, &mut symbols, room, ids, extra, &mut |_| {}).expect("load");
+        let compressed = compress(&original, levels).expect("compress");
+        let changed = changed_groups(&original, &compressed.changes);
+        Self {
+            room: room.to_owned(),
+            symbols,
+            original,
+            report,
+            compressed,
+            changed,
+        }
+    }
+
+    /// Writes the changed groups as the tools do.
+    fn write(&self, client: &mut postgres::Client) -> write::WriteReport {
+        let rewrite = write::Rewrite {
+            room_id: &self.room,
+            room_of: None,
+            symbols: &self.symbols,
+            original: &self.original,
+            new: &self.compressed.changes,
+        };
+        rewrite
+            .write(client, &self.changed, &mut |_| true, None)
+            .expect("writing")
+    }
+}
 
 /// A group whose rows Synapse rewrote without touching its edge (here: its
 /// delta replaced by its full state, which keeps its state) must be left as
@@ -20,13 +71,10 @@ fn a_group_whose_rows_changed_but_not_its_edge_is_left_alone() {
     let before = snapshot(&mut db.client());
 
     let mut client = db::connect(db.url()).expect("connecting");
-    let mut symbols = Symbols::new();
     let ids = load::range_ids(&mut client, &room, None, None, None).expect("ids");
-    let (original, _) =
-        load::load_groups(&mut client, &mut symbols, &room, &ids, &[], &mut |_| {}).expect("load");
     let levels = LevelSizes::from_str("10,10").unwrap().empty_levels();
-    let compressed = compress(&original, levels).expect("compress");
-    let changed = changed_groups(&original, &compressed.changes);
+    let case = Case::new(&mut client, &room, &ids, &[], levels);
+    let (original, changed) = (&case.original, &case.changed);
     let victim = *changed
         .iter()
         .find(|g| original[*g].prev.is_some() && original[*g].delta.len() < 10)
@@ -57,16 +105,7 @@ fn a_group_whose_rows_changed_but_not_its_edge_is_left_alone() {
     };
     let rows_before_write = table_rows(&mut db.client());
 
-    let rewrite = write::Rewrite {
-        room_id: &room,
-        room_of: None,
-        symbols: &symbols,
-        original: &original,
-        new: &compressed.changes,
-    };
-    let report = rewrite
-        .write(&mut client, &changed, &mut |_| true, None)
-        .expect("writing");
+    let report = case.write(&mut client);
 
     assert_eq!(report.skipped, 1, "{report:?}");
     assert_eq!(report.written, changed.len() - 1, "{report:?}");
@@ -128,31 +167,23 @@ fn groups_built_on_a_head_deleted_before_the_load_are_left_alone() {
     }
     let before = snapshot(&mut db.client());
 
-    let mut symbols = Symbols::new();
-    let (original, report) =
-        load::load_groups(&mut client, &mut symbols, &room, rest, &[head], &mut |_| {})
-            .expect("load");
-    assert_eq!(report.missing_predecessors, vec![head], "{report:?}");
     let levels = vec![Level::restore(10, 1, Some(head)), Level::new(10)];
-    let compressed = compress(&original, levels).expect("compress");
-    let changed = changed_groups(&original, &compressed.changes);
-    let on_head: Vec<i64> = changed
+    let case = Case::new(&mut client, &room, rest, &[head], levels);
+    assert_eq!(
+        case.report.missing_predecessors,
+        vec![head],
+        "{:?}",
+        case.report
+    );
+    let on_head: Vec<i64> = case
+        .changed
         .iter()
         .copied()
-        .filter(|g| compressed.changes[g].prev == Some(head))
+        .filter(|g| case.compressed.changes[g].prev == Some(head))
         .collect();
     assert!(!on_head.is_empty(), "no group was built on the head");
 
-    let rewrite = write::Rewrite {
-        room_id: &room,
-        room_of: None,
-        symbols: &symbols,
-        original: &original,
-        new: &compressed.changes,
-    };
-    let report = rewrite
-        .write(&mut client, &changed, &mut |_| true, None)
-        .expect("writing");
+    let report = case.write(&mut client);
 
     assert!(report.skipped >= on_head.len(), "{report:?}");
     let mut c = db.client();

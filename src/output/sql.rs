@@ -192,7 +192,7 @@ fn dollar_tag(body: &str) -> String {
 /// Groups that had no `state_groups` row when loaded (rewritten as the
 /// reference tool does) cannot be locked or found there: such a group is
 /// present while its edge and rows are (checked anyway), and such a base
-/// (`base_without_row`, as loaded) while it still has an edge or a row.
+/// (`base_without_row`) while it still has an edge or a row.
 fn guarded_block(
     room: &str,
     symbols: &Symbols,
@@ -263,7 +263,8 @@ impl Block {
             if Some(id) == new.prev {
                 match base_without_row {
                     None => self.b.push_str("    base_found := FOUND;\n"),
-                    Some(loaded) if loaded.prev.is_none() && loaded.rows == 0 => {}
+                    // A base with no row, edge or rows is nothing at all,
+                    // however it was loaded: never build on it.
                     Some(_) => {
                         let _ = writeln!(
                             self.b,

@@ -660,10 +660,11 @@ impl Rewrite<'_> {
         }
         let existing = &mut locked.existing;
         existing.extend(batch.iter().filter(|&&g| self.loaded(g).missing_group_row));
-        // A base with neither is nothing at all now: whether it was loaded
-        // that way or not, it cannot be told from a group deleted since (a
-        // saved level head Synapse deleted between the check of the run's
-        // progress and the load), and an edge to it would point at nothing.
+        // A base with no row, no edge and no rows is nothing at all now:
+        // whether it was loaded that way or not, it cannot be told from a
+        // group deleted since (a saved level head Synapse deleted between
+        // the check of the run's progress and the load), and an edge to it
+        // would point at nothing.
         existing.extend(unlockable.iter().copied().filter(|b| {
             let (edges, rows) = &now[b];
             !edges.is_empty() || *rows > 0

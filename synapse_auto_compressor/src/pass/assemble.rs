@@ -90,7 +90,8 @@ struct Open {
 }
 
 impl Open {
-    /// About the memory it holds: its rows, its groups and its strings.
+    /// About the memory it holds: its rows, its groups, its strings and the
+    /// snapshot its rows are compared with.
     fn bytes(&self) -> usize {
         self.rows * 8 + self.chunk.ids.len() * 72 + self.chunk.symbols.bytes() + self.echo.bytes()
     }

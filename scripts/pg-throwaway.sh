@@ -34,6 +34,13 @@ _pgt_err() {
     return 1
 }
 
+# runuser (run as root) lives in /usr/sbin, which a bare environment such as
+# cron's (PATH=/usr/bin:/bin) leaves out.
+case ":$PATH:" in
+*:/usr/sbin:*) ;;
+*) PATH="$PATH:/usr/sbin:/sbin" ;;
+esac
+
 # Sets _pgt_bin to the directory holding initdb, pg_ctl and psql.
 _pgt_find_bin() {
     local candidate
@@ -105,6 +112,7 @@ pg_throwaway_start() {
     : >"$dir/.pg-throwaway" || return 1
     if [ "$(id -u)" = 0 ]; then
         id -u postgres >/dev/null 2>&1 || _pgt_err "running as root needs a 'postgres' user to own the cluster" || return 1
+        command -v runuser >/dev/null 2>&1 || _pgt_err "running as root needs runuser (util-linux) to run PostgreSQL as 'postgres'" || return 1
         chown -R postgres: "$dir" || return 1
         runuser -u postgres -- test -w "$dir" ||
             _pgt_err "the postgres user cannot enter $dir (a parent directory is private?); use a directory under /tmp" ||

@@ -98,12 +98,7 @@ fn a_group_whose_rows_changed_but_not_its_edge_is_left_alone() {
         .map(|r| r.get(0))
     };
     let edge_before = victim_edge(&mut db.client());
-    let table_rows = |c: &mut postgres::Client| -> i64 {
-        c.query_one("SELECT count(*) FROM state_groups_state", &[])
-            .unwrap()
-            .get(0)
-    };
-    let rows_before_write = table_rows(&mut db.client());
+    let rows_before_write = db.state_rows();
 
     let report = case.write(&mut client);
 
@@ -122,7 +117,7 @@ fn a_group_whose_rows_changed_but_not_its_edge_is_left_alone() {
     // The report's row counts (the tools' rows_saved) leave out the group
     // left alone: exactly what the table lost.
     assert_eq!(
-        rows_before_write - table_rows(&mut c),
+        rows_before_write - db.state_rows(),
         report.rows_deleted as i64 - report.rows_inserted as i64,
         "{report:?}"
     );

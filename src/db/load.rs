@@ -606,7 +606,7 @@ impl<'s> Builder<'s> {
                 // A rendezvous: a batch is handed over once the previous
                 // one is filed, so at most two are held.
                 let (to_filer, batches) = std::sync::mpsc::sync_channel(0);
-                scope.spawn(move || {
+                crate::tool::spawn_named(scope, "fetch-rows", move || {
                     if let Err(e) = fetch_in_batches(client, sql, ids, &to_filer) {
                         let _ = to_filer.send(Err(e));
                     }

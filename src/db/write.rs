@@ -374,7 +374,7 @@ impl Rewrite<'_> {
                 .enumerate()
                 .map(|(first, client)| {
                     let (turns, to_caller, all) = (&turns, to_caller.clone(), &all);
-                    scope.spawn(move || -> Result<()> {
+                    crate::tool::spawn_named(scope, "write-batches", move || -> Result<()> {
                         for index in (first..all.len()).step_by(width) {
                             let batch = all[index];
                             let tell = |(written, ready)| {

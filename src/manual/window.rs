@@ -204,7 +204,7 @@ pub fn compress_room(
         let (to_compressor, windows) = sync_channel(0);
         let reader = {
             let (ids, symbols, bar) = (&ids, &symbols, rows_bar.clone());
-            scope.spawn(move || {
+            crate::tool::spawn_named(scope, "read-windows", move || {
                 read_windows(snapshot, room, ids, window, symbols, &bar, to_compressor)
             })
         };

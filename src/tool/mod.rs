@@ -14,6 +14,20 @@ pub mod python;
 pub mod say;
 pub mod timings;
 
+/// Starts `work` on a thread of `scope` named `name`, as `top -H`, `perf`
+/// and a panic's message show it (at most 15 characters on Linux). Like
+/// `Scope::spawn`, it panics if the system cannot start a thread.
+pub fn spawn_named<'scope, T: Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'scope,
+) -> std::thread::ScopedJoinHandle<'scope, T> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn_scoped(scope, work)
+        .unwrap_or_else(|e| panic!("starting the {name} thread: {e}"))
+}
+
 /// What a binary sets up before its run: log output, fault injection (test
 /// builds only), progress bars unless `no_progress`, and the handling of
 /// Ctrl-C and SIGTERM (stop at the next safe point). Keep the returned

@@ -37,6 +37,7 @@ use log::{debug, warn};
 use postgres::Client;
 use synapse_compress_state::core::state_map::Symbols;
 use synapse_compress_state::db::load::{self, LoadReport};
+use synapse_compress_state::tool::spawn_named;
 use synapse_compress_state::{Error, GroupMap, Result};
 
 use crate::carry::CarryRef;
@@ -210,7 +211,7 @@ impl Prefetcher {
         for mut client in clients {
             let inbox = Arc::clone(&inbox);
             let outbox = outbox.clone();
-            scope.spawn(move || {
+            spawn_named(scope, "prefetch", move || {
                 loop {
                     // The lock is held only while waiting for the next request.
                     let next = match inbox.lock() {

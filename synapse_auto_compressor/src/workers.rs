@@ -29,7 +29,7 @@ use log::{info, warn};
 use postgres::Client;
 use synapse_compress_state::db::{self, Prepared, RoomLock};
 use synapse_compress_state::error::printable;
-use synapse_compress_state::tool::{interrupt, progress};
+use synapse_compress_state::tool::{interrupt, progress, spawn_named};
 use synapse_compress_state::{Error, Result};
 
 use crate::carry::Carries;
@@ -128,7 +128,9 @@ pub(crate) fn run(
     std::thread::scope(|scope| {
         for connection in connections {
             let (shared, bar, room_ids) = (&shared, &bar, &room_ids);
-            scope.spawn(move || worker(connection, config, shared, bar, room_ids));
+            spawn_named(scope, "worker", move || {
+                worker(connection, config, shared, bar, room_ids)
+            });
         }
     });
     let shared = shared.into_inner().unwrap_or_else(|e| e.into_inner());

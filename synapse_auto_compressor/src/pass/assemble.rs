@@ -27,6 +27,7 @@ use synapse_compress_state::core::group::StateGroupEntry;
 use synapse_compress_state::core::state_map::{
     Echo, IdBuildHasher, KeyId, StateMap, Symbols, ValueId,
 };
+use synapse_compress_state::tool::spawn_named;
 use synapse_compress_state::{Error, GroupMap, Result};
 
 use super::fetch::{Fetched, Fetcher};
@@ -145,7 +146,7 @@ pub fn run(
     std::thread::scope(|scope| {
         let (send, fetched) = sync_channel(super::PIECES_IN_HAND);
         let fetcher = Fetcher::new(plan, left, range_ids);
-        scope.spawn(move || fetcher.run(client, &send));
+        spawn_named(scope, "pass-fetch", move || fetcher.run(client, &send));
         if let Err(e) = assembler.assemble(&fetched, read_to, out) {
             let _ = out.send(Err(e));
         }

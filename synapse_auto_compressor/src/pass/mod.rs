@@ -44,7 +44,7 @@ use std::time::Instant;
 
 use log::{debug, info, warn};
 use postgres::Client;
-use synapse_compress_state::tool::progress;
+use synapse_compress_state::tool::{progress, spawn_named};
 use synapse_compress_state::Result;
 
 use crate::chunk::Walk;
@@ -232,7 +232,7 @@ pub(crate) fn run(
         let peak_bytes = std::thread::scope(|scope| {
             let (out, pieces) = sync_channel::<Result<Piece>>(PIECES_IN_HAND);
             let (plan, left_pass, read_to, writers) = (&plan, &left_pass, &read_to, &writers);
-            let assembler = scope.spawn(move || {
+            let assembler = spawn_named(scope, "pass-assemble", move || {
                 assemble::run(
                     &mut reader,
                     plan,
@@ -242,9 +242,11 @@ pub(crate) fn run(
                     &out,
                 )
             });
-            scope.spawn(move || writers.feed(pieces));
+            spawn_named(scope, "pass-feed", move || writers.feed(pieces));
             for mut connection in extra {
-                scope.spawn(move || writers.write(&mut connection, config, room_ids, false));
+                spawn_named(scope, "pass-write", move || {
+                    writers.write(&mut connection, config, room_ids, false)
+                });
             }
             writers.write(client, config, room_ids, true);
             // The feeder ends once the writers stop, and with it the
@@ -283,7 +285,7 @@ pub(crate) fn read_chunks(
     let (outcome, peak_bytes) = std::thread::scope(|scope| {
         let (out, pieces) = sync_channel::<Result<Piece>>(1);
         let read_to = &read_to;
-        let assembler = scope.spawn(move || {
+        let assembler = spawn_named(scope, "pass-assemble", move || {
             let range = (budget, config.pass_range_ids);
             assemble::run(&mut reader, plan, left_pass, range, read_to, &out)
         });

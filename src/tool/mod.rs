@@ -1,7 +1,7 @@
 //! What both binaries (and both Python modules) share around the library:
 //! argument types and reporting, progress bars, logging, timings, peak
-//! memory, stopping on a signal, fault injection for tests, and the Python
-//! glue.
+//! memory, stopping on a signal, fault injection for tests, named threads,
+//! and the Python glue.
 
 pub mod args;
 pub mod failpoint;

@@ -147,7 +147,7 @@ pub fn write_changes(
         let base_without_row = new_entry
             .prev
             .and_then(|b| original.loaded(b))
-            .filter(|b| b.missing_group_row);
+            .is_some_and(|b| b.missing_group_row);
         let old = original.loaded(group).expect("a changed group was loaded");
         let digest = original
             .rows_digest(group, symbols)
@@ -199,7 +199,7 @@ fn guarded_block(
     group: i64,
     (old, old_digest): (Loaded, &str),
     new: &StateGroupEntry,
-    base_without_row: Option<Loaded>,
+    base_without_row: bool,
 ) -> String {
     let mut block = Block {
         b: String::with_capacity(1024 + new.delta.len() * 120),
@@ -246,12 +246,7 @@ impl Block {
     /// UPDATE, so it cannot de-delta this group or delete its base
     /// meanwhile), then the group itself FOR NO KEY UPDATE (one rewriter at
     /// a time); skips the group when it or its new base is gone.
-    fn lock_and_find(
-        &mut self,
-        old: Loaded,
-        new: &StateGroupEntry,
-        base_without_row: Option<Loaded>,
-    ) {
+    fn lock_and_find(&mut self, old: Loaded, new: &StateGroupEntry, base_without_row: bool) {
         let mut shared: Vec<i64> = old.prev.into_iter().chain(new.prev).collect();
         shared.sort_unstable();
         shared.dedup();
@@ -261,17 +256,16 @@ impl Block {
                 "    PERFORM 1 FROM state_groups WHERE id = {id} FOR KEY SHARE;"
             );
             if Some(id) == new.prev {
-                match base_without_row {
-                    None => self.b.push_str("    base_found := FOUND;\n"),
+                if base_without_row {
                     // A base with no row, edge or rows is nothing at all,
                     // however it was loaded: never build on it.
-                    Some(_) => {
-                        let _ = writeln!(
-                            self.b,
-                            "    base_found := EXISTS (SELECT 1 FROM state_group_edges WHERE state_group = {id}) \
-                             OR EXISTS (SELECT 1 FROM state_groups_state WHERE state_group = {id});"
-                        );
-                    }
+                    let _ = writeln!(
+                        self.b,
+                        "    base_found := EXISTS (SELECT 1 FROM state_group_edges WHERE state_group = {id}) \
+                         OR EXISTS (SELECT 1 FROM state_groups_state WHERE state_group = {id});"
+                    );
+                } else {
+                    self.b.push_str("    base_found := FOUND;\n");
                 }
             }
         }

@@ -4,6 +4,7 @@
 //! figures (rows, size, VACUUM).
 
 pub mod connect;
+pub mod copy_rows;
 pub mod load;
 pub mod lock_wait;
 pub mod pgpass;

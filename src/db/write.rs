@@ -27,12 +27,12 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{debug, warn};
-use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;
 use postgres::{Client, Transaction};
 
 use crate::core::group::{GroupMap, Loaded, LoadedGroups};
 use crate::core::state_map::Symbols;
+use crate::db::copy_rows::RowCopy;
 use crate::error::{Error, Result};
 
 /// Most groups in one write transaction.
@@ -731,20 +731,12 @@ impl Rewrite<'_> {
 
         crate::tool::failpoint::stop_here("write::before-copy");
         debug!("write batch: copying the new rows");
-        let sink = tx.copy_in(
-            "COPY state_groups_state (state_group, room_id, type, state_key, event_id) \
-             FROM STDIN (FORMAT binary)",
-        )?;
-        let mut writer = BinaryCopyInWriter::new(
-            sink,
-            &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT],
-        );
-        for group in ready {
-            let room_id = self.room_of.map_or(self.room_id, |r| r.room_of(*group));
-            for (key, value) in self.new[group].delta.iter() {
+        let mut writer = RowCopy::start(tx)?;
+        for &group in ready {
+            let room_id = self.room_of.map_or(self.room_id, |r| r.room_of(group));
+            for (key, value) in self.new[&group].delta.iter() {
                 let (ty, state_key) = self.symbols.key_str(key);
-                let event_id = self.symbols.value_str(value);
-                writer.write(&[group, &room_id, &ty, &state_key, &event_id])?;
+                writer.row(group, room_id, ty, state_key, self.symbols.value_str(value))?;
             }
         }
         Ok((deleted, writer.finish()?))

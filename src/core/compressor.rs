@@ -213,13 +213,13 @@ fn rebase(
         }
     };
 
-    let delta = StateMap::from_full_filtered(&state, |k, v| base_state.get(&k) != Some(&v));
+    let delta = StateMap::from_full_filtered(&state, |k, v| base_state.get(k) != Some(v));
     Ok((Some(base), delta))
 }
 
 /// True when every key of `base` is also a key of `state`.
 fn is_subset(base: &FullState, state: &FullState) -> bool {
-    base.len() <= state.len() && base.keys().all(|k| state.contains_key(k))
+    base.keys_within(state)
 }
 
 #[cfg(test)]

@@ -131,8 +131,8 @@ mod tests {
         let mut resolver = Resolver::new(&map);
         let state = resolver.state(2).unwrap();
         assert_eq!(state.len(), 2);
-        assert_eq!(state[&topic], e3);
-        assert_eq!(resolver.state(1).unwrap()[&topic], e2);
+        assert_eq!(state.get(topic), Some(e3));
+        assert_eq!(resolver.state(1).unwrap().get(topic), Some(e2));
         assert_eq!(*resolver.state(2).unwrap(), full_state(&map, 2).unwrap());
 
         map.insert(

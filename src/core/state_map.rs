@@ -42,8 +42,94 @@ impl Hasher for IdHasher {
 /// Hash-map builder for id keys.
 pub type IdBuildHasher = BuildHasherDefault<IdHasher>;
 
-/// A group's resolved state: key to event.
-pub type FullState = HashMap<KeyId, ValueId, IdBuildHasher>;
+/// A group's resolved state: the event of each key, by key id.
+///
+/// Dense, indexed by key id: the ids of a table are `0..n`, one table
+/// holds one room's strings, and a room's states share most of its keys,
+/// so a vector of `n` slots is about as small as a hash map of the state
+/// and needs no hashing. Resolving applies every delta of a chain to one
+/// of these and the compressor and verification resolve each group, so
+/// this was the writers' largest single cost as a hash map (a seventh of
+/// their CPU on `20m`).
+#[derive(Clone, Debug, Default)]
+pub struct FullState {
+    /// The value of key id `i`, or [`ABSENT`]; keys past the end are absent.
+    values: Vec<ValueId>,
+    /// How many keys are present.
+    len: usize,
+}
+
+/// The slot of a key the state lacks ([`Symbols`] never hands out this id).
+const ABSENT: ValueId = ValueId(u32::MAX);
+
+impl FullState {
+    /// Number of keys present.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no key is present.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The event of `key`, if present.
+    pub fn get(&self, key: KeyId) -> Option<ValueId> {
+        self.values
+            .get(key.0 as usize)
+            .copied()
+            .filter(|&v| v != ABSENT)
+    }
+
+    /// True when `key` is present.
+    pub fn contains_key(&self, key: KeyId) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Sets `key` to `value`.
+    pub fn insert(&mut self, key: KeyId, value: ValueId) {
+        let i = key.0 as usize;
+        if i >= self.values.len() {
+            self.values.resize(i + 1, ABSENT);
+        }
+        if self.values[i] == ABSENT {
+            self.len += 1;
+        }
+        self.values[i] = value;
+    }
+
+    /// The entries present, in key-id order.
+    pub fn iter(&self) -> impl Iterator<Item = (KeyId, ValueId)> + '_ {
+        self.values
+            .iter()
+            .enumerate()
+            .filter(|&(_, &v)| v != ABSENT)
+            .map(|(i, &v)| (KeyId(i as u32), v))
+    }
+
+    /// True when every key present here is present in `other`.
+    pub fn keys_within(&self, other: &FullState) -> bool {
+        self.len <= other.len
+            && self
+                .values
+                .iter()
+                .enumerate()
+                .all(|(i, &v)| v == ABSENT || other.values.get(i).is_some_and(|&w| w != ABSENT))
+    }
+}
+
+impl PartialEq for FullState {
+    fn eq(&self, other: &Self) -> bool {
+        let common = self.values.len().min(other.values.len());
+        let beyond = |values: &[ValueId]| values[common..].iter().all(|&v| v == ABSENT);
+        self.len == other.len
+            && self.values[..common] == other.values[..common]
+            && beyond(&self.values)
+            && beyond(&other.values)
+    }
+}
+
+impl Eq for FullState {}
 
 /// The strings of one run, by id.
 ///
@@ -89,7 +175,11 @@ impl Symbols {
         match entry {
             hashbrown::hash_table::Entry::Occupied(found) => *found.get(),
             hashbrown::hash_table::Entry::Vacant(slot) => {
-                let id = u32::try_from(strings.len()).expect("fewer than 2^32 distinct strings");
+                // u32::MAX is kept for a key a state lacks (`FullState`).
+                let id = u32::try_from(strings.len())
+                    .ok()
+                    .filter(|&id| id != ABSENT.0)
+                    .expect("fewer than 2^32 - 1 distinct strings");
                 slot.insert(id);
                 self.strings.push(text.into());
                 // The string, its box and its slot in the hash table.
@@ -263,12 +353,11 @@ impl StateMap {
         state: &FullState,
         mut keep: impl FnMut(KeyId, ValueId) -> bool,
     ) -> Self {
-        let entries: Vec<_> = state
-            .iter()
-            .map(|(&k, &v)| (k, v))
-            .filter(|&(k, v)| keep(k, v))
-            .collect();
-        Self::from_unsorted(entries).0
+        // In key order already, with unique keys.
+        let entries: Vec<_> = state.iter().filter(|&(k, v)| keep(k, v)).collect();
+        Self {
+            entries: entries.into_boxed_slice(),
+        }
     }
 
     /// Every entry of a resolved state.
@@ -301,7 +390,9 @@ impl StateMap {
 
     /// Writes every entry over `state` (applying this delta).
     pub fn apply_to(&self, state: &mut FullState) {
-        state.extend(self.entries.iter().copied());
+        for &(key, value) in self.entries.iter() {
+            state.insert(key, value);
+        }
     }
 }
 
@@ -365,6 +456,39 @@ mod tests {
         }
         assert_eq!(echoed.strings, plain.strings);
         assert_eq!(echoed.keys, plain.keys);
+    }
+
+    #[test]
+    fn a_full_state_counts_compares_and_nests_by_present_keys() {
+        let (k0, k1, k5) = (KeyId(0), KeyId(1), KeyId(5));
+        let (v1, v2) = (ValueId(1), ValueId(2));
+        let mut short = FullState::default();
+        short.insert(k1, v1);
+        let mut long = FullState::default();
+        long.insert(k1, v2);
+        long.insert(k1, v1);
+        // Slots past the short state's end, all absent, do not count.
+        long.values.resize(9, ABSENT);
+        assert_eq!(long.len(), 1);
+        assert_eq!(short, long);
+        assert_eq!(long, short);
+        assert!(short.keys_within(&long) && long.keys_within(&short));
+
+        long.insert(k5, v2);
+        assert_ne!(short, long);
+        assert_ne!(long, short);
+        assert!(short.keys_within(&long));
+        assert!(!long.keys_within(&short));
+        assert_eq!(long.get(k5), Some(v2));
+        assert_eq!(long.get(k0), None);
+        assert_eq!(long.get(KeyId(40)), None);
+        assert_eq!(long.iter().collect::<Vec<_>>(), [(k1, v1), (k5, v2)]);
+
+        // The same keys with another value: equal counts, not equal states.
+        let mut other = short.clone();
+        other.insert(k1, v2);
+        assert_ne!(short, other);
+        assert!(other.keys_within(&short));
     }
 
     #[test]

@@ -448,20 +448,50 @@ fn unguarded_rewrite(db: &TestDb, room: &str, levels: &str, group: i64) -> Strin
 
 /// Another writer that takes no row locks rewrites a group exactly as the
 /// tool is about to (its new edge and rows, in an open transaction); the
-/// tool's write waits on it, and once it commits, the tool's edge insert
-/// meets the committed duplicate edge. The tool rolls the batch back, tries
-/// it again, finds that group changed and leaves it as the other writer
+/// tool's write waits on it. Once it commits, the tool's delete finds that
+/// group's old rows gone, so the rows it deleted do not add up to those
+/// loaded: the tool rolls the batch back, tries it again counting each
+/// group's rows, finds that group changed and leaves it as the other writer
 /// left it, writes the rest, and every state is intact with one edge per
 /// group.
 #[test]
+fn a_write_whose_rows_were_rewritten_meanwhile_is_tried_again() {
+    meets_a_rewrite_while_waiting(
+        "conc_rewritten",
+        false,
+        &["were loaded; trying the batch again, counting each group's rows"],
+    );
+}
+
+/// The same with a group that has no rows (an empty delta): the delete's
+/// count adds up, so the tool goes on to insert its edge and meets the
+/// other writer's committed duplicate edge; it rolls the batch back and
+/// tries it again, with the same outcome.
+#[test]
 fn a_write_that_meets_a_duplicate_edge_is_tried_again() {
-    let (db, generated) = generated_db("conc_duplicate", 61, 2, 150);
+    meets_a_rewrite_while_waiting(
+        "conc_duplicate",
+        true,
+        &[
+            "duplicate key value violates unique constraint",
+            "trying the batch again",
+        ],
+    );
+}
+
+fn meets_a_rewrite_while_waiting(hint: &str, empty: bool, said: &[&str]) {
+    // Enough groups for a few empty deltas among those rewritten.
+    let (db, generated) = generated_db(hint, 61, 2, 600);
     let room = generated.rooms[0].room_id.clone();
     let groups = groups_to_rewrite(&db, &room, "10,10");
     assert!(groups.len() >= 2 && groups.len() < 500, "not one batch");
-    let group = groups[groups.len() / 2];
-    let rewrite = unguarded_rewrite(&db, &room, "10,10", group);
     let original = snapshot(&mut db.client());
+    let group = *groups
+        .iter()
+        .rev()
+        .find(|g| original.structure[g].rows.is_empty() == empty)
+        .expect("a rewritten group with (or without) rows");
+    let rewrite = unguarded_rewrite(&db, &room, "10,10", group);
 
     let mut other = db.client();
     let mut tx = other.transaction().unwrap();
@@ -476,15 +506,7 @@ fn a_write_that_meets_a_duplicate_edge_is_tried_again() {
         "the group the other writer rewrote was not left alone\n{}",
         run.describe()
     );
-    assert_batch_retried(
-        &run,
-        &[
-            "duplicate key value violates unique constraint",
-            "trying the batch again",
-        ],
-        &db,
-        &original,
-    );
+    assert_batch_retried(&run, said, &db, &original);
 }
 
 /// With `default_transaction_isolation = 'repeatable read'` (set for the

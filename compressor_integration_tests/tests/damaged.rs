@@ -8,6 +8,9 @@
 //!   column, and change nothing.
 //! - The automatic tool with such a room neither panics nor hangs, leaves
 //!   that room alone and compresses the others.
+//! - Rows that repeat another row of their group exactly are compressed
+//!   with their group (both tools, both readers, the SQL file); the same
+//!   key with two events in one group is damage.
 //! - A loading connection of the automatic tool killed by the server in the
 //!   middle of a run: the run ends by itself, every state is unchanged, the
 //!   result is that of an undisturbed run, and the next run can start.
@@ -607,5 +610,183 @@ fn a_loading_connection_killed_mid_run_never_hangs_the_run() {
         // The run lock was released: the next run starts and has nothing to do.
         let next = auto(db.url(), "50", "100000", &[]);
         tools::assert_finished_all(&next);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rows that repeat (the table has no unique constraint)
+
+/// How many rows of `group` repeat another of its rows exactly.
+fn repeats(client: &mut Client, group: i64) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) - count(DISTINCT (type, state_key, event_id)) \
+             FROM state_groups_state WHERE state_group = $1",
+            &[&group],
+        )
+        .expect("counting repeats")
+        .get(0)
+}
+
+/// Every row of every seventh group of `room` with rows and an edge stored
+/// a second time; the groups.
+fn repeat_rows(client: &mut Client, room: &str) -> Vec<i64> {
+    let groups: Vec<i64> = groups_with_rows_and_edge(client, room)
+        .into_iter()
+        .step_by(7)
+        .collect();
+    let added = client
+        .execute(
+            "INSERT INTO state_groups_state \
+             SELECT * FROM state_groups_state WHERE state_group = ANY($1)",
+            &[&groups],
+        )
+        .expect("repeating rows");
+    assert!(added > 0);
+    groups
+}
+
+/// A row that repeats another of its group exactly says nothing new: the
+/// group's state is the same, so it is compressed like any other, without
+/// a warning or a batch tried again, and a group that is rewritten loses
+/// its repeats. Both tools, the manual one also through an SQL file (whose
+/// check of each group's rows counts them too); the automatic one with each
+/// reader (the pass and the room-by-room loads gather rows apart).
+#[test]
+fn rows_that_repeat_exactly_are_compressed_with_their_group() {
+    let runs: [(&str, &[&str]); 4] = [
+        ("manual", &[]),
+        ("sql", &[]),
+        ("pass", &["--reader", "pass"]),
+        ("rooms", &["--reader", "rooms"]),
+    ];
+    for (i, (how, args)) in runs.into_iter().enumerate() {
+        let (db, generated) =
+            check::generated_db(&format!("repeats_{how}"), &config(60 + i as u64, 2, 300));
+        let room = generated.rooms[1].room_id.as_str();
+        let mut client = db.client();
+        let repeated = repeat_rows(&mut client, room);
+        let before = synapse_state::all_states(&mut client, None).expect("states");
+
+        let run = match how {
+            "manual" => run_compressor(db.url(), &["-r", room, "-c"]),
+            "sql" => {
+                // The file's own check of each group's rows and digest.
+                let file = tools::TempPath::new("repeats", "sql");
+                tools::assert_success(&run_compressor(
+                    db.url(),
+                    &["-r", room, "-o", file.as_str()],
+                ));
+                tools::psql_file(db.url(), std::path::Path::new(file.as_str()))
+            }
+            _ => auto(db.url(), "100", "10000", args),
+        };
+        tools::assert_success(&run);
+        for bad in [
+            "rows changed",
+            "trying the batch again",
+            "is damaged",
+            "left alone",
+            "skipped:",
+        ] {
+            assert!(
+                !run.stderr.contains(bad),
+                "{how}: {bad:?} in the output\n{}",
+                run.describe()
+            );
+        }
+        let after = synapse_state::all_states(&mut client, None).expect("states");
+        assert_same_states(&before, &after, how);
+        // Each group keeps all its repeats (not rewritten) or loses them
+        // all, and some were rewritten.
+        let left: Vec<i64> = repeated.iter().map(|&g| repeats(&mut client, g)).collect();
+        assert!(
+            left.iter().zip(&repeated).all(|(&n, &g)| n == 0
+                || n == client
+                    .query_one(
+                        "SELECT count(DISTINCT (type, state_key, event_id)) \
+                         FROM state_groups_state WHERE state_group = $1",
+                        &[&g],
+                    )
+                    .expect("counting rows")
+                    .get::<_, i64>(0)),
+            "{how}: a group lost some of its repeats: {left:?}"
+        );
+        assert!(
+            left.contains(&0),
+            "{how}: no group with repeats was rewritten: {left:?}\n{}",
+            run.describe()
+        );
+    }
+}
+
+/// Two rows of one group for one key with different events: the group has
+/// no one state (Synapse's read takes whichever comes first), so the room
+/// is damaged. The manual tool refuses it in one line naming the group and
+/// the key; the automatic tool leaves it alone, counts it, and compresses
+/// the other room.
+#[test]
+fn a_key_with_two_events_in_one_group_is_damage() {
+    let (db, generated) = check::generated_db("repeats_conflict", &config(66, 2, 200));
+    let room = generated.rooms[1].room_id.as_str();
+    let mut client = db.client();
+    let group = middle_group(&mut client, room);
+    // Two topics, neither of them in the group's state before.
+    for event in ["$one", "$two"] {
+        client
+            .execute(
+                "INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id) \
+                 SELECT state_group, room_id, 'm.room.topic', '', $2 \
+                 FROM state_groups_state WHERE state_group = $1 LIMIT 1",
+                &[&group, &event],
+            )
+            .expect("adding a row");
+    }
+    let why = format!(
+        "state group {group} has rows with different events for one key \
+         (type \"m.room.topic\", state_key \"\")"
+    );
+    refuses(&mut client, db.url(), room, &["-c"], &why);
+
+    // The room's chunks before the damaged one are compressed as usual:
+    // the groups below it must keep their states, the damaged group its
+    // rows.
+    let id = group.to_string();
+    let group_rows = |client: &mut Client| -> Vec<String> {
+        raw_tables(client, Some(room))
+            .into_iter()
+            .filter(|l| l.split(' ').nth(1) == Some(id.as_str()))
+            .collect()
+    };
+    let rows_before = group_rows(&mut client);
+    let other = generated.rooms[0].room_id.as_str();
+    let below = |client: &mut Client| -> BTreeMap<i64, StateMap> {
+        let mut states = synapse_state::all_states(client, Some(room)).expect("states");
+        states.retain(|&g, _| g < group);
+        states.extend(synapse_state::all_states(client, Some(other)).expect("states"));
+        states
+    };
+    let before = below(&mut client);
+    for (reader, chunk) in [("pass", "40"), ("rooms", "40")] {
+        let run = auto(db.url(), chunk, "10000", &["--json", "--reader", reader]);
+        tools::assert_success(&run);
+        assert!(
+            json(&run)["rooms_damaged"].as_u64() >= Some(1),
+            "{reader}: {}",
+            run.describe()
+        );
+        assert!(run.stderr.contains(&why), "{reader}: {}", run.describe());
+        assert!(
+            group_rows(&mut client) == rows_before,
+            "{reader}: the rows of group {group} changed"
+        );
+        assert_same_states(&before, &below(&mut client), reader);
+        // The next reader starts from the same database.
+        client
+            .batch_execute(
+                "DROP TABLE IF EXISTS state_compressor_state, state_compressor_progress, \
+                 state_compressor_total_progress",
+            )
+            .expect("forgetting progress");
     }
 }

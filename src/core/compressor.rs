@@ -134,6 +134,7 @@ impl Compressor {
                     prev,
                     delta,
                     missing_group_row: entry.missing_group_row,
+                    repeated_rows: 0,
                 },
             );
         }
@@ -251,6 +252,7 @@ mod tests {
                     prev: if i == 0 { None } else { Some(i - 1) },
                     delta: StateMap::from_unsorted(vec![r]).0,
                     missing_group_row: false,
+                    repeated_rows: 0,
                 },
             );
         }
@@ -315,6 +317,7 @@ mod tests {
                 prev: None,
                 delta: StateMap::from_unsorted(rows).0,
                 missing_group_row: false,
+                repeated_rows: 0,
             },
         );
         // Levels 1,2: 0 -> L1 head; 1 -> L1 full, L2 candidate none;

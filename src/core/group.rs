@@ -20,6 +20,10 @@ pub struct StateGroupEntry {
     /// edge and rows): the writer cannot row-lock it, so it re-checks it by
     /// its edge and rows alone.
     pub missing_group_row: bool,
+    /// Rows it has beyond its delta: exact repeats of one of its rows (the
+    /// table has no unique constraint). A rewrite deletes them with the
+    /// rest.
+    pub repeated_rows: u32,
 }
 
 /// Groups by id. Ascending id order is the order the compressor visits them
@@ -96,11 +100,16 @@ impl LoadedGroups for GroupMap {
 }
 
 impl StateGroupEntry {
+    /// How many rows it has in `state_groups_state`.
+    pub fn rows(&self) -> usize {
+        self.delta.len() + self.repeated_rows as usize
+    }
+
     /// This entry, as a writer checks it.
     pub fn loaded(&self) -> Loaded {
         Loaded {
             prev: self.prev,
-            rows: self.delta.len(),
+            rows: self.rows(),
             missing_group_row: self.missing_group_row,
         }
     }
@@ -108,13 +117,13 @@ impl StateGroupEntry {
 
 /// Total number of `state_groups_state` rows the map holds.
 pub fn row_count(map: &GroupMap) -> usize {
-    map.values().map(|e| e.delta.len()).sum()
+    map.values().map(StateGroupEntry::rows).sum()
 }
 
 /// Rows of the new structure: the original's, with each change's rows in
 /// place of its group's original rows.
 pub fn row_count_after(original: &GroupMap, changes: &GroupMap) -> usize {
-    let replaced: usize = changes.keys().map(|id| original[id].delta.len()).sum();
+    let replaced: usize = changes.keys().map(|id| original[id].rows()).sum();
     row_count(original) - replaced + row_count(changes)
 }
 
@@ -126,9 +135,9 @@ pub fn in_range_row_counts(original: &GroupMap, changes: &GroupMap) -> (usize, u
     let before: usize = original
         .values()
         .filter(|e| e.in_range)
-        .map(|e| e.delta.len())
+        .map(StateGroupEntry::rows)
         .sum();
-    let replaced: usize = changes.keys().map(|id| original[id].delta.len()).sum();
+    let replaced: usize = changes.keys().map(|id| original[id].rows()).sum();
     (before, before - replaced + row_count(changes))
 }
 

@@ -117,6 +117,7 @@ mod tests {
                 prev: None,
                 delta: StateMap::from_unsorted(vec![(member, e1), (topic, e2)]).0,
                 missing_group_row: false,
+                repeated_rows: 0,
             },
         );
         map.insert(
@@ -126,6 +127,7 @@ mod tests {
                 prev: Some(1),
                 delta: StateMap::from_unsorted(vec![(topic, e3)]).0,
                 missing_group_row: false,
+                repeated_rows: 0,
             },
         );
         let mut resolver = Resolver::new(&map);
@@ -142,6 +144,7 @@ mod tests {
                 prev: Some(9),
                 delta: StateMap::new(),
                 missing_group_row: false,
+                repeated_rows: 0,
             },
         );
         assert!(matches!(full_state(&map, 3), Err(Error::Damaged(_))));

@@ -323,9 +323,37 @@ impl StateMap {
         Self::default()
     }
 
+    /// Builds a map from a group's rows as stored, in any order. The table
+    /// has no unique constraint, so a row may repeat: an exact repeat (same
+    /// key, same event) says nothing new and is dropped, and how many were
+    /// is returned with the map. A key with two different events has no
+    /// one state (Synapse's read takes whichever row comes first): that key
+    /// is the error.
+    pub fn from_rows(mut rows: Vec<(KeyId, ValueId)>) -> Result<(Self, usize), KeyId> {
+        rows.sort_unstable();
+        let mut kept = 0;
+        for i in 0..rows.len() {
+            if kept > 0 && rows[kept - 1].0 == rows[i].0 {
+                if rows[kept - 1].1 != rows[i].1 {
+                    return Err(rows[i].0);
+                }
+                continue;
+            }
+            rows[kept] = rows[i];
+            kept += 1;
+        }
+        let repeats = rows.len() - kept;
+        rows.truncate(kept);
+        Ok((
+            Self {
+                entries: rows.into_boxed_slice(),
+            },
+            repeats,
+        ))
+    }
+
     /// Builds a map from entries in any order. When a key repeats, the last
-    /// value wins (the database has no unique constraint on the rows).
-    /// Returns the map and how many duplicates were dropped.
+    /// value wins. Returns the map and how many duplicates were dropped.
     pub fn from_unsorted(mut entries: Vec<(KeyId, ValueId)>) -> (Self, usize) {
         let before = entries.len();
         // Stable: duplicates keep their order, so the last one read is last.
@@ -399,6 +427,24 @@ impl StateMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_that_repeat_exactly_are_dropped_and_a_key_with_two_events_is_refused() {
+        let mut symbols = Symbols::new();
+        let name = symbols.key("m.room.name", "");
+        let member = symbols.key("m.room.member", "@a:x");
+        let (a, b) = (symbols.value("$a"), symbols.value("$b"));
+        let (map, repeats) =
+            StateMap::from_rows(vec![(member, b), (name, a), (member, b), (member, b)])
+                .expect("exact repeats only");
+        assert_eq!(repeats, 2);
+        assert_eq!(map.iter().collect::<Vec<_>>(), [(name, a), (member, b)]);
+        assert_eq!(
+            StateMap::from_rows(vec![(member, a), (name, a), (member, b)]),
+            Err(member)
+        );
+        assert_eq!(StateMap::from_rows(Vec::new()), Ok((StateMap::new(), 0)));
+    }
 
     /// Groups as (type, state_key, event_id) rows, read in turn.
     fn groups() -> Vec<Vec<(&'static str, &'static str, &'static str)>> {

@@ -112,6 +112,7 @@ mod tests {
             prev,
             delta: StateMap::from_unsorted(rows).0,
             missing_group_row: false,
+            repeated_rows: 0,
         }
     }
 

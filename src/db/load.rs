@@ -307,6 +307,32 @@ fn null_in_group(group: i64, table: &str, name: &str) -> Error {
     Error::Damaged(format!("state group {group} has a NULL {name} in {table}"))
 }
 
+/// Why a group with two rows for one key and different events is damage:
+/// it has no one state (Synapse's read takes whichever row comes first),
+/// so no rewrite can be said to keep it.
+#[cold]
+#[inline(never)]
+pub fn two_events(group: i64, (ty, state_key): (&str, &str)) -> String {
+    format!(
+        "state group {group} has rows with different events for one key \
+         (type {:?}, state_key {:?})",
+        crate::error::printable(ty),
+        crate::error::printable(state_key)
+    )
+}
+
+/// Tells of `count` rows that repeat another row of their group exactly,
+/// if any: harmless (they say nothing new), and gone once their group is
+/// rewritten.
+pub fn log_repeated_rows(count: usize) {
+    if count > 0 {
+        log::info!(
+            "{count} rows repeat another row of their group exactly (the table has no unique \
+             constraint); a group that is rewritten loses its repeats"
+        );
+    }
+}
+
 /// The server's refusal to send text as UTF-8 (it was stored as other
 /// bytes in an `SQL_ASCII` database) as [`Error::Damaged`]. The server does
 /// not say which row, so this names the groups the query read.
@@ -379,6 +405,8 @@ struct Builder<'s> {
     groups: GroupMap,
     edges: BTreeMap<i64, i64>,
     deltas: BTreeMap<i64, StateMap>,
+    /// Groups with rows that repeat one of their rows exactly, and how many.
+    repeats: BTreeMap<i64, u32>,
     scratch: Vec<(KeyId, ValueId)>,
     scratch_group: Option<i64>,
     /// Finds most rows' ids from the last snapshot's.
@@ -411,6 +439,7 @@ impl<'s> Builder<'s> {
             groups: GroupMap::new(),
             edges: BTreeMap::new(),
             deltas: BTreeMap::new(),
+            repeats: BTreeMap::new(),
             scratch: Vec::new(),
             scratch_group: None,
             echo: Echo::default(),
@@ -455,6 +484,9 @@ impl<'s> Builder<'s> {
             self.edges.insert(id, prev);
         }
         self.deltas.insert(id, entry.delta);
+        if entry.repeated_rows > 0 {
+            self.repeats.insert(id, entry.repeated_rows);
+        }
         self.groups.insert(
             id,
             crate::core::group::StateGroupEntry {
@@ -532,9 +564,9 @@ impl<'s> Builder<'s> {
     }
 
     /// Turns the scratch rows into the delta of their group.
-    fn flush(&mut self) {
+    fn flush(&mut self) -> Result<()> {
         let Some(group) = self.scratch_group.take() else {
-            return;
+            return Ok(());
         };
         let mut rows = std::mem::take(&mut self.scratch);
         if let Some(earlier) = self.deltas.remove(&group) {
@@ -543,9 +575,14 @@ impl<'s> Builder<'s> {
             all.append(&mut rows);
             rows = all;
         }
-        let (delta, duplicates) = StateMap::from_unsorted(rows);
-        self.duplicate_rows += duplicates;
+        let (delta, repeats) = StateMap::from_rows(rows)
+            .map_err(|key| Error::Damaged(two_events(group, self.symbols.key_str(key))))?;
+        if repeats > 0 {
+            self.duplicate_rows += repeats;
+            *self.repeats.entry(group).or_default() += repeats as u32;
+        }
         self.deltas.insert(group, delta);
+        Ok(())
     }
 
     fn read_edges(
@@ -621,8 +658,7 @@ impl<'s> Builder<'s> {
                 Ok(())
             })?,
         }
-        self.flush();
-        Ok(())
+        self.flush()
     }
 
     /// Files one row (`state_group`, `type`, `state_key`, `event_id`) with
@@ -631,7 +667,7 @@ impl<'s> Builder<'s> {
     fn take_row(&mut self, row: &Row) -> Result<()> {
         let group: i64 = column(row, 0, ROWS, "state_group")?;
         if self.scratch_group != Some(group) {
-            self.flush();
+            self.flush()?;
             self.scratch_group = Some(group);
             self.echo.next_group();
         }
@@ -695,6 +731,7 @@ impl<'s> Builder<'s> {
             if let Some(delta) = self.deltas.remove(&id) {
                 entry.delta = delta;
             }
+            entry.repeated_rows = self.repeats.get(&id).copied().unwrap_or(0);
             if entry.in_range {
                 report.in_range += 1;
             } else {

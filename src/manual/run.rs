@@ -416,12 +416,7 @@ fn load_room(client: &mut Client, config: &ManualConfig) -> Result<LoadedRoom> {
             &report.missing_predecessors[..report.missing_predecessors.len().min(10)]
         );
     }
-    if report.duplicate_rows > 0 {
-        warn!(
-            "ignored {} duplicate (type, state_key) rows",
-            report.duplicate_rows
-        );
-    }
+    crate::db::load::log_repeated_rows(report.duplicate_rows);
     Ok(LoadedRoom {
         original,
         symbols,

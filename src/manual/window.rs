@@ -252,14 +252,9 @@ pub fn compress_room(
             &missing[..missing.len().min(10)]
         );
     }
-    if run.duplicate_rows > 0 {
-        // Counted per read: a group read again as a predecessor of a later
-        // window counts again.
-        warn!(
-            "ignored {} duplicate (type, state_key) rows",
-            run.duplicate_rows
-        );
-    }
+    // Counted per read: a group read again as a predecessor of a later
+    // window counts again.
+    crate::db::load::log_repeated_rows(run.duplicate_rows);
     let groups = run.in_range + run.outside.len();
     log::debug!(
         "read {rows_read} rows for the {} rows of the groups loaded",
@@ -290,7 +285,7 @@ pub fn compress_room(
     let whole_room = config.min_state_group.is_none()
         && config.max_state_group.is_none()
         && config.groups_to_compress.is_none();
-    let room_rows = (whole_room && run.duplicate_rows == 0).then_some(run.rows_in_range as u64);
+    let room_rows = whole_room.then_some(run.rows_in_range as u64);
     let stats = run.compressor.stats();
     let longest_chains = run.longest_chains;
     let (kept, changes) = (run.kept, run.changes);
@@ -385,8 +380,8 @@ impl Run<'_> {
         for (&id, entry) in &map {
             if entry.in_range {
                 self.in_range += 1;
-                self.rows_before += entry.delta.len();
-                self.rows_in_range += entry.delta.len();
+                self.rows_before += entry.rows();
+                self.rows_in_range += entry.rows();
                 if chunk.binary_search(&id).is_err() {
                     self.included.insert(id);
                 }
@@ -394,7 +389,7 @@ impl Run<'_> {
                 && !self.included.contains(&id)
                 && self.outside.insert(id)
             {
-                self.rows_before += entry.delta.len();
+                self.rows_before += entry.rows();
             }
             if entry.missing_group_row {
                 self.kept.0.entry(id).or_insert((entry.loaded(), None));
@@ -413,7 +408,7 @@ impl Run<'_> {
             self.planted = true;
         }
         for (id, entry) in &new {
-            self.rows_after_less_before += entry.delta.len() as i64 - map[id].delta.len() as i64;
+            self.rows_after_less_before += entry.delta.len() as i64 - map[id].rows() as i64;
         }
         self.timings.compress += started.elapsed();
         self.count_chains(&map, &new);

@@ -51,9 +51,11 @@ pub fn quote_literal(text: &str) -> String {
     out
 }
 
-/// The server-side twin of [`rows_digest`]: md5 over a group's rows in
-/// byte order, each text column prefixed with its length in bytes, so no
-/// two different sets of rows encode alike.
+/// The server-side twin of [`rows_digest`]: md5 over a group's distinct
+/// rows in byte order, each text column prefixed with its length in bytes,
+/// so no two different sets of rows encode alike. (Over distinct rows: a
+/// row that repeats another exactly is not part of the delta, see
+/// `StateMap::from_rows`; the row count still counts it.)
 const SQL_ROWS_DIGEST: &str = "md5(coalesce(string_agg(\
 octet_length(type)::text || ':' || type || \
 octet_length(state_key)::text || ':' || state_key || \
@@ -308,8 +310,9 @@ impl Block {
     fn check_rows(&mut self, rows: usize, digest: &str) {
         let _ = writeln!(
             self.b,
-            "    SELECT count(*), {SQL_ROWS_DIGEST} INTO row_total, digest\n        \
-             FROM state_groups_state WHERE state_group = {};",
+            "    SELECT coalesce(sum(n), 0), {SQL_ROWS_DIGEST} INTO row_total, digest\n        \
+             FROM (SELECT type, state_key, event_id, count(*) AS n FROM state_groups_state\n        \
+             WHERE state_group = {} GROUP BY type, state_key, event_id) AS r;",
             self.group
         );
         self.skip_if(

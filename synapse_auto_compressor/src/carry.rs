@@ -196,6 +196,7 @@ pub(crate) fn out_of_range(
         prev: entry.prev,
         delta: translate(&entry.delta, from, to),
         missing_group_row: entry.missing_group_row,
+        repeated_rows: entry.repeated_rows,
     }
 }
 
@@ -347,6 +348,7 @@ mod tests {
                         prev,
                         delta: StateMap::from_unsorted(delta).0,
                         missing_group_row: false,
+                        repeated_rows: 0,
                     },
                 )
             })

@@ -668,11 +668,11 @@ fn survey_chunk(
             compressed
                 .changes
                 .get(id)
-                .map_or(entry.delta.len(), |new| new.delta.len())
+                .map_or(entry.rows(), |new| new.delta.len())
         });
     figures.rows_written = changed_groups(&chunk.original, &compressed.changes)
         .iter()
-        .map(|id| chunk.original[id].delta.len() + compressed.changes[id].delta.len())
+        .map(|id| chunk.original[id].rows() + compressed.changes[id].delta.len())
         .sum();
     figures.next.carried = Some(CarryRef::new(Carry::after_chunk(
         &chunk.original,
@@ -739,7 +739,7 @@ fn in_range_rows(original: &GroupMap, changes: Option<&GroupMap>) -> usize {
         .map(|(id, entry)| {
             changes
                 .and_then(|c| c.get(id))
-                .map_or(entry.delta.len(), |new| new.delta.len())
+                .map_or(entry.rows(), |new| new.delta.len())
         })
         .sum()
 }

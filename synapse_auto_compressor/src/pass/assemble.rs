@@ -27,6 +27,7 @@ use synapse_compress_state::core::group::StateGroupEntry;
 use synapse_compress_state::core::state_map::{
     Echo, IdBuildHasher, KeyId, StateMap, Symbols, ValueId,
 };
+use synapse_compress_state::db::load::two_events;
 use synapse_compress_state::tool::spawn_named;
 use synapse_compress_state::{Error, GroupMap, Result};
 
@@ -108,16 +109,24 @@ impl Open {
     }
 
     /// Makes `rows` (read of its group `index` since its last part,
-    /// emptied) part of the group's delta. Rows read earlier go first, so
-    /// the last row read of a key wins however the parts fell (stored
-    /// apart, or in other slices), as in `db::load`.
+    /// emptied) part of the group's delta, however the parts fell (stored
+    /// apart, or in other slices). Exact repeats are counted, and a key
+    /// with two events is damage, as in `db::load`.
     fn add_rows(&mut self, index: usize, rows: &mut Vec<(KeyId, ValueId)>) {
         let entry = &mut self.entries[index];
         let mut all: Vec<_> = entry.delta.iter().collect();
         all.append(rows);
-        let (delta, duplicates) = StateMap::from_unsorted(all);
-        self.chunk.duplicate_rows += duplicates;
-        entry.delta = delta;
+        match StateMap::from_rows(all) {
+            Ok((delta, repeats)) => {
+                self.chunk.duplicate_rows += repeats;
+                entry.repeated_rows += repeats as u32;
+                entry.delta = delta;
+            }
+            Err(key) => {
+                let why = two_events(self.chunk.ids[index], self.chunk.symbols.key_str(key));
+                self.damage(why);
+            }
+        }
     }
 }
 

@@ -236,6 +236,7 @@ impl Sweep {
                     prev: entry.prev,
                     delta,
                     missing_group_row: false,
+                    repeated_rows: 0,
                 },
             );
             self.group_room.insert(group, room);

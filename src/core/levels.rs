@@ -197,6 +197,12 @@ impl Level {
         self.head = Some(group);
         self.current_length = 1;
     }
+
+    /// The heads of `levels` (the groups a room's next chunk builds on),
+    /// lowest level first.
+    pub fn heads(levels: &[Level]) -> Vec<i64> {
+        levels.iter().filter_map(Level::head).collect()
+    }
 }
 
 #[cfg(test)]

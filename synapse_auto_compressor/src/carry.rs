@@ -42,7 +42,6 @@ use synapse_compress_state::core::group::StateGroupEntry;
 use synapse_compress_state::core::state_map::{StateMap, Symbols};
 use synapse_compress_state::{Error, GroupMap, Level, Result};
 
-use crate::chunk::heads;
 use crate::room_store::{Kept, RoomStore};
 
 /// Most rows the carries of one run keep in memory, whatever the database:
@@ -92,7 +91,7 @@ impl Carry {
     ) -> Result<Carry> {
         let mut own = Symbols::new();
         let mut seen = BTreeSet::new();
-        let mut todo = heads(levels);
+        let mut todo = Level::heads(levels);
         let mut groups = Vec::new();
         let mut rows = 0;
         while let Some(id) = todo.pop() {
@@ -112,7 +111,7 @@ impl Carry {
         own.shrink_to_fit();
         Ok(Carry {
             last,
-            heads: heads(levels),
+            heads: Level::heads(levels),
             symbols: own,
             groups,
             rows,

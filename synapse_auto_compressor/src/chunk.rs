@@ -27,7 +27,6 @@ use synapse_compress_state::{compress, Compressed, Error, GroupMap, Level, Level
 
 use crate::carry::{Carries, Carry};
 use crate::config::AutoConfig;
-use crate::pass::given::Given;
 use crate::prefetch::{load_chunk, ChunkRequest, LoadedChunk, Prefetcher};
 use crate::room_ids::RoomIds;
 use crate::state_saving::{self, LeftRooms, RoomProgress};
@@ -56,6 +55,21 @@ impl Walk {
     }
 }
 
+/// A chunk read before its turn by another reader (the pass,
+/// `crate::pass`), handed to the chunk code in place of a load.
+pub(crate) trait GivenChunk: Send {
+    /// The chunk as a load of `request` would give it, reading only what
+    /// it needs beyond its own groups; `None` when it must be loaded as
+    /// usual after all. `later` are the room's groups decided and not
+    /// written yet, which the chunk must see as they will be.
+    fn into_loaded(
+        self: Box<Self>,
+        client: &mut Client,
+        request: &ChunkRequest,
+        later: Option<&dyn LaterGroups>,
+    ) -> Result<Option<LoadedChunk>>;
+}
+
 /// What a chunk's load draws on, as one chunk sees it: the background
 /// loaders, the rooms' ids read ahead and their carried structures.
 pub(crate) struct Ahead<'p> {
@@ -71,7 +85,7 @@ pub(crate) struct Ahead<'p> {
     /// Rooms' new structures kept for their next chunks.
     pub(crate) carries: &'p mut Carries,
     /// The chunk as the pass read it (`crate::pass`).
-    pub(crate) given: Option<Given>,
+    pub(crate) given: Option<Box<dyn GivenChunk>>,
     /// The room's progress as a chunk decided but not written yet leaves
     /// it (the pass's sweep), instead of the saved one.
     pub(crate) progress: Option<RoomProgress>,
@@ -106,7 +120,7 @@ impl<'p> Ahead<'p> {
         left: &'p LeftRooms,
         room_ids: &'p RoomIds,
         carries: &'p mut Carries,
-        given: Given,
+        given: Box<dyn GivenChunk>,
     ) -> Self {
         Ahead {
             given: Some(given),
@@ -174,7 +188,7 @@ impl Ahead<'_> {
             }
             let progress =
                 state_saving::read_room_progress(client, prepared, &next, &config.default_levels)?;
-            let heads = heads(&progress.levels);
+            let heads = Level::heads(&progress.levels);
             prefetcher.start(ChunkRequest {
                 carried: self.carries.get(&next, progress.last_compressed, &heads),
                 room_id: next,
@@ -202,16 +216,12 @@ impl Ahead<'_> {
         prefetcher.start(ChunkRequest {
             room_id: room.to_owned(),
             after: Some(last),
-            heads: heads(levels),
+            heads: Level::heads(levels),
             chunk_size: config.chunk_size.get(),
             carried: None,
         });
         true
     }
-}
-
-pub(crate) fn heads(levels: &[Level]) -> Vec<i64> {
-    levels.iter().filter_map(Level::head).collect()
 }
 
 /// Whether compressing the chunk would leave more rows than it has: then
@@ -357,7 +367,7 @@ pub(crate) fn decide_chunk(
     let mut outcome = ChunkOutcome::new(room, after);
 
     let started = Instant::now();
-    let heads = heads(&progress.levels);
+    let heads = Level::heads(&progress.levels);
     let request = ChunkRequest {
         carried: ahead.carries.take(room, after, &heads),
         room_id: room.to_owned(),

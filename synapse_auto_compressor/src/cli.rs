@@ -6,8 +6,8 @@ use synapse_compress_state::tool::args::{version_text, Connection, MemorySize, P
 use synapse_compress_state::LevelSizes;
 
 use crate::config::AutoConfig;
+use crate::config::Reader;
 use crate::connections::DEFAULT_RESERVE;
-use crate::pass::Reader;
 
 /// Compresses the state tables of a whole Synapse database, a chunk of one
 /// room at a time, saving its progress in the database so each run picks up

@@ -5,8 +5,6 @@ use log::warn;
 use synapse_compress_state::tool::args::{MemorySize, Positive};
 use synapse_compress_state::LevelSizes;
 
-use crate::pass::Reader;
-
 /// The settings of one automatic run.
 #[derive(Clone, Debug)]
 pub struct AutoConfig {
@@ -47,4 +45,17 @@ pub(crate) fn warn_about_settings(config: &AutoConfig) {
     for warning in warnings.into_iter().flatten() {
         warn!("{warning}");
     }
+}
+
+/// Which reader a run uses (`--reader`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Reader {
+    /// The pass when the run covers a good share of what is left, else
+    /// room by room.
+    #[default]
+    Auto,
+    /// One pass over the table in its own order.
+    Pass,
+    /// Each chunk's groups through the indexes (the reference tool's way).
+    Rooms,
 }

@@ -107,7 +107,7 @@ fn run<'py>(
             vacuum,
             jobs: Positive::named("jobs", 1)?,
             reserve_connections: crate::connections::DEFAULT_RESERVE,
-            reader: crate::pass::Reader::Auto,
+            reader: crate::config::Reader::Auto,
             pass_memory: crate::cli::DEFAULT_PASS_MEMORY,
             pass_range_ids: crate::pass::assemble::RANGE_IDS,
         };

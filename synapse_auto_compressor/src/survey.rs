@@ -57,7 +57,7 @@ use synapse_compress_state::tool::interrupt::{self, Signal};
 use synapse_compress_state::{compress, Error, GroupMap, Level, Result};
 
 use crate::carry::{Carry, CarryRef};
-use crate::chunk::{heads, take_loaded, would_grow, Loaded};
+use crate::chunk::{take_loaded, would_grow, Loaded};
 use crate::config::AutoConfig;
 use crate::pass::{self, assemble::LeftPass, given::Given};
 use crate::prefetch::{load_chunk, ChunkRequest};
@@ -610,7 +610,7 @@ fn survey_chunk(
     let request = ChunkRequest {
         room_id: room.to_owned(),
         after,
-        heads: heads(&levels),
+        heads: Level::heads(&levels),
         chunk_size: config.chunk_size.get(),
         carried,
     };

@@ -12,6 +12,7 @@ use synapse_compress_state::db::load::{self, LaterGroups};
 use synapse_compress_state::{Error, Result};
 
 use super::assemble::Assembled;
+use crate::chunk::GivenChunk;
 use crate::prefetch::{ChunkRequest, LoadedChunk};
 
 /// A chunk the pass put together, given to the chunk code in place of a
@@ -151,4 +152,15 @@ fn edges_unchanged(
         found += 1;
     }
     Ok(found == leads.len())
+}
+
+impl GivenChunk for Given {
+    fn into_loaded(
+        self: Box<Self>,
+        client: &mut Client,
+        request: &ChunkRequest,
+        later: Option<&dyn LaterGroups>,
+    ) -> Result<Option<LoadedChunk>> {
+        Given::into_loaded(*self, client, request, later)
+    }
 }

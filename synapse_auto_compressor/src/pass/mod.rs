@@ -48,7 +48,7 @@ use synapse_compress_state::tool::{progress, spawn_named};
 use synapse_compress_state::Result;
 
 use crate::chunk::Walk;
-use crate::config::AutoConfig;
+use crate::config::{AutoConfig, Reader};
 use crate::connections::{self, Budget};
 use crate::room_ids::RoomIds;
 use crate::state_saving;
@@ -56,19 +56,6 @@ use crate::summary::RunSummary;
 use assemble::{LeftPass, Piece};
 use given::Given;
 use writers::Writers;
-
-/// Which reader a run uses (`--reader`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Reader {
-    /// The pass when the run covers a good share of what is left, else
-    /// room by room.
-    #[default]
-    Auto,
-    /// One pass over the table in its own order.
-    Pass,
-    /// Each chunk's groups through the indexes (the reference tool's way).
-    Rooms,
-}
 
 /// Pieces each channel of the pass holds between its threads (the reader,
 /// the assembler, the writers' feeder), so that neither side waits on the

@@ -668,7 +668,7 @@ impl Taken {
             after: planned.after,
             more: planned.more,
         };
-        let ahead = Ahead::assembled(no_rooms, room_ids, &mut self.carries, given);
+        let ahead = Ahead::assembled(no_rooms, room_ids, &mut self.carries, Box::new(given));
         (ahead, &mut self.figures)
     }
 }

@@ -40,8 +40,9 @@ pub struct LoadReport {
     /// Those inside a bounded range may then be put in range with
     /// [`include_groups_without_row`].
     pub missing_predecessors: Vec<i64>,
-    /// Rows dropped because the same (type, state_key) repeated in a group.
-    pub duplicate_rows: usize,
+    /// Rows that repeat another row of their group exactly: left out of
+    /// the deltas, counted in the groups' rows (`repeated_rows`).
+    pub repeated_rows_read: usize,
 }
 
 /// Starts the read-only, repeatable-read transaction a load runs in, so
@@ -165,7 +166,7 @@ pub fn complete_groups(
     later: Option<&dyn LaterGroups>,
 ) -> Result<(GroupMap, LoadReport)> {
     let mut builder = Builder::with_known(symbols, known);
-    builder.duplicate_rows = read.duplicate_rows;
+    builder.repeated_rows_read = read.repeated_rows_read;
     for (id, entry) in read.groups {
         builder.add_known(id, entry);
         builder.groups.entry(id).or_default().in_range = true;
@@ -177,8 +178,8 @@ pub fn complete_groups(
 /// Groups in range whose edges and rows a caller read already.
 pub struct ReadGroups {
     pub groups: GroupMap,
-    /// What that read dropped as duplicates, for the report.
-    pub duplicate_rows: usize,
+    /// What that read found repeated exactly, for the report.
+    pub repeated_rows_read: usize,
 }
 
 /// Most of a [`LaterGroups`]' ids (the highest, nearest the groups loaded)
@@ -411,7 +412,7 @@ struct Builder<'s> {
     scratch_group: Option<i64>,
     /// Finds most rows' ids from the last snapshot's.
     echo: Echo,
-    duplicate_rows: usize,
+    repeated_rows_read: usize,
     missing: Vec<i64>,
     fetch: Fetch,
 }
@@ -443,7 +444,7 @@ impl<'s> Builder<'s> {
             scratch: Vec::new(),
             scratch_group: None,
             echo: Echo::default(),
-            duplicate_rows: 0,
+            repeated_rows_read: 0,
             missing: Vec::new(),
             fetch: Fetch::Streamed,
         }
@@ -578,7 +579,7 @@ impl<'s> Builder<'s> {
         let (delta, repeats) = StateMap::from_rows(rows)
             .map_err(|key| Error::Damaged(two_events(group, self.symbols.key_str(key))))?;
         if repeats > 0 {
-            self.duplicate_rows += repeats;
+            self.repeated_rows_read += repeats;
             *self.repeats.entry(group).or_default() += repeats as u32;
         }
         self.deltas.insert(group, delta);
@@ -723,7 +724,7 @@ impl<'s> Builder<'s> {
 
     fn finish(mut self) -> Result<(GroupMap, LoadReport)> {
         let mut report = LoadReport {
-            duplicate_rows: self.duplicate_rows,
+            repeated_rows_read: self.repeated_rows_read,
             ..LoadReport::default()
         };
         for (&id, entry) in self.groups.iter_mut() {

@@ -416,7 +416,7 @@ fn load_room(client: &mut Client, config: &ManualConfig) -> Result<LoadedRoom> {
             &report.missing_predecessors[..report.missing_predecessors.len().min(10)]
         );
     }
-    crate::db::load::log_repeated_rows(report.duplicate_rows);
+    crate::db::load::log_repeated_rows(report.repeated_rows_read);
     Ok(LoadedRoom {
         original,
         symbols,

@@ -188,7 +188,7 @@ pub fn compress_room(
         rows_before: 0,
         rows_in_range: 0,
         rows_after_less_before: 0,
-        duplicate_rows: 0,
+        repeated_rows_read: 0,
         compared: 0,
         verify_error: None,
         planted: false,
@@ -254,7 +254,7 @@ pub fn compress_room(
     }
     // Counted per read: a group read again as a predecessor of a later
     // window counts again.
-    crate::db::load::log_repeated_rows(run.duplicate_rows);
+    crate::db::load::log_repeated_rows(run.repeated_rows_read);
     let groups = run.in_range + run.outside.len();
     log::debug!(
         "read {rows_read} rows for the {} rows of the groups loaded",
@@ -332,7 +332,7 @@ struct Run<'a> {
     /// groups outside it).
     rows_in_range: usize,
     rows_after_less_before: i64,
-    duplicate_rows: usize,
+    repeated_rows_read: usize,
     compared: usize,
     verify_error: Option<Error>,
     /// The fault point was evaluated (once per run, as the whole room does).
@@ -376,7 +376,7 @@ impl Run<'_> {
             }
         }
         self.missing.extend(&report.missing_predecessors);
-        self.duplicate_rows += report.duplicate_rows;
+        self.repeated_rows_read += report.repeated_rows_read;
         for (&id, entry) in &map {
             if entry.in_range {
                 self.in_range += 1;

@@ -49,7 +49,7 @@ pub struct Assembled {
     pub symbols: Symbols,
     /// The groups (in range) with their edges and rows.
     pub groups: GroupMap,
-    pub duplicate_rows: usize,
+    pub repeated_rows_read: usize,
     /// Why the chunk cannot be read safely, if so.
     pub damaged: Option<String>,
 }
@@ -118,7 +118,7 @@ impl Open {
         all.append(rows);
         match StateMap::from_rows(all) {
             Ok((delta, repeats)) => {
-                self.chunk.duplicate_rows += repeats;
+                self.chunk.repeated_rows_read += repeats;
                 entry.repeated_rows += repeats as u32;
                 entry.delta = delta;
             }

@@ -52,7 +52,7 @@ impl Given {
             ids,
             mut symbols,
             groups,
-            duplicate_rows,
+            repeated_rows_read,
             damaged,
             ..
         } = *self.assembled;
@@ -101,7 +101,7 @@ impl Given {
             &request.room_id,
             load::ReadGroups {
                 groups,
-                duplicate_rows,
+                repeated_rows_read,
             },
             &request.heads,
             known,

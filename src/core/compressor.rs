@@ -149,7 +149,7 @@ pub fn plant_wrong_delta_if_asked(changes: &mut GroupMap) {
     if crate::tool::failpoint::triggered("compress::wrong-delta") {
         if let Some(entry) = changes.values_mut().find(|e| !e.delta.is_empty()) {
             let rest: Vec<_> = entry.delta.iter().skip(1).collect();
-            entry.delta = StateMap::from_unsorted(rest).0;
+            entry.delta = StateMap::from_unsorted(rest);
         }
     }
 }
@@ -250,7 +250,7 @@ mod tests {
                 StateGroupEntry {
                     in_range: true,
                     prev: if i == 0 { None } else { Some(i - 1) },
-                    delta: StateMap::from_unsorted(vec![r]).0,
+                    delta: StateMap::from_unsorted(vec![r]),
                     missing_group_row: false,
                     repeated_rows: 0,
                 },
@@ -315,7 +315,7 @@ mod tests {
             StateGroupEntry {
                 in_range: true,
                 prev: None,
-                delta: StateMap::from_unsorted(rows).0,
+                delta: StateMap::from_unsorted(rows),
                 missing_group_row: false,
                 repeated_rows: 0,
             },

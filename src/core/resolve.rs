@@ -115,7 +115,7 @@ mod tests {
             StateGroupEntry {
                 in_range: true,
                 prev: None,
-                delta: StateMap::from_unsorted(vec![(member, e1), (topic, e2)]).0,
+                delta: StateMap::from_unsorted(vec![(member, e1), (topic, e2)]),
                 missing_group_row: false,
                 repeated_rows: 0,
             },
@@ -125,7 +125,7 @@ mod tests {
             StateGroupEntry {
                 in_range: true,
                 prev: Some(1),
-                delta: StateMap::from_unsorted(vec![(topic, e3)]).0,
+                delta: StateMap::from_unsorted(vec![(topic, e3)]),
                 missing_group_row: false,
                 repeated_rows: 0,
             },

@@ -352,11 +352,11 @@ impl StateMap {
         ))
     }
 
-    /// Builds a map from entries in any order. When a key repeats, the last
-    /// value wins. Returns the map and how many duplicates were dropped.
-    pub fn from_unsorted(mut entries: Vec<(KeyId, ValueId)>) -> (Self, usize) {
-        let before = entries.len();
-        // Stable: duplicates keep their order, so the last one read is last.
+    /// Builds a map from entries in any order (a group's rows as the
+    /// database has them go through [`StateMap::from_rows`]). When a key
+    /// repeats, the last value wins.
+    pub fn from_unsorted(mut entries: Vec<(KeyId, ValueId)>) -> Self {
+        // Stable: duplicates keep their order, so the last one given is last.
         entries.sort_by_key(|e| e.0);
         let mut kept = 0;
         for i in 0..entries.len() {
@@ -368,12 +368,9 @@ impl StateMap {
             }
         }
         entries.truncate(kept);
-        (
-            Self {
-                entries: entries.into_boxed_slice(),
-            },
-            before - kept,
-        )
+        Self {
+            entries: entries.into_boxed_slice(),
+        }
     }
 
     /// The entries of `state` that `keep` accepts, sorted.

@@ -110,7 +110,7 @@ mod tests {
         StateGroupEntry {
             in_range: true,
             prev,
-            delta: StateMap::from_unsorted(rows).0,
+            delta: StateMap::from_unsorted(rows),
             missing_group_row: false,
             repeated_rows: 0,
         }

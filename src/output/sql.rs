@@ -405,7 +405,7 @@ mod tests {
             rows_digest(&symbols, &StateMap::new()),
             "d41d8cd98f00b204e9800998ecf8427e" // md5 of nothing
         );
-        let (delta, _) = StateMap::from_unsorted(vec![
+        let delta = StateMap::from_unsorted(vec![
             (symbols.key("m.room.name", ""), symbols.value("$b")),
             (symbols.key("m.room.member", "@é:x"), symbols.value("$a")),
         ]);

@@ -208,7 +208,7 @@ pub(crate) fn translate(delta: &StateMap, from: &Symbols, to: &mut Symbols) -> S
             (to.key(ty, state_key), to.value(from.value_str(value)))
         })
         .collect();
-    StateMap::from_unsorted(entries).0
+    StateMap::from_unsorted(entries)
 }
 
 /// A carry as a load request holds it. Two requests are the same only with
@@ -345,7 +345,7 @@ mod tests {
                     StateGroupEntry {
                         in_range: true,
                         prev,
-                        delta: StateMap::from_unsorted(delta).0,
+                        delta: StateMap::from_unsorted(delta),
                         missing_group_row: false,
                         repeated_rows: 0,
                     },
